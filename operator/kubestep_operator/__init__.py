@@ -1,0 +1,10 @@
+"""The Kubestep operator (kopf): the authority for cancellation and run timeouts.
+
+``run()`` starts it; ``reconciling.decide`` is the whole policy, a pure
+function; ``scheduling.Scheduler`` keeps every deadline and wake-up in one
+task; ``handlers`` wires both to kopf.
+"""
+
+from .running import run
+
+__all__ = ["run"]

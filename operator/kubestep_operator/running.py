@@ -1,0 +1,41 @@
+"""Starts the operator: kopf with Kubestep's handlers, one active replica by default.
+
+With ``peering`` set, several replicas may run: kopf's peering lets the one
+with the highest priority act while the others stand by (give each replica
+a distinct priority); without it the operator runs standalone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+
+def run(
+    namespaces: Sequence[str] = (),
+    *,
+    all_namespaces: bool = False,
+    liveness_endpoint: str | None = None,
+    peering_name: str | None = None,
+    priority: int = 0,
+    verbose: bool = False,
+) -> None:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not all_namespaces and not namespaces:
+        raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
+    asyncio.run(
+        kopf.operator(
+            standalone=peering_name is None,
+            peering_name=peering_name,
+            priority=priority,
+            clusterwide=all_namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness_endpoint,
+        )
+    )

@@ -1,0 +1,76 @@
+"""One scheduler for every deadline and wake-up the operator must act on.
+
+Per-object kopf timers or daemons would cost an asyncio task and a finalizer
+per execution; this is one task and a heap for thousands of runs. The heap is
+only a cache of *when to look again*: each entry names an object, and firing
+it re-decides from the object's current snapshot (kopf index), so a stale
+entry (the object changed since it was pushed) costs a lookup and nothing
+else. It is rebuilt from status at start-up because kopf delivers every
+object once when it starts watching, and each delivery reschedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+from kubestep import _api as api
+
+logger = logging.getLogger("kubestep.operator")
+
+
+class Scheduler:
+    def __init__(self, fire: Callable[[Hashable], Awaitable[None]]) -> None:
+        self._fire = fire
+        self._heap: list[tuple[dt.datetime, int, Hashable]] = []
+        self._due: dict[Hashable, dt.datetime] = {}
+        self._seq = 0  # tie-breaker: keys need not be comparable
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def due(self, key: Hashable) -> dt.datetime | None:
+        return self._due.get(key)
+
+    def schedule(self, key: Hashable, when: dt.datetime | None) -> None:
+        """Look at ``key`` again at ``when`` (replacing an earlier plan); None forgets it."""
+        if when is None:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == when:
+            return
+        self._due[key] = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, key))
+        if self._heap[0][2] == key:
+            self._changed.set()
+
+    async def run(self) -> None:
+        while True:
+            now = api.now()
+            while self._heap and self._heap[0][0] <= now:
+                when, _, key = heapq.heappop(self._heap)
+                if self._due.get(key) != when:
+                    continue  # replaced or forgotten since it was pushed
+                del self._due[key]
+                task = asyncio.create_task(self._safe_fire(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            self._changed.clear()
+            timeout = (self._heap[0][0] - now).total_seconds() if self._heap else None
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _safe_fire(self, key: Hashable) -> None:
+        try:
+            await self._fire(key)
+        except Exception:
+            logger.exception("scheduled check of %s failed; retrying in 1 s", key)
+            self.schedule(key, api.now() + dt.timedelta(seconds=1))

@@ -1,0 +1,63 @@
+"""Kubestep: durable Python workflows on Kubernetes that can be cancelled and timed out safely.
+
+    from kubestep import workflow, WorkflowContext, KubestepClient
+
+    @workflow
+    async def risky_workflow(ctx: WorkflowContext, input: dict):
+        data = await ctx.step.run("process", process_data, input)
+        await ctx.step.wait_for("wait", hours=1)
+        return await ctx.step.run("finalize", finalize_data, data)
+
+    client = KubestepClient(namespace="default")
+    handle = await risky_workflow.invoke(client, payload={...}, run_timeout_seconds=1800)
+    cancelled = await client.cancel_execution(handle.id)
+"""
+
+from ._client import ExecutionHandle, KubestepClient
+from ._context import Step, WorkflowContext
+from ._errors import (
+    ApiError,
+    ConfigurationError,
+    ConflictError,
+    ExecutionCancelled,
+    ExecutionCancelledError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    ForbiddenError,
+    InvalidError,
+    KubestepError,
+    NotFoundError,
+    ResultTimeoutError,
+    RunTimedOut,
+    StopExecution,
+    WorkflowDefinitionError,
+)
+from ._models import Execution, ExecutionStatus, StepRecord
+from ._workflow import Workflow, workflow
+
+__all__ = [
+    "ApiError",
+    "ConfigurationError",
+    "ConflictError",
+    "Execution",
+    "ExecutionCancelled",
+    "ExecutionCancelledError",
+    "ExecutionFailedError",
+    "ExecutionHandle",
+    "ExecutionNotFoundError",
+    "ExecutionStatus",
+    "ForbiddenError",
+    "InvalidError",
+    "KubestepClient",
+    "KubestepError",
+    "NotFoundError",
+    "ResultTimeoutError",
+    "RunTimedOut",
+    "Step",
+    "StepRecord",
+    "StopExecution",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowDefinitionError",
+    "workflow",
+]

@@ -1,0 +1,54 @@
+"""The ``kubestep`` command: ``worker``, ``operator`` and ``dev`` (the local control plane)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kubestep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="serve the workflows of a Python module")
+    w.add_argument("module", help="importable module that declares @workflow functions")
+    w.add_argument("--concurrency", type=int, default=10, help="runs executed at once (default 10)")
+    w.add_argument("--namespace", help="namespace to serve (default: $POD_NAMESPACE, then kubeconfig's)")
+    w.add_argument("--lease-seconds", type=int, help="liveness lease duration (default $KUBESTEP_LEASE_SECONDS or 15)")
+
+    o = sub.add_parser("operator", help="run the operator (needs the [operator] extra)")
+    o.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
+    o.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    o.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    o.add_argument("--peering", help="kopf peering name, to run more than one replica")
+    o.add_argument("--priority", type=int, default=0, help="peering priority (distinct per replica)")
+    o.add_argument("--verbose", "-v", action="store_true")
+
+    try:
+        from ._dev.cli import add_dev_parser
+    except ImportError:  # the [dev] extra is not installed
+        add_dev_parser = None
+    if add_dev_parser is not None:
+        add_dev_parser(sub)
+
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        if args.concurrency < 1:
+            parser.error("--concurrency must be at least 1")
+        from ._worker.main import run as run_worker
+
+        run_worker(args.module, args.concurrency, args.namespace, args.lease_seconds)
+    elif args.command == "operator":
+        try:
+            from kubestep_operator import run as run_operator
+        except ImportError as e:
+            sys.exit(f"kubestep operator needs the operator extra: pip install 'kubestep[operator]' ({e})")
+        run_operator(args.namespace, all_namespaces=args.all_namespaces, liveness_endpoint=args.liveness,
+                     peering_name=args.peering, priority=args.priority, verbose=args.verbose)
+    else:
+        args.func(args)
+
+
+if __name__ == "__main__":
+    main()

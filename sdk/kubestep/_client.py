@@ -1,0 +1,169 @@
+"""``KubestepClient`` and ``ExecutionHandle``: start, observe and cancel runs.
+
+The client only writes ``spec`` (create, and ``cancelRequested: true``); the
+operator and workers own ``status``. That is why an SDK cancel, a
+``kubectl patch`` and a ``kubectl apply`` behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+
+from . import _api as api
+from ._errors import (
+    ApiError,
+    ConflictError,
+    ExecutionCancelledError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    NotFoundError,
+    ResultTimeoutError,
+)
+from ._kube import Kube
+from ._models import Execution
+
+
+def _generate_name(workflow_id: str) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", workflow_id.lower()).strip("-")[:40] or "run"
+    return base + "-"
+
+
+class KubestepClient:
+    """Talks to the cluster from kubeconfig ($KUBECONFIG, ~/.kube/config) or in-cluster config."""
+
+    def __init__(
+        self, namespace: str | None = None, *, kubeconfig: str | None = None, context: str | None = None
+    ) -> None:
+        self._kube = Kube(kubeconfig, context)
+        self.namespace = namespace or self._kube.default_namespace or "default"
+
+    async def aclose(self) -> None:
+        await self._kube.aclose()
+
+    async def __aenter__(self) -> KubestepClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _path(self, execution_id: str | None = None) -> str:
+        return api.execution_path(self.namespace, execution_id)
+
+    async def start(
+        self,
+        workflow_id: str,
+        payload: Any = None,
+        *,
+        run_timeout_seconds: int | None = None,
+        name: str | None = None,
+    ) -> ExecutionHandle:
+        """Creates a WorkflowExecution; the apiserver validates it (schema and CEL)."""
+        meta: dict[str, Any] = {"labels": {}}
+        if len(workflow_id) <= 63:
+            meta["labels"][api.LABEL_WORKFLOW] = workflow_id
+        if name:
+            meta["name"] = name
+        else:
+            meta["generateName"] = _generate_name(workflow_id)
+        spec: dict[str, Any] = {"workflow": workflow_id, "input": payload}
+        if run_timeout_seconds is not None:
+            spec["runTimeoutSeconds"] = run_timeout_seconds
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": spec}
+        obj = await self._kube.create(self._path(), body)
+        return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        try:
+            return Execution.from_object(await self._kube.get(self._path(execution_id)))
+        except NotFoundError:
+            raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
+
+    async def cancel_execution(self, execution_id: str) -> bool:
+        """Requests cancellation. True if the run was queued, running or waiting; False if it
+        had already finished or does not exist."""
+        path = self._path(execution_id)
+        for _ in range(10):
+            try:
+                obj = await self._kube.get(path)
+            except NotFoundError:
+                return False
+            if (obj.get("status") or {}).get("phase") in api.TERMINAL_PHASES:
+                return False
+            if (obj.get("spec") or {}).get("cancelRequested"):
+                return True
+            try:
+                # Conditional on the version we saw unfinished: a run that
+                # finishes meanwhile is re-read and reported as finished.
+                await self._kube.merge_patch(
+                    path, {"spec": {"cancelRequested": True}}, obj["metadata"]["resourceVersion"]
+                )
+                return True
+            except ConflictError:
+                continue
+            except NotFoundError:
+                return False
+        raise ApiError(409, f"could not cancel {execution_id}: it kept changing")
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
+        """Watches the execution until it reaches a terminal phase."""
+        path = self._path()
+        params = {"fieldSelector": f"metadata.name={execution_id}"}
+
+        async def follow() -> Execution:
+            while True:
+                listing = await self._kube.get(path, params)
+                items = listing.get("items", [])
+                if not items:
+                    raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}")
+                execution = Execution.from_object(items[0])
+                if execution.finished:
+                    return execution
+                try:
+                    async for event in self._kube.watch(path, listing["metadata"]["resourceVersion"], params):
+                        if event.get("type") == "DELETED":
+                            raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            execution = Execution.from_object(event["object"])
+                            if execution.finished:
+                                return execution
+                except (httpx.HTTPError, ApiError):
+                    await asyncio.sleep(0.1)
+
+        try:
+            return await asyncio.wait_for(follow(), timeout)
+        except asyncio.TimeoutError:
+            raise ResultTimeoutError(f"execution {execution_id} did not finish within {timeout} s") from None
+
+
+class ExecutionHandle:
+    """A started run. ``id`` is the WorkflowExecution's name."""
+
+    def __init__(self, client: KubestepClient, id: str, workflow_id: str) -> None:
+        self._client = client
+        self.id = id
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"<ExecutionHandle {self._client.namespace}/{self.id} workflow={self.workflow_id}>"
+
+    async def status(self) -> Execution:
+        return await self._client.get_execution(self.id)
+
+    async def wait(self, timeout: float | None = None) -> Execution:
+        return await self._client.wait(self.id, timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The workflow's return value; raises ``ExecutionFailedError`` or ``ExecutionCancelledError``."""
+        execution = await self._client.wait(self.id, timeout)
+        if execution.status.phase == api.FAILED:
+            raise ExecutionFailedError(self.id, execution.status.error)
+        if execution.status.phase == api.CANCELLED:
+            raise ExecutionCancelledError(self.id, execution.status.reason, execution.status.message)
+        return execution.status.result
+
+    async def cancel(self, client: KubestepClient | None = None) -> bool:
+        return await (client or self._client).cancel_execution(self.id)

@@ -1,0 +1,49 @@
+"""A local Kubernetes control plane for development and tests (`kubestep dev`).
+
+Kubestep's behaviour (validation, RBAC, owner-reference garbage collection,
+watches) is only worth testing against a real API server, and a container
+engine is not always available. This package runs etcd, kube-apiserver and
+kube-controller-manager as plain local processes: no kubelet, so pods never
+run, but everything the operator and the SDK talk to is the real thing.
+
+The same code serves users (`kubestep dev up|down|status|env`) and the test
+suite (`tests/conftest.py`), so what the tests exercise is what users get.
+Importing it needs no `cryptography`; only starting a plane does (the `dev`
+extra), so the `kubestep` CLI loads in an SDK-only install.
+"""
+
+from __future__ import annotations
+
+from kubestep._dev.controlplane import (
+    COMPONENTS,
+    PORT_ENV_VARS,
+    ComponentStatus,
+    ControlPlane,
+    ControlPlaneError,
+    MissingBinaryError,
+    Ports,
+    UpResult,
+    cache_dir,
+    default_crds_dir,
+    default_state_dir,
+    find_binary,
+    run_kubectl,
+    write_token_kubeconfig,
+)
+
+__all__ = [
+    "COMPONENTS",
+    "PORT_ENV_VARS",
+    "ComponentStatus",
+    "ControlPlane",
+    "ControlPlaneError",
+    "MissingBinaryError",
+    "Ports",
+    "UpResult",
+    "cache_dir",
+    "default_crds_dir",
+    "default_state_dir",
+    "find_binary",
+    "run_kubectl",
+    "write_token_kubeconfig",
+]

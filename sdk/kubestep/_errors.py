@@ -1,0 +1,92 @@
+"""Named exceptions of the public API.
+
+Two families live here. Client-side errors (``KubestepError`` and its
+subclasses) are ordinary exceptions a caller catches around ``invoke`` or
+``handle.result``. ``StopExecution`` and its subclasses are raised *inside*
+workflow code at a step boundary; they derive from ``BaseException`` (like
+``asyncio.CancelledError``) so that workflow code cannot swallow a
+cancellation or a run timeout with ``except Exception``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KubestepError(Exception):
+    """Base class of every error Kubestep raises to its callers."""
+
+
+class ConfigurationError(KubestepError):
+    """No usable kubeconfig or in-cluster configuration was found."""
+
+
+class ApiError(KubestepError):
+    """The Kubernetes API answered with an unexpected error."""
+
+    def __init__(self, status_code: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.body = body
+
+
+class NotFoundError(ApiError):
+    """The object does not exist (HTTP 404)."""
+
+
+class ConflictError(ApiError):
+    """A write lost a race: the object changed since it was read (HTTP 409)."""
+
+
+class ForbiddenError(ApiError):
+    """RBAC denied the request (HTTP 403)."""
+
+
+class InvalidError(ApiError):
+    """The apiserver rejected the object: schema or CEL validation (HTTP 422)."""
+
+
+class ExecutionNotFoundError(KubestepError):
+    """No WorkflowExecution has this id."""
+
+
+class ExecutionFailedError(KubestepError):
+    """The run ended ``Failed``; ``error`` holds the recorded error."""
+
+    def __init__(self, execution_id: str, error: dict[str, Any] | None) -> None:
+        err = error or {}
+        super().__init__(
+            f"execution {execution_id} failed: {err.get('type', 'Error')}: {err.get('message', '')}"
+        )
+        self.execution_id = execution_id
+        self.error = err
+
+
+class ExecutionCancelledError(KubestepError):
+    """The run ended ``Cancelled``; ``reason`` is ``Requested`` or ``RunTimeout``."""
+
+    def __init__(self, execution_id: str, reason: str | None, message: str | None = None) -> None:
+        super().__init__(f"execution {execution_id} was cancelled ({reason}): {message or ''}".rstrip(": "))
+        self.execution_id = execution_id
+        self.reason = reason
+
+
+class ResultTimeoutError(KubestepError, TimeoutError):
+    """``handle.result(timeout=...)`` gave up before the run finished."""
+
+
+class WorkflowDefinitionError(KubestepError):
+    """A workflow or one of its steps is used incorrectly (e.g. a duplicate step key)."""
+
+
+class StopExecution(BaseException):
+    """Raised at a step boundary to stop a run; not catchable by ``except Exception``."""
+
+
+class ExecutionCancelled(StopExecution):
+    """The run was cancelled (reason ``Requested``) while it ran."""
+
+
+class RunTimedOut(StopExecution):
+    """The current running segment exceeded ``runTimeoutSeconds`` (reason ``RunTimeout``)."""

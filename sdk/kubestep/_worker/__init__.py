@@ -1,0 +1,1 @@
+"""The worker runtime: claims queued runs, executes them by replay, records status."""

@@ -1,0 +1,99 @@
+"""The worker's liveness Lease (coordination.k8s.io/v1).
+
+The operator reads these to tell a worker that is gone or hung from one that
+is merely busy in a long step: a run's holder is alive while its Lease is
+renewed. The Lease also advertises which workflows the worker serves, so the
+operator can say why a run stays Queued. In a cluster the Lease is owned by
+the worker's Pod (``POD_UID``), so the garbage collector removes it with the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from .. import _api as api
+from .._errors import ApiError, ConflictError, NotFoundError
+from .._kube import Kube
+
+logger = logging.getLogger("kubestep.worker")
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+
+def micro_time(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class WorkerLease:
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        worker: str,
+        workflows: list[str],
+        duration_seconds: int,
+        pod_uid: str | None = None,
+    ) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.worker = worker
+        self.name = api.LEASE_PREFIX + worker
+        self.workflows = workflows
+        self.duration = duration_seconds
+        self.pod_uid = pod_uid
+        self._path = LEASES.format(ns=namespace)
+
+    def _body(self, acquire: dt.datetime, renew: dt.datetime) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {api.LABEL_WORKER: "true"},
+            "annotations": {api.ANNOTATION_WORKFLOWS: ",".join(self.workflows)},
+        }
+        if self.pod_uid:
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Pod", "name": self.worker, "uid": self.pod_uid}
+            ]
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.worker,
+                "leaseDurationSeconds": self.duration,
+                "acquireTime": micro_time(acquire),
+                "renewTime": micro_time(renew),
+            },
+        }
+
+    async def acquire(self) -> None:
+        t = api.now()
+        try:
+            await self.kube.create(self._path, self._body(t, t))
+        except ConflictError:
+            # Ours from a previous life of this pod (same name): take it over.
+            await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=self._body(t, t))
+
+    async def renew_forever(self) -> None:
+        interval = max(self.duration / 3.0, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.kube.merge_patch(
+                    f"{self._path}/{self.name}", {"spec": {"renewTime": micro_time(api.now())}}
+                )
+            except NotFoundError:
+                await self.acquire()
+            except ApiError as e:
+                logger.warning("lease renewal failed: %s", e)
+            except Exception as e:  # network errors: keep trying; the operator judges by renewTime
+                logger.warning("lease renewal failed: %r", e)
+
+    async def release(self) -> None:
+        try:
+            await self.kube.delete(f"{self._path}/{self.name}")
+        except NotFoundError:
+            pass

@@ -1,0 +1,37 @@
+"""``kubestep worker MODULE``: import the module, serve its workflows until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import socket
+import sys
+
+from .._kube import Kube
+from .._workflow import registered
+from .worker import Worker
+
+
+def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, os.getcwd())
+    importlib.import_module(module)
+    workflows = registered()
+    if not workflows:
+        raise SystemExit(f"kubestep worker: module {module!r} declares no @workflow")
+
+    async def main() -> None:
+        kube = Kube()
+        ns = namespace or os.environ.get("POD_NAMESPACE") or kube.default_namespace or "default"
+        name = os.environ.get("POD_NAME") or socket.gethostname()
+        seconds = lease_seconds or int(os.environ.get("KUBESTEP_LEASE_SECONDS", "15"))
+        worker = Worker(kube, workflows, ns, name, concurrency, seconds, os.environ.get("POD_UID"))
+        worker.install_signal_handlers()
+        try:
+            await worker.run()
+        finally:
+            await kube.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,401 @@
+"""One execution held by this worker: claim, replay, step records, final status.
+
+Every status write here is conditional on the resourceVersion this worker
+last saw, and re-checks after a conflict that the run is still held by this
+worker (``status.worker``) in a held phase. That is what keeps two workers
+from both executing a run, and a worker that lost its run (the operator
+re-queued it after the worker's lease expired) from writing over its new
+holder.
+
+Step boundaries are the only places a run stops: before and after every
+``ctx.step.run``, at ``ctx.step.wait_for`` and when the workflow returns.
+There the run checks, in order: lost, cancelled (operator's
+``status.cancellation``), its own clock against the run budget, and a
+hand-back request (SIGTERM). The step in flight is never interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .. import _api as api
+from .._context import WorkflowContext
+from .._errors import (
+    ConflictError,
+    ExecutionCancelled,
+    NotFoundError,
+    RunTimedOut,
+    StopExecution,
+    WorkflowDefinitionError,
+)
+from .._kube import Kube, background
+from .._workflow import Workflow
+
+logger = logging.getLogger("kubestep.worker")
+
+
+class _Suspend(BaseException):
+    """Unwinds the workflow at ``wait_for``: the run is released until ``wake_at``."""
+
+    def __init__(self, key: str, wake_at: dt.datetime) -> None:
+        self.key, self.wake_at = key, wake_at
+
+
+class _Release(BaseException):
+    """Unwinds the workflow without a terminal status: hand-back or lost run."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _rv(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["resourceVersion"])
+
+
+def _newer(candidate: str, current: str) -> bool:
+    # resourceVersions are opaque by contract; etcd's are integers. Comparing
+    # them only saves a round trip: correctness rests on the preconditions.
+    try:
+        return int(candidate) > int(current)
+    except ValueError:
+        return candidate != current
+
+
+def _to_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _error(exc: BaseException, step: str | None = None, with_traceback: bool = True) -> dict[str, Any]:
+    err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:4000]}
+    if step is not None:
+        err["step"] = step
+    if with_traceback:
+        err["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
+    return err
+
+
+class Run:
+    """The worker-side state of one execution while this worker holds it."""
+
+    def __init__(self, kube: Kube, workflow: Workflow, obj: dict[str, Any], worker: str) -> None:
+        self.kube = kube
+        self.workflow = workflow
+        self.worker = worker
+        self.obj = obj
+        self.name: str = obj["metadata"]["name"]
+        self.namespace: str = obj["metadata"]["namespace"]
+        self.rv = _rv(obj)
+        status = obj.get("status") or {}
+        self.steps: list[dict[str, Any]] = [dict(s) for s in status.get("steps") or []]
+        self.attempt: int = int(status.get("attempt") or 0)
+        self.stop_reason: str | None = None
+        self.handback = False
+        self.lost = False
+        self.deadline_mono: float | None = None
+        self._seen: set[str] = set()
+        self._last_key: str | None = None
+        self._path = api.execution_path(self.namespace, self.name)
+
+    # ----- watch input ------------------------------------------------------------------------
+
+    def observe(self, obj: dict[str, Any]) -> None:
+        """A watch event for this run: learn of cancellation, or of having lost the run."""
+        if not _newer(_rv(obj), self.rv):
+            return  # older than what we wrote or read last
+        self.obj, self.rv = obj, _rv(obj)
+        self._learn(obj)
+
+    def observe_deleted(self) -> None:
+        self.lost = True
+
+    def _learn(self, obj: dict[str, Any]) -> None:
+        status = obj.get("status") or {}
+        if status.get("worker") != self.worker or status.get("phase") not in api.HELD_PHASES:
+            self.lost = True
+        reason = (status.get("cancellation") or {}).get("reason")
+        if reason and self.stop_reason is None:
+            self.stop_reason = reason
+
+    # ----- status writes ----------------------------------------------------------------------
+
+    async def _write(self, build: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Conditional status patch, rebuilt and retried after conflicts while we still hold the run."""
+        for _ in range(10):
+            try:
+                obj = await self.kube.merge_patch(
+                    self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
+                )
+                self.obj, self.rv = obj, _rv(obj)
+                return
+            except ConflictError:
+                try:
+                    fresh = await self.kube.get(self._path)
+                except NotFoundError:
+                    raise _Release("deleted") from None
+                self.obj, self.rv = fresh, _rv(fresh)
+                self._learn(fresh)
+                if self.lost:
+                    raise _Release("lost") from None
+        raise _Release("too many write conflicts")
+
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        background(
+            self.kube.post_event(
+                self.obj,
+                type_="Warning" if warning else "Normal",
+                reason=reason,
+                message=message,
+                component="kubestep-worker",
+                instance=self.worker,
+            )
+        )
+
+    def _steps_patch(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "stepsCompleted": sum(1 for s in self.steps if s["state"] == "Completed"),
+        }
+
+    # ----- claim ------------------------------------------------------------------------------
+
+    async def claim(self) -> bool:
+        """Queued → Running, conditional on the resourceVersion we saw Queued. False if we lost the race."""
+        spec, status = self.obj.get("spec") or {}, self.obj.get("status") or {}
+        if status.get("phase") != api.QUEUED or spec.get("cancelRequested"):
+            return False
+        wall, mono = api.now(), time.monotonic()
+        budget = spec.get("runTimeoutSeconds")
+        resumed = bool(status.get("startedAt"))
+        patch: dict[str, Any] = {
+            "phase": api.RUNNING,
+            "reason": "Resumed" if resumed else "Started",
+            "message": f"running on {self.worker}",
+            "worker": self.worker,
+            "attempt": self.attempt + 1,
+            "startedAt": status.get("startedAt") or api.fmt_time(wall),
+            "segmentStartedAt": api.fmt_time(wall),
+            "deadline": api.fmt_time(wall + dt.timedelta(seconds=budget)) if budget else None,
+            "wakeAt": None,
+            "conditions": api.merge_conditions(
+                status.get("conditions"),
+                api.condition(
+                    api.COND_SCHEDULED, True, "Claimed", f"held by worker {self.worker}", wall,
+                    self.obj["metadata"].get("generation"),
+                ),
+            ),
+        }
+        try:
+            obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
+        except (ConflictError, NotFoundError):
+            return False
+        self.obj, self.rv = obj, _rv(obj)
+        self.attempt += 1
+        self.deadline_mono = mono + budget if budget else None
+        verb = "Resumed" if resumed else "Started"
+        self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
+        return True
+
+    # ----- boundaries and steps (called through WorkflowContext) ------------------------------
+
+    def _stopping(self) -> bool:
+        if self.stop_reason is None and self.deadline_mono is not None and time.monotonic() >= self.deadline_mono:
+            self.stop_reason = api.RUN_TIMEOUT
+        return self.lost or self.stop_reason is not None or self.handback
+
+    def _boundary(self) -> None:
+        if not self._stopping():
+            return
+        if self.lost:
+            raise _Release("lost")
+        if self.stop_reason == api.REQUESTED:
+            raise ExecutionCancelled(f"execution {self.name} was cancelled")
+        if self.stop_reason == api.RUN_TIMEOUT:
+            raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
+        raise _Release("handback")
+
+    def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
+        if key in self._seen:
+            raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
+        self._seen.add(key)
+        for rec in self.steps:
+            if rec["key"] == key:
+                if rec["kind"] != kind:
+                    raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
+                return rec
+        return None
+
+    def _put(self, rec: dict[str, Any]) -> None:
+        for i, old in enumerate(self.steps):
+            if old["key"] == rec["key"]:
+                self.steps[i] = rec
+                return
+        self.steps.append(rec)
+
+    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._boundary()
+        rec = self._recorded(key, "Run")
+        if rec is not None and rec["state"] == "Completed":
+            self._last_key = key
+            return rec.get("output")  # replay: never run a completed step twice
+        started = api.now()
+        try:
+            if inspect.iscoroutinefunction(fn):
+                out = await fn(*args, **kwargs)
+            else:
+                # A thread keeps the event loop (watch, lease renewals) alive during sync steps.
+                out = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(out):
+                    out = await out
+            output = _to_json(out)
+        except Exception as exc:
+            failed = {"key": key, "kind": "Run", "state": "Failed", "startedAt": api.fmt_time(started),
+                      "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False)}
+            self._put(failed)
+            if not self._stopping():
+                await self._write(lambda _s: self._steps_patch())
+            raise
+        self._put({"key": key, "kind": "Run", "state": "Completed", "startedAt": api.fmt_time(started),
+                   "finishedAt": api.fmt_time(api.now()), "output": output})
+        self._last_key = key
+        if not self._stopping():
+            # Durable before the next step starts. When stopping, the final
+            # write records it together with the terminal phase.
+            await self._write(lambda _s: self._steps_patch())
+        self._boundary()
+        return output
+
+    async def wait(self, key: str, duration: dt.timedelta) -> None:
+        self._boundary()
+        rec = self._recorded(key, "Wait")
+        if rec is not None and rec["state"] == "Completed":
+            self._last_key = key
+            return
+        if rec is not None:
+            # A recorded wait only leaves Waiting when the operator, whose clock
+            # rules waits, re-queues the run at wakeAt: it is over. Recorded done
+            # with the next status write of this segment.
+            self._put({**rec, "state": "Completed", "finishedAt": api.fmt_time(api.now())})
+            self._last_key = key
+            return
+        raise _Suspend(key, api.now() + duration)
+
+    # ----- the whole run ----------------------------------------------------------------------
+
+    async def execute(self) -> str:
+        """Runs the workflow from the top (replaying recorded steps); returns the outcome."""
+        ctx = WorkflowContext(self)
+        payload = (self.obj.get("spec") or {}).get("input")
+        outcome: str
+        try:
+            try:
+                result = await self.workflow.fn(ctx, payload)
+                self._boundary()  # returning is a boundary too
+                result = _to_json(result)
+            except _Suspend as s:
+                if self._stopping():
+                    self._boundary()
+                await self._finish_wait(s)
+                return api.WAITING
+            except StopExecution:
+                await self._finish_cancelled()
+                return api.CANCELLED
+            except _Release:
+                raise
+            except Exception as exc:
+                if self._stopping() and not self.lost:
+                    # Workflow code that swallowed the stop and raised something
+                    # else still ends as a stop, never as a failure.
+                    self._boundary()
+                await self._finish_failed(exc)
+                return api.FAILED
+            await self._finish_completed(result)
+            outcome = api.COMPLETED
+        except StopExecution:
+            await self._finish_cancelled()
+            outcome = api.CANCELLED
+        except _Release as r:
+            if r.why == "handback":
+                await self._hand_back()
+            outcome = r.why
+        return outcome
+
+    async def _finish_completed(self, result: Any) -> None:
+        at = api.now()
+
+        def build(s: dict[str, Any]) -> dict[str, Any]:
+            return {**self._steps_patch(), "result": result,
+                    **api.finished_status(s, api.COMPLETED, "Succeeded", "workflow returned", at,
+                                          self.obj["metadata"].get("generation"))}
+
+        await self._write(build)
+        self._event(api.COMPLETED, f"workflow completed after {len(self.steps)} step(s)")
+
+    async def _finish_failed(self, exc: Exception) -> None:
+        at = api.now()
+        step = self.steps[-1]["key"] if self.steps and self.steps[-1]["state"] == "Failed" else None
+        err = _error(exc, step)
+
+        def build(s: dict[str, Any]) -> dict[str, Any]:
+            return {**self._steps_patch(), "error": err,
+                    **api.finished_status(s, api.FAILED, "WorkflowError", f"{err['type']}: {err['message']}"[:1000],
+                                          at, self.obj["metadata"].get("generation"))}
+
+        await self._write(build)
+        self._event(api.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
+
+    async def _finish_cancelled(self) -> None:
+        at = api.now()
+        reason = self.stop_reason or api.REQUESTED
+        after = f" after step {self._last_key!r}" if self._last_key else " before its first step"
+
+        def build(s: dict[str, Any]) -> dict[str, Any]:
+            canc = dict(s.get("cancellation") or {})
+            if not canc.get("reason"):
+                requested = s.get("deadline") if reason == api.RUN_TIMEOUT else None
+                canc = {"reason": reason, "requestedAt": requested or api.fmt_time(at)}
+            canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=self.worker)
+            if canc["reason"] == api.RUN_TIMEOUT:
+                budget = (self.obj.get("spec") or {}).get("runTimeoutSeconds")
+                message = f"run exceeded runTimeoutSeconds={budget} of continuous running time; stopped{after}"
+            else:
+                message = f"cancellation requested; stopped at the step boundary{after}"
+            return {**self._steps_patch(), "cancellation": canc,
+                    **api.finished_status(s, api.CANCELLED, canc["reason"], message, at,
+                                          self.obj["metadata"].get("generation"))}
+
+        await self._write(build)
+        self._event(api.CANCELLED, f"{reason}: stopped{after}")
+
+    async def _finish_wait(self, s: _Suspend) -> None:
+        at = api.now()
+        self._put({"key": s.key, "kind": "Wait", "state": "Waiting", "startedAt": api.fmt_time(at),
+                   "wakeAt": api.fmt_time(s.wake_at)})
+
+        def build(_s: dict[str, Any]) -> dict[str, Any]:
+            return {**self._steps_patch(), "phase": api.WAITING, "reason": "WaitingFor",
+                    "message": f"waiting on {s.key!r} until {api.fmt_time(s.wake_at)}",
+                    "worker": None, "deadline": None, "segmentStartedAt": None,
+                    "wakeAt": api.fmt_time(s.wake_at)}
+
+        await self._write(build)
+        self._event(api.WAITING, f"waiting on {s.key!r} until {api.fmt_time(s.wake_at)}; worker released")
+
+    async def _hand_back(self) -> None:
+        def build(_s: dict[str, Any]) -> dict[str, Any]:
+            return {**self._steps_patch(), "phase": api.QUEUED, "reason": "HandedBack",
+                    "message": f"worker {self.worker} shut down; the run resumes by replay",
+                    "worker": None, "deadline": None, "segmentStartedAt": None}
+
+        try:
+            await self._write(build)
+        except _Release:
+            return
+        self._event("HandedBack", f"worker {self.worker} is shutting down; run re-queued")

@@ -1,0 +1,196 @@
+"""The worker process: one watch over executions, claims, and a clean shutdown.
+
+A worker serves the workflows registered in the module it imported, in one
+namespace, identified by ``POD_NAME``. It holds a single watch on the
+namespace's WorkflowExecutions; that watch is the operator's push channel:
+the operator signals a cancellation or time-out by writing
+``status.cancellation``, and the worker learns it from the next event, within
+milliseconds. After a reconnect the re-list delivers the same state, so a
+signal is never lost.
+
+On SIGTERM the worker stops claiming, lets every run finish its step in
+flight, hands each run back (phase ``Queued``) at that boundary and deletes
+its Lease; another worker resumes the runs by replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import httpx
+
+from .. import _api as api
+from .._errors import ApiError
+from .._kube import Kube
+from .._workflow import Workflow
+from .leasing import WorkerLease
+from .running import Run, _Release
+
+logger = logging.getLogger("kubestep.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        kube: Kube,
+        workflows: dict[str, Workflow],
+        namespace: str,
+        name: str,
+        concurrency: int = 10,
+        lease_seconds: int = 15,
+        pod_uid: str | None = None,
+    ) -> None:
+        if not workflows:
+            raise ValueError("a worker needs at least one @workflow to serve")
+        self.kube = kube
+        self.workflows = workflows
+        self.namespace = namespace
+        self.name = name
+        self.concurrency = concurrency
+        self.lease = WorkerLease(kube, namespace, name, sorted(workflows), lease_seconds, pod_uid)
+        self.runs: dict[str, Run] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # ----- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.lease.acquire()
+        renewer = asyncio.create_task(self.lease.renew_forever())
+        watcher = asyncio.create_task(self._watch_forever())
+        logger.info("worker %s serving %s in namespace %s", self.name, sorted(self.workflows), self.namespace)
+        try:
+            await self._stopping.wait()
+        finally:
+            watcher.cancel()
+            for run in self.runs.values():
+                run.handback = True
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            renewer.cancel()
+            await self.lease.release()
+            logger.info("worker %s stopped", self.name)
+
+    def stop(self) -> None:
+        """Stop claiming; hand runs back at their next step boundary; then exit."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    # ----- watching ---------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        path = api.execution_path(self.namespace)
+        while True:
+            try:
+                listing = await self.kube.get(path)
+                rv = listing["metadata"]["resourceVersion"]
+                for obj in listing.get("items", []):
+                    obj.setdefault("apiVersion", api.API_VERSION)
+                    obj.setdefault("kind", api.KIND)
+                    self._on_event("ADDED", obj)
+                self.ready.set()
+                while True:
+                    async for event in self.kube.watch(path, rv):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            raise _Relist(obj.get("message", "watch error"))
+                        rv = obj["metadata"]["resourceVersion"]
+                        if kind != "BOOKMARK":
+                            self._on_event(kind, obj)
+            except asyncio.CancelledError:
+                raise
+            except (_Relist, ApiError, httpx.HTTPError, KeyError) as e:
+                logger.info("re-listing executions after: %r", e)
+                await asyncio.sleep(0.2)
+
+    def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        run = self.runs.get(name)
+        if kind == "DELETED":
+            self._queued.pop(name, None)
+            if run is not None:
+                run.observe_deleted()
+            return
+        if run is not None:
+            run.observe(obj)
+            return
+        status = obj.get("status") or {}
+        phase = status.get("phase")
+        if phase in api.HELD_PHASES and status.get("worker") == self.name:
+            # Held by a previous life of this worker (same pod name): hand it back.
+            self._spawn(self._recover(obj))
+            return
+        if phase != api.QUEUED or (obj.get("spec") or {}).get("cancelRequested"):
+            self._queued.pop(name, None)
+            return
+        if obj["spec"].get("workflow") not in self.workflows:
+            return
+        if self._stopping.is_set() or len(self.runs) >= self.concurrency:
+            self._queued[name] = obj
+            return
+        self._start(obj)
+
+    def _start(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        self._queued.pop(name, None)
+        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name)
+        self.runs[name] = run
+        self._spawn(self._drive(run))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drive(self, run: Run) -> None:
+        try:
+            if await run.claim():
+                outcome = await run.execute()
+                logger.info("run %s: %s", run.name, outcome)
+        except _Release as r:
+            logger.info("run %s released: %s", run.name, r.why)
+        except Exception:
+            logger.exception("run %s: worker error", run.name)
+        finally:
+            self.runs.pop(run.name, None)
+            self._fill()
+
+    def _fill(self) -> None:
+        while self._queued and len(self.runs) < self.concurrency and not self._stopping.is_set():
+            _, obj = self._queued.popitem()
+            self._start(obj)
+
+    async def _recover(self, obj: dict[str, Any]) -> None:
+        path = api.execution_path(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/status"
+        status = obj.get("status") or {}
+        cancellation = status.get("cancellation")
+        if cancellation:
+            # Told to stop while our previous life held it: acknowledge now.
+            at = api.now()
+            message = f"worker {self.name} restarted while the run was stopping"
+            patch = {"status": {
+                "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": self.name},
+                **api.finished_status(status, api.CANCELLED, cancellation.get("reason", api.REQUESTED),
+                                      message, at, obj["metadata"].get("generation")),
+            }}
+        else:
+            patch = {"status": {"phase": api.QUEUED, "reason": "WorkerRestarted",
+                                "message": f"worker {self.name} restarted; the run resumes by replay",
+                                "worker": None, "deadline": None, "segmentStartedAt": None}}
+        try:
+            await self.kube.merge_patch(path, patch, obj["metadata"]["resourceVersion"])
+        except ApiError as e:
+            logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
+
+
+class _Relist(Exception):
+    pass

@@ -1,0 +1,97 @@
+"""Example workflows: the demo's four, and the ones the end-to-end suite drives.
+
+They ship with the SDK so the same worker image serves them on kind
+(``kubestep worker kubestep.examples``) as local worker processes do in tests.
+Each step's output says which worker ran it and a fresh token, so a test can
+tell a replayed output from a re-run step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any
+
+from ._context import WorkflowContext
+from ._workflow import workflow
+
+
+def _stamp(i: int) -> dict[str, Any]:
+    return {"i": i, "token": uuid.uuid4().hex, "worker": os.environ.get("POD_NAME") or socket.gethostname()}
+
+
+async def _sleep_step(i: int, seconds: float) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return _stamp(i)
+
+
+@workflow(id="steps")
+async def steps(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """``count`` steps of ``seconds`` each; optional ``wait_after`` (step index) and ``wait_seconds``."""
+    cfg = input or {}
+    outputs = []
+    for i in range(int(cfg.get("count", 3))):
+        outputs.append(await ctx.step.run(f"step-{i}", _sleep_step, i, float(cfg.get("seconds", 0.1))))
+        if cfg.get("wait_after") == i:
+            await ctx.step.wait_for(f"wait-{i}", seconds=float(cfg.get("wait_seconds", 1)))
+    return {"steps": len(outputs), "tokens": [o["token"] for o in outputs]}
+
+
+def _blocking_step(i: int, seconds: float) -> dict[str, Any]:
+    import time
+
+    time.sleep(seconds)  # a synchronous step: runs in a thread, the worker stays responsive
+    return _stamp(i)
+
+
+@workflow(id="sync-steps")
+async def sync_steps(ctx: WorkflowContext, input: dict[str, Any] | None) -> int:
+    cfg = input or {}
+    for i in range(int(cfg.get("count", 3))):
+        await ctx.step.run(f"step-{i}", _blocking_step, i, float(cfg.get("seconds", 0.1)))
+    return int(cfg.get("count", 3))
+
+
+@workflow(id="until-cancelled")
+async def until_cancelled(ctx: WorkflowContext, input: dict[str, Any] | None) -> None:
+    """Steps forever, ``seconds`` each (the benchmark's 10 ms steps); ends only by cancel or timeout."""
+    seconds = float((input or {}).get("seconds", 0.01))
+    i = 0
+    while True:
+        await ctx.step.run(f"step-{i}", _sleep_step, i, seconds)
+        i += 1
+
+
+@workflow(id="swallow")
+async def swallow(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """Tries to swallow its cancellation with ``except Exception``; it cannot."""
+    i = 0
+    while i < 10_000:
+        try:
+            await ctx.step.run(f"step-{i}", _sleep_step, i, 0.05)
+        except Exception:
+            pass
+        i += 1
+    return "never finished by cancellation"
+
+
+@workflow(id="fails")
+async def fails(ctx: WorkflowContext, input: dict[str, Any] | None) -> None:
+    await ctx.step.run("ok", _sleep_step, 0, 0.01)
+
+    def boom() -> None:
+        raise ValueError(str((input or {}).get("message", "boom")))
+
+    await ctx.step.run("boom", boom)
+
+
+@workflow(id="wait-then-finish")
+async def wait_then_finish(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """A step, a wait longer than the run budget, a step: still completes (waits don't count)."""
+    cfg = input or {}
+    await ctx.step.run("before", _sleep_step, 0, float(cfg.get("seconds", 1)))
+    await ctx.step.wait_for("pause", seconds=float(cfg.get("wait_seconds", 3)))
+    await ctx.step.run("after", _sleep_step, 1, float(cfg.get("seconds", 1)))
+    return "done"

@@ -1,0 +1,398 @@
+"""The WorkflowExecution lifecycle on the real control plane: the issue's semantics a–j.
+
+The operator runs as a process watching namespaces ``t-*`` (every test's fresh
+namespace); workers are processes serving ``kubestep.examples``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kubestep
+from kubestep import _api as api
+from kubestep import KubestepClient
+
+from .harness import E2E, Proc, start_operator, start_worker
+
+local_only = pytest.mark.skipif(E2E, reason="starts/stops worker processes: local control plane only, not kind")
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: Any, logs: Path) -> Iterator[Proc | None]:
+    if E2E:
+        yield None  # the chart's operator runs in the cluster
+        return
+    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"])
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def workers(control_plane: Any, namespace: str, logs: Path, operator: Any) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(**kw: Any) -> Proc:
+        proc = start_worker(control_plane.kubeconfig, logs, namespace, **kw)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.alive():
+            proc.signal(signal.SIGCONT)
+            proc.stop()
+
+
+@pytest.fixture
+async def client(control_plane: Any, namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
+    async with KubestepClient(namespace=namespace, kubeconfig=str(control_plane.kubeconfig)) as c:
+        yield c
+
+
+async def phase_of(client: KubestepClient, name: str) -> str | None:
+    return (await client.get_execution(name)).status.phase
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until_phase(client: KubestepClient, name: str, *phases: str, timeout: float = 30) -> kubestep.Execution:
+    async def check() -> kubestep.Execution | None:
+        e = await client.get_execution(name)
+        return e if e.status.phase in phases else None
+
+    return await until(check, timeout, f"{name} to reach {phases}")
+
+
+def completed_steps(e: kubestep.Execution) -> list[kubestep.StepRecord]:
+    return [s for s in e.status.steps if s.state == "Completed"]
+
+
+# ----- a, d: run timeouts ---------------------------------------------------------------------
+
+
+@local_only
+async def test_a_timeout_ends_cancelled_at_first_boundary_after_deadline(client: KubestepClient, workers: Any) -> None:
+    workers()
+    h = await client.start("steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=2)
+    e = await h.wait(timeout=30)
+    assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT, e.status
+    assert e.status.cancellation and e.status.cancellation.reason == api.RUN_TIMEOUT
+    deadline = e.status.cancellation.requested_at
+    assert deadline is not None
+    done = completed_steps(e)
+    assert 4 <= len(done) <= 5, [s.key for s in done]
+    # No step started after the deadline; the one in flight finished and was recorded.
+    assert all(s.started_at is not None and s.started_at < deadline for s in done)
+    assert all(s.state == "Completed" for s in e.status.steps)
+    assert e.status.finished_at and (e.status.finished_at - deadline).total_seconds() < 1.0
+    with pytest.raises(kubestep.ExecutionCancelledError) as info:
+        await h.result(timeout=5)
+    assert info.value.reason == api.RUN_TIMEOUT
+
+
+@local_only
+async def test_d_operator_enforces_timeout_when_worker_is_hung(client: KubestepClient, workers: Any) -> None:
+    w = workers()
+    h = await client.start("steps", {"count": 3, "seconds": 60}, run_timeout_seconds=2)
+    await until_phase(client, h.id, api.RUNNING)
+    w.signal(signal.SIGSTOP)  # hung: no more lease renewals, no step boundary
+    e = await h.wait(timeout=30)
+    assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT
+    assert e.status.cancellation and e.status.cancellation.acknowledged_by == "kubestep-operator"
+    assert not completed_steps(e)
+
+
+# ----- b, c: waiting does not count; the budget resets --------------------------------------
+
+
+@local_only
+async def test_b_waiting_does_not_count(client: KubestepClient, workers: Any) -> None:
+    workers()
+    h = await client.start("wait-then-finish", {"seconds": 1, "wait_seconds": 3}, run_timeout_seconds=2)
+    assert await h.result(timeout=30) == "done"
+    e = await h.status()
+    assert [s.key for s in e.status.steps] == ["before", "pause", "after"]
+    assert e.status.attempt == 2
+
+
+@local_only
+async def test_c_budget_resets_after_each_wait_and_queue_time_does_not_count(
+    client: KubestepClient, workers: Any
+) -> None:
+    # 3.6 s of running in two 1.8 s segments, each under the 2 s budget ...
+    h = await client.start("steps", {"count": 6, "seconds": 0.6, "wait_after": 2, "wait_seconds": 0.5},
+                           run_timeout_seconds=2)
+    # ... and 3 s queued before any worker exists.
+    await asyncio.sleep(3)
+    assert await phase_of(client, h.id) == api.QUEUED
+    workers()
+    result = await h.result(timeout=30)
+    assert result["steps"] == 6
+
+
+# ----- e: cancel while running ---------------------------------------------------------------
+
+
+@local_only
+async def test_e_cancel_running_lets_step_in_flight_finish_and_starts_no_other(
+    client: KubestepClient, workers: Any
+) -> None:
+    workers()
+    h = await client.start("until-cancelled", {"seconds": 0.4})
+
+    async def two_done() -> bool:
+        return len(completed_steps(await h.status())) >= 2
+
+    await until(two_done, what="two steps")
+    assert await h.cancel(client) is True
+    e = await h.wait(timeout=15)
+    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED
+    assert e.status.cancellation and e.status.cancellation.acknowledged_by  # the worker acknowledged
+    requested = e.status.cancellation.requested_at
+    assert requested is not None
+    assert all(s.state == "Completed" and s.output for s in e.status.steps)
+    # The step in flight completed (its output is recorded); nothing started after the signal.
+    assert e.status.steps[-1].finished_at and e.status.steps[-1].finished_at >= requested
+    assert sum(1 for s in e.status.steps if s.started_at and s.started_at > requested) == 0
+
+
+@local_only
+async def test_e_workflow_cannot_swallow_cancellation(client: KubestepClient, workers: Any) -> None:
+    workers()
+    h = await client.start("swallow")
+    await until_phase(client, h.id, api.RUNNING)
+    await asyncio.sleep(0.3)
+    assert await client.cancel_execution(h.id) is True
+    e = await h.wait(timeout=15)
+    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED
+
+
+# ----- f, g: cancel queued / waiting / finished / unknown ------------------------------------
+
+
+async def test_f_cancel_queued_without_worker(client: KubestepClient) -> None:
+    h = await client.start("nobody-serves-this", {"x": 1})
+    e = await until_phase(client, h.id, api.QUEUED)
+    cond = {c.type: c for c in e.status.conditions}[api.COND_SCHEDULED]
+    assert cond.status == "False" and cond.reason == "NoWorker", cond
+    assert "nobody-serves-this" in (cond.message or "")
+    assert await client.cancel_execution(h.id) is True
+    e = await h.wait(timeout=10)
+    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED and not e.status.steps
+
+
+@local_only
+async def test_f_cancel_waiting_at_once(client: KubestepClient, workers: Any) -> None:
+    workers()
+    h = await client.start("steps", {"count": 2, "seconds": 0.01, "wait_after": 0, "wait_seconds": 3600})
+    await until_phase(client, h.id, api.WAITING, timeout=20)
+    assert await h.cancel(client) is True
+    e = await h.wait(timeout=5)  # not an hour
+    assert e.status.phase == api.CANCELLED and [s.key for s in completed_steps(e)] == ["step-0"]
+
+
+@local_only
+async def test_g_cancel_of_finished_runs_changes_nothing(
+    client: KubestepClient, workers: Any, control_plane: Any, namespace: str
+) -> None:
+    workers()
+    done = await client.start("steps", {"count": 1, "seconds": 0.01})
+    await done.result(timeout=20)
+    failed = await client.start("fails")
+    with pytest.raises(kubestep.ExecutionFailedError):
+        await failed.result(timeout=20)
+    for h in (done, failed):
+        before = (await h.status()).status
+        assert await h.cancel(client) is False
+        # kubectl can still set the flag; the operator ignores it and says so in an Event.
+        control_plane.kubectl("-n", namespace, "patch", "wfx", h.id, "--type=merge",
+                              "-p", '{"spec":{"cancelRequested":true}}')
+
+        async def ignored() -> bool:
+            out = control_plane.kubectl("-n", namespace, "get", "events", "-o", "json",
+                                        "--field-selector", f"involvedObject.name={h.id},reason=CancelIgnored").stdout
+            return bool(json.loads(out)["items"])
+
+        await until(ignored, 15, "a CancelIgnored event")
+        assert (await h.status()).status == before
+    assert await client.cancel_execution("no-such-run") is False
+
+
+# ----- h: kubectl patch, kubectl apply and the SDK all cancel --------------------------------
+
+
+@local_only
+async def test_h_three_ways_to_cancel(
+    client: KubestepClient, workers: Any, control_plane: Any, namespace: str
+) -> None:
+    workers()
+    via_patch = await client.start("until-cancelled", {"seconds": 0.05})
+    via_sdk = await client.start("until-cancelled", {"seconds": 0.05})
+    name = f"applied-{uuid.uuid4().hex[:5]}"
+    manifest = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+                "spec": {"workflow": "until-cancelled", "input": {"seconds": 0.05}}}
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    for n in (via_patch.id, via_sdk.id, name):
+        await until_phase(client, n, api.RUNNING)
+
+    control_plane.kubectl("-n", namespace, "patch", "wfx", via_patch.id, "--type", "merge",
+                          "-p", '{"spec":{"cancelRequested":true}}')
+    assert await client.cancel_execution(via_sdk.id) is True
+    manifest["spec"]["cancelRequested"] = True  # type: ignore[index]
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+
+    for n in (via_patch.id, via_sdk.id, name):
+        e = await client.wait(n, timeout=15)
+        assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED, (n, e.status)
+    # kubectl wait works on the Finished condition.
+    control_plane.kubectl("-n", namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=10s")
+
+
+# ----- i: validation, unserved workflows, failures --------------------------------------------
+
+
+async def test_i_apiserver_rejects_bad_specs(client: KubestepClient) -> None:
+    with pytest.raises(kubestep.InvalidError, match="runTimeoutSeconds"):
+        await client.start("steps", run_timeout_seconds=0)
+    with pytest.raises(kubestep.InvalidError, match="workflow"):
+        await client._kube.create(api.execution_path(client.namespace),
+                                  {"apiVersion": api.API_VERSION, "kind": api.KIND,
+                                   "metadata": {"generateName": "bad-"}, "spec": {"input": 1}})
+    h = await client.start("nobody-serves-this")
+    await client.cancel_execution(h.id)
+    with pytest.raises(kubestep.InvalidError, match="cannot be set back to false"):
+        await client._kube.merge_patch(api.execution_path(client.namespace, h.id),
+                                       {"spec": {"cancelRequested": False}})
+
+
+@local_only
+async def test_i_failing_workflow_records_error(client: KubestepClient, workers: Any) -> None:
+    workers()
+    h = await client.start("fails", {"message": "bad input 42"})
+    with pytest.raises(kubestep.ExecutionFailedError) as info:
+        await h.result(timeout=20)
+    assert info.value.error["type"] == "ValueError" and info.value.error["message"] == "bad input 42"
+    e = await h.status()
+    assert e.status.reason == "WorkflowError" and e.status.error and e.status.error["step"] == "boom"
+    assert [(s.key, s.state) for s in e.status.steps] == [("ok", "Completed"), ("boom", "Failed")]
+
+
+# ----- j: durability ------------------------------------------------------------------------
+
+
+@local_only
+async def test_j_wait_releases_worker_and_another_resumes_by_replay(client: KubestepClient, workers: Any) -> None:
+    first = workers(name="first")
+    h = await client.start("steps", {"count": 2, "seconds": 0.01, "wait_after": 0, "wait_seconds": 2})
+    e = await until_phase(client, h.id, api.WAITING)
+    assert e.status.worker is None
+    first.stop()
+    workers(name="second")
+    result = await h.result(timeout=30)
+    e = await h.status()
+    outputs = [s.output for s in e.status.steps if s.kind == "Run"]
+    assert [o["worker"] for o in outputs] == ["first", "second"]
+    assert result["tokens"] == [o["token"] for o in outputs]  # step-0 replayed, not re-run
+    assert e.status.attempt == 2
+
+
+@local_only
+async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClient, workers: Any) -> None:
+    first = workers(name="first")
+    h = await client.start("steps", {"count": 6, "seconds": 0.4})
+
+    async def two_done() -> bool:
+        return len(completed_steps(await h.status())) >= 2
+
+    await until(two_done, what="two steps")
+    assert first.stop() == 0
+    e = await h.status()
+    assert e.status.phase == api.QUEUED and e.status.reason == "HandedBack"
+    handed_back = {s.key: s.output["token"] for s in completed_steps(e)}
+    workers(name="second")
+    result = await h.result(timeout=30)
+    e = await h.status()
+    assert len(set(result["tokens"])) == 6
+    for s in completed_steps(e):
+        if s.key in handed_back:
+            assert s.output["token"] == handed_back[s.key] and s.output["worker"] == "first"
+    assert any(s.output["worker"] == "second" for s in completed_steps(e))
+
+
+@local_only
+async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
+    workers(name="a")
+    workers(name="b")
+    handles = [await client.start("steps", {"count": 3, "seconds": 0.05}) for _ in range(16)]
+    for h in handles:
+        await h.result(timeout=60)
+    seen_workers = set()
+    for h in handles:
+        e = await h.status()
+        runners = {s.output["worker"] for s in e.status.steps}
+        assert len(runners) == 1 and e.status.attempt == 1, (h.id, runners, e.status.attempt)
+        seen_workers |= runners
+    assert seen_workers <= {"a", "b"}
+
+
+@local_only
+async def test_worker_alone_enforces_the_budget_on_its_own_clock(
+    control_plane: Any, logs: Path, operator: Any
+) -> None:
+    """Outside the operator's namespaces: the worker stops the run at the boundary by itself."""
+    ns = f"solo-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", ns)
+    proc = start_worker(control_plane.kubeconfig, logs, ns)
+    try:
+        async with KubestepClient(namespace=ns, kubeconfig=str(control_plane.kubeconfig)) as c:
+            h = await c.start("steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=1)
+            # No operator here: queue it by hand, as the operator would.
+            await c._kube.merge_patch(api.execution_path(ns, h.id, "status"), {"status": {"phase": api.QUEUED}})
+            e = await h.wait(timeout=20)
+            assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT
+            assert e.status.cancellation and e.status.cancellation.acknowledged_by == proc.name  # type: ignore[attr-defined]
+            assert 2 <= len(completed_steps(e)) <= 3
+    finally:
+        proc.stop()
+        control_plane.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@local_only
+def test_printer_columns_tell_the_story(control_plane: Any, namespace: str, workers: Any) -> None:
+    workers()
+    name = f"cols-{uuid.uuid4().hex[:5]}"
+    manifest = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+                "spec": {"workflow": "steps", "input": {"count": 2, "seconds": 0.01}}}
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    control_plane.kubectl("-n", namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=20s")
+    out = control_plane.kubectl("-n", namespace, "get", "wfx", name).stdout
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "WORKFLOW", "PHASE", "REASON", "STEPS", "WORKER", "AGE"]
+    assert row.split()[:5] == [name, "steps", "Completed", "Succeeded", "2"]
+    events = control_plane.kubectl("-n", namespace, "describe", "wfx", name).stdout
+    for reason in ("Queued", "Started", "Completed"):
+        assert reason in events, events
