@@ -40,17 +40,29 @@ bench: venv tools
 lint: venv tools
 	$(HOME)/.cache/kubestep/bin/helm lint charts/kubestep
 
-# kind end to end: cannot run on machines without a container engine.
-kind-e2e: venv
-	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
-	trap 'kind delete cluster --name $(KIND_CLUSTER)' EXIT; \
-	docker build -t $(IMAGE) . && \
-	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER) && \
-	helm install kubestep charts/kubestep --namespace kubestep --create-namespace --wait \
-	  --set image.repository=$(IMAGE:%:dev=%) --set image.tag=dev --set image.pullPolicy=Never \
-	  -f charts/kubestep/ci/kind-values.yaml && \
-	KUBESTEP_TEST_KUBECONFIG=$$(kind get kubeconfig-path 2>/dev/null || echo $$HOME/.kube/config) \
-	KUBESTEP_E2E_NAMESPACE=kubestep $(BIN)/pytest -m e2e tests
+# kind end to end: the whole suite against the chart installed in a kind
+# cluster (needs docker and kind: cannot run on machines without a container
+# engine). The cluster is deleted afterwards, also when a step fails.
+# IMAGE must carry a tag (name:tag); the chart gets it as repository + tag.
+KIND          ?= kind
+DOCKER        ?= docker
+KIND_HELM     ?= $(HOME)/.cache/kubestep/bin/helm
+E2E_NAMESPACE ?= kubestep
+
+kind-e2e: venv tools
+	@set -eu; \
+	kubeconfig=$$(mktemp); \
+	trap '$(KIND) delete cluster --name $(KIND_CLUSTER); rm -f "$$kubeconfig"' EXIT; \
+	set -x; \
+	$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s; \
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > "$$kubeconfig"; \
+	$(DOCKER) build -t $(IMAGE) .; \
+	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER); \
+	image='$(IMAGE)'; \
+	$(KIND_HELM) install kubestep charts/kubestep --kubeconfig "$$kubeconfig" \
+	  --namespace $(E2E_NAMESPACE) --create-namespace -f charts/kubestep/ci/kind-values.yaml \
+	  --set image.repository="$${image%:*}" --set image.tag="$${image##*:}" --wait --timeout 5m; \
+	KUBESTEP_TEST_KUBECONFIG="$$kubeconfig" KUBESTEP_E2E_NAMESPACE=$(E2E_NAMESPACE) $(BIN)/pytest tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,6 +11,7 @@ afresh.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -21,7 +22,7 @@ from typing import Any
 import kopf
 
 from kubestep import _api as api
-from kubestep._errors import ApiError, ConflictError, NotFoundError
+from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError
 from kubestep._kube import Kube, background
 
 from .reconciling import OPERATOR, Liveness, Snapshot, decide
@@ -38,6 +39,7 @@ class Operator:
     kube: Kube
     lease_grace: dt.datetime
     scheduler: Scheduler = dataclasses.field(init=False)
+    scheduler_task: asyncio.Task[None] | None = None
     executions: kopf.Index[Any, Any] | None = None
     workers: kopf.Index[Any, Any] | None = None
     ignored: set[tuple[str, int | None]] = dataclasses.field(default_factory=set)
@@ -76,8 +78,11 @@ class Operator:
         if d.patch is not None:
             path = api.execution_path(s.namespace, s.name, "status")
             try:
-                await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
-            except (ConflictError, NotFoundError):
+                if d.guard is None:
+                    await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
+                else:
+                    await self.kube.guarded_patch(path, d.patch, d.guard)
+            except (ConflictError, InvalidError, NotFoundError):
                 return  # it changed: the next event decides again
             except ApiError as e:
                 logger.error("writing status of %s/%s failed: %s", s.namespace, s.name, e)
@@ -128,12 +133,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubestep.io")
     lease_seconds = float(os.environ.get("KUBESTEP_LEASE_SECONDS", "15"))
     _operator = Operator(kube=Kube(), lease_grace=api.now() + dt.timedelta(seconds=lease_seconds))
-    background(_operator.scheduler.run())
+    _operator.scheduler_task = asyncio.create_task(_operator.scheduler.run())
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _operator is not None:
+        if _operator.scheduler_task is not None:
+            _operator.scheduler_task.cancel()
         await _operator.kube.aclose()
 
 

@@ -92,7 +92,13 @@ class Liveness:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    patch: dict[str, Any] | None = None  # status fields to merge-patch, conditional on the snapshot
+    patch: dict[str, Any] | None = None  # status fields to write
+    # How the write is made conditional. None: on the snapshot's resourceVersion
+    # (nobody else is writing). Otherwise these status fields must still hold
+    # these values (a JSON patch with "test" operations): used while a worker
+    # holds the run and writes a step every few milliseconds, where a
+    # resourceVersion precondition would lose every race.
+    guard: dict[str, Any] | None = None
     event: tuple[str, str, str] | None = None  # (type, reason, message)
     next_due: dt.datetime | None = None  # when to decide again without a new event
 
@@ -182,6 +188,7 @@ def decide(
                            "message": f"cancellation requested; worker {s.worker} stops at the next step boundary",
                            "cancellation": {"reason": api.REQUESTED, "requestedAt": api.fmt_time(now)},
                            "observedGeneration": s.generation},
+                    guard={"phase": api.RUNNING, "worker": s.worker},
                     event=("Normal", "CancelRequested", f"signalled worker {s.worker}; stops at the next step boundary"),
                 )
             if s.deadline is not None and now >= s.deadline:
@@ -191,6 +198,7 @@ def decide(
                                       f"worker {s.worker} stops at the next step boundary",
                            "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
                            "observedGeneration": s.generation},
+                    guard={"phase": api.RUNNING, "worker": s.worker},
                     event=("Warning", api.RUN_TIMEOUT,
                            f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}"),
                 )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Sequence
 
 
@@ -27,6 +29,9 @@ def run(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    if not verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "handler succeeded" per event
     if not all_namespaces and not namespaces:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
     asyncio.run(
@@ -37,5 +42,8 @@ def run(
             clusterwide=all_namespaces,
             namespaces=list(namespaces),
             liveness_endpoint=liveness_endpoint,
+            # kopf derives its peering identity from the user name, which a
+            # container's arbitrary UID may not have: name it ourselves.
+            identity=os.environ.get("POD_NAME") or socket.gethostname(),
         )
     )

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_operator(args.namespace, all_namespaces=args.all_namespaces, liveness_endpoint=args.liveness,
                      peering_name=args.peering, priority=args.priority, verbose=args.verbose)
     else:
-        args.func(args)
+        sys.exit(args.func(args))
 
 
 if __name__ == "__main__":

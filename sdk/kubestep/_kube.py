@@ -165,6 +165,17 @@ class Kube:
             patch = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
         return await self.request("PATCH", path, json_body=patch, content_type="application/merge-patch+json")
 
+    async def guarded_patch(self, path: str, fields: dict[str, Any], guard: dict[str, Any], root: str = "status") -> Any:
+        """Sets ``root.fields`` only if ``root.guard`` still holds: a JSON patch with "test" operations.
+
+        Unlike a resourceVersion precondition it does not fail because some
+        other field changed meanwhile, only if a guarded field did (422/409).
+        Values must not be None (JSON patch cannot remove a missing field).
+        """
+        ops: list[dict[str, Any]] = [{"op": "test", "path": f"/{root}/{k}", "value": v} for k, v in guard.items()]
+        ops += [{"op": "add", "path": f"/{root}/{k}", "value": v} for k, v in fields.items()]
+        return await self.request("PATCH", path, json_body=ops, content_type="application/json-patch+json")
+
     async def watch(
         self, path: str, resource_version: str, params: dict[str, Any] | None = None, timeout_seconds: int = 300
     ) -> AsyncIterator[dict[str, Any]]:

@@ -22,6 +22,7 @@ Design points:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -59,7 +60,24 @@ CLUSTER_NAME = "kubestep-dev"
 # The state directory carries this file so `down(purge=True)` never deletes a
 # directory it did not create.
 _MARKER = ".kubestep-dev"
-_TERM_GRACE_SECONDS = 15.0
+_TERM_GRACE_SECONDS = 10.0
+# Everything `up()` may create in the state directory (what `down(purge=True)` deletes).
+_STATE_ENTRIES = (
+    "pki",
+    "etcd",
+    "logs",
+    "run",
+    "kubeconfigs",
+    "kubectl-cache",
+    "kubeconfig",
+    "kubeconfig.tmp",
+    "controller-manager.kubeconfig",
+    "controller-manager.kubeconfig.tmp",
+    "ports.json",
+    "crds.sha256",
+    ".lock",
+    _MARKER,
+)
 
 
 class ControlPlaneError(RuntimeError):
@@ -68,6 +86,21 @@ class ControlPlaneError(RuntimeError):
 
 class MissingBinaryError(ControlPlaneError):
     """A control-plane binary is not installed."""
+
+
+class KubectlError(ControlPlaneError):
+    """kubectl exited non-zero; carries its exit code and output."""
+
+    def __init__(
+        self, args: Sequence[str], returncode: int, stdout: str, stderr: str
+    ) -> None:
+        super().__init__(
+            f"`kubectl {' '.join(args)}` failed with exit code {returncode}:\n{stderr.strip()}"
+        )
+        self.kubectl_args = list(args)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 # --------------------------------------------------------------------------
@@ -299,6 +332,7 @@ class ControlPlane:
         self.startup_timeout = startup_timeout
         self._progress = progress
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._crds_established_at: float | None = None
         self.ports = self._resolve_ports(
             ports,
             {
@@ -382,6 +416,7 @@ class ControlPlane:
         with self._lock():
             if all(self._running_pid(c) for c in COMPONENTS) and self._apiserver_ready():
                 applied = self._ensure_crds(binaries[KUBECTL])
+                self._settle_new_crds()
                 return UpResult((), time.monotonic() - started_at, applied)
             return self._up_locked(binaries, started_at)
 
@@ -408,9 +443,22 @@ class ControlPlane:
                 for component in group:
                     self._pid_file(component).unlink(missing_ok=True)
                     self._procs.pop(component, None)
-        if purge and (self.state_dir / _MARKER).exists():
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if purge:
+            self._purge()
         return stopped
+
+    def _purge(self) -> None:
+        """Delete what `up()` created (only that, in case the directory is shared)."""
+        if not (self.state_dir / _MARKER).exists():
+            return
+        for name in _STATE_ENTRIES:
+            path = self.state_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # only if now empty
 
     def status(self) -> dict[str, ComponentStatus]:
         """Each component's pid, whether it runs, and whether it answers its health check."""
@@ -502,6 +550,14 @@ class ControlPlane:
     def _up_locked(self, binaries: Mapping[str, Path], started_at: float) -> UpResult:
         from kubestep._dev import certs
 
+        try:
+            import cryptography  # noqa: F401  (certs imports it lazily)
+        except ImportError as e:
+            raise ControlPlaneError(
+                f"generating the control plane's certificates needs the dev extra: "
+                f"pip install 'kubestep[dev]' ({e})"
+            ) from e
+
         (self.state_dir / _MARKER).touch()
         for sub in ("run", "logs", "etcd"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -511,14 +567,15 @@ class ControlPlane:
         self._write_kubeconfigs(pki)
         started: list[str] = []
 
+        # etcd and the API server start together (the API server retries its
+        # storage connection), which saves etcd's half-second startup.
         if not self._running_pid(ETCD):
             self._start(ETCD, self._etcd_argv(binaries[ETCD]), [self.ports.etcd_client, self.ports.etcd_peer])
             started.append(ETCD)
-        self._wait(ETCD, "etcd /health")
-
         if not self._running_pid(APISERVER):
             self._start(APISERVER, self._apiserver_argv(binaries[APISERVER], pki), [self.ports.apiserver])
             started.append(APISERVER)
+        self._wait(ETCD, "etcd /health")
         self._wait(APISERVER, "kube-apiserver /readyz")
 
         applied = self._ensure_crds(binaries[KUBECTL])
@@ -531,6 +588,7 @@ class ControlPlane:
             )
             started.append(CONTROLLER_MANAGER)
         self._wait(CONTROLLER_MANAGER, "kube-controller-manager /healthz")
+        self._settle_new_crds()
         return UpResult(tuple(started), time.monotonic() - started_at, applied)
 
     def _check_ports_consistent(self) -> None:
@@ -847,8 +905,15 @@ class ControlPlane:
                     names.append(str(doc["metadata"]["name"]))
         stamp = digest.hexdigest()
         with contextlib.suppress(OSError):
-            if self._crds_stamp.read_text().strip() == stamp and self._crds_established(names):
-                return False
+            if self._crds_stamp.read_text().strip() == stamp:
+                established_at = self._crds_established(names)
+                if established_at is not None:
+                    # lastTransitionTime is truncated to whole seconds; keep
+                    # the precise time if this object saw them get Established.
+                    bound = established_at + 1.0
+                    if self._crds_established_at is None or self._crds_established_at > bound:
+                        self._crds_established_at = bound
+                    return False
         self._say(f"applying CRDs from {self.crds_dir} ...")
         run_kubectl(
             kubectl,
@@ -861,25 +926,51 @@ class ControlPlane:
             cache_dir=self._kubectl_cache,
         )
         deadline = time.monotonic() + 60.0
-        while not self._crds_established(names):
+        while (established_at := self._crds_established(names)) is None:
             if time.monotonic() > deadline:
                 raise ControlPlaneError(f"CRDs not Established after 60 s: {names}")
             time.sleep(0.1)
+        # Seen Established now; the truncated lastTransitionTime bounds it too.
+        self._crds_established_at = min(time.time(), established_at + 1.0)
         self._crds_stamp.write_text(stamp + "\n")
         return True
 
-    def _crds_established(self, names: Sequence[str]) -> bool:
+    def _crds_established(self, names: Sequence[str]) -> float | None:
+        """If all named CRDs are Established, when the last one became so (epoch s)."""
+        latest = 0.0
         with self._client(timeout=10.0) as client:
             for name in names:
                 r = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
                 if r.status_code != 200:
-                    return False
-                conditions = r.json().get("status", {}).get("conditions", [])
-                if not any(
-                    c.get("type") == "Established" and c.get("status") == "True" for c in conditions
-                ):
-                    return False
-        return True
+                    return None
+                # A brand-new CRD can have `status: {conditions: null}`.
+                conditions = (r.json().get("status") or {}).get("conditions") or []
+                established = [
+                    c
+                    for c in conditions
+                    if c.get("type") == "Established" and c.get("status") == "True"
+                ]
+                if not established:
+                    return None
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    when = dt.datetime.fromisoformat(established[0]["lastTransitionTime"])
+                    latest = max(latest, when.timestamp())
+        return latest
+
+    def _settle_new_crds(self) -> None:
+        """Let the API server's "just created" window for new CRDs pass.
+
+        For 2 s after a CRD becomes Established the API server delays every
+        create of its resources by 2 s (apiextensions-apiserver
+        customresource_handler.go, for HA consistency). Waiting it out here
+        keeps that hidden delay out of the first test or the first
+        `kubectl apply`.
+        """
+        if self._crds_established_at is None:
+            return
+        remaining = self._crds_established_at + 2.05 - time.time()
+        if 0 < remaining <= 3.0:
+            time.sleep(remaining)
 
 
 # --------------------------------------------------------------------------
@@ -895,7 +986,7 @@ def run_kubectl(
     timeout: float = 120.0,
     cache_dir: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run kubectl with `kubeconfig`; raise ControlPlaneError with its stderr if `check`."""
+    """Run kubectl with `kubeconfig`; raise KubectlError (with its stderr) if `check`."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     if cache_dir is not None:
         env["KUBECACHEDIR"] = str(cache_dir)
@@ -904,10 +995,7 @@ def run_kubectl(
         argv, input=input, capture_output=True, text=True, env=env, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise ControlPlaneError(
-            f"`kubectl {' '.join(args)}` failed with exit code {proc.returncode}:\n"
-            f"{proc.stderr.strip()}"
-        )
+        raise KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
     return proc
 
 

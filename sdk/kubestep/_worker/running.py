@@ -99,6 +99,7 @@ class Run:
         self.stop_reason: str | None = None
         self.handback = False
         self.lost = False
+        self.claimed = False
         self.deadline_mono: float | None = None
         self._seen: set[str] = set()
         self._last_key: str | None = None
@@ -111,7 +112,8 @@ class Run:
         if not _newer(_rv(obj), self.rv):
             return  # older than what we wrote or read last
         self.obj, self.rv = obj, _rv(obj)
-        self._learn(obj)
+        if self.claimed:  # before the claim, a newer Queued version is just what we will claim
+            self._learn(obj)
 
     def observe_deleted(self) -> None:
         self.lost = True
@@ -126,8 +128,12 @@ class Run:
 
     # ----- status writes ----------------------------------------------------------------------
 
-    async def _write(self, build: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        """Conditional status patch, rebuilt and retried after conflicts while we still hold the run."""
+    async def _write(self, build: Callable[[dict[str, Any]], dict[str, Any]], stoppable: bool = False) -> None:
+        """Conditional status patch, rebuilt and retried after conflicts while we still hold the run.
+
+        ``stoppable`` writes (every ending but Cancelled) give way to a
+        cancellation learned from the conflict: they raise at that boundary.
+        """
         for _ in range(10):
             try:
                 obj = await self.kube.merge_patch(
@@ -144,6 +150,8 @@ class Run:
                 self._learn(fresh)
                 if self.lost:
                     raise _Release("lost") from None
+                if stoppable and self.stop_reason is not None:
+                    self._check_stop()
         raise _Release("too many write conflicts")
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
@@ -167,7 +175,24 @@ class Run:
     # ----- claim ------------------------------------------------------------------------------
 
     async def claim(self) -> bool:
-        """Queued → Running, conditional on the resourceVersion we saw Queued. False if we lost the race."""
+        """Queued → Running, conditional on the resourceVersion we saw Queued. False if we lost the race.
+
+        A conflict only means the run changed since we saw it (often the
+        operator updating a condition): re-read, and claim again while it is
+        still Queued.
+        """
+        for _ in range(5):
+            try:
+                return await self._claim_once()
+            except ConflictError:
+                try:
+                    fresh = await self.kube.get(self._path)
+                except NotFoundError:
+                    return False
+                self.obj, self.rv = fresh, _rv(fresh)
+        return False
+
+    async def _claim_once(self) -> bool:
         spec, status = self.obj.get("spec") or {}, self.obj.get("status") or {}
         if status.get("phase") != api.QUEUED or spec.get("cancelRequested"):
             return False
@@ -194,9 +219,10 @@ class Run:
         }
         try:
             obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
-        except (ConflictError, NotFoundError):
+        except NotFoundError:
             return False
         self.obj, self.rv = obj, _rv(obj)
+        self.claimed = True
         self.attempt += 1
         self.deadline_mono = mono + budget if budget else None
         verb = "Resumed" if resumed else "Started"
@@ -210,7 +236,8 @@ class Run:
             self.stop_reason = api.RUN_TIMEOUT
         return self.lost or self.stop_reason is not None or self.handback
 
-    def _boundary(self) -> None:
+    def _check_stop(self) -> None:
+        """Raises if the run must stop: lost, cancelled or out of budget (not for hand-back)."""
         if not self._stopping():
             return
         if self.lost:
@@ -219,7 +246,12 @@ class Run:
             raise ExecutionCancelled(f"execution {self.name} was cancelled")
         if self.stop_reason == api.RUN_TIMEOUT:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
-        raise _Release("handback")
+
+    def _boundary(self) -> None:
+        """A step boundary: stop, or hand the run back if the worker is shutting down."""
+        self._check_stop()
+        if self.handback:
+            raise _Release("handback")
 
     def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
         if key in self._seen:
@@ -290,42 +322,59 @@ class Run:
     # ----- the whole run ----------------------------------------------------------------------
 
     async def execute(self) -> str:
-        """Runs the workflow from the top (replaying recorded steps); returns the outcome."""
+        """Runs the workflow from the top (replaying recorded steps) and records how it ended."""
+        outcome = await self._run_workflow()
+        while True:
+            try:
+                return await self._conclude(outcome)
+            except StopExecution:
+                # Told to stop while writing another ending (a write conflict
+                # showed us the cancellation): the stop wins.
+                outcome = (api.CANCELLED, None)
+            except _Release as r:
+                return r.why
+
+    async def _run_workflow(self) -> tuple[str, Any]:
         ctx = WorkflowContext(self)
         payload = (self.obj.get("spec") or {}).get("input")
-        outcome: str
         try:
             try:
                 result = await self.workflow.fn(ctx, payload)
-                self._boundary()  # returning is a boundary too
-                result = _to_json(result)
-            except _Suspend as s:
-                if self._stopping():
-                    self._boundary()
-                await self._finish_wait(s)
-                return api.WAITING
-            except StopExecution:
-                await self._finish_cancelled()
-                return api.CANCELLED
-            except _Release:
+                self._check_stop()  # returning is a boundary too
+                return (api.COMPLETED, _to_json(result))
+            except (_Suspend, _Release):
                 raise
+            except StopExecution:
+                return (api.CANCELLED, None)
             except Exception as exc:
-                if self._stopping() and not self.lost:
-                    # Workflow code that swallowed the stop and raised something
-                    # else still ends as a stop, never as a failure.
-                    self._boundary()
-                await self._finish_failed(exc)
-                return api.FAILED
-            await self._finish_completed(result)
-            outcome = api.COMPLETED
-        except StopExecution:
-            await self._finish_cancelled()
-            outcome = api.CANCELLED
+                # Workflow code that swallowed the stop and raised something
+                # else still ends as a stop, never as a failure.
+                self._check_stop()
+                return (api.FAILED, exc)
+        except _Suspend as s:
+            self._check_stop()
+            return (api.WAITING, s)
         except _Release as r:
-            if r.why == "handback":
-                await self._hand_back()
-            outcome = r.why
-        return outcome
+            return ("release", r.why)
+        except StopExecution:
+            return (api.CANCELLED, None)
+
+    async def _conclude(self, outcome: tuple[str, Any]) -> str:
+        kind, value = outcome
+        if kind == api.COMPLETED:
+            await self._finish_completed(value)
+        elif kind == api.FAILED:
+            await self._finish_failed(value)
+        elif kind == api.WAITING:
+            await self._finish_wait(value)
+        elif kind == api.CANCELLED:
+            await self._finish_cancelled()
+        elif value == "handback":
+            await self._hand_back()
+            return "handback"
+        else:
+            return str(value)
+        return kind
 
     async def _finish_completed(self, result: Any) -> None:
         at = api.now()
@@ -335,7 +384,7 @@ class Run:
                     **api.finished_status(s, api.COMPLETED, "Succeeded", "workflow returned", at,
                                           self.obj["metadata"].get("generation"))}
 
-        await self._write(build)
+        await self._write(build, stoppable=True)
         self._event(api.COMPLETED, f"workflow completed after {len(self.steps)} step(s)")
 
     async def _finish_failed(self, exc: Exception) -> None:
@@ -348,7 +397,7 @@ class Run:
                     **api.finished_status(s, api.FAILED, "WorkflowError", f"{err['type']}: {err['message']}"[:1000],
                                           at, self.obj["metadata"].get("generation"))}
 
-        await self._write(build)
+        await self._write(build, stoppable=True)
         self._event(api.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
 
     async def _finish_cancelled(self) -> None:
@@ -385,7 +434,7 @@ class Run:
                     "worker": None, "deadline": None, "segmentStartedAt": None,
                     "wakeAt": api.fmt_time(s.wake_at)}
 
-        await self._write(build)
+        await self._write(build, stoppable=True)
         self._event(api.WAITING, f"waiting on {s.key!r} until {api.fmt_time(s.wake_at)}; worker released")
 
     async def _hand_back(self) -> None:
@@ -395,7 +444,7 @@ class Run:
                     "worker": None, "deadline": None, "segmentStartedAt": None}
 
         try:
-            await self._write(build)
+            await self._write(build, stoppable=True)
         except _Release:
             return
         self._event("HandedBack", f"worker {self.worker} is shutting down; run re-queued")

@@ -114,6 +114,8 @@ class Worker:
 
     def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
+        logger.debug("event %s %s phase=%s rv=%s", kind, name, (obj.get("status") or {}).get("phase"),
+                     obj["metadata"].get("resourceVersion"))
         run = self.runs.get(name)
         if kind == "DELETED":
             self._queued.pop(name, None)

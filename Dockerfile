@@ -1,0 +1,50 @@
+# The Kubestep image: the `kubestep` command with the operator extra (kopf).
+# The chart runs it as `kubestep operator ...` and `kubestep worker MODULE ...`.
+#
+#   docker build -t kubestep:dev .
+#
+# Your workflows: build FROM this image and add your module under /app (the
+# worker puts its working directory on sys.path), or pip install your package:
+#
+#   FROM kubestep:dev
+#   COPY myflows.py /app/
+#   # then in the chart: workers: [{name: flows, module: myflows, image: {...}}]
+#
+# Runs as the numeric non-root user 10001 and needs no writable path but /tmp,
+# so it works with readOnlyRootFilesystem: true (the chart mounts an emptyDir
+# at /tmp).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- build: the kubestep wheel and wheels of all its dependencies ------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sdk ./sdk
+COPY operator ./operator
+RUN pip wheel --wheel-dir /wheels '.[operator]'
+
+# ---- runtime -----------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    USER=kubestep
+# kopf names its operator identity after getpass.getuser(), which fails for a
+# uid without a passwd entry unless $USER is set: both are provided, so an
+# arbitrary runAsUser works too. The wheels are bind-mounted (BuildKit), so
+# they add no layer to the image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels 'kubestep[operator]' \
+ && groupadd --gid 10001 kubestep \
+ && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin kubestep \
+ && mkdir -p /app
+WORKDIR /app
+USER 10001:10001
+ENTRYPOINT ["kubestep"]
+CMD ["--help"]

@@ -1,0 +1,243 @@
+"""Cancel latency and timeout overshoot, on the real local control plane.
+
+Measured in one run, so the ratios hold on a noisy machine:
+
+* floor — the raw apiserver round trip: patch an object's spec, see the watch
+  event. No Kubestep code is involved; nothing can be faster than this.
+* cancel latency — patch ``spec.cancelRequested`` → the client's watch sees
+  phase ``Cancelled``, for a run doing 10 ms steps, with 1 and with 100
+  concurrent runs (the 100 keep running; one at a time is cancelled and
+  replaced). The path is: patch → operator event → status.cancellation →
+  worker event → step in flight finishes → final status write → client event.
+* timeout overshoot — ``finishedAt − deadline`` for runs with a 1 s budget
+  and 10 ms steps: how late past the budget the run really stopped.
+
+Targets (benchmark, not tests): cancel p50 ≤ 50 ms, p99 ≤ 250 ms at 100
+concurrent runs; timeout overshoot p99 ≤ 200 ms.
+
+    python bench/cancel_latency.py [--kubeconfig FILE] [--samples N] [--concurrent 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kubestep import KubestepClient
+from kubestep import _api as api
+from kubestep._dev.controlplane import ControlPlane, Ports
+from kubestep._dev.local import start_operator, start_worker
+
+HERE = Path(__file__).resolve().parent
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
+            "mean": statistics.fmean(ms), "max": max(ms)}
+
+
+class Watcher:
+    """One watch on the namespace; resolves futures when a run reaches a phase."""
+
+    def __init__(self, client: KubestepClient) -> None:
+        self.kube = client._kube
+        self.ns = client.namespace
+        self.waiters: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def expect(self, name: str, phase: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        obj = self.latest.get(name)
+        if obj and (obj.get("status") or {}).get("phase") == phase:
+            fut.set_result(time.perf_counter())
+        else:
+            self.waiters[(name, phase)] = fut
+        return fut
+
+    async def start(self) -> None:
+        listing = await self.kube.get(api.execution_path(self.ns))
+        self.task = asyncio.create_task(self._run(listing["metadata"]["resourceVersion"]))
+
+    async def _run(self, rv: str) -> None:
+        while True:
+            try:
+                async for ev in self.kube.watch(api.execution_path(self.ns), rv):
+                    if ev["type"] == "ERROR":
+                        break
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        self._seen(obj, time.perf_counter())
+            except httpx.HTTPError as e:
+                print(f"watch reconnect after {e!r}", file=sys.stderr)
+            listing = await self.kube.get(api.execution_path(self.ns))
+            rv = listing["metadata"]["resourceVersion"]
+            for obj in listing["items"]:
+                self._seen(obj, time.perf_counter())
+
+    def _seen(self, obj: dict[str, Any], t: float) -> None:
+        name = obj["metadata"]["name"]
+        self.latest[name] = obj
+        fut = self.waiters.pop((name, (obj.get("status") or {}).get("phase")), None)
+        if fut and not fut.done():
+            fut.set_result(t)
+
+
+async def floor(client: KubestepClient, samples: int) -> list[float]:
+    """Patch a ConfigMap, wait for our own watch to deliver it."""
+    kube, ns = client._kube, client.namespace
+    path = f"/api/v1/namespaces/{ns}/configmaps"
+    name = f"floor-{uuid.uuid4().hex[:6]}"
+    cm = await kube.create(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}})
+    out: list[float] = []
+    rv = cm["metadata"]["resourceVersion"]
+    params = {"fieldSelector": f"metadata.name={name}"}
+    for i in range(samples):
+        stream = kube.watch(path, rv, params)
+        t0 = time.perf_counter()
+        first = asyncio.ensure_future(stream.__anext__())
+        await kube.merge_patch(f"{path}/{name}", {"data": {"i": str(i)}})
+        ev = await first
+        out.append((time.perf_counter() - t0) * 1000)
+        rv = ev["object"]["metadata"]["resourceVersion"]
+        await stream.aclose()
+    return out
+
+
+async def start_running(client: KubestepClient, watcher: Watcher, n: int) -> list[str]:
+    handles = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(n)))
+    names = [h.id for h in handles]
+    await asyncio.wait_for(asyncio.gather(*(watcher.expect(x, api.RUNNING) for x in names)), 120)
+    return names
+
+
+async def cancel_one(client: KubestepClient, watcher: Watcher, name: str) -> float:
+    await asyncio.sleep(0.05 + random.random() * 0.05)  # land anywhere inside a step
+    done = watcher.expect(name, api.CANCELLED)
+    t0 = time.perf_counter()
+    await client._kube.merge_patch(api.execution_path(client.namespace, name), {"spec": {"cancelRequested": True}})
+    t1 = await asyncio.wait_for(done, 60)
+    return (t1 - t0) * 1000
+
+
+async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: int, samples: int) -> list[float]:
+    running = await start_running(client, watcher, concurrent)
+    out = []
+    for _ in range(samples):
+        victim = running.pop(random.randrange(len(running)))
+        out.append(await cancel_one(client, watcher, victim))
+        running += await start_running(client, watcher, 1)  # keep `concurrent` runs going
+    await asyncio.gather(*(client.cancel_execution(x) for x in running))
+    await asyncio.gather(*(watcher.expect(x, api.CANCELLED) for x in running))
+    return out
+
+
+async def timeout_overshoot(client: KubestepClient, watcher: Watcher, samples: int, batch: int = 10) -> list[float]:
+    out: list[float] = []
+    while len(out) < samples:
+        handles = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}, run_timeout_seconds=1)
+                                         for _ in range(batch)))
+        await asyncio.gather(*(watcher.expect(h.id, api.CANCELLED) for h in handles))
+        for h in handles:
+            e = await h.status()
+            assert e.status.reason == api.RUN_TIMEOUT, e.status
+            # cancellation.requestedAt of a RunTimeout is the deadline itself.
+            assert e.status.finished_at and e.status.cancellation and e.status.cancellation.requested_at
+            out.append((e.status.finished_at - e.status.cancellation.requested_at).total_seconds() * 1000)
+    return out[:samples]
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| measurement | n | p50 ms | p95 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
+    for key, label in [("floor_patch_to_watch", "floor: apiserver patch → watch event"),
+                       ("cancel_1", "cancel → Cancelled, 1 run (10 ms steps)"),
+                       ("cancel_100", f"cancel → Cancelled, {results['concurrent']} concurrent runs"),
+                       ("timeout_overshoot", "timeout overshoot (finishedAt − deadline)")]:
+        s = results[key]
+        rows.append(f"| {label} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    r = results
+    rows.append("")
+    rows.append(f"cancel p50 / floor p50: {r['cancel_1']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× (1 run), "
+                f"{r['cancel_100']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× ({r['concurrent']} runs)")
+    return "\n".join(rows)
+
+
+async def measure(kubeconfig: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    logs = HERE / "results" / "logs"
+    async with KubestepClient(namespace=ns, kubeconfig=str(kubeconfig)) as client:
+        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": ns}})
+        procs = [start_operator(kubeconfig, logs, [ns]),
+                 start_worker(kubeconfig, logs, ns, "bench-worker", concurrency=args.concurrent + 10)]
+        try:
+            watcher = Watcher(client)
+            await watcher.start()
+            await asyncio.sleep(2)
+            results: dict[str, Any] = {"concurrent": args.concurrent}
+            print("floor ...", file=sys.stderr)
+            results["floor_patch_to_watch"] = summary(await floor(client, args.samples * 2))
+            print("cancel, 1 run ...", file=sys.stderr)
+            results["cancel_1"] = summary(await cancel_latency(client, watcher, 1, args.samples))
+            print(f"cancel, {args.concurrent} runs ...", file=sys.stderr)
+            results["cancel_100"] = summary(await cancel_latency(client, watcher, args.concurrent, args.samples))
+            print("timeout overshoot ...", file=sys.stderr)
+            results["timeout_overshoot"] = summary(await timeout_overshoot(client, watcher, args.samples))
+            return results
+        finally:
+            for p in procs:
+                p.stop()
+            await client._kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting a local control plane")
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--concurrent", type=int, default=100)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    plane = None
+    if args.kubeconfig:
+        kubeconfig = Path(args.kubeconfig)
+    else:
+        plane = ControlPlane(Path(os.path.expanduser("~/.cache/kubestep/bench")), ports=Ports.free())
+        plane.up()
+        kubeconfig = plane.kubeconfig
+    try:
+        results = asyncio.run(measure(kubeconfig, args))
+    finally:
+        if plane is not None:
+            plane.down()
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cancel_latency.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = table(results)
+    (out / "cancel_latency.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

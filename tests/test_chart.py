@@ -1,0 +1,461 @@
+"""The Helm chart (charts/kubestep) against the real API server.
+
+* ``helm lint`` is clean; the chart's CRD is the top-level CRD, byte for byte.
+* The rendered chart passes ``kubectl apply --dry-run=server``.
+* Every pod the chart creates passes Pod Security "restricted" admission, in
+  a namespace that enforces it (and that namespace really rejects a
+  non-compliant pod).
+* ``helm install`` creates what it should, and the RBAC it creates gives the
+  operator and the workers exactly the access the code needs (a matrix of
+  ``kubectl auth can-i`` by impersonation).
+* The operator and a worker, as processes authenticated with the chart's
+  service accounts' own tokens (not as admin), run a workflow to completion
+  and cancel one.
+
+Namespaces here are ``chart-*``: the session operator of test_lifecycle.py
+watches ``t-*`` and must not touch the runs of these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+import kubestep
+from kubestep import _api as api
+from kubestep._dev import find_binary
+
+from .harness import start_operator, start_worker
+
+if TYPE_CHECKING:
+    from .conftest import Cluster
+
+pytestmark = pytest.mark.cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHART = REPO_ROOT / "charts" / "kubestep"
+KIND_VALUES = CHART / "ci" / "kind-values.yaml"
+CRD_FILE = "workflowexecutions.kubestep.io.yaml"
+RELEASE = "kubestep"
+OPERATOR_SA = "kubestep-operator"
+WORKER_SA = "kubestep-worker"
+# The kind values (a worker serving kubestep.examples, 2 s leases) with an
+# image that is never pulled: here no kubelet runs pods anyway, and on a real
+# cluster (KUBESTEP_TEST_KUBECONFIG) these test releases must not start a
+# second operator next to the one under test.
+INSTALL_VALUES = ["-f", str(KIND_VALUES),
+                  "--set", "image.repository=kubestep-chart-test-never-pulled",
+                  "--set", "image.pullPolicy=Never",
+                  "--set", "podDisruptionBudget.enabled=true"]
+
+
+# ----- helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    """The helm binary (`make tools` builds the pinned one); missing is a failure, not a skip."""
+    return find_binary("helm")
+
+
+def run(args: list[str | Path], *, input: str | None = None, timeout: float = 120) -> str:
+    proc = subprocess.run([str(a) for a in args], input=input, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def render(helm: Path, namespace: str, *values: str, include_crds: bool = False) -> list[dict[str, Any]]:
+    args: list[str | Path] = [helm, "template", RELEASE, CHART, "--namespace", namespace, *values]
+    if include_crds:
+        args.append("--include-crds")
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def create_namespace(cluster: Cluster, prefix: str = "chart", labels: dict[str, str] | None = None) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    if labels:
+        cluster.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in labels.items()))
+    return name
+
+
+def delete_namespace(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@pytest.fixture(scope="module")
+def release(control_plane: Cluster, helm: Path) -> Iterator[str]:
+    """The chart installed (namespaced mode) into a fresh namespace enforcing Pod Security "restricted"."""
+    ns = create_namespace(control_plane, "chart", RESTRICTED)
+    try:
+        run([helm, "install", RELEASE, CHART, "--kubeconfig", control_plane.kubeconfig,
+             "--namespace", ns, *INSTALL_VALUES])
+        yield ns
+    finally:
+        subprocess.run([str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig),
+                        "--namespace", ns], capture_output=True, timeout=120)
+        delete_namespace(control_plane, ns)
+
+
+@pytest.fixture(scope="module")
+def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
+    """The chart installed with watchAllNamespaces=true (ClusterRole + ClusterRoleBinding)."""
+    ns = create_namespace(control_plane, "chart-cw", RESTRICTED)
+    try:
+        run([helm, "install", RELEASE, CHART, "--kubeconfig", control_plane.kubeconfig,
+             "--namespace", ns, *INSTALL_VALUES, "--set", "watchAllNamespaces=true"])
+        yield ns
+    finally:
+        subprocess.run([str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig),
+                        "--namespace", ns], capture_output=True, timeout=120)
+        delete_namespace(control_plane, ns)
+
+
+# ----- lint, CRD copy, server-side dry run ---------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param([], id="defaults"),
+    pytest.param(["-f", str(KIND_VALUES)], id="kind-values"),
+    pytest.param(["--set", "watchAllNamespaces=true"], id="all-namespaces"),
+    pytest.param(["-f", str(KIND_VALUES), "--set", "watchNamespaces={a,b}",
+                  "--set", "workers[0].name=examples,workers[0].module=kubestep.examples,workers[0].namespace=b",
+                  "--set", "podDisruptionBudget.enabled=true"], id="watch-namespaces"),
+])
+def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
+    out = run([helm, "lint", "--strict", CHART, *values])
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+    assert "0 chart(s) failed" in out, out
+
+
+def test_chart_refuses_a_worker_in_an_unwatched_namespace(helm: Path) -> None:
+    proc = subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", "ns",
+         "--set", "workers[0].name=w,workers[0].module=m,workers[0].namespace=elsewhere"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "does not watch" in proc.stderr, proc.stderr
+
+
+def test_chart_crd_is_the_top_level_crd() -> None:
+    top = (REPO_ROOT / "crds" / CRD_FILE).read_bytes()
+    copy = (CHART / "crds" / CRD_FILE).read_bytes()
+    assert copy == top, f"charts/kubestep/crds/{CRD_FILE} drifted from crds/{CRD_FILE}: copy it again"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO_ROOT / "crds").iterdir())
+
+
+@pytest.mark.parametrize("variant", ["defaults", "kind-values", "all-namespaces", "watch-namespaces"])
+def test_rendered_chart_passes_server_side_dry_run(
+    control_plane: Cluster, helm: Path, variant: str
+) -> None:
+    ns = create_namespace(control_plane, "chart-dry")
+    other = create_namespace(control_plane, "chart-dry") if variant == "watch-namespaces" else None
+    try:
+        values = {
+            "defaults": [],
+            "kind-values": ["-f", str(KIND_VALUES), "--set", "podDisruptionBudget.enabled=true"],
+            "all-namespaces": ["-f", str(KIND_VALUES), "--set", "watchAllNamespaces=true"],
+            "watch-namespaces": ["-f", str(KIND_VALUES), "--set", f"watchNamespaces={{{ns},{other}}}",
+                                 "--set", f"workers[1].name=other,workers[1].module=kubestep.examples,"
+                                          f"workers[1].namespace={other}"],
+        }[variant]
+        docs = render(helm, ns, *values, include_crds=True)
+        kinds = sorted({d["kind"] for d in docs})
+        assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= set(kinds), kinds
+        # Every object names its namespace; server-side apply also handles the CRD the plane installed.
+        out = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-",
+                                    input=yaml.safe_dump_all(docs)).stdout
+        assert out.count("(server dry run)") == len(docs), out
+        if variant == "watch-namespaces":
+            roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
+            assert roles == {(ns, "kubestep-operator"), (other, "kubestep-operator"),
+                             (ns, "kubestep-worker"), (other, "kubestep-worker")}, roles
+    finally:
+        delete_namespace(control_plane, ns)
+        if other:
+            delete_namespace(control_plane, other)
+
+
+# ----- Pod Security "restricted" --------------------------------------------------------------
+
+
+def _bare_pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    template = deployment["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"bare-{deployment['metadata']['name']}", "labels": {"chart-test": "bare"}},
+            "spec": template["spec"]}
+
+
+def test_every_pod_passes_restricted_pod_security(
+    control_plane: Cluster, helm: Path, release: str
+) -> None:
+    labels = json.loads(control_plane.kubectl("get", "namespace", release, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
+
+    deployments = [d for d in render(helm, release, *INSTALL_VALUES) if d["kind"] == "Deployment"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == ["kubestep-operator", "kubestep-worker-examples"]
+    for d in deployments:
+        pod = _bare_pod(d)
+        for c in pod["spec"]["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+        assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+        assert pod["spec"]["automountServiceAccountToken"] is True
+        # Admission judges the bare pod exactly as it would the ReplicaSet's.
+        proc = control_plane.kubectl("apply", "--dry-run=server", "-n", release, "-f", "-",
+                                     input=json.dumps(pod), check=False)
+        assert proc.returncode == 0 and "Warning" not in proc.stderr, (d["metadata"]["name"], proc.stderr)
+
+    # And for real: the installed Deployments' ReplicaSets could create their pods
+    # (the pods stay Pending here: no kubelet, no scheduler).
+    def pods_created() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for d in deployments:
+            selector = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items())
+            items = json.loads(control_plane.kubectl("get", "pods", "-n", release, "-l", selector,
+                                                     "-o", "json").stdout)["items"]
+            counts[d["metadata"]["name"]] = len(items)
+        return counts
+
+    expected = {d["metadata"]["name"]: d["spec"]["replicas"] for d in deployments}
+    deadline = time.monotonic() + 30
+    while (counts := pods_created()) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rs = control_plane.kubectl("get", "rs", "-n", release, "-o",
+                               "jsonpath={range .items[*]}{.metadata.name}: {.status.conditions}{\"\\n\"}{end}").stdout
+    assert counts == expected, f"pods created {counts}, expected {expected}; ReplicaSets:\n{rs}"
+
+
+@pytest.mark.parametrize("change", ["privileged", "root", "no-seccomp", "writable-escalation"])
+def test_restricted_namespace_rejects_a_noncompliant_pod(
+    control_plane: Cluster, helm: Path, release: str, change: str
+) -> None:
+    """Guard: admission in that namespace really judges (otherwise the test above proves nothing)."""
+    worker = next(d for d in render(helm, release, *INSTALL_VALUES)
+                  if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubestep-worker-examples")
+    pod = _bare_pod(worker)
+    pod["metadata"]["name"] = f"bad-{change}"
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    if change == "privileged":
+        container["securityContext"].update(privileged=True, allowPrivilegeEscalation=True)
+    elif change == "root":
+        for sc in (spec["securityContext"], container["securityContext"]):
+            sc.pop("runAsNonRoot", None)
+            sc["runAsUser"] = 0
+    elif change == "no-seccomp":
+        spec["securityContext"].pop("seccompProfile")
+        container["securityContext"].pop("seccompProfile")
+    else:
+        container["securityContext"]["allowPrivilegeEscalation"] = True
+    proc = control_plane.kubectl("apply", "--dry-run=server", "-n", release, "-f", "-",
+                                 input=json.dumps(pod), check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "violates PodSecurity" in proc.stderr and '"restricted:latest"' in proc.stderr, proc.stderr
+
+
+# ----- helm install ---------------------------------------------------------------------------
+
+
+def _names(cluster: Cluster, kind: str, namespace: str | None = None) -> set[str]:
+    args = ["get", kind, "-o", "json", "-l", f"app.kubernetes.io/instance={RELEASE}"]
+    args += ["-n", namespace] if namespace else []
+    return {i["metadata"]["name"] for i in json.loads(cluster.kubectl(*args).stdout)["items"]}
+
+
+def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: Path, release: str) -> None:
+    assert _names(control_plane, "deployments", release) == {"kubestep-operator", "kubestep-worker-examples"}
+    assert _names(control_plane, "serviceaccounts", release) == {OPERATOR_SA, WORKER_SA}
+    assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA}
+    assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA}
+    assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples"}
+    assert f"{release}-kubestep-operator-discovery" in _names(control_plane, "clusterroles")
+    assert f"{release}-kubestep-operator-discovery" in _names(control_plane, "clusterrolebindings")
+
+    op = json.loads(control_plane.kubectl("get", "deploy", "kubestep-operator", "-n", release, "-o", "json").stdout)
+    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    c = op["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == ["operator", f"--namespace={release}", "--liveness=http://0.0.0.0:8080/healthz"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}, c[probe]
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
+    assert {"name": "KUBESTEP_LEASE_SECONDS", "value": "2"} in c["env"]
+
+    wk = json.loads(control_plane.kubectl("get", "deploy", "kubestep-worker-examples", "-n", release,
+                                          "-o", "json").stdout)
+    spec = wk["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == WORKER_SA
+    c = spec["containers"][0]
+    assert c["args"] == ["worker", "kubestep.examples", "--concurrency=10"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") or e.get("value") for e in c["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                   "POD_UID": "metadata.uid", "KUBESTEP_LEASE_SECONDS": "2"}, env
+
+    notes = run([helm, "get", "notes", RELEASE, "--kubeconfig", control_plane.kubeconfig, "--namespace", release])
+    assert f"kubectl -n {release} patch wfx my-run --type merge -p '{{\"spec\":{{\"cancelRequested\":true}}}}'" in notes
+    assert f"kubectl -n {release} apply -f -" in notes
+
+
+# ----- the RBAC matrix ------------------------------------------------------------------------
+
+OWN, OTHER, CLUSTER = "own namespace", "other namespace", "cluster scope"
+WFX, STATUS = "workflowexecutions.kubestep.io", "workflowexecutions.kubestep.io/status"
+LEASES, EVENTS = "leases.coordination.k8s.io", "events"
+
+#   install       who         verb      resource                    where     allowed
+RBAC_MATRIX = [
+    ("namespaced", "operator", "get",    WFX,                        OWN,      True),
+    ("namespaced", "operator", "list",   WFX,                        OWN,      True),
+    ("namespaced", "operator", "watch",  WFX,                        OWN,      True),
+    ("namespaced", "operator", "get",    STATUS,                     OWN,      True),
+    ("namespaced", "operator", "patch",  STATUS,                     OWN,      True),
+    ("namespaced", "operator", "get",    LEASES,                     OWN,      True),
+    ("namespaced", "operator", "list",   LEASES,                     OWN,      True),
+    ("namespaced", "operator", "watch",  LEASES,                     OWN,      True),
+    ("namespaced", "operator", "create", EVENTS,                     OWN,      True),
+    ("namespaced", "operator", "list",   "namespaces",               CLUSTER,  True),   # kopf's observers,
+    ("namespaced", "operator", "watch",  "customresourcedefinitions", CLUSTER, True),   # read-only
+    ("namespaced", "operator", "patch",  WFX,                        OWN,      False),  # never the spec
+    ("namespaced", "operator", "update", WFX,                        OWN,      False),
+    ("namespaced", "operator", "create", WFX,                        OWN,      False),
+    ("namespaced", "operator", "delete", WFX,                        OWN,      False),
+    ("namespaced", "operator", "update", STATUS,                     OWN,      False),
+    ("namespaced", "operator", "create", LEASES,                     OWN,      False),
+    ("namespaced", "operator", "patch",  LEASES,                     OWN,      False),
+    ("namespaced", "operator", "get",    "secrets",                  OWN,      False),
+    ("namespaced", "operator", "list",   "pods",                     OWN,      False),
+    ("namespaced", "operator", "get",    "namespaces",               CLUSTER,  False),
+    ("namespaced", "operator", "delete", "namespaces",               CLUSTER,  False),
+    ("namespaced", "operator", "list",   WFX,                        OTHER,    False),
+    ("namespaced", "operator", "patch",  STATUS,                     OTHER,    False),
+    ("namespaced", "operator", "list",   LEASES,                     OTHER,    False),
+    ("namespaced", "operator", "create", EVENTS,                     OTHER,    False),
+    ("namespaced", "worker",   "get",    WFX,                        OWN,      True),
+    ("namespaced", "worker",   "list",   WFX,                        OWN,      True),
+    ("namespaced", "worker",   "watch",  WFX,                        OWN,      True),
+    ("namespaced", "worker",   "get",    STATUS,                     OWN,      True),
+    ("namespaced", "worker",   "patch",  STATUS,                     OWN,      True),
+    ("namespaced", "worker",   "create", LEASES,                     OWN,      True),
+    ("namespaced", "worker",   "get",    LEASES,                     OWN,      True),
+    ("namespaced", "worker",   "patch",  LEASES,                     OWN,      True),
+    ("namespaced", "worker",   "update", LEASES,                     OWN,      True),
+    ("namespaced", "worker",   "delete", LEASES,                     OWN,      True),
+    ("namespaced", "worker",   "create", EVENTS,                     OWN,      True),
+    ("namespaced", "worker",   "patch",  WFX,                        OWN,      False),  # never the spec
+    ("namespaced", "worker",   "update", WFX,                        OWN,      False),
+    ("namespaced", "worker",   "create", WFX,                        OWN,      False),
+    ("namespaced", "worker",   "delete", WFX,                        OWN,      False),
+    ("namespaced", "worker",   "update", STATUS,                     OWN,      False),
+    ("namespaced", "worker",   "list",   LEASES,                     OWN,      False),
+    ("namespaced", "worker",   "get",    "secrets",                  OWN,      False),
+    ("namespaced", "worker",   "get",    "pods",                     OWN,      False),
+    ("namespaced", "worker",   "list",   "namespaces",               CLUSTER,  False),
+    ("namespaced", "worker",   "list",   WFX,                        OTHER,    False),
+    ("namespaced", "worker",   "patch",  STATUS,                     OTHER,    False),
+    ("namespaced", "worker",   "create", LEASES,                     OTHER,    False),
+    ("namespaced", "worker",   "create", EVENTS,                     OTHER,    False),
+    ("cluster-wide", "operator", "list",  WFX,                       OTHER,    True),
+    ("cluster-wide", "operator", "watch", WFX,                       CLUSTER,  True),   # kubectl -A
+    ("cluster-wide", "operator", "patch", STATUS,                    OTHER,    True),
+    ("cluster-wide", "operator", "watch", LEASES,                    CLUSTER,  True),
+    ("cluster-wide", "operator", "create", EVENTS,                   OTHER,    True),
+    ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, True),
+    ("cluster-wide", "operator", "patch", WFX,                       OTHER,    False),  # never the spec
+    ("cluster-wide", "operator", "create", WFX,                      OTHER,    False),
+    ("cluster-wide", "operator", "list",  "namespaces",              CLUSTER,  False),  # not needed with -A
+    ("cluster-wide", "operator", "get",   "secrets",                 OTHER,    False),
+    ("cluster-wide", "worker",   "patch", STATUS,                    OWN,      True),
+    ("cluster-wide", "worker",   "list",  WFX,                       OTHER,    False),  # workers stay namespaced
+    ("cluster-wide", "worker",   "watch", WFX,                       CLUSTER,  False),
+]
+
+
+@pytest.mark.parametrize(
+    "install,who,verb,resource,where,allowed",
+    [pytest.param(*row, id=f"{row[0]}-{row[1]}-{'can' if row[5] else 'cannot'}-{row[2]}-"
+                           f"{row[3].split('.')[0]}{'/status' if row[3].endswith('/status') else ''}-"
+                           f"{row[4].split()[0]}") for row in RBAC_MATRIX],
+)
+def test_rbac_matrix(
+    request: pytest.FixtureRequest, control_plane: Cluster,
+    install: str, who: str, verb: str, resource: str, where: str, allowed: bool,
+) -> None:
+    ns = request.getfixturevalue("release" if install == "namespaced" else "clusterwide_release")
+    sa = {"operator": OPERATOR_SA, "worker": WORKER_SA}[who]
+    resource, _, subresource = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{ns}:{sa}"]
+    args += [f"--subresource={subresource}"] if subresource else []
+    if where == OWN:
+        args += ["-n", ns]
+    elif where == OTHER:
+        args += ["-n", f"chart-other-{uuid.uuid4().hex[:6]}"]
+    elif resource not in ("namespaces", "customresourcedefinitions"):
+        args += ["--all-namespaces"]
+    proc = control_plane.kubectl(*args, check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), (args, proc.stdout, proc.stderr)
+    assert (answer == "yes") == allowed, f"{who} {verb} {resource} {where}: {answer}"
+
+
+# ----- the operator and a worker with the chart's service accounts -----------------------------
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chart-logs")
+
+
+async def test_lifecycle_with_the_charts_service_account_tokens(
+    control_plane: Cluster, release: str, logs: Path
+) -> None:
+    op_kubeconfig = control_plane.kubeconfig_for_service_account(release, OPERATOR_SA)
+    worker_kubeconfig = control_plane.kubeconfig_for_service_account(release, WORKER_SA)
+    # The tokens really are the service accounts', not admin.
+    whoami = control_plane.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
+                                   kubeconfig=op_kubeconfig).stdout
+    assert whoami == f"system:serviceaccount:{release}:{OPERATOR_SA}"
+
+    operator = start_operator(op_kubeconfig, logs, namespaces=[release])
+    worker = start_worker(worker_kubeconfig, logs, release, name="chart-worker")
+    try:
+        async with kubestep.KubestepClient(namespace=release, kubeconfig=str(control_plane.kubeconfig)) as client:
+            done = await client.start("steps", {"count": 2, "seconds": 0.05})
+            e = await done.wait(timeout=30)
+            assert e.status.phase == api.COMPLETED, (e.status, operator.tail(), worker.tail())
+            assert [s.output["worker"] for s in e.status.steps] == ["chart-worker", "chart-worker"]
+
+            h = await client.start("until-cancelled", {"seconds": 0.05})
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30
+            while (await client.get_execution(h.id)).status.phase != api.RUNNING:
+                assert loop.time() < end, (operator.tail(), worker.tail())
+                await asyncio.sleep(0.05)
+            assert await client.cancel_execution(h.id) is True
+            e = await h.wait(timeout=30)
+            assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED, e.status
+            assert e.status.cancellation and e.status.cancellation.acknowledged_by == "chart-worker"
+    finally:
+        operator_exit = operator.stop()
+        worker_exit = worker.stop()
+    op_log, worker_log = operator.log.read_text(), worker.log.read_text()
+    for name, log in (("operator", op_log), ("worker", worker_log)):
+        bad = [line for line in log.splitlines() if "403" in line or "forbidden" in line.lower()]
+        assert not bad, f"{name} was denied access:\n" + "\n".join(bad)
+    assert worker_exit == 0, worker_log[-3000:]
+    assert operator_exit == 0, op_log[-3000:]
