@@ -32,7 +32,7 @@ unit: venv
 	$(BIN)/pytest tests/unit
 
 demo: venv tools
-	$(BIN)/python -m kubestep_demo
+	$(BIN)/python examples/demo.py
 
 bench: venv tools
 	$(BIN)/python bench/cancel_latency.py

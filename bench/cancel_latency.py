@@ -65,13 +65,15 @@ class Watcher:
         self.latest: dict[str, dict[str, Any]] = {}
         self.task: asyncio.Task[None] | None = None
 
-    def expect(self, name: str, phase: str) -> asyncio.Future[float]:
+    def expect(self, name: str, *phases: str) -> asyncio.Future[float]:
+        """Resolves with the perf_counter time the run was first seen in one of ``phases``."""
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         obj = self.latest.get(name)
-        if obj and (obj.get("status") or {}).get("phase") == phase:
+        if obj and (obj.get("status") or {}).get("phase") in phases:
             fut.set_result(time.perf_counter())
         else:
-            self.waiters[(name, phase)] = fut
+            for phase in phases:
+                self.waiters[(name, phase)] = fut
         return fut
 
     async def start(self) -> None:
@@ -101,6 +103,8 @@ class Watcher:
         fut = self.waiters.pop((name, (obj.get("status") or {}).get("phase")), None)
         if fut and not fut.done():
             fut.set_result(t)
+            for key in [k for k, f in self.waiters.items() if f is fut]:
+                del self.waiters[key]
 
 
 async def floor(client: KubestepClient, samples: int) -> list[float]:
@@ -124,31 +128,64 @@ async def floor(client: KubestepClient, samples: int) -> list[float]:
     return out
 
 
-async def start_running(client: KubestepClient, watcher: Watcher, n: int) -> list[str]:
-    handles = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(n)))
-    names = [h.id for h in handles]
-    await asyncio.wait_for(asyncio.gather(*(watcher.expect(x, api.RUNNING) for x in names)), 120)
-    return names
+def _phase(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("status") or {}).get("phase")
 
 
-async def cancel_one(client: KubestepClient, watcher: Watcher, name: str) -> float:
-    await asyncio.sleep(0.05 + random.random() * 0.05)  # land anywhere inside a step
-    done = watcher.expect(name, api.CANCELLED)
+async def cancel_one(client: KubestepClient, watcher: Watcher, name: str) -> float | None:
+    """Latency of one cancel in ms; None if the run finished on its own first."""
+    done = watcher.expect(name, api.CANCELLED, api.COMPLETED)
     t0 = time.perf_counter()
     await client._kube.merge_patch(api.execution_path(client.namespace, name), {"spec": {"cancelRequested": True}})
-    t1 = await asyncio.wait_for(done, 60)
+    t1 = await asyncio.wait_for(done, 120)
+    if _phase(watcher.latest.get(name)) != api.CANCELLED:
+        return None
     return (t1 - t0) * 1000
 
 
-async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: int, samples: int) -> list[float]:
-    running = await start_running(client, watcher, concurrent)
-    out = []
-    for _ in range(samples):
-        victim = running.pop(random.randrange(len(running)))
-        out.append(await cancel_one(client, watcher, victim))
-        running += await start_running(client, watcher, 1)  # keep `concurrent` runs going
-    await asyncio.gather(*(client.cancel_execution(x) for x in running))
-    await asyncio.gather(*(watcher.expect(x, api.CANCELLED) for x in running))
+async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: int, samples: int,
+                         steps_per_run: int) -> list[float]:
+    """Keeps `concurrent` runs of 10 ms steps going; cancels one at a time, mid-step."""
+    pool: set[str] = set()
+    stop = asyncio.Event()
+
+    async def refill() -> None:
+        while not stop.is_set():
+            pool.difference_update({n for n in pool if _phase(watcher.latest.get(n)) in api.TERMINAL_PHASES})
+            if len(pool) < concurrent:
+                handles = await asyncio.gather(*(client.start("steps", {"count": steps_per_run, "seconds": 0.01})
+                                                 for _ in range(concurrent - len(pool))))
+                pool.update(h.id for h in handles)
+            await asyncio.sleep(0.05)
+
+    def running() -> list[str]:
+        return [n for n in pool if _phase(watcher.latest.get(n)) == api.RUNNING
+                and ((watcher.latest[n].get("status") or {}).get("stepsCompleted") or 0) < steps_per_run // 2]
+
+    refiller = asyncio.create_task(refill())
+    start = time.monotonic()
+    while len(running()) < concurrent * 0.9 and time.monotonic() - start < 60:
+        await asyncio.sleep(0.1)
+    out: list[float] = []
+    skipped = 0
+    while len(out) < samples:
+        await asyncio.sleep(0.05 + random.random() * 0.05)  # land anywhere inside a step
+        candidates = running()
+        if not candidates:
+            continue
+        victim = random.choice(candidates)
+        pool.discard(victim)
+        latency = await cancel_one(client, watcher, victim)
+        if latency is None:
+            skipped += 1
+        else:
+            out.append(latency)
+    stop.set()
+    await refiller
+    await asyncio.gather(*(client.cancel_execution(x) for x in pool))
+    await asyncio.gather(*(watcher.expect(x, api.CANCELLED, api.COMPLETED) for x in pool))
+    if skipped:
+        print(f"  ({skipped} victims finished before their cancel landed; not counted)", file=sys.stderr)
     return out
 
 
@@ -189,18 +226,21 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> dict[str, Any]:
         await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                          "metadata": {"name": ns}})
         procs = [start_operator(kubeconfig, logs, [ns]),
-                 start_worker(kubeconfig, logs, ns, "bench-worker", concurrency=args.concurrent + 10)]
+                 start_worker(kubeconfig, logs, ns, "bench-worker", concurrency=args.concurrent + 10,
+                              env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)})]
         try:
             watcher = Watcher(client)
             await watcher.start()
             await asyncio.sleep(2)
-            results: dict[str, Any] = {"concurrent": args.concurrent}
+            results: dict[str, Any] = {"concurrent": args.concurrent, "steps_per_run": args.steps,
+                                       "checkpoint_seconds": args.checkpoint_seconds}
             print("floor ...", file=sys.stderr)
             results["floor_patch_to_watch"] = summary(await floor(client, args.samples * 2))
             print("cancel, 1 run ...", file=sys.stderr)
-            results["cancel_1"] = summary(await cancel_latency(client, watcher, 1, args.samples))
+            results["cancel_1"] = summary(await cancel_latency(client, watcher, 1, args.samples, args.steps))
             print(f"cancel, {args.concurrent} runs ...", file=sys.stderr)
-            results["cancel_100"] = summary(await cancel_latency(client, watcher, args.concurrent, args.samples))
+            results["cancel_100"] = summary(await cancel_latency(client, watcher, args.concurrent, args.samples,
+                                                                 args.steps))
             print("timeout overshoot ...", file=sys.stderr)
             results["timeout_overshoot"] = summary(await timeout_overshoot(client, watcher, args.samples))
             return results
@@ -215,6 +255,9 @@ def main() -> None:
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a local control plane")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--concurrent", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=300, help="10 ms steps per run (runs are replaced as they end)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=0.0,
+                        help="worker's KUBESTEP_CHECKPOINT_SECONDS (0: every step durable before the next)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     plane = None
@@ -233,9 +276,12 @@ def main() -> None:
                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cancel_latency.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = table(results)
-    (out / "cancel_latency.md").write_text(md + "\n")
+    stem = "cancel_latency" if not args.checkpoint_seconds else f"cancel_latency_checkpoint_{args.checkpoint_seconds:g}s"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = (f"Worker checkpoint interval: {args.checkpoint_seconds:g} s "
+          f"({'every step durable before the next' if not args.checkpoint_seconds else 'batched'}); "
+          f"{args.steps} steps of 10 ms per run.\n\n" + table(results))
+    (out / f"{stem}.md").write_text(md + "\n")
     print(md)
 
 

@@ -74,9 +74,9 @@ def start_operator(kubeconfig: Path, logs: Path, namespaces: Sequence[str] | Non
 
 def start_worker(kubeconfig: Path, logs: Path, namespace: str, name: str | None = None,
                  module: str = "kubestep.examples", concurrency: int = 10,
-                 lease_seconds: int | None = None) -> Proc:
+                 lease_seconds: int | None = None, env: dict[str, str] | None = None) -> Proc:
     """``kubestep worker MODULE`` posing as pod ``name`` in ``namespace``."""
     name = name or f"worker-{uuid.uuid4().hex[:6]}"
-    env = _env(kubeconfig, lease_seconds, {"POD_NAME": name, "POD_NAMESPACE": namespace})
+    env = _env(kubeconfig, lease_seconds, {"POD_NAME": name, "POD_NAMESPACE": namespace, **(env or {})})
     args = [sys.executable, "-m", "kubestep._cli", "worker", module, f"--concurrency={concurrency}"]
     return Proc(name, args, env, logs / f"{namespace}-{name}.log")
