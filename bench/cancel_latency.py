@@ -264,7 +264,9 @@ def main() -> None:
     if args.kubeconfig:
         kubeconfig = Path(args.kubeconfig)
     else:
-        plane = ControlPlane(Path(os.path.expanduser("~/.cache/kubestep/bench")), ports=Ports.free())
+        state = Path(os.path.expanduser("~/.cache/kubestep/bench"))
+        ControlPlane(state, progress=None).down(purge=True)  # a fresh plane each time
+        plane = ControlPlane(state, ports=Ports.free())
         plane.up()
         kubeconfig = plane.kubeconfig
     try:

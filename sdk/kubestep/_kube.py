@@ -146,7 +146,16 @@ class Kube:
     ) -> Any:
         content = None if json_body is None else json.dumps(json_body)
         headers = {"Content-Type": content_type} if content is not None else None
-        response = await self._client.request(method, path, content=content, params=params, headers=headers)
+        for attempt in range(6):
+            response = await self._client.request(method, path, content=content, params=params, headers=headers)
+            if response.status_code != 429:
+                break
+            # Too many requests, or storage still initialising: the apiserver says when to retry.
+            try:
+                delay = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                delay = 1.0
+            await asyncio.sleep(min(delay, 2.0) * (attempt + 1) / 2)
         self._raise_for(response)
         return response.json() if response.content else None
 

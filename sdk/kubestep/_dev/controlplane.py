@@ -645,7 +645,7 @@ class ControlPlane:
             "--endpoint-reconciler-type=none",
             # Default admission plugins (PodSecurity, ServiceAccount, ...) stay on.
             "--enable-priority-and-fairness=false",
-            "--profiling=false",
+            "--profiling=true",  # /debug/pprof, admin only: for finding where a benchmark spends time
         ]
 
     def _controller_manager_argv(self, binary: Path, pki: Pki) -> list[str]:
@@ -675,7 +675,7 @@ class ControlPlane:
             f"--cluster-name={CLUSTER_NAME}",
             f"--cluster-signing-cert-file={pki.ca_cert}",
             f"--cluster-signing-key-file={pki.ca_key}",
-            "--profiling=false",
+            "--profiling=true",  # /debug/pprof, admin only: for finding where a benchmark spends time
         ]
 
     def _write_kubeconfigs(self, pki: Pki) -> None:

@@ -32,6 +32,7 @@ from .._context import WorkflowContext
 from .._errors import (
     ConflictError,
     ExecutionCancelled,
+    InvalidError,
     NotFoundError,
     RunTimedOut,
     StopExecution,
@@ -103,6 +104,8 @@ class Run:
         self.claimed = False
         self.deadline_mono: float | None = None
         self._seen: set[str] = set()
+        self._flushed = len(self.steps)  # records the server has, as a prefix of self.steps
+        self._dirty: set[int] = set()  # indices below _flushed replaced since
         self.checkpoint_seconds = float(os.environ.get("KUBESTEP_CHECKPOINT_SECONDS", "0"))
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
@@ -149,6 +152,7 @@ class Run:
                     self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
                 )
                 self.obj, self.rv = obj, _rv(obj)
+                self._steps_written(obj)
                 return
             except ConflictError:
                 try:
@@ -231,6 +235,8 @@ class Run:
         except NotFoundError:
             return False
         self.obj, self.rv = obj, _rv(obj)
+        self.steps = [dict(r) for r in (obj.get("status") or {}).get("steps") or []]
+        self._steps_written(obj)
         self.claimed = True
         self.attempt += 1
         self.deadline_mono = mono + budget if budget else None
@@ -277,8 +283,14 @@ class Run:
         for i, old in enumerate(self.steps):
             if old["key"] == rec["key"]:
                 self.steps[i] = rec
+                if i < self._flushed:
+                    self._dirty.add(i)
                 return
         self.steps.append(rec)
+
+    def _steps_written(self, obj: dict[str, Any]) -> None:
+        """The server now has exactly our step records."""
+        self._flushed, self._dirty = len(self.steps), set()
 
     async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._boundary()
@@ -301,7 +313,7 @@ class Run:
                       "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False)}
             self._put(failed)
             if not self._stopping():
-                await self._write(lambda _s: self._steps_patch())
+                await self._append_steps()
             raise
         self._put({"key": key, "kind": "Run", "state": "Completed", "startedAt": api.fmt_time(started),
                    "finishedAt": api.fmt_time(api.now()), "output": output})
@@ -320,8 +332,48 @@ class Run:
         now = time.monotonic()
         if self.checkpoint_seconds > 0 and now - self._last_checkpoint < self.checkpoint_seconds:
             return
-        await self._write(lambda _s: self._steps_patch())
+        await self._append_steps()
         self._last_checkpoint = now
+
+    async def _append_steps(self) -> None:
+        """Writes the new step records as a JSON patch: appends, not the whole history.
+
+        The request stays small however long the history grows, and it is
+        guarded by "test" operations on what makes the run ours (holder,
+        attempt, phase) rather than on the resourceVersion, so an unrelated
+        change (the operator updating a condition) is not a conflict.
+        """
+        for _ in range(10):
+            status = self.obj.get("status") or {}
+            ops: list[dict[str, Any]] = [
+                {"op": "test", "path": "/status/worker", "value": self.worker},
+                {"op": "test", "path": "/status/attempt", "value": self.attempt},
+                {"op": "test", "path": "/status/phase", "value": status.get("phase")},
+            ]
+            if "steps" not in status:
+                ops.append({"op": "add", "path": "/status/steps", "value": self.steps})
+            else:
+                ops += [{"op": "replace", "path": f"/status/steps/{i}", "value": self.steps[i]}
+                        for i in sorted(self._dirty)]
+                ops += [{"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.steps[self._flushed:]]
+            ops.append({"op": "add", "path": "/status/stepsCompleted",
+                        "value": sum(1 for r in self.steps if r["state"] == "Completed")})
+            try:
+                obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
+                                              content_type="application/json-patch+json")
+                self.obj, self.rv = obj, _rv(obj)
+                self._steps_written(obj)
+                return
+            except (ConflictError, InvalidError):
+                try:
+                    fresh = await self.kube.get(self._path)
+                except NotFoundError:
+                    raise _Release("deleted") from None
+                self.obj, self.rv = fresh, _rv(fresh)
+                self._learn(fresh)
+                if self.lost:
+                    raise _Release("lost") from None
+        raise _Release("too many write conflicts")
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()

@@ -96,7 +96,7 @@ class Worker:
                 for obj in listing.get("items", []):
                     obj.setdefault("apiVersion", api.API_VERSION)
                     obj.setdefault("kind", api.KIND)
-                    self._on_event("ADDED", obj)
+                    self._on_event("ADDED", obj, listed=True)
                 self.ready.set()
                 while True:
                     async for event in self.kube.watch(path, rv):
@@ -112,7 +112,7 @@ class Worker:
                 logger.info("re-listing executions after: %r", e)
                 await asyncio.sleep(0.2)
 
-    def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+    def _on_event(self, kind: str, obj: dict[str, Any], listed: bool = False) -> None:
         name = obj["metadata"]["name"]
         logger.debug("event %s %s phase=%s rv=%s", kind, name, (obj.get("status") or {}).get("phase"),
                      obj["metadata"].get("resourceVersion"))
@@ -128,8 +128,12 @@ class Worker:
         status = obj.get("status") or {}
         phase = status.get("phase")
         if phase in api.HELD_PHASES and status.get("worker") == self.name:
-            # Held by a previous life of this worker (same pod name): hand it back.
-            self._spawn(self._recover(obj))
+            # A list is a consistent read: a run it shows held by us that we are not
+            # running was held by a previous life of this worker (same pod name), so
+            # hand it back. A watch event saying so is only a late echo of a run we
+            # have just finished.
+            if listed:
+                self._spawn(self._recover(obj))
             return
         if phase != api.QUEUED or (obj.get("spec") or {}).get("cancelRequested"):
             self._queued.pop(name, None)
