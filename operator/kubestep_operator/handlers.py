@@ -101,7 +101,7 @@ class Operator:
         if key[0] == "lease":  # a worker's lease may have expired: queued runs may lose their worker
             await self.recheck(key[1], held_by=key[2])
             return
-        s = self.snapshot(key)  # type: ignore[arg-type]
+        s = self.snapshot((key[0], key[1]))
         if s is not None:
             await self.reconcile(s)
 
@@ -155,7 +155,7 @@ def executions(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Snapshot] | N
 
 
 @kopf.index(LEASE_GROUP, LEASE_VERSION, LEASES, labels=WORKER_LEASES)
-def workers(body: kopf.Body, namespace: str, **_: Any) -> dict[tuple[str, str], Liveness] | None:
+def workers(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str | None, str], Liveness] | None:
     """Worker liveness, from the Leases workers renew."""
     spec = body.get("spec") or {}
     holder, renew = spec.get("holderIdentity"), api.parse_time(spec.get("renewTime"))
@@ -167,11 +167,9 @@ def workers(body: kopf.Body, namespace: str, **_: Any) -> dict[tuple[str, str], 
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def execution_event(
-    event: kopf.RawEvent, body: kopf.Body, executions: kopf.Index[Any, Any], workers: kopf.Index[Any, Any], **_: Any
-) -> None:
+async def execution_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     op = _op()
-    op.bind(executions, workers)
+    op.bind(kwargs["executions"], kwargs["workers"])  # the indexes, passed by name
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
         op.scheduler.schedule(key, None)
@@ -188,11 +186,9 @@ async def execution_event(
 
 
 @kopf.on.event(LEASE_GROUP, LEASE_VERSION, LEASES, labels=WORKER_LEASES)
-async def lease_event(
-    event: kopf.RawEvent, body: kopf.Body, executions: kopf.Index[Any, Any], workers: kopf.Index[Any, Any], **_: Any
-) -> None:
+async def lease_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     op = _op()
-    op.bind(executions, workers)
+    op.bind(kwargs["executions"], kwargs["workers"])
     namespace = body["metadata"]["namespace"]
     holder = (body.get("spec") or {}).get("holderIdentity") or ""
     if event.get("type") == "DELETED":

@@ -24,6 +24,7 @@ def run(
     verbose: bool = False,
 ) -> None:
     import kopf
+    from kopf._core.engines.peering import Identity  # not re-exported by kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
@@ -44,6 +45,6 @@ def run(
             liveness_endpoint=liveness_endpoint,
             # kopf derives its peering identity from the user name, which a
             # container's arbitrary UID may not have: name it ourselves.
-            identity=os.environ.get("POD_NAME") or socket.gethostname(),
+            identity=Identity(os.environ.get("POD_NAME") or socket.gethostname()),
         )
     )

@@ -25,12 +25,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     o.add_argument("--priority", type=int, default=0, help="peering priority (distinct per replica)")
     o.add_argument("--verbose", "-v", action="store_true")
 
-    try:
-        from ._dev.cli import add_dev_parser
-    except ImportError:  # the [dev] extra is not installed
-        add_dev_parser = None
-    if add_dev_parser is not None:
-        add_dev_parser(sub)
+    from ._dev.cli import add_dev_parser  # imports without the [dev] extra; `up` names it if missing
+
+    add_dev_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "worker":

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any
 
 import httpx
@@ -253,9 +253,9 @@ class Kube:
             logger.warning("could not post event %s for %s: %s", reason, meta["name"], e)
 
 
-def background(coro: Any) -> asyncio.Task[Any]:
+def background(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """Fire-and-forget with a strong reference, so the task is not collected mid-flight."""
-    task = asyncio.ensure_future(coro)
+    task: asyncio.Task[Any] = asyncio.ensure_future(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task

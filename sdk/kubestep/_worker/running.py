@@ -155,17 +155,21 @@ class Run:
                 self._steps_written(obj)
                 return
             except ConflictError:
-                try:
-                    fresh = await self.kube.get(self._path)
-                except NotFoundError:
-                    raise _Release("deleted") from None
-                self.obj, self.rv = fresh, _rv(fresh)
-                self._learn(fresh)
-                if self.lost:
-                    raise _Release("lost") from None
+                await self._reread()
                 if stoppable and self.stop_reason is not None:
                     self._check_stop()
         raise _Release("too many write conflicts")
+
+    async def _reread(self) -> None:
+        """After a lost write race: the current object, and whether the run is still ours."""
+        try:
+            fresh = await self.kube.get(self._path)
+        except NotFoundError:
+            raise _Release("deleted") from None
+        self.obj, self.rv = fresh, _rv(fresh)
+        self._learn(fresh)
+        if self.lost:
+            raise _Release("lost") from None
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         background(
@@ -365,14 +369,7 @@ class Run:
                 self._steps_written(obj)
                 return
             except (ConflictError, InvalidError):
-                try:
-                    fresh = await self.kube.get(self._path)
-                except NotFoundError:
-                    raise _Release("deleted") from None
-                self.obj, self.rv = fresh, _rv(fresh)
-                self._learn(fresh)
-                if self.lost:
-                    raise _Release("lost") from None
+                await self._reread()
         raise _Release("too many write conflicts")
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:

@@ -105,7 +105,7 @@ class Worker:
                             raise _Relist(obj.get("message", "watch error"))
                         rv = obj["metadata"]["resourceVersion"]
                         if kind != "BOOKMARK":
-                            self._on_event(kind, obj)
+                            self._on_event(str(kind), obj)
             except asyncio.CancelledError:
                 raise
             except (_Relist, ApiError, httpx.HTTPError, KeyError) as e:
