@@ -277,6 +277,36 @@ async def test_g_cancel_of_finished_runs_changes_nothing(
     assert await client.cancel_execution("no-such-run") is False
 
 
+async def test_e_cancel_while_a_wait_unwinds_still_ends_the_run(client: KubestepClient, workers: Any) -> None:
+    # The workflow's finally block awaits while wait_for unwinds it: the cancel lands then.
+    workers()
+    h = await client.start("wait-with-cleanup", {"wait_seconds": 30, "cleanup_seconds": 2})
+
+    async def first_step_recorded() -> bool:
+        return len(completed_steps(await h.status())) == 1
+
+    await until(first_step_recorded, 20, "the first step's record")
+    assert await h.cancel(client) is True
+    e = await until_phase(client, h.id, api.CANCELLED, timeout=15)
+    assert e.status.reason == api.REQUESTED, e.status
+    assert [s.key for s in completed_steps(e)] == ["before"]
+
+
+async def test_a_result_too_large_for_the_object_fails_with_a_clear_reason(
+    client: KubestepClient, workers: Any
+) -> None:
+    workers()
+    h = await client.start("big-result", {"bytes": 2_000_000})
+    with pytest.raises(kubestep.ExecutionFailedError) as info:
+        await h.result(timeout=30)
+    e = await h.status()
+    assert e.status.reason == "WorkerError", e.status
+    assert e.status.error and "too large" in e.status.error["message"].lower(), e.status.error
+    assert info.value.error is not None
+    # Failed once, not re-queued and retried: the run was claimed once.
+    assert e.status.attempt == 1
+
+
 # ----- h: kubectl patch, kubectl apply and the SDK all cancel --------------------------------
 
 
@@ -304,6 +334,13 @@ async def test_h_three_ways_to_cancel(
         assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED, (n, e.status)
     # kubectl wait works on the Finished condition.
     control_plane.kubectl("-n", run_namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=10s")
+    # The Events tell the story: a cancel that took effect is never reported as ignored.
+    # (A CancelIgnored Event follows its run's terminal event within milliseconds; allow a second.)
+    await asyncio.sleep(1)
+    reasons = {(ev["involvedObject"]["name"], ev["reason"]) for ev in json.loads(
+        control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json").stdout)["items"]}
+    for n in (via_patch.id, via_sdk.id, name):
+        assert (n, api.CANCELLED) in reasons and (n, "CancelIgnored") not in reasons, sorted(reasons)
 
 
 # ----- i: validation, unserved workflows, failures --------------------------------------------

@@ -19,6 +19,7 @@ import os
 from collections.abc import Hashable
 from typing import Any
 
+import httpx
 import kopf
 
 from kubestep import _api as api
@@ -84,8 +85,9 @@ class Operator:
                     await self.kube.guarded_patch(path, d.patch, d.guard)
             except (ConflictError, InvalidError, NotFoundError):
                 return  # it changed: the next event decides again
-            except ApiError as e:
-                logger.error("writing status of %s/%s failed: %s", s.namespace, s.name, e)
+            except (ApiError, httpx.HTTPError) as e:
+                # kopf does not retry event handlers: the scheduler does.
+                logger.error("writing status of %s/%s failed: %r", s.namespace, s.name, e)
                 self.scheduler.schedule(s.key, now + dt.timedelta(seconds=1))
                 return
             if d.event is not None:
@@ -177,7 +179,8 @@ async def execution_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) 
     s = Snapshot.from_body(body)
     if s.phase in api.TERMINAL_PHASES:
         op.scheduler.schedule(key, None)
-        if s.cancel_requested and (s.uid, s.generation) not in op.ignored:
+        ended_by_it = s.phase == api.CANCELLED and (s.cancellation or {}).get("reason") == api.REQUESTED
+        if s.cancel_requested and not ended_by_it and (s.uid, s.generation) not in op.ignored:
             # Not a transition: status stays as it is. Said once per request (per generation).
             op.ignored.add((s.uid, s.generation))
             op.event(s.body_ref, "Normal", "CancelIgnored", f"run already {s.phase}; cancellation has no effect")

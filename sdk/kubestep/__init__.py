@@ -30,6 +30,7 @@ from ._errors import (
     ResultTimeoutError,
     RunTimedOut,
     StopExecution,
+    TooLargeError,
     WorkflowDefinitionError,
 )
 from ._models import Execution, ExecutionStatus, StepRecord
@@ -56,6 +57,7 @@ __all__ = [
     "Step",
     "StepRecord",
     "StopExecution",
+    "TooLargeError",
     "Workflow",
     "WorkflowContext",
     "WorkflowDefinitionError",

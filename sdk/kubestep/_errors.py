@@ -47,6 +47,11 @@ class InvalidError(ApiError):
     """The apiserver rejected the object: schema or CEL validation (HTTP 422)."""
 
 
+class TooLargeError(ApiError):
+    """The object would outgrow what the apiserver or etcd stores (HTTP 413, or etcd's
+    "request is too large"): retrying cannot help; keep outputs and results small."""
+
+
 class ExecutionNotFoundError(KubestepError):
     """No WorkflowExecution has this id."""
 

@@ -26,6 +26,7 @@ from ._errors import (
     ForbiddenError,
     InvalidError,
     NotFoundError,
+    TooLargeError,
 )
 
 logger = logging.getLogger("kubestep.kube")
@@ -34,6 +35,7 @@ _ERRORS: dict[int, type[ApiError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
+    413: TooLargeError,
     422: InvalidError,
 }
 
@@ -133,7 +135,10 @@ class Kube:
             message = body.get("message", response.text)
         except ValueError:
             body, message = None, response.text
-        raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message, body)
+        cls = _ERRORS.get(response.status_code, ApiError)
+        if "request is too large" in str(message):  # etcd's size limit comes back as a 500
+            cls = TooLargeError
+        raise cls(response.status_code, message, body)
 
     async def request(
         self,

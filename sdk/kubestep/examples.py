@@ -95,3 +95,24 @@ async def wait_then_finish(ctx: WorkflowContext, input: dict[str, Any] | None) -
     await ctx.step.wait_for("pause", seconds=float(cfg.get("wait_seconds", 3)))
     await ctx.step.run("after", _sleep_step, 1, float(cfg.get("seconds", 1)))
     return "done"
+
+
+@workflow(id="wait-with-cleanup")
+async def wait_with_cleanup(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """A wait inside ``try``/``finally`` whose cleanup awaits: a cancel that lands while
+    the wait unwinds must still end the run (``cleanup_seconds`` long)."""
+    cfg = input or {}
+    await ctx.step.run("before", _sleep_step, 0, 0.01)
+    try:
+        await ctx.step.wait_for("pause", seconds=float(cfg.get("wait_seconds", 30)))
+    finally:
+        await asyncio.sleep(float(cfg.get("cleanup_seconds", 2)))
+    return "done"
+
+
+@workflow(id="big-result")
+async def big_result(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """Returns ``bytes`` characters: more than an object can hold (etcd's limit is about
+    1.5 MiB) must end Failed with a clear reason, not be retried for ever."""
+    await ctx.step.run("small", _sleep_step, 0, 0.01)
+    return "x" * int((input or {}).get("bytes", 2_000_000))

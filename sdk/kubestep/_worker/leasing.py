@@ -86,7 +86,10 @@ class WorkerLease:
                     f"{self._path}/{self.name}", {"spec": {"renewTime": micro_time(api.now())}}
                 )
             except NotFoundError:
-                await self.acquire()
+                try:
+                    await self.acquire()
+                except Exception as e:  # never let the renewer die: retry next interval
+                    logger.warning("lease re-acquisition failed: %r", e)
             except ApiError as e:
                 logger.warning("lease renewal failed: %s", e)
             except Exception as e:  # network errors: keep trying; the operator judges by renewTime

@@ -27,15 +27,19 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from .. import _api as api
 from .._context import WorkflowContext
 from .._errors import (
+    ApiError,
     ConflictError,
     ExecutionCancelled,
     InvalidError,
     NotFoundError,
     RunTimedOut,
     StopExecution,
+    TooLargeError,
     WorkflowDefinitionError,
 )
 from .._kube import Kube, background
@@ -52,10 +56,47 @@ class _Suspend(BaseException):
 
 
 class _Release(BaseException):
-    """Unwinds the workflow without a terminal status: hand-back or lost run."""
+    """Unwinds the workflow without a terminal status: hand-back, lost run, or
+    (``held``) a status write that kept failing on a run we still hold."""
 
-    def __init__(self, why: str) -> None:
-        self.why = why
+    def __init__(self, why: str, held: bool = False) -> None:
+        self.why, self.held = why, held
+
+
+_CONTENDED = "too many write conflicts"
+
+
+def let_go(status: dict[str, Any], holder: str, why: str, generation: int | None,
+           failure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The status patch for a run its holder lets go of without finishing it.
+
+    A run told to stop ends Cancelled, acknowledged by ``holder``; otherwise
+    ``failure`` (an error that replay would only repeat) fails it, and
+    anything else re-queues it to resume by replay.
+    """
+    at = api.now()
+    cancellation = status.get("cancellation")
+    if cancellation:
+        return {
+            "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": holder},
+            **api.finished_status(status, api.CANCELLED, cancellation.get("reason", api.REQUESTED),
+                                  f"{why} while the run was stopping", at, generation),
+        }
+    if failure is not None:
+        message = f"{why}: {failure['type']}: {failure['message']}"[:1000]
+        return {"error": failure, **api.finished_status(status, api.FAILED, "WorkerError", message, at, generation)}
+    return {"phase": api.QUEUED, "reason": "Requeued", "message": f"{why}; the run resumes by replay",
+            "worker": None, "deadline": None, "segmentStartedAt": None}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt by replay (network, server or contention), unlike, say, a
+    result too large for the object, which replay would only repeat."""
+    if isinstance(exc, (_Release, httpx.TransportError, ConflictError)):
+        return True
+    if isinstance(exc, TooLargeError):
+        return False
+    return isinstance(exc, ApiError) and (exc.status_code >= 500 or exc.status_code == 429)
 
 
 def _rv(obj: dict[str, Any]) -> str:
@@ -110,6 +151,9 @@ class Run:
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)
+        # Steps of one run may run concurrently (asyncio.gather): their appends
+        # must not both start from the same flushed prefix.
+        self._append_lock = asyncio.Lock()
 
     # ----- watch input ------------------------------------------------------------------------
 
@@ -128,6 +172,10 @@ class Run:
         status = obj.get("status") or {}
         if status.get("worker") != self.worker or status.get("phase") not in api.HELD_PHASES:
             self.lost = True
+        self._note_stop(obj)
+
+    def _note_stop(self, obj: dict[str, Any]) -> None:
+        status = obj.get("status") or {}
         reason = (status.get("cancellation") or {}).get("reason")
         if reason is None and (obj.get("spec") or {}).get("cancelRequested"):
             # The user's request is irrevocable (a CEL rule forbids undoing it),
@@ -158,7 +206,7 @@ class Run:
                 await self._reread()
                 if stoppable and self.stop_reason is not None:
                     self._check_stop()
-        raise _Release("too many write conflicts")
+        raise _Release(_CONTENDED, held=True)
 
     async def _reread(self) -> None:
         """After a lost write race: the current object, and whether the run is still ours."""
@@ -340,6 +388,10 @@ class Run:
         self._last_checkpoint = now
 
     async def _append_steps(self) -> None:
+        async with self._append_lock:
+            await self._append_steps_locked()
+
+    async def _append_steps_locked(self) -> None:
         """Writes the new step records as a JSON patch: appends, not the whole history.
 
         The request stays small however long the history grows, and it is
@@ -367,10 +419,13 @@ class Run:
                                               content_type="application/json-patch+json")
                 self.obj, self.rv = obj, _rv(obj)
                 self._steps_written(obj)
+                # The response may carry a cancel whose watch event is now older
+                # than what we hold (and so will be dropped): learn it here.
+                self._note_stop(obj)
                 return
             except (ConflictError, InvalidError):
                 await self._reread()
-        raise _Release("too many write conflicts")
+        raise _Release(_CONTENDED, held=True)
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()
@@ -400,6 +455,8 @@ class Run:
                 # showed us the cancellation): the stop wins.
                 outcome = (api.CANCELLED, None)
             except _Release as r:
+                if r.held:
+                    await self.give_up(r)
                 return r.why
 
     async def _run_workflow(self) -> tuple[str, Any]:
@@ -420,7 +477,11 @@ class Run:
                 self._check_stop()
                 return (api.FAILED, exc)
         except _Suspend as s:
-            self._check_stop()
+            # A stop learned while the workflow unwound (its finally blocks may await).
+            try:
+                self._check_stop()
+            except StopExecution:
+                return (api.CANCELLED, None)
             return (api.WAITING, s)
         except _Release as r:
             return ("release", r.why)
@@ -440,6 +501,9 @@ class Run:
         elif value == "handback":
             await self._hand_back()
             return "handback"
+        elif value == _CONTENDED:
+            await self.give_up(_Release(_CONTENDED, held=True))
+            return _CONTENDED
         else:
             return str(value)
         return kind
@@ -516,3 +580,35 @@ class Run:
         except _Release:
             return
         self._event("HandedBack", f"worker {self.worker} is shutting down; run re-queued")
+
+    async def give_up(self, exc: BaseException) -> None:
+        """Last resort after an unexpected error on a run this worker still holds.
+
+        Without it the run would stay Running under a lease that keeps being
+        renewed, and nobody would ever finish it. Each try re-reads the run and
+        writes only while it is still ours (same holder and attempt).
+        """
+        why = f"worker {self.worker} could not go on"
+        failure = None if _transient(exc) else _error(exc, with_traceback=False)
+        if isinstance(exc, TooLargeError) and failure is not None:
+            failure["message"] = (f"the run's status would outgrow what the apiserver stores ({exc.message}); "
+                                  "keep step outputs and results well under 1 MiB, or store them elsewhere")
+        for delay in (0.5, 1.0, 2.0, 4.0, 8.0):
+            try:
+                fresh = await self.kube.get(self._path)
+                status = fresh.get("status") or {}
+                if (status.get("worker"), status.get("attempt")) != (self.worker, self.attempt) or \
+                        status.get("phase") not in api.HELD_PHASES:
+                    return
+                patch = let_go(status, self.worker, why, fresh["metadata"].get("generation"), failure)
+                await self.kube.merge_patch(self._path + "/status", {"status": patch}, _rv(fresh))
+                self.obj, self.rv = fresh, _rv(fresh)
+                self._event(patch.get("reason", "Requeued"), f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)
+                return
+            except NotFoundError:
+                return
+            except Exception as e:
+                logger.warning("run %s: letting go failed (%r); retrying in %.1fs", self.name, e, delay)
+                await asyncio.sleep(delay)
+        logger.error("run %s: could not let go of the run; the operator re-queues it once this worker is gone",
+                     self.name)

@@ -27,7 +27,7 @@ from .._errors import ApiError
 from .._kube import Kube
 from .._workflow import Workflow
 from .leasing import WorkerLease
-from .running import Run, _Release
+from .running import Run, _Release, let_go
 
 logger = logging.getLogger("kubestep.worker")
 
@@ -164,8 +164,12 @@ class Worker:
                 logger.info("run %s: %s", run.name, outcome)
         except _Release as r:
             logger.info("run %s released: %s", run.name, r.why)
-        except Exception:
+            if r.held:
+                await run.give_up(r)
+        except Exception as exc:
             logger.exception("run %s: worker error", run.name)
+            if run.claimed and not run.lost:
+                await run.give_up(exc)
         finally:
             self.runs.pop(run.name, None)
             self._fill()
@@ -176,25 +180,14 @@ class Worker:
             self._start(obj)
 
     async def _recover(self, obj: dict[str, Any]) -> None:
+        # Held by a previous life of this worker: finish it as Cancelled if it
+        # was told to stop, else re-queue it for replay.
         path = api.execution_path(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/status"
-        status = obj.get("status") or {}
-        cancellation = status.get("cancellation")
-        if cancellation:
-            # Told to stop while our previous life held it: acknowledge now.
-            at = api.now()
-            message = f"worker {self.name} restarted while the run was stopping"
-            patch = {"status": {
-                "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": self.name},
-                **api.finished_status(status, api.CANCELLED, cancellation.get("reason", api.REQUESTED),
-                                      message, at, obj["metadata"].get("generation")),
-            }}
-        else:
-            patch = {"status": {"phase": api.QUEUED, "reason": "WorkerRestarted",
-                                "message": f"worker {self.name} restarted; the run resumes by replay",
-                                "worker": None, "deadline": None, "segmentStartedAt": None}}
+        patch = let_go(obj.get("status") or {}, self.name, f"worker {self.name} restarted",
+                       obj["metadata"].get("generation"))
         try:
-            await self.kube.merge_patch(path, patch, obj["metadata"]["resourceVersion"])
-        except ApiError as e:
+            await self.kube.merge_patch(path, {"status": patch}, obj["metadata"]["resourceVersion"])
+        except (ApiError, httpx.HTTPError) as e:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
 
 
