@@ -10,7 +10,7 @@ IMAGE  ?= kubestep:dev
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
 	@echo "make demo      set up and run the demo on the local control plane"
-	@echo "make bench     cancel-latency and timeout-overshoot benchmark (writes bench/results/)"
+	@echo "make bench     cancel-latency and timeout-overshoot benchmark (writes bench/results/; BENCH_ARGS=... passes options)"
 	@echo "make kind-e2e  the same suite against a kind cluster (needs docker + kind)"
 
 venv: $(VENV)/.installed
@@ -35,7 +35,7 @@ demo: venv tools
 	$(BIN)/python examples/demo.py
 
 bench: venv tools
-	$(BIN)/python bench/cancel_latency.py
+	$(BIN)/python bench/cancel_latency.py $(BENCH_ARGS)
 
 lint: venv tools
 	$(HOME)/.cache/kubestep/bin/helm lint charts/kubestep

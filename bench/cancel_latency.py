@@ -228,8 +228,8 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> dict[str, Any]:
         procs = [start_operator(kubeconfig, logs, [ns]),
                  start_worker(kubeconfig, logs, ns, "bench-worker", concurrency=args.concurrent + 10,
                               env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)})]
+        watcher = Watcher(client)
         try:
-            watcher = Watcher(client)
             await watcher.start()
             await asyncio.sleep(2)
             results: dict[str, Any] = {"concurrent": args.concurrent, "steps_per_run": args.steps,
@@ -245,6 +245,8 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> dict[str, Any]:
             results["timeout_overshoot"] = summary(await timeout_overshoot(client, watcher, args.samples))
             return results
         finally:
+            if watcher.task is not None:
+                watcher.task.cancel()
             for p in procs:
                 p.stop()
             await client._kube.delete(f"/api/v1/namespaces/{ns}")
