@@ -416,6 +416,30 @@ async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClien
 
 
 @local_only
+async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(
+    client: KubestepClient, workers: Any
+) -> None:
+    # A long lease: the operator will not call the worker lost, so only the restarted
+    # worker's own recovery (a run listed as held by its name) can get the run going again.
+    w = workers(name="phoenix", lease_seconds=60)
+    h = await client.start("steps", {"count": 4, "seconds": 0.5})
+
+    async def two_done() -> bool:
+        return len(completed_steps(await h.status())) >= 2
+
+    await until(two_done, what="two steps")
+    w.signal(signal.SIGKILL)
+    before = {s.key: s.output["token"] for s in completed_steps(await h.status())}
+    workers(name="phoenix", lease_seconds=60)
+    await h.result(timeout=20)
+    e = await h.status()
+    assert e.status.attempt == 2, e.status
+    for s in completed_steps(e):
+        if s.key in before:
+            assert s.output["token"] == before[s.key]  # replayed, not run again
+
+
+@local_only
 async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
     workers(name="a")
     workers(name="b")

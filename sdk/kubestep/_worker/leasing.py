@@ -74,8 +74,21 @@ class WorkerLease:
         try:
             await self.kube.create(self._path, self._body(t, t))
         except ConflictError:
-            # Ours from a previous life of this pod (same name): take it over.
-            await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=self._body(t, t))
+            pass
+        else:
+            return
+        # Ours from a previous life of this pod (same name, e.g. a restarted
+        # container): take it over. A replace must name the version it replaces.
+        for _ in range(5):
+            current = await self.kube.get(f"{self._path}/{self.name}")
+            body = self._body(t, t)
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            try:
+                await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=body)
+                return
+            except ConflictError:
+                continue
+        raise ConflictError(409, f"could not take over lease {self.name}: it kept changing")
 
     async def renew_forever(self) -> None:
         interval = max(self.duration / 3.0, 0.2)

@@ -66,16 +66,19 @@ class _Release(BaseException):
 _CONTENDED = "too many write conflicts"
 
 
-def let_go(status: dict[str, Any], holder: str, why: str, generation: int | None,
-           failure: dict[str, Any] | None = None) -> dict[str, Any]:
+def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status patch for a run its holder lets go of without finishing it.
 
-    A run told to stop ends Cancelled, acknowledged by ``holder``; otherwise
-    ``failure`` (an error that replay would only repeat) fails it, and
-    anything else re-queues it to resume by replay.
+    A run told to stop (by the operator, or by the user's irrevocable
+    ``spec.cancelRequested``) ends Cancelled, acknowledged by ``holder``;
+    otherwise ``failure`` (an error that replay would only repeat) fails it,
+    and anything else re-queues it to resume by replay.
     """
     at = api.now()
+    status, generation = obj.get("status") or {}, obj["metadata"].get("generation")
     cancellation = status.get("cancellation")
+    if not cancellation and (obj.get("spec") or {}).get("cancelRequested"):
+        cancellation = {"reason": api.REQUESTED, "requestedAt": api.fmt_time(at)}
     if cancellation:
         return {
             "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": holder},
@@ -600,10 +603,11 @@ class Run:
                 if (status.get("worker"), status.get("attempt")) != (self.worker, self.attempt) or \
                         status.get("phase") not in api.HELD_PHASES:
                     return
-                patch = let_go(status, self.worker, why, fresh["metadata"].get("generation"), failure)
+                patch = let_go(fresh, self.worker, why, failure)
                 await self.kube.merge_patch(self._path + "/status", {"status": patch}, _rv(fresh))
                 self.obj, self.rv = fresh, _rv(fresh)
-                self._event(patch.get("reason", "Requeued"), f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)
+                reason = "Requeued" if patch["phase"] == api.QUEUED else str(patch["phase"])
+                self._event(reason, f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)
                 return
             except NotFoundError:
                 return

@@ -183,8 +183,7 @@ class Worker:
         # Held by a previous life of this worker: finish it as Cancelled if it
         # was told to stop, else re-queue it for replay.
         path = api.execution_path(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/status"
-        patch = let_go(obj.get("status") or {}, self.name, f"worker {self.name} restarted",
-                       obj["metadata"].get("generation"))
+        patch = let_go(obj, self.name, f"worker {self.name} restarted")
         try:
             await self.kube.merge_patch(path, {"status": patch}, obj["metadata"]["resourceVersion"])
         except (ApiError, httpx.HTTPError) as e:
