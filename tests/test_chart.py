@@ -136,7 +136,8 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
     pytest.param(["--set", "watchAllNamespaces=true"], id="all-namespaces"),
     pytest.param(["-f", str(KIND_VALUES), "--set", "watchNamespaces={a,b}",
                   "--set", "workers[0].name=examples,workers[0].module=kubestep.examples,workers[0].namespace=b",
-                  "--set", "podDisruptionBudget.enabled=true"], id="watch-namespaces"),
+                  "--set", "podDisruptionBudget.enabled=true", "--set", "metrics.enabled=true"],
+                 id="watch-namespaces"),
 ])
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
     out = run([helm, "lint", "--strict", CHART, *values])
@@ -172,7 +173,7 @@ def test_rendered_chart_passes_server_side_dry_run(
             "all-namespaces": ["-f", str(KIND_VALUES), "--set", "watchAllNamespaces=true"],
             "watch-namespaces": ["-f", str(KIND_VALUES), "--set", f"watchNamespaces={{{ns},{other}}}",
                                  "--set", f"workers[1].name=other,workers[1].module=kubestep.examples,"
-                                          f"workers[1].namespace={other}"],
+                                          f"workers[1].namespace={other}", "--set", "metrics.enabled=true"],
         }[variant]
         docs = render(helm, ns, *values, include_crds=True)
         kinds = sorted({d["kind"] for d in docs})
@@ -185,6 +186,17 @@ def test_rendered_chart_passes_server_side_dry_run(
             roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
             assert roles == {(ns, "kubestep-operator"), (other, "kubestep-operator"),
                              (ns, "kubestep-worker"), (other, "kubestep-worker")}, roles
+            # metrics.enabled: a Service per Deployment, in its namespace, aimed at a named port it has.
+            services = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Service"}
+            assert set(services) == {(ns, "kubestep-operator-metrics"), (ns, "kubestep-worker-examples-metrics"),
+                                     (other, "kubestep-worker-other-metrics")}, set(services)
+            for d in docs:
+                if d["kind"] == "Deployment":
+                    c = d["spec"]["template"]["spec"]["containers"][0]
+                    assert "--metrics-port=9090" in c["args"]
+                    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+                    svc = services[(d["metadata"]["namespace"], d["metadata"]["name"] + "-metrics")]
+                    assert svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     finally:
         delete_namespace(control_plane, ns)
         if other:

@@ -10,12 +10,15 @@ import asyncio
 import os
 import json
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import kubestep
 from kubestep import _api as api
@@ -36,9 +39,23 @@ def operator(control_plane: Any, logs: Path) -> Iterator[Proc | None]:
     if E2E:
         yield None  # the chart's operator runs in the cluster
         return
-    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"])
+    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"],
+                          env={"KUBESTEP_METRICS_PORT": str(free_port())})
     yield proc
     proc.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One /metrics scrape: (sample name, sorted labels) → value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
 
 
 @pytest.fixture
@@ -491,3 +508,36 @@ def test_printer_columns_tell_the_story(control_plane: Any, run_namespace: str, 
     events = control_plane.kubectl("-n", run_namespace, "describe", "wfx", name).stdout
     for reason in ("Queued", "Started", "Completed"):
         assert reason in events, events
+
+
+# ----- metrics -------------------------------------------------------------------------------
+
+
+@local_only
+async def test_worker_and_operator_metrics_count_what_happened(
+    client: KubestepClient, workers: Any, operator: Proc | None
+) -> None:
+    assert operator is not None
+    port = free_port()
+    workers(env={"KUBESTEP_METRICS_PORT": str(port)})
+    done = await client.start("steps", {"count": 3, "seconds": 0.01})
+    await done.result(timeout=20)
+    cancelled = await client.start("until-cancelled", {"seconds": 0.05})
+    await until_phase(client, cancelled.id, api.RUNNING)
+    assert await cancelled.cancel(client) is True
+    await cancelled.wait(timeout=15)
+
+    m = scrape(port)
+    assert m[("kubestep_worker_steps_total", (("state", "Completed"), ("workflow", "steps")))] == 3
+    assert m[("kubestep_worker_runs_ended_total", (("outcome", "Completed"), ("workflow", "steps")))] == 1
+    assert m[("kubestep_worker_runs_ended_total", (("outcome", "Cancelled"), ("workflow", "until-cancelled")))] == 1
+    assert m[("kubestep_worker_runs_active", (("workflow", "steps"),))] == 0
+    assert m[("kubestep_worker_status_write_seconds_count", (("kind", "claim"),))] == 2
+    assert m[("kubestep_worker_step_seconds_count", (("workflow", "steps"),))] == 3
+
+    op_port = int(operator.env["KUBESTEP_METRICS_PORT"])
+    op = scrape(op_port)
+    # Both runs were queued by the operator; the cancel's Cancelling write may or may
+    # not have beaten the worker (which acts on the flag itself).
+    assert op[("kubestep_operator_transitions_total", (("phase", "Queued"), ("reason", "Pending")))] >= 2
+    assert ("kubestep_operator_scheduled", ()) in op and ("kubestep_operator_unfinished_runs", ()) in op

@@ -26,6 +26,7 @@ from kubestep import _api as api
 from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError
 from kubestep._kube import Kube, background
 
+from . import measuring
 from .reconciling import OPERATOR, Liveness, Snapshot, decide
 from .scheduling import Scheduler
 
@@ -48,6 +49,8 @@ class Operator:
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.fire)
+        measuring.SCHEDULED.set_function(lambda: len(self.scheduler))
+        measuring.UNFINISHED.set_function(lambda: len(self.executions) if self.executions is not None else 0)
 
     def bind(self, executions: kopf.Index[Any, Any], workers: kopf.Index[Any, Any]) -> None:
         self.executions, self.workers = executions, workers
@@ -84,12 +87,15 @@ class Operator:
                 else:
                     await self.kube.guarded_patch(path, d.patch, d.guard)
             except (ConflictError, InvalidError, NotFoundError):
+                measuring.LOST_RACES.inc()
                 return  # it changed: the next event decides again
             except (ApiError, httpx.HTTPError) as e:
                 # kopf does not retry event handlers: the scheduler does.
+                measuring.WRITE_ERRORS.inc()
                 logger.error("writing status of %s/%s failed: %r", s.namespace, s.name, e)
                 self.scheduler.schedule(s.key, now + dt.timedelta(seconds=1))
                 return
+            measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
             if d.event is not None:
                 self.event(s.body_ref, *d.event)
             return

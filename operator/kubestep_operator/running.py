@@ -22,9 +22,12 @@ def run(
     peering_name: str | None = None,
     priority: int = 0,
     verbose: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     import kopf
     from kopf._core.engines.peering import Identity  # not re-exported by kopf
+
+    from kubestep._metrics import serve as serve_metrics
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
@@ -35,6 +38,7 @@ def run(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "handler succeeded" per event
     if not all_namespaces and not namespaces:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
+    serve_metrics(metrics_port)
     asyncio.run(
         kopf.operator(
             standalone=peering_name is None,

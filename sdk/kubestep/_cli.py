@@ -16,6 +16,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     w.add_argument("--concurrency", type=int, default=10, help="runs executed at once (default 10)")
     w.add_argument("--namespace", help="namespace to serve (default: $POD_NAMESPACE, then kubeconfig's)")
     w.add_argument("--lease-seconds", type=int, help="liveness lease duration (default $KUBESTEP_LEASE_SECONDS or 15)")
+    w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
 
     o = sub.add_parser("operator", help="run the operator (needs the [operator] extra)")
     o.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     o.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     o.add_argument("--peering", help="kopf peering name, to run more than one replica")
     o.add_argument("--priority", type=int, default=0, help="peering priority (distinct per replica)")
+    o.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
     o.add_argument("--verbose", "-v", action="store_true")
 
     from ._dev.cli import add_dev_parser  # imports without the [dev] extra; `up` names it if missing
@@ -35,14 +37,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--concurrency must be at least 1")
         from ._worker.main import run as run_worker
 
-        run_worker(args.module, args.concurrency, args.namespace, args.lease_seconds)
+        run_worker(args.module, args.concurrency, args.namespace, args.lease_seconds, args.metrics_port)
     elif args.command == "operator":
         try:
             from kubestep_operator import run as run_operator
         except ImportError as e:
             sys.exit(f"kubestep operator needs the operator extra: pip install 'kubestep[operator]' ({e})")
         run_operator(args.namespace, all_namespaces=args.all_namespaces, liveness_endpoint=args.liveness,
-                     peering_name=args.peering, priority=args.priority, verbose=args.verbose)
+                     peering_name=args.peering, priority=args.priority, verbose=args.verbose,
+                     metrics_port=args.metrics_port)
     else:
         sys.exit(args.func(args))
 

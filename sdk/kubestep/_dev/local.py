@@ -22,6 +22,7 @@ class Proc:
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
+        self.env = env
         log.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(log, "ab")
         self.popen = subprocess.Popen(list(args), env=env, stdout=self._file, stderr=subprocess.STDOUT,
@@ -64,12 +65,12 @@ def _env(kubeconfig: Path, lease_seconds: int | None, extra: dict[str, str] | No
 
 
 def start_operator(kubeconfig: Path, logs: Path, namespaces: Sequence[str] | None = None,
-                   lease_seconds: int | None = None) -> Proc:
+                   lease_seconds: int | None = None, env: dict[str, str] | None = None) -> Proc:
     """``kubestep operator`` watching ``namespaces`` (kopf globs allowed), or all of them."""
     args = [sys.executable, "-m", "kubestep._cli", "operator"]
     args += [f"--namespace={n}" for n in namespaces] if namespaces else ["--all-namespaces"]
     name = f"operator-{uuid.uuid4().hex[:6]}"
-    return Proc(name, args, _env(kubeconfig, lease_seconds), logs / f"{name}.log")
+    return Proc(name, args, _env(kubeconfig, lease_seconds, env), logs / f"{name}.log")
 
 
 def start_worker(kubeconfig: Path, logs: Path, namespace: str, name: str | None = None,

@@ -10,11 +10,13 @@ import socket
 import sys
 
 from .._kube import Kube
+from .._metrics import serve as serve_metrics
 from .._workflow import registered
 from .worker import Worker
 
 
-def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None) -> None:
+def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None,
+        metrics_port: int | None = None) -> None:
     logging.basicConfig(level=os.environ.get("KUBESTEP_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     sys.path.insert(0, os.getcwd())
@@ -22,6 +24,7 @@ def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int
     workflows = registered()
     if not workflows:
         raise SystemExit(f"kubestep worker: module {module!r} declares no @workflow")
+    serve_metrics(metrics_port)
 
     async def main() -> None:
         kube = Kube()

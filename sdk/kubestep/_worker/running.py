@@ -43,6 +43,7 @@ from .._errors import (
     WorkflowDefinitionError,
 )
 from .._kube import Kube, background
+from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._workflow import Workflow
 
 logger = logging.getLogger("kubestep.worker")
@@ -199,9 +200,10 @@ class Run:
         """
         for _ in range(10):
             try:
-                obj = await self.kube.merge_patch(
-                    self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
-                )
+                with STATUS_WRITE_SECONDS.labels("end").time():
+                    obj = await self.kube.merge_patch(
+                        self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
+                    )
                 self.obj, self.rv = obj, _rv(obj)
                 self._steps_written(obj)
                 return
@@ -286,7 +288,8 @@ class Run:
             ),
         }
         try:
-            obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
+            with STATUS_WRITE_SECONDS.labels("claim").time():
+                obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
         except NotFoundError:
             return False
         self.obj, self.rv = obj, _rv(obj)
@@ -352,8 +355,10 @@ class Run:
         rec = self._recorded(key, "Run")
         if rec is not None and rec["state"] == "Completed":
             self._last_key = key
+            STEPS.labels(self.workflow.id, "Replayed").inc()
             return rec.get("output")  # replay: never run a completed step twice
         started = api.now()
+        t0 = time.monotonic()
         try:
             if inspect.iscoroutinefunction(fn):
                 out = await fn(*args, **kwargs)
@@ -364,12 +369,16 @@ class Run:
                     out = await out
             output = _to_json(out)
         except Exception as exc:
+            STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
+            STEPS.labels(self.workflow.id, "Failed").inc()
             failed = {"key": key, "kind": "Run", "state": "Failed", "startedAt": api.fmt_time(started),
                       "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False)}
             self._put(failed)
             if not self._stopping():
                 await self._append_steps()
             raise
+        STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
+        STEPS.labels(self.workflow.id, "Completed").inc()
         self._put({"key": key, "kind": "Run", "state": "Completed", "startedAt": api.fmt_time(started),
                    "finishedAt": api.fmt_time(api.now()), "output": output})
         self._last_key = key
@@ -418,8 +427,9 @@ class Run:
             ops.append({"op": "add", "path": "/status/stepsCompleted",
                         "value": sum(1 for r in self.steps if r["state"] == "Completed")})
             try:
-                obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
-                                              content_type="application/json-patch+json")
+                with STATUS_WRITE_SECONDS.labels("steps").time():
+                    obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
+                                                  content_type="application/json-patch+json")
                 self.obj, self.rv = obj, _rv(obj)
                 self._steps_written(obj)
                 # The response may carry a cancel whose watch event is now older

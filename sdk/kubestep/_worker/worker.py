@@ -25,6 +25,7 @@ import httpx
 from .. import _api as api
 from .._errors import ApiError
 from .._kube import Kube
+from .._metrics import RUNS_ACTIVE, RUNS_ENDED
 from .._workflow import Workflow
 from .leasing import WorkerLease
 from .running import Run, _Release, let_go
@@ -158,11 +159,15 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _drive(self, run: Run) -> None:
+        outcome = "error"
         try:
-            if await run.claim():
-                outcome = await run.execute()
-                logger.info("run %s: %s", run.name, outcome)
+            if not await run.claim():
+                return
+            RUNS_ACTIVE.labels(run.workflow.id).inc()
+            outcome = await run.execute()
+            logger.info("run %s: %s", run.name, outcome)
         except _Release as r:
+            outcome = r.why
             logger.info("run %s released: %s", run.name, r.why)
             if r.held:
                 await run.give_up(r)
@@ -171,6 +176,9 @@ class Worker:
             if run.claimed and not run.lost:
                 await run.give_up(exc)
         finally:
+            if run.claimed:
+                RUNS_ACTIVE.labels(run.workflow.id).dec()
+                RUNS_ENDED.labels(run.workflow.id, outcome if outcome in _OUTCOMES else "error").inc()
             self.runs.pop(run.name, None)
             self._fill()
 
@@ -188,6 +196,9 @@ class Worker:
             await self.kube.merge_patch(path, {"status": patch}, obj["metadata"]["resourceVersion"])
         except (ApiError, httpx.HTTPError) as e:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
+
+
+_OUTCOMES = frozenset({api.COMPLETED, api.FAILED, api.CANCELLED, api.WAITING, "handback", "lost", "deleted"})
 
 
 class _Relist(Exception):

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the worker, served on ``--metrics-port``.
+
+One registry per process (prometheus_client's default); the worker's and the
+operator's metrics are prefixed ``kubestep_worker_`` and
+``kubestep_operator_`` so one scrape config can take both. The status-write
+histogram is the one to watch first: every step record and every ending is a
+write to the apiserver, and its latency bounds how fast steps and cancels go
+(``bench/README.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger("kubestep.metrics")
+
+RUNS_ACTIVE = Gauge("kubestep_worker_runs_active", "Runs this worker holds now.", ["workflow"])
+RUNS_ENDED = Counter(
+    "kubestep_worker_runs_ended_total",
+    "Runs this worker let go of, by how: Completed, Failed, Cancelled, Waiting (released until its timer), "
+    "handback (SIGTERM), lost, deleted, error.",
+    ["workflow", "outcome"],
+)
+STEPS = Counter(
+    "kubestep_worker_steps_total",
+    "Steps by what happened: Completed or Failed (ran here), Replayed (output taken from the record).",
+    ["workflow", "state"],
+)
+STEP_SECONDS = Histogram(
+    "kubestep_worker_step_seconds", "Time inside ctx.step.run functions that ran here.", ["workflow"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+STATUS_WRITE_SECONDS = Histogram(
+    "kubestep_worker_status_write_seconds", "Latency of the worker's status writes, by kind: claim, steps, end.",
+    ["kind"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def serve(port: int | None) -> None:
+    """Starts the /metrics endpoint on ``port`` (all interfaces) when one is given:
+    the flag, else ``$KUBESTEP_METRICS_PORT``; 0 or unset serves nothing."""
+    port = port if port is not None else int(os.environ.get("KUBESTEP_METRICS_PORT") or 0)
+    if port:
+        start_http_server(port)
+        logger.info("metrics on :%d/metrics", port)
