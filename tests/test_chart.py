@@ -369,6 +369,11 @@ RBAC_MATRIX = [
     ("namespaced", "worker",   "update", LEASES,                     OWN,      True),
     ("namespaced", "worker",   "delete", LEASES,                     OWN,      True),
     ("namespaced", "worker",   "create", EVENTS,                     OWN,      True),
+    ("namespaced", "worker",   "create", "configmaps",               OWN,      True),   # the step journal
+    ("namespaced", "worker",   "get",    "configmaps",               OWN,      True),
+    ("namespaced", "worker",   "delete", "configmaps",               OWN,      False),  # ... is immutable
+    ("namespaced", "worker",   "list",   "configmaps",               OWN,      False),
+    ("namespaced", "worker",   "create", "configmaps",               OTHER,    False),
     ("namespaced", "worker",   "patch",  WFX,                        OWN,      False),  # never the spec
     ("namespaced", "worker",   "update", WFX,                        OWN,      False),
     ("namespaced", "worker",   "create", WFX,                        OWN,      False),
@@ -444,13 +449,16 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
     assert whoami == f"system:serviceaccount:{release}:{OPERATOR_SA}"
 
     operator = start_operator(op_kubeconfig, logs, namespaces=[release])
-    worker = start_worker(worker_kubeconfig, logs, release, name="chart-worker")
+    # A tiny status window, so the run below also archives step records (journal
+    # ConfigMaps) with the worker's own token.
+    worker = start_worker(worker_kubeconfig, logs, release, name="chart-worker", env={"KUBESTEP_STATUS_STEPS": "2"})
     try:
         async with kubestep.KubestepClient(namespace=release, kubeconfig=str(control_plane.kubeconfig)) as client:
-            done = await client.start("steps", {"count": 2, "seconds": 0.05})
+            done = await client.start("steps", {"count": 4, "seconds": 0.05})
             e = await done.wait(timeout=30)
             assert e.status.phase == api.COMPLETED, (e.status, operator.tail(), worker.tail())
-            assert [s.output["worker"] for s in e.status.steps] == ["chart-worker", "chart-worker"]
+            assert e.status.journal and len(e.status.steps) < 4, e.status
+            assert [s.output["worker"] for s in await done.steps()] == ["chart-worker"] * 4
 
             h = await client.start("until-cancelled", {"seconds": 0.05})
             loop = asyncio.get_running_loop()

@@ -457,6 +457,47 @@ async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(
 
 
 @local_only
+async def test_j_long_history_is_archived_and_replayed_from_the_journal(
+    client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
+) -> None:
+    # A status window of 4 records: the rest of the history moves to journal ConfigMaps.
+    small = {"KUBESTEP_STATUS_STEPS": "4"}
+    first = workers(name="archivist", env=small)
+    h = await client.start("steps", {"count": 12, "seconds": 0.01, "wait_after": 5, "wait_seconds": 1})
+    e = await until_phase(client, h.id, api.WAITING, timeout=20)
+    assert e.status.journal and len(e.status.steps) <= 4, e.status
+    before = {s.key: s.output["token"] for s in await h.steps() if s.kind == "Run"}
+    assert sorted(before) == [f"step-{i}" for i in range(6)]
+    first.stop()
+    workers(name="successor", env=small)
+    result = await h.result(timeout=30)
+
+    e = await h.status()
+    history = await h.steps()
+    assert [s.key for s in history] == [f"step-{i}" for i in range(6)] + ["wait-5"] + [
+        f"step-{i}" for i in range(6, 12)]
+    assert all(s.state == "Completed" for s in history) and e.status.steps_completed == 13
+    assert len(e.status.steps) <= 4 and sum(j.steps for j in e.status.journal) + len(e.status.steps) == 13
+    # Replayed from the journal, not run again: the same tokens, the first worker's.
+    for s in history[:6]:
+        assert s.output["token"] == before[s.key] and s.output["worker"] == "archivist"
+    assert {s.output["worker"] for s in history[7:]} == {"successor"}
+    assert result["tokens"] == [s.output["token"] for s in history if s.kind == "Run"]
+
+    # The journal is owned by the execution: the garbage collector deletes it with it.
+    names = [j.config_map for j in e.status.journal]
+    cm = json.loads(control_plane.kubectl("-n", run_namespace, "get", "configmap", names[0], "-o", "json").stdout)
+    assert cm["immutable"] is True and cm["metadata"]["ownerReferences"][0]["name"] == h.id
+    control_plane.kubectl("-n", run_namespace, "delete", "wfx", h.id)
+
+    async def collected() -> bool:
+        out = control_plane.kubectl("-n", run_namespace, "get", "configmaps", "-o", "name").stdout
+        return not any(f"configmap/{n}" in out.split() for n in names)
+
+    await until(collected, 30, "the journal ConfigMaps to be garbage-collected")
+
+
+@local_only
 async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
     workers(name="a")
     workers(name="b")

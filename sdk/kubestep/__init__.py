@@ -25,6 +25,7 @@ from ._errors import (
     ExecutionNotFoundError,
     ForbiddenError,
     InvalidError,
+    JournalError,
     KubestepError,
     NotFoundError,
     ResultTimeoutError,
@@ -33,7 +34,7 @@ from ._errors import (
     TooLargeError,
     WorkflowDefinitionError,
 )
-from ._models import Execution, ExecutionStatus, StepRecord
+from ._models import Execution, ExecutionStatus, JournalRef, StepRecord
 from ._workflow import Workflow, workflow
 
 __all__ = [
@@ -49,12 +50,14 @@ __all__ = [
     "ExecutionStatus",
     "ForbiddenError",
     "InvalidError",
+    "JournalError",
     "KubestepClient",
     "KubestepError",
     "NotFoundError",
     "ResultTimeoutError",
     "RunTimedOut",
     "Step",
+    "JournalRef",
     "StepRecord",
     "StopExecution",
     "TooLargeError",

@@ -20,6 +20,7 @@ LABEL_WORKFLOW: Final = "kubestep.io/workflow"
 LABEL_WORKER: Final = "kubestep.io/worker"
 ANNOTATION_WORKFLOWS: Final = "kubestep.io/workflows"
 LEASE_PREFIX: Final = "kubestep-worker-"
+LABEL_EXECUTION_UID: Final = "kubestep.io/execution-uid"  # on journal ConfigMaps
 
 # Phases.
 QUEUED: Final = "Queued"

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from . import _api as api
+from . import _journal as journal
 from ._errors import (
     ApiError,
     ExecutionCancelledError,
@@ -23,7 +24,7 @@ from ._errors import (
     ResultTimeoutError,
 )
 from ._kube import Kube
-from ._models import Execution
+from ._models import Execution, StepRecord
 
 
 def _generate_name(workflow_id: str) -> str:
@@ -76,8 +77,21 @@ class KubestepClient:
         return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)
 
     async def get_execution(self, execution_id: str) -> Execution:
+        return Execution.from_object(await self._get_object(execution_id))
+
+    async def step_history(self, execution_id: str) -> list[StepRecord]:
+        """Every step record of a run, in order: those archived in its journal ConfigMaps,
+        then ``status.steps``; where a step was recorded twice (run again after failing),
+        its last record."""
+        obj = await self._get_object(execution_id)
+        status = obj.get("status") or {}
+        archived = await journal.load(self._kube, self.namespace, list(status.get("journal") or []))
+        return [StepRecord.model_validate(r) for r in journal.history(archived + list(status.get("steps") or []))]
+
+    async def _get_object(self, execution_id: str) -> dict[str, Any]:
         try:
-            return Execution.from_object(await self._kube.get(self._path(execution_id)))
+            obj: dict[str, Any] = await self._kube.get(self._path(execution_id))
+            return obj
         except NotFoundError:
             raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
 
@@ -154,6 +168,10 @@ class ExecutionHandle:
         if execution.status.phase == api.CANCELLED:
             raise ExecutionCancelledError(self.id, execution.status.reason, execution.status.message)
         return execution.status.result
+
+    async def steps(self) -> list[StepRecord]:
+        """Every step record of the run, archived ones included."""
+        return await self._client.step_history(self.id)
 
     async def cancel(self, client: KubestepClient | None = None) -> bool:
         return await (client or self._client).cancel_execution(self.id)

@@ -52,6 +52,10 @@ class TooLargeError(ApiError):
     "request is too large"): retrying cannot help; keep outputs and results small."""
 
 
+class JournalError(KubestepError):
+    """An archived chunk of a run's step records is missing or does not match status.journal."""
+
+
 class ExecutionNotFoundError(KubestepError):
     """No WorkflowExecution has this id."""
 

@@ -31,6 +31,13 @@ class StepRecord(_Model):
     error: dict[str, Any] | None = None
 
 
+class JournalRef(_Model):
+    """One ConfigMap of archived step records (see ``KubestepClient.step_history``)."""
+
+    config_map: str = Field(alias="configMap")
+    steps: int
+
+
 class Cancellation(_Model):
     reason: Literal["Requested", "RunTimeout"] | None = None
     requested_at: dt.datetime | None = Field(None, alias="requestedAt")
@@ -56,7 +63,10 @@ class ExecutionStatus(_Model):
     finished_at: dt.datetime | None = Field(None, alias="finishedAt")
     deadline: dt.datetime | None = None
     wake_at: dt.datetime | None = Field(None, alias="wakeAt")
+    steps_completed: int = Field(0, alias="stepsCompleted")
+    #: The most recent step records; older ones are archived (``journal``).
     steps: list[StepRecord] = []
+    journal: list[JournalRef] = []
     result: Any = None
     error: dict[str, Any] | None = None
     cancellation: Cancellation | None = None

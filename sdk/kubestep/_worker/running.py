@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from .. import _api as api
+from .. import _journal as journal
 from .._context import WorkflowContext
 from .._errors import (
     ApiError,
@@ -141,7 +142,15 @@ class Run:
         self.namespace: str = obj["metadata"]["namespace"]
         self.rv = _rv(obj)
         status = obj.get("status") or {}
+        # Step records as the server lays them out: the journal's (archived, a prefix) then
+        # status.steps. A key may repeat (a failed step run again after it was archived):
+        # its last record counts, and _index finds it.
         self.steps: list[dict[str, Any]] = [dict(s) for s in status.get("steps") or []]
+        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
+        self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
+        self._archived = 0  # records of self.steps in journal ConfigMaps
+        self._server_archived = 0  # ... as status.journal on the server lists them
+        self.window = int(os.environ.get("KUBESTEP_STATUS_STEPS", "50"))
         self.attempt: int = int(status.get("attempt") or 0)
         self.stop_reason: str | None = None
         self.handback = False
@@ -198,6 +207,7 @@ class Run:
         ``stoppable`` writes (every ending but Cancelled) give way to a
         cancellation learned from the conflict: they raise at that boundary.
         """
+        await self._archive()
         for _ in range(10):
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
@@ -237,10 +247,10 @@ class Run:
         )
 
     def _steps_patch(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "stepsCompleted": sum(1 for s in self.steps if s["state"] == "Completed"),
-        }
+        patch: dict[str, Any] = {"steps": self.steps[self._archived:], "stepsCompleted": self._completed_count()}
+        if self.journal:
+            patch["journal"] = self.journal
+        return patch
 
     # ----- claim ------------------------------------------------------------------------------
 
@@ -293,13 +303,19 @@ class Run:
         except NotFoundError:
             return False
         self.obj, self.rv = obj, _rv(obj)
-        self.steps = [dict(r) for r in (obj.get("status") or {}).get("steps") or []]
-        self._steps_written(obj)
         self.claimed = True
         self.attempt += 1
         self.deadline_mono = mono + budget if budget else None
         verb = "Resumed" if resumed else "Started"
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
+        # Replay needs the whole history: the archived records, then status.steps.
+        status = obj.get("status") or {}
+        self.journal = list(status.get("journal") or [])
+        archived = await journal.load(self.kube, self.namespace, self.journal)
+        self.steps = archived + [dict(r) for r in status.get("steps") or []]
+        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
+        self._archived = len(archived)
+        self._steps_written(obj)
         return True
 
     # ----- boundaries and steps (called through WorkflowContext) ------------------------------
@@ -330,25 +346,45 @@ class Run:
         if key in self._seen:
             raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
         self._seen.add(key)
-        for rec in self.steps:
-            if rec["key"] == key:
-                if rec["kind"] != kind:
-                    raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
-                return rec
-        return None
+        i = self._index.get(key)
+        if i is None:
+            return None
+        rec = self.steps[i]
+        if rec["kind"] != kind:
+            raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
+        return rec
 
     def _put(self, rec: dict[str, Any]) -> None:
-        for i, old in enumerate(self.steps):
-            if old["key"] == rec["key"]:
-                self.steps[i] = rec
-                if i < self._flushed:
-                    self._dirty.add(i)
-                return
+        i = self._index.get(rec["key"])
+        if i is not None and i >= self._archived:
+            self.steps[i] = rec
+            if i < self._flushed:
+                self._dirty.add(i)
+            return
+        # New, or its earlier record is archived (immutable): append; the last one counts.
+        self._index[rec["key"]] = len(self.steps)
         self.steps.append(rec)
 
     def _steps_written(self, obj: dict[str, Any]) -> None:
         """The server now has exactly our step records."""
         self._flushed, self._dirty = len(self.steps), set()
+        self._server_archived = self._archived
+
+    def _completed_count(self) -> int:
+        return sum(1 for i in self._index.values() if self.steps[i]["state"] == "Completed")
+
+    async def _archive(self) -> None:
+        """Moves the oldest final records into journal ConfigMaps once status holds more
+        than ``window`` (KUBESTEP_STATUS_STEPS; 0 never archives), down to half of it.
+        The next status write lists them and drops them from status.steps."""
+        if self.window <= 0 or len(self.steps) - self._archived <= self.window:
+            return
+        end, i = len(self.steps) - self.window // 2, self._archived
+        while i < end and self.steps[i]["state"] in ("Completed", "Failed"):
+            i += 1
+        if i > self._archived:
+            self.journal = self.journal + await journal.archive(self.kube, self.obj, self.steps[self._archived:i])
+            self._archived = i
 
     async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._boundary()
@@ -411,6 +447,7 @@ class Run:
         attempt, phase) rather than on the resourceVersion, so an unrelated
         change (the operator updating a condition) is not a conflict.
         """
+        await self._archive()
         for _ in range(10):
             status = self.obj.get("status") or {}
             ops: list[dict[str, Any]] = [
@@ -418,14 +455,17 @@ class Run:
                 {"op": "test", "path": "/status/attempt", "value": self.attempt},
                 {"op": "test", "path": "/status/phase", "value": status.get("phase")},
             ]
-            if "steps" not in status:
-                ops.append({"op": "add", "path": "/status/steps", "value": self.steps})
+            if "steps" not in status or self._archived != self._server_archived:
+                # First records, or some just archived: status.steps anew, with the journal.
+                ops.append({"op": "add", "path": "/status/steps", "value": self.steps[self._archived:]})
+                if self.journal:
+                    ops.append({"op": "add", "path": "/status/journal", "value": self.journal})
             else:
-                ops += [{"op": "replace", "path": f"/status/steps/{i}", "value": self.steps[i]}
+                base = self._archived
+                ops += [{"op": "replace", "path": f"/status/steps/{i - base}", "value": self.steps[i]}
                         for i in sorted(self._dirty)]
                 ops += [{"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.steps[self._flushed:]]
-            ops.append({"op": "add", "path": "/status/stepsCompleted",
-                        "value": sum(1 for r in self.steps if r["state"] == "Completed")})
+            ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count()})
             try:
                 with STATUS_WRITE_SECONDS.labels("steps").time():
                     obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
@@ -530,7 +570,7 @@ class Run:
                                           self.obj["metadata"].get("generation"))}
 
         await self._write(build, stoppable=True)
-        self._event(api.COMPLETED, f"workflow completed after {len(self.steps)} step(s)")
+        self._event(api.COMPLETED, f"workflow completed after {len(self._index)} step(s)")
 
     async def _finish_failed(self, exc: Exception) -> None:
         at = api.now()

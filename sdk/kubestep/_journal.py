@@ -1,0 +1,107 @@
+"""Step records archived outside the execution's status.
+
+Every status write costs the apiserver time in proportion to the whole
+object: decoding, JSON-patch application, schema coercion and validation
+(``bench/README.md`` has the profile). A status holding every step record
+therefore makes each write of a long run dearer than the last, and a run of
+some thousands of steps outgrows what etcd stores (about 1.5 MiB).
+
+So ``status.steps`` keeps only the most recent records. Older, final ones
+(Completed or Failed) move, in order, into immutable ConfigMaps owned by the
+execution, so the garbage collector deletes them with it, and
+``status.journal`` lists them. The full history is the journal's records
+followed by ``status.steps``. A key may appear more than once (a failed step
+run again after it was archived); the last record of a key is the one that
+counts.
+
+A chunk is written before the status write that lists it. If that status write
+never happens (the worker died or lost the run), the chunk is an orphan that
+nothing reads, and it goes away with the execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from . import _api as api
+from ._errors import JournalError, NotFoundError
+from ._kube import Kube
+
+DATA_KEY = "steps.json"
+CHUNK_BYTES = 512 * 1024  # a ConfigMap holds at most 1 MiB
+
+
+def _path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
+
+
+def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    size = 2
+    for rec in records:
+        n = len(json.dumps(rec)) + 1
+        if chunk and size + n > CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 2
+        chunk.append(rec)
+        size += n
+    if chunk:
+        yield chunk
+
+
+async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Writes ``records`` into new ConfigMaps; returns their ``status.journal`` entries, in order."""
+    meta = execution["metadata"]
+    refs = []
+    for chunk in _chunks(records):
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "immutable": True,
+            "metadata": {
+                "generateName": f"{meta['name'][:200]}-steps-",
+                "namespace": meta["namespace"],
+                "labels": {api.LABEL_EXECUTION_UID: meta["uid"]},
+                "ownerReferences": [{"apiVersion": api.API_VERSION, "kind": api.KIND,
+                                     "name": meta["name"], "uid": meta["uid"]}],
+            },
+            "data": {DATA_KEY: json.dumps(chunk, separators=(",", ":"))},
+        }
+        created = await kube.create(_path(meta["namespace"]), body)
+        refs.append({"configMap": created["metadata"]["name"], "steps": len(chunk)})
+    return refs
+
+
+async def load(kube: Kube, namespace: str, refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The archived records listed by ``status.journal``, in order."""
+    async def one(ref: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            cm = await kube.get(_path(namespace, ref["configMap"]))
+        except NotFoundError:
+            raise JournalError(f"journal ConfigMap {ref['configMap']} is missing") from None
+        records: list[dict[str, Any]] = json.loads((cm.get("data") or {}).get(DATA_KEY) or "[]")
+        if len(records) != ref["steps"]:
+            raise JournalError(f"journal ConfigMap {ref['configMap']} holds {len(records)} records, "
+                               f"status.journal says {ref['steps']}")
+        return records
+
+    out: list[dict[str, Any]] = []
+    for part in await asyncio.gather(*(one(r) for r in refs)):
+        out += part
+    return out
+
+
+def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per key, in order of first appearance, the last record of each key winning."""
+    out: list[dict[str, Any]] = []
+    where: dict[str, int] = {}
+    for rec in records:
+        if rec["key"] in where:
+            out[where[rec["key"]]] = rec
+        else:
+            where[rec["key"]] = len(out)
+            out.append(rec)
+    return out
