@@ -188,14 +188,15 @@ def test_rendered_chart_passes_server_side_dry_run(
                              (ns, "kubestep-worker"), (other, "kubestep-worker")}, roles
             # metrics.enabled: a Service per Deployment, in its namespace, aimed at a named port it has.
             services = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Service"}
-            assert set(services) == {(ns, "kubestep-operator-metrics"), (ns, "kubestep-worker-examples-metrics"),
-                                     (other, "kubestep-worker-other-metrics")}, set(services)
+            assert set(services) == {(ns, "kubestep-operator-metrics"), (ns, "kubestep-worker-examples"),
+                                     (other, "kubestep-worker-other")}, set(services)
             for d in docs:
                 if d["kind"] == "Deployment":
                     c = d["spec"]["template"]["spec"]["containers"][0]
                     assert "--metrics-port=9090" in c["args"]
                     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
-                    svc = services[(d["metadata"]["namespace"], d["metadata"]["name"] + "-metrics")]
+                    svc = services[(d["metadata"]["namespace"], d["metadata"]["name"] + (
+                        "-metrics" if d["metadata"]["name"] == "kubestep-operator" else ""))]
                     assert svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     finally:
         delete_namespace(control_plane, ns)

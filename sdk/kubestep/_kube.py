@@ -96,6 +96,9 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     return configuration, namespace
 
 
+POOL_SIZE = int(os.environ.get("KUBESTEP_HTTP_CONNECTIONS", "24"))
+
+
 class Kube:
     """Async access to one cluster: JSON requests, merge patches, streaming watches."""
 
@@ -113,7 +116,14 @@ class Kube:
             verify=verify,
             auth=_BearerAuth(configuration),
             timeout=httpx.Timeout(30.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # A small pool, every connection kept alive. httpcore checks every pooled
+            # connection on every request, and closes connections beyond the keep-alive
+            # limit, so each new one costs a TLS handshake: with 100 runs writing at once
+            # and a pool of 200, that took most of a worker's CPU. Requests beyond the pool
+            # wait for a connection; a 2-core apiserver serves no more at once anyway.
+            # (HTTP/2 would share one connection, but httpx's HTTP/2 watch streams stalled
+            # under that load.)
+            limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
             headers={"User-Agent": "kubestep"},
         )
 

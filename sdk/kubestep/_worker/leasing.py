@@ -70,25 +70,25 @@ class WorkerLease:
         }
 
     async def acquire(self) -> None:
-        t = api.now()
-        try:
-            await self.kube.create(self._path, self._body(t, t))
-        except ConflictError:
-            pass
-        else:
-            return
-        # Ours from a previous life of this pod (same name, e.g. a restarted
-        # container): take it over. A replace must name the version it replaces.
+        """Creates the Lease, or takes over the one a previous life of this pod left
+        (same name, e.g. a restarted container). A replace must name the version it
+        replaces; a Lease deleted meanwhile is created again."""
         for _ in range(5):
-            current = await self.kube.get(f"{self._path}/{self.name}")
-            body = self._body(t, t)
-            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            t = api.now()
             try:
-                await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=body)
+                await self.kube.create(self._path, self._body(t, t))
                 return
             except ConflictError:
+                pass
+            try:
+                current = await self.kube.get(f"{self._path}/{self.name}")
+                body = self._body(t, t)
+                body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=body)
+                return
+            except (ConflictError, NotFoundError):
                 continue
-        raise ConflictError(409, f"could not take over lease {self.name}: it kept changing")
+        raise ConflictError(409, f"could not acquire lease {self.name}: it kept changing")
 
     async def renew_forever(self) -> None:
         interval = max(self.duration / 3.0, 0.2)

@@ -215,7 +215,7 @@ class Run:
                         self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
                     )
                 self.obj, self.rv = obj, _rv(obj)
-                self._steps_written(obj)
+                self._steps_written()
                 return
             except ConflictError:
                 await self._reread()
@@ -302,6 +302,12 @@ class Run:
                 obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
         except NotFoundError:
             return False
+        except Exception as exc:
+            if _transient(exc) and not isinstance(exc, ConflictError):
+                # The claim may have been applied with its answer lost: act as if it was,
+                # so the caller lets go of the run (a no-op if it is not ours).
+                self.claimed, self.attempt = True, self.attempt + 1
+            raise
         self.obj, self.rv = obj, _rv(obj)
         self.claimed = True
         self.attempt += 1
@@ -315,7 +321,7 @@ class Run:
         self.steps = archived + [dict(r) for r in status.get("steps") or []]
         self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
         self._archived = len(archived)
-        self._steps_written(obj)
+        self._steps_written()
         return True
 
     # ----- boundaries and steps (called through WorkflowContext) ------------------------------
@@ -358,20 +364,24 @@ class Run:
         i = self._index.get(rec["key"])
         if i is not None and i >= self._archived:
             self.steps[i] = rec
-            if i < self._flushed:
-                self._dirty.add(i)
+            self._dirty.add(i)  # even if unflushed: an append of it may be in flight
             return
         # New, or its earlier record is archived (immutable): append; the last one counts.
         self._index[rec["key"]] = len(self.steps)
         self.steps.append(rec)
 
-    def _steps_written(self, obj: dict[str, Any]) -> None:
-        """The server now has exactly our step records."""
-        self._flushed, self._dirty = len(self.steps), set()
-        self._server_archived = self._archived
+    def _steps_written(self, upto: int | None = None, dirty: set[int] | None = None,
+                       archived: int | None = None) -> None:
+        """The server now has our first ``upto`` records (all, by default) as they were when
+        sent: the dirty ones sent are clean. A record put while the write was in flight
+        stays unsent (index ≥ upto) or dirty (put again after the send)."""
+        self._flushed = len(self.steps) if upto is None else upto
+        self._dirty = set() if dirty is None else self._dirty - dirty
+        self._server_archived = self._archived if archived is None else archived
 
-    def _completed_count(self) -> int:
-        return sum(1 for i in self._index.values() if self.steps[i]["state"] == "Completed")
+    def _completed_count(self, upto: int | None = None) -> int:
+        n = len(self.steps) if upto is None else upto
+        return sum(1 for i in self._index.values() if i < n and self.steps[i]["state"] == "Completed")
 
     async def _archive(self) -> None:
         """Moves the oldest final records into journal ConfigMaps once status holds more
@@ -455,29 +465,38 @@ class Run:
                 {"op": "test", "path": "/status/attempt", "value": self.attempt},
                 {"op": "test", "path": "/status/phase", "value": status.get("phase")},
             ]
-            if "steps" not in status or self._archived != self._server_archived:
+            # What this write sends, fixed now: steps of the same run running concurrently
+            # may put records while it is in flight.
+            upto, dirty, archived = len(self.steps), set(self._dirty), self._archived
+            if "steps" not in status or archived != self._server_archived:
                 # First records, or some just archived: status.steps anew, with the journal.
-                ops.append({"op": "add", "path": "/status/steps", "value": self.steps[self._archived:]})
+                ops.append({"op": "add", "path": "/status/steps", "value": self.steps[archived:upto]})
                 if self.journal:
                     ops.append({"op": "add", "path": "/status/journal", "value": self.journal})
             else:
-                base = self._archived
-                ops += [{"op": "replace", "path": f"/status/steps/{i - base}", "value": self.steps[i]}
-                        for i in sorted(self._dirty)]
-                ops += [{"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.steps[self._flushed:]]
-            ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count()})
+                ops += [{"op": "replace", "path": f"/status/steps/{i - archived}", "value": self.steps[i]}
+                        for i in sorted(dirty) if i < self._flushed]
+                ops += [{"op": "add", "path": "/status/steps/-", "value": rec}
+                        for rec in self.steps[self._flushed:upto]]
+            ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count(upto)})
             try:
                 with STATUS_WRITE_SECONDS.labels("steps").time():
                     obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
                                                   content_type="application/json-patch+json")
                 self.obj, self.rv = obj, _rv(obj)
-                self._steps_written(obj)
+                self._steps_written(upto, dirty, archived)
                 # The response may carry a cancel whose watch event is now older
                 # than what we hold (and so will be dropped): learn it here.
                 self._note_stop(obj)
                 return
             except (ConflictError, InvalidError):
                 await self._reread()
+            except Exception as exc:
+                if _transient(exc):
+                    # Not the workflow's error: let go of the run (re-queued for replay),
+                    # rather than let workflow code see it and fail.
+                    raise _Release(f"status write failed: {exc!r}", held=True) from exc
+                raise
         raise _Release(_CONTENDED, held=True)
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
@@ -537,7 +556,7 @@ class Run:
                 return (api.CANCELLED, None)
             return (api.WAITING, s)
         except _Release as r:
-            return ("release", r.why)
+            return ("release", r)
         except StopExecution:
             return (api.CANCELLED, None)
 
@@ -551,14 +570,14 @@ class Run:
             await self._finish_wait(value)
         elif kind == api.CANCELLED:
             await self._finish_cancelled()
-        elif value == "handback":
+        elif value.why == "handback":
             await self._hand_back()
             return "handback"
-        elif value == _CONTENDED:
-            await self.give_up(_Release(_CONTENDED, held=True))
-            return _CONTENDED
+        elif value.held:
+            await self.give_up(value)
+            return "error"
         else:
-            return str(value)
+            return str(value.why)
         return kind
 
     async def _finish_completed(self, result: Any) -> None:

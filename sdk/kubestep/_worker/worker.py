@@ -159,10 +159,11 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _drive(self, run: Run) -> None:
-        outcome = "error"
+        outcome, active = "error", False
         try:
             if not await run.claim():
                 return
+            active = True
             RUNS_ACTIVE.labels(run.workflow.id).inc()
             outcome = await run.execute()
             logger.info("run %s: %s", run.name, outcome)
@@ -176,8 +177,9 @@ class Worker:
             if run.claimed and not run.lost:
                 await run.give_up(exc)
         finally:
-            if run.claimed:
+            if active:
                 RUNS_ACTIVE.labels(run.workflow.id).dec()
+            if run.claimed:
                 RUNS_ENDED.labels(run.workflow.id, outcome if outcome in _OUTCOMES else "error").inc()
             self.runs.pop(run.name, None)
             self._fill()
