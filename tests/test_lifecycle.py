@@ -498,6 +498,27 @@ async def test_j_long_history_is_archived_and_replayed_from_the_journal(
 
 
 @local_only
+async def test_a_journal_the_worker_cannot_write_fails_the_run_as_a_worker_error(
+    client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
+) -> None:
+    # No ConfigMaps allowed in the namespace: archiving step records is refused (403).
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-configmaps"},
+             "spec": {"hard": {"configmaps": "0"}}}
+    control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(quota))
+    # Admission enforces a quota once the controller manager has computed its usage.
+    wait_until(lambda: control_plane.kubectl("-n", run_namespace, "get", "resourcequota", "no-configmaps", "-o",
+                                             "jsonpath={.status.hard.configmaps}").stdout == "0",
+               20, what="the quota to be in force")
+    workers(env={"KUBESTEP_STATUS_STEPS": "2"})
+    h = await client.start("steps", {"count": 5, "seconds": 0.01})
+    e = await h.wait(timeout=30)
+    # Not the workflow's failure (workflow code never saw the error), and not retried for ever.
+    assert e.status.phase == api.FAILED and e.status.reason == "WorkerError", e.status
+    assert e.status.error and "quota" in e.status.error["message"], e.status.error
+    assert e.status.attempt == 1
+
+
+@local_only
 async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
     workers(name="a")
     workers(name="b")

@@ -32,6 +32,7 @@ from ._kube import Kube
 
 DATA_KEY = "steps.json"
 CHUNK_BYTES = 512 * 1024  # a ConfigMap holds at most 1 MiB
+LOAD_CONCURRENCY = 8  # reads at once when a run with a long journal is resumed
 
 
 def _path(namespace: str, name: str = "") -> str:
@@ -77,9 +78,12 @@ async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str,
 
 async def load(kube: Kube, namespace: str, refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The archived records listed by ``status.journal``, in order."""
+    gate = asyncio.Semaphore(LOAD_CONCURRENCY)
+
     async def one(ref: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            cm = await kube.get(_path(namespace, ref["configMap"]))
+            async with gate:
+                cm = await kube.get(_path(namespace, ref["configMap"]))
         except NotFoundError:
             raise JournalError(f"journal ConfigMap {ref['configMap']} is missing") from None
         records: list[dict[str, Any]] = json.loads((cm.get("data") or {}).get(DATA_KEY) or "[]")

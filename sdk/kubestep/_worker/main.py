@@ -31,11 +31,13 @@ def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int
         ns = namespace or os.environ.get("POD_NAMESPACE") or kube.default_namespace or "default"
         name = os.environ.get("POD_NAME") or socket.gethostname()
         seconds = lease_seconds or int(os.environ.get("KUBESTEP_LEASE_SECONDS", "15"))
-        worker = Worker(kube, workflows, ns, name, concurrency, seconds, os.environ.get("POD_UID"))
+        control = Kube()
+        worker = Worker(kube, workflows, ns, name, concurrency, seconds, os.environ.get("POD_UID"), control=control)
         worker.install_signal_handlers()
         try:
             await worker.run()
         finally:
             await kube.aclose()
+            await control.aclose()
 
     asyncio.run(main())

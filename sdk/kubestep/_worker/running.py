@@ -61,8 +61,8 @@ class _Release(BaseException):
     """Unwinds the workflow without a terminal status: hand-back, lost run, or
     (``held``) a status write that kept failing on a run we still hold."""
 
-    def __init__(self, why: str, held: bool = False) -> None:
-        self.why, self.held = why, held
+    def __init__(self, why: str, held: bool = False, cause: BaseException | None = None) -> None:
+        self.why, self.held, self.cause = why, held, cause
 
 
 _CONTENDED = "too many write conflicts"
@@ -97,7 +97,9 @@ def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] |
 def _transient(exc: BaseException) -> bool:
     """Worth another attempt by replay (network, server or contention), unlike, say, a
     result too large for the object, which replay would only repeat."""
-    if isinstance(exc, (_Release, httpx.TransportError, ConflictError)):
+    if isinstance(exc, _Release):
+        return exc.cause is None or _transient(exc.cause)
+    if isinstance(exc, (httpx.TransportError, ConflictError)):
         return True
     if isinstance(exc, TooLargeError):
         return False
@@ -207,7 +209,8 @@ class Run:
         ``stoppable`` writes (every ending but Cancelled) give way to a
         cancellation learned from the conflict: they raise at that boundary.
         """
-        await self._archive()
+        async with self._append_lock:
+            await self._archive()
         for _ in range(10):
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
@@ -393,8 +396,14 @@ class Run:
         while i < end and self.steps[i]["state"] in ("Completed", "Failed"):
             i += 1
         if i > self._archived:
-            self.journal = self.journal + await journal.archive(self.kube, self.obj, self.steps[self._archived:i])
-            self._archived = i
+            # Move the boundary first: a concurrent step that puts a record of one of these
+            # keys while the ConfigMaps are written must append it, not change the copy.
+            start, self._archived = self._archived, i
+            try:
+                self.journal = self.journal + await journal.archive(self.kube, self.obj, self.steps[start:i])
+            except BaseException:
+                self._archived = start
+                raise
 
     async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._boundary()
@@ -447,7 +456,15 @@ class Run:
 
     async def _append_steps(self) -> None:
         async with self._append_lock:
-            await self._append_steps_locked()
+            try:
+                await self._archive()
+                await self._append_steps_locked()
+            except (_Release, StopExecution):
+                raise
+            except Exception as exc:
+                # Not the workflow's error, and not for workflow code to catch: let go of
+                # the run (re-queued for replay, or Failed if replay would only repeat it).
+                raise _Release(f"status write failed: {exc!r}", held=True, cause=exc) from exc
 
     async def _append_steps_locked(self) -> None:
         """Writes the new step records as a JSON patch: appends, not the whole history.
@@ -457,7 +474,6 @@ class Run:
         attempt, phase) rather than on the resourceVersion, so an unrelated
         change (the operator updating a condition) is not a conflict.
         """
-        await self._archive()
         for _ in range(10):
             status = self.obj.get("status") or {}
             ops: list[dict[str, Any]] = [
@@ -491,12 +507,6 @@ class Run:
                 return
             except (ConflictError, InvalidError):
                 await self._reread()
-            except Exception as exc:
-                if _transient(exc):
-                    # Not the workflow's error: let go of the run (re-queued for replay),
-                    # rather than let workflow code see it and fail.
-                    raise _Release(f"status write failed: {exc!r}", held=True) from exc
-                raise
         raise _Release(_CONTENDED, held=True)
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
@@ -661,6 +671,8 @@ class Run:
         writes only while it is still ours (same holder and attempt).
         """
         why = f"worker {self.worker} could not go on"
+        if isinstance(exc, _Release) and exc.cause is not None:
+            exc = exc.cause
         failure = None if _transient(exc) else _error(exc, with_traceback=False)
         if isinstance(exc, TooLargeError) and failure is not None:
             failure["message"] = (f"the run's status would outgrow what the apiserver stores ({exc.message}); "

@@ -43,15 +43,20 @@ class Worker:
         concurrency: int = 10,
         lease_seconds: int = 15,
         pod_uid: str | None = None,
+        control: Kube | None = None,
     ) -> None:
         if not workflows:
             raise ValueError("a worker needs at least one @workflow to serve")
         self.kube = kube
+        # The watch and the Lease renewals get connections of their own (``control``),
+        # so they never wait in the pool behind the runs' status writes: a renewal that
+        # waited too long would get the worker's runs re-queued as lost.
+        self.control = control or kube
         self.workflows = workflows
         self.namespace = namespace
         self.name = name
         self.concurrency = concurrency
-        self.lease = WorkerLease(kube, namespace, name, sorted(workflows), lease_seconds, pod_uid)
+        self.lease = WorkerLease(self.control, namespace, name, sorted(workflows), lease_seconds, pod_uid)
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
@@ -92,7 +97,7 @@ class Worker:
         path = api.execution_path(self.namespace)
         while True:
             try:
-                listing = await self.kube.get(path)
+                listing = await self.control.get(path)
                 rv = listing["metadata"]["resourceVersion"]
                 for obj in listing.get("items", []):
                     obj.setdefault("apiVersion", api.API_VERSION)
@@ -100,7 +105,7 @@ class Worker:
                     self._on_event("ADDED", obj, listed=True)
                 self.ready.set()
                 while True:
-                    async for event in self.kube.watch(path, rv):
+                    async for event in self.control.watch(path, rv):
                         kind, obj = event.get("type"), event.get("object") or {}
                         if kind == "ERROR":
                             raise _Relist(obj.get("message", "watch error"))
