@@ -298,8 +298,8 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA}
     assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA}
     assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples"}
-    assert f"{release}-kubestep-operator-discovery" in _names(control_plane, "clusterroles")
-    assert f"{release}-kubestep-operator-discovery" in _names(control_plane, "clusterrolebindings")
+    assert _names(control_plane, "clusterroles") == set()  # least privilege: nothing cluster-scoped
+    assert _names(control_plane, "clusterrolebindings") == set()
 
     op = json.loads(control_plane.kubectl("get", "deploy", "kubestep-operator", "-n", release, "-o", "json").stdout)
     assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
@@ -342,8 +342,8 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "list",   LEASES,                     OWN,      True),
     ("namespaced", "operator", "watch",  LEASES,                     OWN,      True),
     ("namespaced", "operator", "create", EVENTS,                     OWN,      True),
-    ("namespaced", "operator", "list",   "namespaces",               CLUSTER,  True),   # kopf's observers,
-    ("namespaced", "operator", "watch",  "customresourcedefinitions", CLUSTER, True),   # read-only
+    ("namespaced", "operator", "list",   "namespaces",               CLUSTER,  False),  # nothing cluster-wide
+    ("namespaced", "operator", "watch",  "customresourcedefinitions", CLUSTER, False),
     ("namespaced", "operator", "patch",  WFX,                        OWN,      False),  # never the spec
     ("namespaced", "operator", "update", WFX,                        OWN,      False),
     ("namespaced", "operator", "create", WFX,                        OWN,      False),
@@ -393,7 +393,7 @@ RBAC_MATRIX = [
     ("cluster-wide", "operator", "patch", STATUS,                    OTHER,    True),
     ("cluster-wide", "operator", "watch", LEASES,                    CLUSTER,  True),
     ("cluster-wide", "operator", "create", EVENTS,                   OTHER,    True),
-    ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, True),
+    ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
     ("cluster-wide", "operator", "patch", WFX,                       OTHER,    False),  # never the spec
     ("cluster-wide", "operator", "create", WFX,                      OTHER,    False),
     ("cluster-wide", "operator", "list",  "namespaces",              CLUSTER,  False),  # not needed with -A

@@ -2,13 +2,14 @@
 
 kopf has no metrics of its own, so these count what the operator decides:
 every transition it writes (by phase and reason), writes that failed and
-were retried, and the size of the one scheduler that holds every deadline
-and wake-up.
+were retried, the size of the one scheduler that holds every deadline and
+wake-up, and the write backlog by urgency. Write throughput is
+``rate(kubestep_operator_write_seconds_count[1m])``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 TRANSITIONS = Counter(
     "kubestep_operator_transitions_total", "Status transitions the operator wrote, by phase and reason.",
@@ -23,3 +24,15 @@ WRITE_ERRORS = Counter(
 )
 SCHEDULED = Gauge("kubestep_operator_scheduled", "Runs and leases the scheduler will look at again.")
 UNFINISHED = Gauge("kubestep_operator_unfinished_runs", "Unfinished runs in the operator's index.")
+BACKLOG = Gauge(
+    "kubestep_operator_backlog", "Runs with a decided status write waiting for a writer, by urgency.", ["urgency"],
+)
+WRITES_IN_FLIGHT = Gauge("kubestep_operator_writes_in_flight", "Status writes being made now.")
+WRITE_SECONDS = Histogram(
+    "kubestep_operator_write_seconds", "Latency of the operator's successful status writes, by urgency.",
+    ["urgency"], buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENTS_QUEUED = Gauge("kubestep_operator_events_queued", "Events waiting to be posted.")
+EVENTS_DROPPED = Counter(
+    "kubestep_operator_events_dropped_total", "Events not posted because the event queue was full.",
+)

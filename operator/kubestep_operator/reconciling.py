@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 from collections.abc import Callable
 from typing import Any
 
 from kubestep import _api as api
+
+from .keys import RunKey
 
 OPERATOR = "kubestep-operator"
 
@@ -50,8 +53,8 @@ class Snapshot:
     body_ref: dict[str, Any]  # apiVersion/kind/metadata for events
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+    def key(self) -> RunKey:
+        return RunKey(self.namespace, self.name)
 
     @classmethod
     def from_body(cls, body: Any) -> Snapshot:
@@ -228,6 +231,23 @@ def decide(
                 event=None if served else ("Warning", "NoWorker", message),
             )
     return Decision()
+
+
+class Urgency(enum.IntEnum):
+    """How soon a decided write must be made; lower goes first (``writing.Backlog``)."""
+
+    STOP = 0  # a cancel or an exhausted budget: Cancelling, Cancelled
+    PROGRESS = 1  # a run moves on: wait over, worker lost
+    ADMIT = 2  # a new run is queued, or its Scheduled condition refreshed
+
+
+def urgency(s: Snapshot, d: Decision) -> Urgency:
+    """Stopping runaway work comes first, even behind thousands of admissions."""
+    if (d.patch or {}).get("phase") in (api.CANCELLING, api.CANCELLED):
+        return Urgency.STOP
+    if s.phase is None or s.phase == api.QUEUED:
+        return Urgency.ADMIT
+    return Urgency.PROGRESS
 
 
 def _no_worker(s: Snapshot) -> str:

@@ -5,7 +5,9 @@ per execution; this is one task and a heap for thousands of runs. The heap is
 only a cache of *when to look again*: each entry names an object, and firing
 it re-decides from the object's current snapshot (kopf index), so a stale
 entry (the object changed since it was pushed) costs a lookup and nothing
-else. It is rebuilt from status at start-up because kopf delivers every
+else. Firing is synchronous and never waits for the network: a decision
+that needs a write is offered to the write backlog (``writing.py``), so a
+thousand deadlines due at once cost a thousand offers, not a thousand tasks. It is rebuilt from status at start-up because kopf delivers every
 object once when it starts watching, and each delivery reschedules.
 """
 
@@ -15,7 +17,7 @@ import asyncio
 import datetime as dt
 import heapq
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from kubestep import _api as api
 
@@ -23,13 +25,12 @@ logger = logging.getLogger("kubestep.operator")
 
 
 class Scheduler:
-    def __init__(self, fire: Callable[[Hashable], Awaitable[None]]) -> None:
+    def __init__(self, fire: Callable[[Hashable], None]) -> None:
         self._fire = fire
         self._heap: list[tuple[dt.datetime, int, Hashable]] = []
         self._due: dict[Hashable, dt.datetime] = {}
         self._seq = 0  # tie-breaker: keys need not be comparable
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._due)
@@ -52,15 +53,20 @@ class Scheduler:
 
     async def run(self) -> None:
         while True:
-            now = api.now()
+            now, fired = api.now(), 0
             while self._heap and self._heap[0][0] <= now:
                 when, _, key = heapq.heappop(self._heap)
                 if self._due.get(key) != when:
                     continue  # replaced or forgotten since it was pushed
                 del self._due[key]
-                task = asyncio.create_task(self._safe_fire(key))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                try:
+                    self._fire(key)
+                except Exception:
+                    logger.exception("scheduled check of %s failed; retrying in 1 s", key)
+                    self.schedule(key, now + dt.timedelta(seconds=1))
+                fired += 1
+                if fired % 256 == 0:
+                    await asyncio.sleep(0)  # thousands due at once: let the watches and writers in
             self._changed.clear()
             timeout = (self._heap[0][0] - now).total_seconds() if self._heap else None
             try:
@@ -68,9 +74,3 @@ class Scheduler:
             except TimeoutError:
                 pass
 
-    async def _safe_fire(self, key: Hashable) -> None:
-        try:
-            await self._fire(key)
-        except Exception:
-            logger.exception("scheduled check of %s failed; retrying in 1 s", key)
-            self.schedule(key, api.now() + dt.timedelta(seconds=1))

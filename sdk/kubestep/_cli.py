@@ -22,8 +22,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     o.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
     o.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     o.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    o.add_argument("--peering", help="kopf peering name, to run more than one replica")
-    o.add_argument("--priority", type=int, default=0, help="peering priority (distinct per replica)")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
     o.add_argument("--verbose", "-v", action="store_true")
 
@@ -44,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ImportError as e:
             sys.exit(f"kubestep operator needs the operator extra: pip install 'kubestep[operator]' ({e})")
         run_operator(args.namespace, all_namespaces=args.all_namespaces, liveness_endpoint=args.liveness,
-                     peering_name=args.peering, priority=args.priority, verbose=args.verbose,
+                     verbose=args.verbose,
                      metrics_port=args.metrics_port)
     else:
         sys.exit(args.func(args))

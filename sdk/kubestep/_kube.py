@@ -102,7 +102,11 @@ POOL_SIZE = int(os.environ.get("KUBESTEP_HTTP_CONNECTIONS", "24"))
 class Kube:
     """Async access to one cluster: JSON requests, merge patches, streaming watches."""
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None,
+                 connections: int | None = None) -> None:
+        """``connections``: the pool size (default ``KUBESTEP_HTTP_CONNECTIONS``). A caller that bounds
+        its own requests in flight sizes the pool to match, so no request waits for a connection."""
+        connections = connections or POOL_SIZE
         configuration, self.default_namespace = load_configuration(kubeconfig, context)
         verify: ssl.SSLContext | bool
         if configuration.verify_ssl:
@@ -123,7 +127,7 @@ class Kube:
             # wait for a connection; a 2-core apiserver serves no more at once anyway.
             # (HTTP/2 would share one connection, but httpx's HTTP/2 watch streams stalled
             # under that load.)
-            limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"User-Agent": "kubestep"},
         )
 

@@ -14,7 +14,7 @@ async def test_fires_in_due_order_and_honours_replacement_and_forgetting() -> No
     fired: list[Hashable] = []
     done = asyncio.Event()
 
-    async def fire(key: Hashable) -> None:
+    def fire(key: Hashable) -> None:
         fired.append(key)
         if len(fired) == 2:
             done.set()

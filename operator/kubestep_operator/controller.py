@@ -1,0 +1,273 @@
+"""The operator at work: what it knows of runs and workers, and how it turns decisions into writes.
+
+Level-triggered: every event of a run re-runs ``reconciling.decide`` on its latest state, and the same
+function serves scheduler wake-ups. Reacting never waits for the network: a decision to write offers the
+run to the write backlog, which a fixed number of writers drain, stopping decisions first
+(``writing.py``); each write is conditional on the state it was decided on, and one that loses a race
+is dropped, because the change that beat it arrives as the next event and is decided afresh.
+
+What it knows comes from two informers (``watching.py``): every unfinished run's latest snapshot, and the
+liveness of every worker Lease. Runs are decided only once the Leases have been listed, so a restarted
+operator never mistakes live workers for gone ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import httpx
+
+from kubestep import _api as api
+from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError
+from kubestep._kube import Kube
+
+from . import measuring
+from .keys import LeaseKey, RunKey
+from .reconciling import OPERATOR, Decision, Liveness, Snapshot, Urgency, decide, urgency
+from .recording import Recorder
+from .scheduling import Scheduler
+from .watching import Informer, Scope
+from .writing import Backlog, retry_delay
+
+logger = logging.getLogger("kubestep.operator")
+
+LEASES_PATH = "/apis/coordination.k8s.io/v1"
+WORKER_LEASES = {"labelSelector": f"{api.LABEL_WORKER}=true"}
+
+
+def liveness_of(lease: dict[str, Any]) -> tuple[LeaseKey, Liveness] | None:
+    """What a worker's Lease says: until when the worker counts as alive, and what it serves."""
+    spec, meta = lease.get("spec") or {}, lease["metadata"]
+    holder, renew = spec.get("holderIdentity"), api.parse_time(spec.get("renewTime"))
+    if not holder or renew is None:
+        return None
+    expires = renew + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+    served = (meta.get("annotations") or {}).get(api.ANNOTATION_WORKFLOWS, "")
+    return LeaseKey(meta["namespace"], holder), Liveness(expires, frozenset(w for w in served.split(",") if w))
+
+
+@dataclasses.dataclass
+class Controller:
+    kube: Kube  # status writes and Events: sized to the writers and event senders
+    watch: Kube  # the informers' long watches, on connections of their own
+    scopes: list[Scope]
+    lease_grace: dt.datetime  # a holder without a known Lease counts as gone from then on
+    writers: int = 8  # writes in flight at most
+    event_senders: int = 2
+    executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
+    workers: dict[LeaseKey, Liveness] = dataclasses.field(default_factory=dict)
+    ignored: set[tuple[str, int | None]] = dataclasses.field(default_factory=set)
+    failures: dict[RunKey, int] = dataclasses.field(default_factory=dict)  # failed writes in a row
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.fire)
+        self.backlog: Backlog[RunKey] = Backlog()
+        self.recorder = Recorder(self.kube, OPERATOR)
+        self.lease_informers = [
+            Informer(self.watch, _leases_path(s), s, self.on_lease, self.leases_listed, dict(WORKER_LEASES))
+            for s in self.scopes]
+        self.run_informers = [
+            Informer(self.watch, api.execution_path(s.namespace) if s.namespace else
+                     f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}", s, self.on_execution, self.executions_listed)
+            for s in self.scopes]
+        measuring.SCHEDULED.set_function(lambda: len(self.scheduler))
+        measuring.UNFINISHED.set_function(lambda: len(self.executions))
+        for level in Urgency:
+            measuring.BACKLOG.labels(level.name).set_function(functools.partial(self.backlog.count, level))
+        measuring.WRITES_IN_FLIGHT.set_function(lambda: self.backlog.busy)
+        measuring.EVENTS_QUEUED.set_function(lambda: len(self.recorder))
+
+    # ----- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self.scheduler.run())
+        for _ in range(self.writers):
+            self._spawn(self.write_loop())
+        for _ in range(self.event_senders):
+            self._spawn(self.recorder.send())
+        for informer in self.lease_informers:
+            self._spawn(informer.run())
+        self._spawn(self._watch_runs())
+
+    async def _watch_runs(self) -> None:
+        # Workers first: deciding on runs before every live Lease is known would mark served runs
+        # NoWorker and back, thousands of needless writes after a restart.
+        await asyncio.gather(*(i.listed.wait() for i in self.lease_informers))
+        await asyncio.gather(*(i.run() for i in self.run_informers))
+
+    def _spawn(self, coro: Any) -> None:
+        self.tasks.append(asyncio.create_task(coro))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.kube.aclose()
+        await self.watch.aclose()
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: how long since each informer last heard from the apiserver."""
+        now = time.monotonic()
+        informers = self.lease_informers + self.run_informers
+        return {"listed": all(i.listed.is_set() for i in informers),
+                "silent_seconds": round(max((now - i.last_contact for i in informers), default=0.0), 1),
+                "unfinished_runs": len(self.executions), "backlog": len(self.backlog)}
+
+    # ----- what the informers report ----------------------------------------------------------
+
+    def on_execution(self, kind: str, body: dict[str, Any]) -> None:
+        key = RunKey(body["metadata"]["namespace"], body["metadata"]["name"])
+        if kind == "DELETED":
+            self.forget(key)
+            return
+        s = Snapshot.from_body(body)
+        if s.phase in api.TERMINAL_PHASES:
+            self.forget(key)
+            ended_by_it = s.phase == api.CANCELLED and (s.cancellation or {}).get("reason") == api.REQUESTED
+            if s.cancel_requested and not ended_by_it and (s.uid, s.generation) not in self.ignored:
+                # Not a transition: status stays as it is. Said once per request (per generation).
+                self.ignored.add((s.uid, s.generation))
+                self.recorder.post(s.body_ref, "Normal", "CancelIgnored",
+                                   f"run already {s.phase}; cancellation has no effect")
+            return
+        self.executions[key] = s
+        self.consider(s)
+
+    def executions_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
+        """After a (re-)list: runs deleted while the watch was down are forgotten."""
+        for key in [k for k in self.executions if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
+            self.forget(key)
+
+    def on_lease(self, kind: str, body: dict[str, Any]) -> None:
+        found = liveness_of(body)
+        if found is None:
+            return
+        key, live = found
+        if kind == "DELETED":
+            self.workers.pop(key, None)
+            self.scheduler.schedule(key, None)
+            self.recheck(key.namespace, held_by=key.holder)
+            return
+        before = self.workers.get(key)
+        self.workers[key] = live
+        self.scheduler.schedule(key, live.expires)
+        if before is None or before.workflows != live.workflows:
+            self.recheck(key.namespace)  # what is served changed: queued runs may gain or lose a worker
+
+    def leases_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
+        # Leases are keyed by holder, not by name: a re-list simply re-adds the live ones, and one
+        # deleted while the watch was down expires like any other (the scheduler looks at it then).
+        pass
+
+    # ----- lookups ----------------------------------------------------------------------------
+
+    def liveness(self, namespace: str, worker: str) -> Liveness | None:
+        return self.workers.get(LeaseKey(namespace, worker))
+
+    def live_workflows(self, namespace: str, now: dt.datetime) -> frozenset[str]:
+        served: set[str] = set()
+        for key, live in self.workers.items():
+            if key.namespace == namespace and live.expires > now:
+                served |= live.workflows
+        return frozenset(served)
+
+    def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
+        return decide(s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace)
+
+    # ----- acting -----------------------------------------------------------------------------
+
+    def consider(self, s: Snapshot) -> None:
+        """Decides on ``s`` now without waiting for anything: a write goes to the backlog, and
+        otherwise the scheduler is told when to look again."""
+        d = self.decide(s, api.now())
+        if d.patch is None:
+            self.scheduler.schedule(s.key, d.next_due)
+        else:
+            self.backlog.offer(s.key, urgency(s, d))
+
+    async def write_loop(self) -> None:
+        """One writer: takes the most urgent pending run, decides again on its latest state, writes."""
+        while True:
+            key = await self.backlog.take()
+            try:
+                await self.write(key)
+            except Exception:  # a bug must not kill the writer: log, and look again later
+                logger.exception("deciding %s failed", key)
+                self.retry(key, api.now())
+            finally:
+                self.backlog.done(key)
+
+    async def write(self, key: RunKey) -> None:
+        s = self.executions.get(key)
+        if s is None:  # finished or deleted since it was offered
+            self.failures.pop(key, None)
+            return
+        now = api.now()
+        d = self.decide(s, now)  # the state may have moved on since the offer: decide afresh
+        if d.patch is None:
+            self.scheduler.schedule(key, d.next_due)
+            return
+        path = api.execution_path(s.namespace, s.name, "status")
+        level = urgency(s, d)
+        started = time.monotonic()
+        try:
+            if d.guard is None:
+                await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
+            else:
+                await self.kube.guarded_patch(path, d.patch, d.guard)
+        except (ConflictError, InvalidError, NotFoundError):
+            measuring.LOST_RACES.inc()
+            self.failures.pop(key, None)
+            return  # it changed: the next event decides again
+        except (ApiError, httpx.HTTPError) as e:
+            measuring.WRITE_ERRORS.inc()
+            logger.error("writing status of %s failed: %r", key, e)
+            self.retry(key, now)
+            return
+        measuring.WRITE_SECONDS.labels(level.name).observe(time.monotonic() - started)
+        self.failures.pop(key, None)
+        measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
+        if d.event is not None:
+            self.recorder.post(s.body_ref, *d.event)
+
+    def retry(self, key: RunKey, now: dt.datetime) -> None:
+        """Looks again after a backoff with jitter: outside the backlog, so retries never crowd it."""
+        failures = self.failures[key] = self.failures.get(key, 0) + 1
+        self.scheduler.schedule(key, now + dt.timedelta(seconds=retry_delay(failures)))
+
+    def forget(self, key: RunKey) -> None:
+        """The run finished or is gone: nothing more to decide or write."""
+        self.executions.pop(key, None)
+        self.scheduler.schedule(key, None)
+        self.backlog.discard(key)
+        self.failures.pop(key, None)
+
+    def fire(self, key: Hashable) -> None:
+        """The scheduler's wake-up: a run's deadline or wake-up, or a worker's Lease expiring."""
+        if isinstance(key, LeaseKey):  # queued runs may lose their worker, held runs their holder
+            live = self.workers.get(key)
+            if live is not None and live.expires <= api.now():
+                del self.workers[key]  # gone for good unless it renews (a new event re-adds it)
+            self.recheck(key.namespace, held_by=key.holder)
+        elif isinstance(key, RunKey):
+            s = self.executions.get(key)
+            if s is not None:
+                self.consider(s)
+
+    def recheck(self, namespace: str, held_by: str | None = None) -> None:
+        """Re-decides the queued runs of a namespace (and the runs ``held_by`` holds)."""
+        for s in list(self.executions.values()):
+            if s.namespace == namespace and (s.phase == api.QUEUED or (held_by is not None and s.worker == held_by)):
+                self.consider(s)
+
+
+def _leases_path(scope: Scope) -> str:
+    return f"{LEASES_PATH}/namespaces/{scope.namespace}/leases" if scope.namespace else f"{LEASES_PATH}/leases"
