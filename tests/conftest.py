@@ -23,12 +23,14 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kubestep import KubestepClient
 from kubestep._dev import (
     ControlPlane,
     ControlPlaneError,
@@ -38,6 +40,8 @@ from kubestep._dev import (
     run_kubectl,
     write_token_kubeconfig,
 )
+
+from .harness import E2E, Proc, free_port, start_operator, start_worker, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _OWNER_FILE = "owner.pid"
@@ -215,3 +219,58 @@ def make_namespace(control_plane: Cluster) -> Iterator[Callable[[], str]]:
 def namespace(make_namespace: Callable[[], str]) -> str:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
     return make_namespace()
+
+
+# ----- runs: the operator, workers and a client (on kind, the chart's pods) -----------------------
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: Any, logs: Path) -> Iterator[Proc | None]:
+    if E2E:
+        yield None  # the chart's operator runs in the cluster
+        return
+    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"],
+                          env={"KUBESTEP_METRICS_PORT": str(free_port())})
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def run_namespace(request: pytest.FixtureRequest) -> str:
+    """Where runs are started: a fresh namespace locally; on kind, the chart's namespace,
+    where the operator and the example workers run as pods."""
+    if E2E:
+        return os.environ["KUBESTEP_E2E_NAMESPACE"]
+    return str(request.getfixturevalue("namespace"))
+
+
+@pytest.fixture
+def workers(control_plane: Any, run_namespace: str, logs: Path, operator: Any) -> Iterator[Callable[..., Proc | None]]:
+    """Starts a worker process serving kubestep.examples (on kind: they already run as pods)."""
+    started: list[Proc] = []
+
+    def start(**kw: Any) -> Proc | None:
+        if E2E:
+            return None
+        proc = start_worker(control_plane.kubeconfig, logs, run_namespace, **kw)
+        started.append(proc)
+        # Ready once its lease exists: from then on the operator knows what it serves.
+        wait_until(lambda: control_plane.kubectl("-n", run_namespace, "get", "lease", f"kubestep-worker-{proc.name}",
+                                                 check=False).returncode == 0, 20, what=f"worker {proc.name}'s lease")
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.alive():
+            proc.stop()
+
+
+@pytest.fixture
+async def client(control_plane: Any, run_namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
+    async with KubestepClient(namespace=run_namespace, kubeconfig=str(control_plane.kubeconfig)) as c:
+        yield c

@@ -6,12 +6,19 @@ pods; tests that start, stop or kill processes are then skipped on kind only.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+import kubestep
+from kubestep import KubestepClient
 
 from kubestep._dev import local
 from kubestep._dev.local import Proc
@@ -34,4 +41,51 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-__all__ = ["E2E", "LEASE_SECONDS", "Proc", "start_operator", "start_worker", "wait_until"]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One /metrics scrape: (sample name, sorted labels) → value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+async def phase_of(client: KubestepClient, name: str) -> str | None:
+    return (await client.get_execution(name)).status.phase
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until_phase(client: KubestepClient, name: str, *phases: str, timeout: float = 30) -> kubestep.Execution:
+    last: list[kubestep.Execution] = []
+
+    async def check() -> kubestep.Execution | None:
+        e = await client.get_execution(name)
+        last[:] = [e]
+        return e if e.status.phase in phases else None
+
+    try:
+        return await until(check, timeout, f"{name} to reach {phases}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last status: {last[0].status if last else None}") from None
+
+
+def completed_steps(e: kubestep.Execution) -> list[kubestep.StepRecord]:
+    return [s for s in e.status.steps if s.state == "Completed"]
+
+
+__all__ = ["E2E", "LEASE_SECONDS", "Proc", "completed_steps", "free_port", "phase_of", "scrape", "start_operator",
+           "start_worker", "until", "until_phase", "wait_until"]

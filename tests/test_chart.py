@@ -34,7 +34,7 @@ import kubestep
 from kubestep import _api as api
 from kubestep._dev import find_binary
 
-from .harness import start_operator, start_worker
+from .harness import start_operator, start_worker, wait_until
 
 if TYPE_CHECKING:
     from .conftest import Cluster
@@ -309,6 +309,7 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}, c[probe]
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
     assert {"name": "KUBESTEP_LEASE_SECONDS", "value": "2"} in c["env"]
+    assert {"name": "KUBESTEP_CANCEL_GRACE_SECONDS", "value": "30"} in c["env"]
 
     wk = json.loads(control_plane.kubectl("get", "deploy", "kubestep-worker-examples", "-n", release,
                                           "-o", "json").stdout)
@@ -318,7 +319,8 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     assert c["args"] == ["worker", "kubestep.examples", "--concurrency=10"]
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") or e.get("value") for e in c["env"]}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
-                   "POD_UID": "metadata.uid", "KUBESTEP_LEASE_SECONDS": "2"}, env
+                   "POD_UID": "metadata.uid", "KUBESTEP_LEASE_SECONDS": "2",
+                   "KUBESTEP_CANCEL_GRACE_SECONDS": "30"}, env
 
     notes = run([helm, "get", "notes", RELEASE, "--kubeconfig", control_plane.kubeconfig, "--namespace", release])
     assert f"kubectl -n {release} patch wfx my-run --type merge -p '{{\"spec\":{{\"cancelRequested\":true}}}}'" in notes
@@ -434,11 +436,6 @@ def test_rbac_matrix(
 # ----- the operator and a worker with the chart's service accounts -----------------------------
 
 
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("chart-logs")
-
-
 async def test_lifecycle_with_the_charts_service_account_tokens(
     control_plane: Cluster, release: str, logs: Path
 ) -> None:
@@ -480,3 +477,56 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
         assert not bad, f"{name} was denied access:\n" + "\n".join(bad)
     assert worker_exit == 0, worker_log[-3000:]
     assert operator_exit == 0, op_log[-3000:]
+
+
+# ----- who cancelled: the optional admission policy ----------------------------------------------
+
+
+def test_cancel_audit_policy_records_the_user_who_cancels(
+    control_plane: Cluster, helm: Path, namespace: str, operator: Any
+) -> None:
+    """With ``cancelAudit.enabled`` the apiserver writes the cancelling user into the run (a
+    MutatingAdmissionPolicy, beta before 1.36: the local plane enables it), and the run's
+    ``status.cancellation.requestedByUser`` names them; the field manager names the client."""
+    release = f"audit-{uuid.uuid4().hex[:6]}"
+    docs = render(helm, namespace, "--set", "cancelAudit.enabled=true", "--show-only", "templates/cancel-audit.yaml")
+    assert [d["kind"] for d in docs] == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    for d in docs:
+        d["metadata"]["name"] = d["metadata"]["name"].replace(RELEASE, release, 1)
+    docs[1]["spec"]["policyName"] = docs[0]["metadata"]["name"]
+    manifest = yaml.safe_dump_all(docs)
+    control_plane.kubectl("apply", "-f", "-", input=manifest)
+    try:
+        control_plane.kubectl("-n", namespace, "create", "serviceaccount", "canceller")
+        control_plane.kubectl("-n", namespace, "create", "role", "canceller", "--verb=get,patch",
+                              "--resource=workflowexecutions.kubestep.io")
+        control_plane.kubectl("-n", namespace, "create", "rolebinding", "canceller", "--role=canceller",
+                              f"--serviceaccount={namespace}:canceller")
+        as_sa = control_plane.kubeconfig_for_service_account(namespace, "canceller")
+        user = f"system:serviceaccount:{namespace}:canceller"
+
+        def cancel_one() -> str | None:
+            name = f"audited-{uuid.uuid4().hex[:5]}"
+            control_plane.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(
+                {"apiVersion": "kubestep.io/v1alpha1", "kind": "WorkflowExecution", "metadata": {"name": name},
+                 "spec": {"workflow": "nobody-serves-this"}}))
+            control_plane.kubectl("-n", namespace, "patch", "wfx", name, "--type=merge", "-p",
+                                  '{"spec":{"cancelRequested":true,"cancelReason":"audit"}}', kubeconfig=as_sa)
+            obj = json.loads(control_plane.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)
+            annotated = obj["metadata"].get("annotations", {}).get("kubestep.io/cancel-requested-by")
+            return name if annotated == user else None
+
+        # A new policy takes effect within moments: the first cancels may predate it.
+        name = wait_until(cancel_one, 30, interval=0.5, what="the policy to annotate a cancel")
+
+        def cancelled() -> dict[str, Any] | None:
+            obj = json.loads(control_plane.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)
+            status = obj.get("status") or {}
+            return status if status.get("phase") == "Cancelled" else None
+
+        status = wait_until(cancelled, 30, what=f"{name} to be cancelled")
+        assert status["cancellation"]["requestedByUser"] == user
+        assert status["cancellation"]["requestedBy"] == "kubectl-patch"
+        assert status["cancellation"]["message"] == "audit"
+    finally:
+        control_plane.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest, check=False)

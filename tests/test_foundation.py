@@ -70,8 +70,8 @@ def test_workflow_execution_round_trips_through_kubectl(control_plane: Cluster, 
     obj = get_json(control_plane, "wfx", "run-1", "-n", namespace)
     assert obj["apiVersion"] == API_VERSION
     assert obj["kind"] == "WorkflowExecution"
-    # Every field intact, plus the schema default for cancelRequested.
-    assert obj["spec"] == {**spec, "cancelRequested": False}
+    # Every field intact, plus the schema defaults for cancelRequested and events.
+    assert obj["spec"] == {**spec, "cancelRequested": False, "events": []}
 
     # The plural and the fully qualified names resolve to the same object.
     for resource in ("workflowexecutions", "workflowexecutions.kubestep.io", "workflowexecution"):

@@ -7,124 +7,32 @@ namespace); workers are processes serving ``kubestep.examples``.
 from __future__ import annotations
 
 import asyncio
-import os
 import json
 import signal
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import kubestep
 from kubestep import _api as api
 from kubestep import KubestepClient
 
-from .harness import E2E, Proc, start_operator, start_worker, wait_until
+from .harness import (
+    E2E,
+    Proc,
+    completed_steps,
+    free_port,
+    phase_of,
+    scrape,
+    start_worker,
+    until,
+    until_phase,
+    wait_until,
+)
 
 local_only = pytest.mark.skipif(E2E, reason="starts/stops worker processes: local control plane only, not kind")
-
-
-@pytest.fixture(scope="session")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("logs")
-
-
-@pytest.fixture(scope="session")
-def operator(control_plane: Any, logs: Path) -> Iterator[Proc | None]:
-    if E2E:
-        yield None  # the chart's operator runs in the cluster
-        return
-    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"],
-                          env={"KUBESTEP_METRICS_PORT": str(free_port())})
-    yield proc
-    proc.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One /metrics scrape: (sample name, sorted labels) → value."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-            for fam in text_string_to_metric_families(text) for smp in fam.samples}
-
-
-@pytest.fixture
-def run_namespace(request: pytest.FixtureRequest) -> str:
-    """Where runs are started: a fresh namespace locally; on kind, the chart's namespace,
-    where the operator and the example workers run as pods."""
-    if E2E:
-        return os.environ["KUBESTEP_E2E_NAMESPACE"]
-    return str(request.getfixturevalue("namespace"))
-
-
-@pytest.fixture
-def workers(control_plane: Any, run_namespace: str, logs: Path, operator: Any) -> Iterator[Callable[..., Proc | None]]:
-    """Starts a worker process serving kubestep.examples (on kind: they already run as pods)."""
-    started: list[Proc] = []
-
-    def start(**kw: Any) -> Proc | None:
-        if E2E:
-            return None
-        proc = start_worker(control_plane.kubeconfig, logs, run_namespace, **kw)
-        started.append(proc)
-        # Ready once its lease exists: from then on the operator knows what it serves.
-        wait_until(lambda: control_plane.kubectl("-n", run_namespace, "get", "lease", f"kubestep-worker-{proc.name}",
-                                                 check=False).returncode == 0, 20, what=f"worker {proc.name}'s lease")
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.alive():
-            proc.stop()
-
-
-@pytest.fixture
-async def client(control_plane: Any, run_namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
-    async with KubestepClient(namespace=run_namespace, kubeconfig=str(control_plane.kubeconfig)) as c:
-        yield c
-
-
-async def phase_of(client: KubestepClient, name: str) -> str | None:
-    return (await client.get_execution(name)).status.phase
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def until_phase(client: KubestepClient, name: str, *phases: str, timeout: float = 30) -> kubestep.Execution:
-    last: list[kubestep.Execution] = []
-
-    async def check() -> kubestep.Execution | None:
-        e = await client.get_execution(name)
-        last[:] = [e]
-        return e if e.status.phase in phases else None
-
-    try:
-        return await until(check, timeout, f"{name} to reach {phases}")
-    except AssertionError as err:
-        raise AssertionError(f"{err}; last status: {last[0].status if last else None}") from None
-
-
-def completed_steps(e: kubestep.Execution) -> list[kubestep.StepRecord]:
-    return [s for s in e.status.steps if s.state == "Completed"]
 
 
 # ----- a, d: run timeouts ---------------------------------------------------------------------

@@ -59,6 +59,7 @@ class Controller:
     watch: Kube  # the informers' long watches, on connections of their own
     scopes: list[Scope]
     lease_grace: dt.datetime  # a holder without a known Lease counts as gone from then on
+    lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
     writers: int = 8  # writes in flight at most
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
@@ -180,7 +181,8 @@ class Controller:
         return frozenset(served)
 
     def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
-        return decide(s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace)
+        return decide(s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace,
+                      self.lease_seconds)
 
     # ----- acting -----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         watch=Kube(connections=2 * len(scopes)),
         scopes=scopes,
         lease_grace=api.now() + dt.timedelta(seconds=lease_seconds),
+        lease_seconds=lease_seconds,
         writers=writers,
         event_senders=EVENT_SENDERS,
     )

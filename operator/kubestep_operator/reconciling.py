@@ -8,13 +8,7 @@ function serves watch events and scheduler wake-ups alike (level-triggered:
 handling the same state twice yields the same conditional write, which the
 apiserver accepts at most once).
 
-Who writes what:
-  operator — Queued on creation; Cancelling with ``status.cancellation`` for
-             a cancel request or an expired deadline; Cancelled directly when
-             no worker holds the run (Queued, Waiting, or holder gone);
-             Queued again when a wait is over or the holder vanished.
-  worker   — Running (claim), steps, Waiting, Completed, Failed, Cancelled
-             (acknowledging ``status.cancellation``), Queued on hand-back.
+Who writes what: the table in ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -51,6 +45,13 @@ class Snapshot:
     cancellation: dict[str, Any] | None
     conditions: tuple[dict[str, Any], ...]
     body_ref: dict[str, Any]  # apiVersion/kind/metadata for events
+    # What a user's cancel says (``spec.cancelReason``) and who asked: ``api.cancel_note``.
+    cancel_note: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grace_seconds: float = api.DEFAULT_GRACE_SECONDS
+    queue_timeout_seconds: int | None = None
+    queued_since: dt.datetime | None = None  # status.queuedAt, else the creation time
+    waiting_for_topic: str | None = None
+    event_ready: bool = False  # an event the run waits for has arrived and is not consumed
 
     @property
     def key(self) -> RunKey:
@@ -59,6 +60,7 @@ class Snapshot:
     @classmethod
     def from_body(cls, body: Any) -> Snapshot:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.WAITING else None
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -79,6 +81,12 @@ class Snapshot:
                 "kind": body.get("kind", api.KIND),
                 "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
             },
+            cancel_note=api.cancel_note(body) if spec.get("cancelRequested") else {},
+            grace_seconds=api.grace_seconds(spec),
+            queue_timeout_seconds=spec.get("queueTimeoutSeconds"),
+            queued_since=api.parse_time(status.get("queuedAt") or meta.get("creationTimestamp")),
+            waiting_for_topic=topic,
+            event_ready=topic is not None and api.events_pending(spec, status, topic) > 0,
         )
 
     def condition_list(self) -> list[dict[str, Any]]:
@@ -116,17 +124,26 @@ def _cond(s: Snapshot, type_: str, ok: bool, reason: str, message: str, at: dt.d
     return conditions
 
 
-def _finish_cancelled(s: Snapshot, reason: str, message: str, at: dt.datetime) -> Decision:
+def _finish_cancelled(s: Snapshot, reason: str, message: str, at: dt.datetime, *,
+                      status_reason: str | None = None) -> Decision:
+    """Cancelled, acknowledged by the operator. ``status_reason`` overrides the status's reason (the
+    cancellation keeps why the run was told to stop)."""
     canc = dict(s.cancellation or {})
     if not canc.get("reason"):
-        canc = {"reason": reason, "requestedAt": api.fmt_time(at)}
+        canc = {**s.cancel_note, "reason": reason, "requestedAt": api.fmt_time(at)}
     canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=OPERATOR)
-    status = api.finished_status({"conditions": s.condition_list()}, api.CANCELLED, canc["reason"], message, at,
-                                 s.generation)
+    status = api.finished_status({"conditions": s.condition_list()}, api.CANCELLED, status_reason or canc["reason"],
+                                 message, at, s.generation)
     return Decision(
         patch={**status, "cancellation": canc, "observedGeneration": s.generation},
-        event=("Normal", api.CANCELLED, message),
+        event=("Warning" if status_reason else "Normal", api.CANCELLED, message),
     )
+
+
+def _requeue(s: Snapshot, reason: str, message: str, at: dt.datetime, **clear: None) -> dict[str, Any]:
+    """Back to Queued: the queue timeout counts again from now."""
+    return {"phase": api.QUEUED, "reason": reason, "message": message, "queuedAt": api.fmt_time(at), **clear,
+            "observedGeneration": s.generation}
 
 
 def served_by(s: Snapshot, live_workflows: frozenset[str] | None) -> bool:
@@ -139,10 +156,12 @@ def decide(
     worker: WorkerLookup,
     live_workflows: frozenset[str] | None,
     lease_grace: dt.datetime,
+    lease_seconds: float = 15.0,
 ) -> Decision:
     """The transition to make now. ``live_workflows`` is every workflow a live worker in the
     namespace serves (None when unknown); ``lease_grace`` is when a holder without a known
-    Lease counts as gone (the operator's start plus one lease duration)."""
+    Lease counts as gone (the operator's start plus one lease duration); ``lease_seconds`` is
+    how long a worker that stopped renewing still counts as alive."""
     phase = s.phase
     if phase in api.TERMINAL_PHASES:
         return Decision()
@@ -151,14 +170,11 @@ def decide(
         if s.cancel_requested:
             return _finish_cancelled(s, api.REQUESTED, "cancelled before it started; no step ran", now)
         served = served_by(s, live_workflows)
+        message = "waiting for a worker" if served else _no_worker(s)
         return Decision(
             patch={
-                "phase": api.QUEUED,
-                "reason": "Pending" if served else "NoWorker",
-                "message": "waiting for a worker" if served else _no_worker(s),
-                "observedGeneration": s.generation,
-                "conditions": _cond(s, api.COND_SCHEDULED, False, "Pending" if served else "NoWorker",
-                                    "waiting for a worker" if served else _no_worker(s), now),
+                **_requeue(s, "Pending" if served else "NoWorker", message, now),
+                "conditions": _cond(s, api.COND_SCHEDULED, False, "Pending" if served else "NoWorker", message, now),
             },
             event=("Normal", api.QUEUED, f"queued for workflow {s.workflow!r}")
             if served else ("Warning", "NoWorker", _no_worker(s)),
@@ -166,60 +182,35 @@ def decide(
 
     if s.cancel_requested and phase in (api.QUEUED, api.WAITING):
         where = "while queued; no step ran" if phase == api.QUEUED and not s.worker else f"while {phase.lower()}"
-        return _finish_cancelled(s, api.REQUESTED, f"cancelled {where}", now)
+        return _finish_cancelled(s, api.REQUESTED, f"cancelled {where}{_said(s.cancel_note)}", now)
 
     if phase in api.HELD_PHASES:
-        holder = worker(s.namespace, s.worker or "")
-        expires = holder.expires if holder else lease_grace
-        if now >= expires:
-            who = f"worker {s.worker!r} is gone (its lease expired)"
-            timed_out = s.deadline is not None and now >= s.deadline
-            if s.cancellation or s.cancel_requested or timed_out:
-                reason = (s.cancellation or {}).get("reason") or (
-                    api.REQUESTED if s.cancel_requested else api.RUN_TIMEOUT)
-                return _finish_cancelled(s, reason, f"{who}; finished the cancellation ({reason})", now)
-            return Decision(
-                patch={"phase": api.QUEUED, "reason": "WorkerLost", "message": f"{who}; the run resumes by replay",
-                       "worker": None, "deadline": None, "segmentStartedAt": None,
-                       "observedGeneration": s.generation},
-                event=("Warning", "WorkerLost", f"{who}; re-queued, a worker resumes it by replay"),
-            )
-        if phase == api.RUNNING and not s.cancellation:
-            if s.cancel_requested:
-                return Decision(
-                    patch={"phase": api.CANCELLING, "reason": api.REQUESTED,
-                           "message": f"cancellation requested; worker {s.worker} stops at the next step boundary",
-                           "cancellation": {"reason": api.REQUESTED, "requestedAt": api.fmt_time(now)},
-                           "observedGeneration": s.generation},
-                    guard={"phase": api.RUNNING, "worker": s.worker},
-                    event=("Normal", "CancelRequested", f"signalled worker {s.worker}; stops at the next step boundary"),
-                )
-            if s.deadline is not None and now >= s.deadline:
-                return Decision(
-                    patch={"phase": api.CANCELLING, "reason": api.RUN_TIMEOUT,
-                           "message": f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; "
-                                      f"worker {s.worker} stops at the next step boundary",
-                           "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
-                           "observedGeneration": s.generation},
-                    guard={"phase": api.RUNNING, "worker": s.worker},
-                    event=("Warning", api.RUN_TIMEOUT,
-                           f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}"),
-                )
-        due = [expires]
-        if phase == api.RUNNING and s.deadline is not None and not s.cancellation:
-            due.append(s.deadline)
-        return Decision(next_due=min(due))
+        return _decide_held(s, now, worker, lease_grace, lease_seconds)
 
     if phase == api.WAITING:
-        if s.wake_at is None or now >= s.wake_at:
+        if s.event_ready:
             return Decision(
-                patch={"phase": api.QUEUED, "reason": "WaitOver", "message": "wait is over; waiting for a worker",
-                       "wakeAt": None, "observedGeneration": s.generation},
-                event=("Normal", "WaitOver", "wait is over; re-queued for a worker"),
+                patch=_requeue(s, "EventArrived", f"event {s.waiting_for_topic!r} arrived; waiting for a worker",
+                               now, wakeAt=None),
+                event=("Normal", "EventArrived", f"event {s.waiting_for_topic!r} arrived; re-queued for a worker"),
+            )
+        if s.wake_at is None and s.waiting_for_topic is not None:
+            return Decision()  # waits for its event with no timeout
+        if s.wake_at is None or now >= s.wake_at:
+            what = "wait for event " + repr(s.waiting_for_topic) + " timed out" if s.waiting_for_topic else "wait is over"
+            return Decision(
+                patch=_requeue(s, "WaitOver", f"{what}; waiting for a worker", now, wakeAt=None),
+                event=("Normal", "WaitOver", f"{what}; re-queued for a worker"),
             )
         return Decision(next_due=s.wake_at)
 
     if phase == api.QUEUED:
+        if s.queue_timeout_seconds and s.queued_since is not None:
+            give_up = s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds)
+            if now >= give_up:
+                return _finish_cancelled(
+                    s, api.QUEUE_TIMEOUT, f"no worker claimed the run within queueTimeoutSeconds="
+                                          f"{s.queue_timeout_seconds}", now)
         served = served_by(s, live_workflows)
         current = next((c for c in s.conditions if c.get("type") == api.COND_SCHEDULED), None)
         want = ("False", "Pending" if served else "NoWorker")
@@ -230,7 +221,76 @@ def decide(
                        "conditions": _cond(s, api.COND_SCHEDULED, False, want[1], message, now)},
                 event=None if served else ("Warning", "NoWorker", message),
             )
+        if s.queue_timeout_seconds and s.queued_since is not None:
+            return Decision(next_due=s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds))
     return Decision()
+
+
+def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grace: dt.datetime,
+                 lease_seconds: float) -> Decision:
+    """A worker holds the run (Running or Cancelling)."""
+    holder = worker(s.namespace, s.worker or "")
+    expires = holder.expires if holder else lease_grace
+    if now >= expires:
+        who = f"worker {s.worker!r} is gone (its lease expired)"
+        timed_out = s.deadline is not None and now >= s.deadline
+        if s.cancellation or s.cancel_requested or timed_out:
+            reason = (s.cancellation or {}).get("reason") or (
+                api.REQUESTED if s.cancel_requested else api.RUN_TIMEOUT)
+            return _finish_cancelled(s, reason, f"{who}; finished the cancellation ({reason})", now)
+        return Decision(
+            patch=_requeue(s, "WorkerLost", f"{who}; the run resumes by replay", now,
+                           worker=None, deadline=None, segmentStartedAt=None),
+            event=("Warning", "WorkerLost", f"{who}; re-queued, a worker resumes it by replay"),
+        )
+    if s.phase == api.RUNNING and not s.cancellation:
+        if s.cancel_requested:
+            return Decision(
+                patch={"phase": api.CANCELLING, "reason": api.REQUESTED,
+                       "message": f"cancellation requested{_said(s.cancel_note)}; worker {s.worker} lets the step "
+                                  f"in flight finish (grace period {s.grace_seconds:g} s)",
+                       "cancellation": {**s.cancel_note, "requestedAt": api.fmt_time(now)},
+                       "observedGeneration": s.generation},
+                guard={"phase": api.RUNNING, "worker": s.worker},
+                event=("Normal", "CancelRequested", f"signalled worker {s.worker}{_by(s.cancel_note)}; "
+                                                    f"grace period {s.grace_seconds:g} s"),
+            )
+        if s.deadline is not None and now >= s.deadline:
+            return Decision(
+                patch={"phase": api.CANCELLING, "reason": api.RUN_TIMEOUT,
+                       "message": f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; worker {s.worker} lets "
+                                  f"the step in flight finish (grace period {s.grace_seconds:g} s)",
+                       "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
+                       "observedGeneration": s.generation},
+                guard={"phase": api.RUNNING, "worker": s.worker},
+                event=("Warning", api.RUN_TIMEOUT,
+                       f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}"),
+            )
+    due = [expires]
+    if s.phase == api.RUNNING and s.deadline is not None and not s.cancellation:
+        due.append(s.deadline)
+    requested = api.parse_time((s.cancellation or {}).get("requestedAt"))
+    if s.phase == api.CANCELLING and requested is not None:
+        # Cancelling never outlasts the grace period plus one lease, even under a live worker
+        # that cannot end the run (a step that ignores interruption, a write that keeps failing).
+        bound = requested + dt.timedelta(seconds=s.grace_seconds + lease_seconds)
+        if now >= bound:
+            return _finish_cancelled(
+                s, str((s.cancellation or {}).get("reason") or api.REQUESTED),
+                f"worker {s.worker} did not end the run within the grace period ({s.grace_seconds:g} s) plus one "
+                f"lease ({lease_seconds:g} s); ended by the operator", now,
+                status_reason=api.GRACE_EXPIRED)  # on its resourceVersion: the holder is not writing
+        due.append(bound)
+    return Decision(next_due=min(due))
+
+
+def _said(note: dict[str, Any]) -> str:
+    return f" ({note['message']})" if note.get("message") else ""
+
+
+def _by(note: dict[str, Any]) -> str:
+    who = note.get("requestedByUser") or note.get("requestedBy")
+    return f" (asked by {who})" if who else ""
 
 
 class Urgency(enum.IntEnum):

@@ -8,6 +8,7 @@ format through this one module so the two writers cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any, Final
 
 GROUP: Final = "kubestep.io"
@@ -33,9 +34,72 @@ CANCELLED: Final = "Cancelled"
 TERMINAL_PHASES: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 HELD_PHASES: Final = frozenset({RUNNING, CANCELLING})  # a worker holds the run
 
-# Cancellation reasons.
+# Cancellation reasons (``status.cancellation.reason``: why a run was told to stop).
 REQUESTED: Final = "Requested"
 RUN_TIMEOUT: Final = "RunTimeout"
+QUEUE_TIMEOUT: Final = "QueueTimeout"
+# ``status.reason`` of a Cancelled run whose step in flight (or cleanup) outlived the grace period
+# and was interrupted; ``status.cancellation.reason`` still says why it was told to stop.
+GRACE_EXPIRED: Final = "GracePeriodExpired"
+
+# Step record states.
+STEP_COMPLETED: Final = "Completed"
+STEP_FAILED: Final = "Failed"
+STEP_INTERRUPTED: Final = "Interrupted"  # cut off by a hard stop or its own timeout: runs again on resume
+STEP_WAITING: Final = "Waiting"
+
+# The grace period a step in flight gets after a stop, when the run's spec does not say
+# (``spec.cancelGracePeriodSeconds``); the chart sets this for the operator and every worker.
+DEFAULT_GRACE_SECONDS: Final = 30
+
+
+def grace_seconds(spec: dict[str, Any]) -> float:
+    """The run's grace period: its own, else ``KUBESTEP_CANCEL_GRACE_SECONDS``, else 30 s."""
+    own = spec.get("cancelGracePeriodSeconds")
+    if own is not None:
+        return float(own)
+    return float(os.environ.get("KUBESTEP_CANCEL_GRACE_SECONDS") or DEFAULT_GRACE_SECONDS)
+
+
+ANNOTATION_CANCELLED_BY: Final = "kubestep.io/cancel-requested-by"  # set by the optional admission policy
+
+
+def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
+    """Who asked for the cancel: the field manager of the request that set ``spec.cancelRequested``
+    (``kubectl-patch``, ``kubestep-sdk``, ``kubestep-cli`` …), and the authenticated user when the
+    cluster's admission policy recorded it (``charts/kubestep``: ``cancelAudit``)."""
+    who: dict[str, str] = {}
+    latest = ""
+    for entry in meta.get("managedFields") or []:
+        spec_fields = ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        if "f:cancelRequested" in spec_fields and entry.get("manager") and str(entry.get("time") or "") >= latest:
+            latest = str(entry.get("time") or "")
+            who["requestedBy"] = str(entry["manager"])
+    user = (meta.get("annotations") or {}).get(ANNOTATION_CANCELLED_BY)
+    if user:
+        who["requestedByUser"] = user
+    return who
+
+
+def cancel_note(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a user's cancel says: the reason given (``spec.cancelReason``) and who asked."""
+    spec = obj.get("spec") or {}
+    record: dict[str, Any] = {"reason": REQUESTED}
+    if spec.get("cancelReason"):
+        record["message"] = str(spec["cancelReason"])
+    record.update(cancel_requester(obj.get("metadata") or {}))
+    return record
+
+
+def cancel_request(obj: dict[str, Any], at: dt.datetime) -> dict[str, Any]:
+    """``status.cancellation`` for a user's cancel, seen at ``at``."""
+    return {**cancel_note(obj), "requestedAt": fmt_time(at)}
+
+
+def events_pending(spec: dict[str, Any], status: dict[str, Any], topic: str) -> int:
+    """Events of ``topic`` sent to the run (``spec.events``) and not yet consumed by a wait."""
+    consumed = set(status.get("eventsConsumed") or [])
+    return sum(1 for e in spec.get("events") or [] if e.get("topic") == topic and e.get("name") not in consumed)
 
 # Condition types: `kubectl wait --for=condition=Finished wfx/NAME`.
 COND_FINISHED: Final = "Finished"

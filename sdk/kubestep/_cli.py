@@ -1,4 +1,6 @@
-"""The ``kubestep`` command: ``worker``, ``operator`` and ``dev`` (the local control plane)."""
+"""The ``kubestep`` command: runs for people (``run``, ``cancel``, ``get``, ``describe``, ``steps``,
+``watch``, ``send-event``, ``completion``), the ``worker`` and the ``operator``, and ``dev`` (the
+local control plane)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,13 @@ import sys
 from collections.abc import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubestep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from ._usercli import add_user_parsers
+
+    add_user_parsers(sub)
 
     w = sub.add_parser("worker", help="serve the workflows of a Python module")
     w.add_argument("module", help="importable module that declares @workflow functions")
@@ -28,8 +34,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ._dev.cli import add_dev_parser  # imports without the [dev] extra; `up` names it if missing
 
     add_dev_parser(sub)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "afunc"):
+        from ._usercli import run_handler
+
+        sys.exit(run_handler(args))
     if args.command == "worker":
         if args.concurrency < 1:
             parser.error("--concurrency must be at least 1")

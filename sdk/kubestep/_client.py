@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from typing import Any
 
 import httpx
@@ -32,14 +33,22 @@ def _generate_name(workflow_id: str) -> str:
     return base + "-"
 
 
+FIELD_MANAGER = "kubestep-sdk"
+
+
 class KubestepClient:
-    """Talks to the cluster from kubeconfig ($KUBECONFIG, ~/.kube/config) or in-cluster config."""
+    """Talks to the cluster from kubeconfig ($KUBECONFIG, ~/.kube/config) or in-cluster config.
+
+    ``field_manager`` names the client's writes to the apiserver; a cancel records it as who
+    asked (``status.cancellation.requestedBy``)."""
 
     def __init__(
-        self, namespace: str | None = None, *, kubeconfig: str | None = None, context: str | None = None
+        self, namespace: str | None = None, *, kubeconfig: str | None = None, context: str | None = None,
+        field_manager: str = FIELD_MANAGER,
     ) -> None:
         self._kube = Kube(kubeconfig, context)
         self.namespace = namespace or self._kube.default_namespace or "default"
+        self._manager = {"fieldManager": field_manager}
 
     async def aclose(self) -> None:
         await self._kube.aclose()
@@ -60,9 +69,16 @@ class KubestepClient:
         *,
         run_timeout_seconds: int | None = None,
         name: str | None = None,
+        queue_timeout_seconds: int | None = None,
+        cancel_grace_period_seconds: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> ExecutionHandle:
-        """Creates a WorkflowExecution; the apiserver validates it (schema and CEL)."""
-        meta: dict[str, Any] = {"labels": {}}
+        """Creates a WorkflowExecution; the apiserver validates it (schema and CEL).
+
+        ``run_timeout_seconds``: budget of continuous running time; ``queue_timeout_seconds``:
+        cancel it if no worker claims it this long after it is queued; ``cancel_grace_period_seconds``:
+        how long a step in flight may finish after a stop (default: the installation's, 30 s)."""
+        meta: dict[str, Any] = {"labels": dict(labels or {})}
         if len(workflow_id) <= 63:
             meta["labels"][api.LABEL_WORKFLOW] = workflow_id
         if name:
@@ -72,8 +88,12 @@ class KubestepClient:
         spec: dict[str, Any] = {"workflow": workflow_id, "input": payload}
         if run_timeout_seconds is not None:
             spec["runTimeoutSeconds"] = run_timeout_seconds
+        if queue_timeout_seconds is not None:
+            spec["queueTimeoutSeconds"] = queue_timeout_seconds
+        if cancel_grace_period_seconds is not None:
+            spec["cancelGracePeriodSeconds"] = cancel_grace_period_seconds
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": spec}
-        obj = await self._kube.create(self._path(), body)
+        obj = await self._kube.create(self._path(), body, self._manager)
         return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)
 
     async def get_execution(self, execution_id: str) -> Execution:
@@ -95,9 +115,15 @@ class KubestepClient:
         except NotFoundError:
             raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
 
-    async def cancel_execution(self, execution_id: str) -> bool:
+    async def cancel_execution(self, execution_id: str, reason: str | None = None,
+                               grace_period_seconds: int | None = None) -> bool:
         """Requests cancellation. True if the run was queued, running or waiting; False if it
-        had already finished or does not exist."""
+        had already finished or does not exist.
+
+        ``reason`` is recorded with the cancel (``status.cancellation.message``, shown by
+        ``kubectl describe``), with this client's field manager as who asked. A step in flight
+        gets the run's grace period to finish; ``grace_period_seconds`` shortens it (0: stop
+        now), like ``kubectl delete --grace-period``."""
         path = self._path(execution_id)
         try:
             obj = await self._kube.get(path)
@@ -107,10 +133,31 @@ class KubestepClient:
             # every few milliseconds. The flag is irrevocable, and a worker's
             # ending write is conditional on the version it saw, so a run that
             # was not finished in this response will end Cancelled.
-            obj = await self._kube.merge_patch(path, {"spec": {"cancelRequested": True}})
+            spec: dict[str, Any] = {"cancelRequested": True}
+            if reason and not (obj.get("spec") or {}).get("cancelReason"):
+                spec["cancelReason"] = reason[:1024]
+            if grace_period_seconds is not None:
+                current = (obj.get("spec") or {}).get("cancelGracePeriodSeconds")
+                spec["cancelGracePeriodSeconds"] = grace_period_seconds if current is None else \
+                    min(current, grace_period_seconds)
+            obj = await self._kube.merge_patch(path, {"spec": spec}, params=self._manager)
         except NotFoundError:
             return False
         return (obj.get("status") or {}).get("phase") not in api.TERMINAL_PHASES
+
+    async def send_event(self, execution_id: str, topic: str, data: Any = None, *, name: str | None = None) -> str:
+        """Sends an event to a run, for its ``ctx.step.wait_for_event(key, topic)``; returns the
+        event's name. Each event is delivered to exactly one wait, in the order sent. Give a
+        ``name`` to make a retried send safe: the same name twice is refused (``InvalidError``)."""
+        name = name or f"{topic[:200]}-{uuid.uuid4().hex[:12]}"
+        event = {"name": name, "topic": topic, "data": data}
+        try:
+            await self._kube.request(
+                "PATCH", self._path(execution_id), content_type="application/json-patch+json", params=self._manager,
+                json_body=[{"op": "add", "path": "/spec/events/-", "value": event}])
+        except NotFoundError:
+            raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
+        return name
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Watches the execution until it reaches a terminal phase."""
@@ -173,5 +220,9 @@ class ExecutionHandle:
         """Every step record of the run, archived ones included."""
         return await self._client.step_history(self.id)
 
-    async def cancel(self, client: KubestepClient | None = None) -> bool:
-        return await (client or self._client).cancel_execution(self.id)
+    async def cancel(self, client: KubestepClient | None = None, *, reason: str | None = None,
+                     grace_period_seconds: int | None = None) -> bool:
+        return await (client or self._client).cancel_execution(self.id, reason, grace_period_seconds)
+
+    async def send_event(self, topic: str, data: Any = None, *, name: str | None = None) -> str:
+        return await self._client.send_event(self.id, topic, data, name=name)

@@ -73,7 +73,8 @@ class ExecutionFailedError(KubestepError):
 
 
 class ExecutionCancelledError(KubestepError):
-    """The run ended ``Cancelled``; ``reason`` is ``Requested`` or ``RunTimeout``."""
+    """The run ended ``Cancelled``; ``reason`` is ``Requested``, ``RunTimeout``, ``QueueTimeout`` or
+    ``GracePeriodExpired`` (its step in flight was interrupted)."""
 
     def __init__(self, execution_id: str, reason: str | None, message: str | None = None) -> None:
         super().__init__(f"execution {execution_id} was cancelled ({reason}): {message or ''}".rstrip(": "))
@@ -99,3 +100,30 @@ class ExecutionCancelled(StopExecution):
 
 class RunTimedOut(StopExecution):
     """The current running segment exceeded ``runTimeoutSeconds`` (reason ``RunTimeout``)."""
+
+
+class GracePeriodExpired(StopExecution):
+    """The run was told to stop and its step in flight (or its cleanup) outlived the grace period
+    (``spec.cancelGracePeriodSeconds``): the step was interrupted. Raised where the workflow awaited it;
+    the run ends ``Cancelled`` with reason ``GracePeriodExpired``."""
+
+
+class StepTimeoutError(KubestepError):
+    """A step ran longer than its ``timeout`` and was interrupted (recorded ``Interrupted``). An
+    ordinary exception: workflow code may catch it; uncaught, the run ends ``Failed``."""
+
+    def __init__(self, key: str, timeout: float) -> None:
+        super().__init__(f"step {key!r} did not finish within its timeout of {timeout:g} s; it was interrupted")
+        self.key = key
+        self.timeout = timeout
+
+
+class EventTimeoutError(KubestepError):
+    """``wait_for_event`` saw no event of its topic within its ``timeout``."""
+
+    def __init__(self, key: str, topic: str, timeout: float | None) -> None:
+        super().__init__(f"wait {key!r} received no event {topic!r} within {timeout:g} s" if timeout is not None
+                         else f"wait {key!r} received no event {topic!r}")
+        self.key = key
+        self.topic = topic
+        self.timeout = timeout

@@ -181,17 +181,19 @@ class Kube:
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return await self.request("GET", path, params=params)
 
-    async def create(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("POST", path, json_body=body)
+    async def create(self, path: str, body: dict[str, Any], params: dict[str, Any] | None = None) -> Any:
+        return await self.request("POST", path, json_body=body, params=params)
 
     async def delete(self, path: str) -> Any:
         return await self.request("DELETE", path)
 
-    async def merge_patch(self, path: str, patch: dict[str, Any], resource_version: str | None = None) -> Any:
+    async def merge_patch(self, path: str, patch: dict[str, Any], resource_version: str | None = None,
+                          params: dict[str, Any] | None = None) -> Any:
         """JSON merge patch; with ``resource_version`` the write is conditional (409 if stale)."""
         if resource_version is not None:
             patch = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
-        return await self.request("PATCH", path, json_body=patch, content_type="application/merge-patch+json")
+        return await self.request("PATCH", path, json_body=patch, content_type="application/merge-patch+json",
+                                  params=params)
 
     async def guarded_patch(self, path: str, fields: dict[str, Any], guard: dict[str, Any], root: str = "status") -> Any:
         """Sets ``root.fields`` only if ``root.guard`` still holds: a JSON patch with "test" operations.

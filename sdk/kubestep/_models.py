@@ -22,13 +22,21 @@ class _Model(BaseModel):
 
 class StepRecord(_Model):
     key: str
-    kind: Literal["Run", "Wait"]
-    state: Literal["Running", "Waiting", "Completed", "Failed"]
+    kind: Literal["Run", "Wait", "Event"]
+    #: ``Interrupted``: cut off by the end of the grace period or by its own timeout (it runs
+    #: again if the run resumes).
+    state: Literal["Running", "Waiting", "Completed", "Failed", "Interrupted"]
     started_at: dt.datetime | None = Field(None, alias="startedAt")
     finished_at: dt.datetime | None = Field(None, alias="finishedAt")
     wake_at: dt.datetime | None = Field(None, alias="wakeAt")
     output: Any = None
     error: dict[str, Any] | None = None
+    #: Ran in ``ctx.cleanup()`` after the run was told to stop.
+    cleanup: bool = False
+    #: ``wait_for_event``: the topic, the name of the event received, or whether it timed out.
+    topic: str | None = None
+    event: str | None = None
+    timed_out: bool = Field(False, alias="timedOut")
 
 
 class JournalRef(_Model):
@@ -39,7 +47,14 @@ class JournalRef(_Model):
 
 
 class Cancellation(_Model):
-    reason: Literal["Requested", "RunTimeout"] | None = None
+    reason: Literal["Requested", "RunTimeout", "QueueTimeout"] | None = None
+    #: The reason the user gave (``cancel_execution(id, reason=...)``, ``spec.cancelReason``).
+    message: str | None = None
+    #: Who asked: the field manager of the request that set ``spec.cancelRequested``
+    #: (``kubestep-sdk``, ``kubestep-cli``, ``kubectl-patch`` ...), and the authenticated user
+    #: where the cluster's admission policy records it.
+    requested_by: str | None = Field(None, alias="requestedBy")
+    requested_by_user: str | None = Field(None, alias="requestedByUser")
     requested_at: dt.datetime | None = Field(None, alias="requestedAt")
     acknowledged_at: dt.datetime | None = Field(None, alias="acknowledgedAt")
     acknowledged_by: str | None = Field(None, alias="acknowledgedBy")
@@ -60,9 +75,12 @@ class ExecutionStatus(_Model):
     worker: str | None = None
     attempt: int = 0
     started_at: dt.datetime | None = Field(None, alias="startedAt")
+    queued_at: dt.datetime | None = Field(None, alias="queuedAt")
     finished_at: dt.datetime | None = Field(None, alias="finishedAt")
     deadline: dt.datetime | None = None
     wake_at: dt.datetime | None = Field(None, alias="wakeAt")
+    waiting_for: dict[str, str] | None = Field(None, alias="waitingFor")
+    events_consumed: list[str] = Field([], alias="eventsConsumed")
     steps_completed: int = Field(0, alias="stepsCompleted")
     #: The most recent step records; older ones are archived (``journal``).
     steps: list[StepRecord] = []
@@ -82,7 +100,11 @@ class Execution(_Model):
     workflow: str
     input: Any = None
     run_timeout_seconds: int | None = None
+    queue_timeout_seconds: int | None = None
+    cancel_grace_period_seconds: int | None = None
     cancel_requested: bool = False
+    cancel_reason: str | None = None
+    events: list[dict[str, Any]] = []
     status: ExecutionStatus = ExecutionStatus()
 
     @property
@@ -98,6 +120,10 @@ class Execution(_Model):
             workflow=spec.get("workflow", ""),
             input=spec.get("input"),
             run_timeout_seconds=spec.get("runTimeoutSeconds"),
+            queue_timeout_seconds=spec.get("queueTimeoutSeconds"),
+            cancel_grace_period_seconds=spec.get("cancelGracePeriodSeconds"),
             cancel_requested=bool(spec.get("cancelRequested", False)),
+            cancel_reason=spec.get("cancelReason"),
+            events=list(spec.get("events") or []),
             status=ExecutionStatus.model_validate(obj.get("status") or {}),
         )

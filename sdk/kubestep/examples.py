@@ -116,3 +116,95 @@ async def big_result(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
     1.5 MiB) must end Failed with a clear reason, not be retried for ever."""
     await ctx.step.run("small", _sleep_step, 0, 0.01)
     return "x" * int((input or {}).get("bytes", 2_000_000))
+
+
+# ----- stopping runaway work: grace periods, cleanup, step timeouts -------------------------------
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()  # an async step that never returns (a hung await)
+
+
+def _blocking_forever(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)  # a synchronous step nothing can interrupt: its thread is abandoned
+    return "woke up"
+
+
+async def _stubborn() -> None:
+    while True:  # swallows its cancellation: async code that will not stop
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            continue
+
+
+async def _release(what: str, stop: dict[str, Any] | None) -> dict[str, Any]:
+    await asyncio.sleep(0.05)
+    return {"released": what, "stop": stop}
+
+
+@workflow(id="hang")
+async def hang(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """One quick step, then one that never returns (``kind``: ``async``, ``sync`` or ``stubborn``),
+    with a cleanup step that records why the run stopped."""
+    cfg = input or {}
+    await ctx.step.run("first", _sleep_step, 0, 0.01)
+    kind = cfg.get("kind", "async")
+    try:
+        if kind == "sync":
+            await ctx.step.run("hang", _blocking_forever, float(cfg.get("seconds", 3600)))
+        elif kind == "stubborn":
+            await ctx.step.run("hang", _stubborn)
+        else:
+            await ctx.step.run("hang", _forever)
+    finally:
+        if ctx.stop is not None and cfg.get("cleanup", True):
+            stop = {"reason": ctx.stop.reason, "grace_expired": ctx.stop.grace_expired,
+                    "message": ctx.stop.message, "requested_by": ctx.stop.requested_by}
+            async with ctx.cleanup():
+                await ctx.step.run("release", _release, "lock", stop)
+    return "unreachable"
+
+
+@workflow(id="slow-step-cleanup")
+async def slow_step_cleanup(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
+    """A step of ``seconds`` that finishes within the grace period, then cleanup that sees why."""
+    cfg = input or {}
+    try:
+        await ctx.step.run("slow", _sleep_step, 0, float(cfg.get("seconds", 1)))
+        await ctx.step.run("never", _sleep_step, 1, 0.01)
+    finally:
+        if ctx.stop is not None:
+            async with ctx.cleanup():
+                await ctx.step.run("release", _release, "job", {"reason": ctx.stop.reason,
+                                                                "grace_expired": ctx.stop.grace_expired})
+    return "unreachable"
+
+
+@workflow(id="step-timeout")
+async def step_timeout(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """A step with a ``timeout`` shorter than it takes; ``catch``: handle StepTimeoutError."""
+    from ._errors import StepTimeoutError
+
+    cfg = input or {}
+    try:
+        await ctx.step.run("slow", _sleep_step, 0, float(cfg.get("seconds", 30)), timeout=float(cfg.get("timeout", 1)))
+    except StepTimeoutError as e:
+        if not cfg.get("catch"):
+            raise
+        return {"timed_out": e.key, "after": await ctx.step.run("after", _sleep_step, 1, 0.01)}
+    return {"timed_out": None}
+
+
+@workflow(id="approval")
+async def approval(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """Waits for ``count`` events of topic ``approved`` (``timeout`` seconds each), between steps."""
+    cfg = input or {}
+    before = await ctx.step.run("before", _sleep_step, 0, 0.01)
+    got = []
+    for i in range(int(cfg.get("count", 1))):
+        got.append(await ctx.step.wait_for_event(f"approval-{i}", "approved", timeout=cfg.get("timeout")))
+    after = await ctx.step.run("after", _sleep_step, 1, 0.01)
+    return {"events": got, "tokens": [before["token"], after["token"]]}

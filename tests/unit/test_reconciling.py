@@ -12,8 +12,11 @@ T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
 def snap(phase: str | None, *, cancel: bool = False, worker: str | None = None, deadline: dt.datetime | None = None,
-         wake_at: dt.datetime | None = None, cancellation: dict[str, Any] | None = None) -> Snapshot:
-    status: dict[str, Any] = {}
+         wake_at: dt.datetime | None = None, cancellation: dict[str, Any] | None = None,
+         spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None,
+         meta: dict[str, Any] | None = None) -> Snapshot:
+    extra_status = status or {}
+    status = {}
     if phase:
         status["phase"] = phase
     if worker:
@@ -24,8 +27,10 @@ def snap(phase: str | None, *, cancel: bool = False, worker: str | None = None, 
         status["wakeAt"] = api.fmt_time(wake_at)
     if cancellation:
         status["cancellation"] = cancellation
-    body = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "7", "generation": 1},
-            "spec": {"workflow": "wf", "cancelRequested": cancel, "runTimeoutSeconds": 2}, "status": status}
+    body = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "7", "generation": 1,
+                         "creationTimestamp": "2026-11-25T11:59:00Z", **(meta or {})},
+            "spec": {"workflow": "wf", "cancelRequested": cancel, "runTimeoutSeconds": 2, **(spec or {})},
+            "status": {**status, **extra_status}}
     return Snapshot.from_body(body)
 
 
@@ -116,3 +121,69 @@ def test_terminal_runs_are_left_alone_even_when_cancelled() -> None:
 def test_queued_condition_flips_when_workers_come_and_go() -> None:
     d = run(snap(api.QUEUED), served=frozenset())
     assert d.patch and d.patch["reason"] == "NoWorker"
+
+
+# ----- stopping runaway work (issue 8) ------------------------------------------------------------
+
+KUBECTL_CANCEL = {"managedFields": [
+    {"manager": "kubestep-sdk", "operation": "Update", "time": "2026-11-25T11:00:00Z",
+     "fieldsV1": {"f:spec": {"f:workflow": {}, "f:input": {}}}},
+    {"manager": "kubectl-patch", "operation": "Update", "time": "2026-11-25T11:59:30Z",
+     "fieldsV1": {"f:spec": {"f:cancelRequested": {}, "f:cancelReason": {}}}},
+]}
+
+
+def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
+    s = snap(api.RUNNING, cancel=True, worker="w1", spec={"cancelReason": "wrong input"}, meta=KUBECTL_CANCEL)
+    d = run(s)
+    assert d.patch and d.patch["cancellation"] == {"reason": api.REQUESTED, "message": "wrong input",
+                                                   "requestedBy": "kubectl-patch", "requestedAt": api.fmt_time(T0)}
+    assert d.event and "kubectl-patch" in d.event[2]
+    d = run(snap(api.QUEUED, cancel=True, meta={**KUBECTL_CANCEL, "annotations": {
+        api.ANNOTATION_CANCELLED_BY: "alice@example.com"}}))
+    assert d.patch and d.patch["cancellation"]["requestedByUser"] == "alice@example.com"
+
+
+def test_cancelling_never_outlasts_the_grace_period_plus_one_lease() -> None:
+    requested = T0 - dt.timedelta(seconds=10)
+    s = snap(api.CANCELLING, worker="w1", spec={"cancelGracePeriodSeconds": 5},
+             cancellation={"reason": api.REQUESTED, "requestedAt": api.fmt_time(requested)})
+    bound = requested + dt.timedelta(seconds=5 + 15)
+    live = Liveness(T0 + dt.timedelta(hours=1), frozenset({"wf"}))  # a live worker that does not end it
+    assert run(s, live=live).next_due == bound
+    d = run(s, now=bound, live=live)
+    assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.GRACE_EXPIRED
+    assert d.patch["cancellation"]["reason"] == api.REQUESTED and d.guard is None
+
+
+def test_queue_timeout_counts_from_the_last_time_the_run_was_queued() -> None:
+    queued = T0 - dt.timedelta(seconds=30)
+    s = snap(api.QUEUED, spec={"queueTimeoutSeconds": 60}, status={"queuedAt": api.fmt_time(queued), "conditions": [
+        api.condition(api.COND_SCHEDULED, False, "Pending", "waiting", queued, 1)]})
+    assert run(s).next_due == queued + dt.timedelta(seconds=60)
+    d = run(s, now=queued + dt.timedelta(seconds=60))
+    assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.QUEUE_TIMEOUT
+    # Without queuedAt (written before this field existed): from creation.
+    old = snap(api.QUEUED, spec={"queueTimeoutSeconds": 60})
+    assert old.queued_since == dt.datetime(2026, 11, 25, 11, 59, tzinfo=dt.timezone.utc)
+
+
+def test_every_return_to_queued_restarts_the_queue_clock() -> None:
+    for d in (run(snap(None)), run(snap(api.WAITING, wake_at=T0), now=T0),
+              run(snap(api.RUNNING, worker="w1"), live=GONE)):
+        assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["queuedAt"] == api.fmt_time(T0)
+
+
+def test_a_run_waiting_for_an_event_is_requeued_when_it_arrives_and_not_for_a_consumed_one() -> None:
+    waiting = {"waitingFor": {"key": "k", "topic": "approved"}, "eventsConsumed": ["e1"]}
+    events = [{"name": "e1", "topic": "approved"}, {"name": "x", "topic": "other"}]
+    s = snap(api.WAITING, spec={"events": events}, status=waiting)
+    assert run(s).patch is None  # no timeout and nothing new: it waits
+    s = snap(api.WAITING, spec={"events": [*events, {"name": "e2", "topic": "approved"}]}, status=waiting)
+    d = run(s)
+    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["reason"] == "EventArrived"
+    timeout = T0 + dt.timedelta(seconds=5)
+    s = snap(api.WAITING, wake_at=timeout, spec={"events": events}, status=waiting)
+    assert run(s).next_due == timeout
+    d = run(s, now=timeout)
+    assert d.patch and d.patch["reason"] == "WaitOver" and "timed out" in d.patch["message"]

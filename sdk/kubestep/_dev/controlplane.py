@@ -646,6 +646,10 @@ class ControlPlane:
             # Default admission plugins (PodSecurity, ServiceAccount, ...) stay on.
             "--enable-priority-and-fairness=false",
             "--profiling=true",  # /debug/pprof, admin only: for finding where a benchmark spends time
+            # MutatingAdmissionPolicy (beta, off by default before 1.36): the chart's optional
+            # cancelAudit policy records who cancels a run, and the tests check it.
+            "--feature-gates=MutatingAdmissionPolicy=true",
+            "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
         ]
 
     def _controller_manager_argv(self, binary: Path, pki: Pki) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 from .._kube import Kube
 from .._metrics import serve as serve_metrics
 from .._workflow import registered
-from .worker import Worker
+from .worker import EXIT_RESTART, Worker
 
 
 def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None,
@@ -27,6 +28,10 @@ def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int
     serve_metrics(metrics_port)
 
     async def main() -> None:
+        # Synchronous steps run in threads: one per run it may hold, and a few to spare (asyncio's
+        # default is min(32, CPUs + 4), fewer than the runs a 2-CPU worker holds).
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=concurrency + 4, thread_name_prefix="kubestep-step"))
         kube = Kube()
         ns = namespace or os.environ.get("POD_NAMESPACE") or kube.default_namespace or "default"
         name = os.environ.get("POD_NAME") or socket.gethostname()
@@ -39,5 +44,10 @@ def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int
         finally:
             await kube.aclose()
             await control.aclose()
+        if worker.restart_reason is not None:
+            # An abandoned step's thread would keep the interpreter alive at exit (thread pools
+            # join their threads): leave at once, after the logs are out.
+            logging.shutdown()
+            os._exit(EXIT_RESTART)
 
     asyncio.run(main())

@@ -7,38 +7,50 @@ from both executing a run, and a worker that lost its run (the operator
 re-queued it after the worker's lease expired) from writing over its new
 holder.
 
-Step boundaries are the only places a run stops: before and after every
+Step boundaries are where a run stops: before and after every
 ``ctx.step.run``, at ``ctx.step.wait_for`` and when the workflow returns.
 There the run checks, in order: lost, cancelled (operator's
 ``status.cancellation``), its own clock against the run budget, and a
-hand-back request (SIGTERM). The step in flight is never interrupted.
+hand-back request (SIGTERM). A step in flight is not interrupted by the
+stop itself: it gets the grace period (``stopping.py``) to finish, and
+the workflow's cleanup (``ctx.cleanup()``) runs within the same period.
+When the period is over the worker interrupts whatever still runs: an
+async step is cancelled at its current await, a synchronous step's thread
+is abandoned (Python cannot kill a thread, so the worker then restarts
+itself, ``Worker.on_abandoned``), and the run ends Cancelled with reason
+GracePeriodExpired. A step's own ``timeout`` interrupts it the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import json
 import logging
 import os
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from .. import _api as api
 from .. import _journal as journal
-from .._context import WorkflowContext
+from .._context import Stop, WorkflowContext
 from .._errors import (
     ApiError,
     ConflictError,
+    EventTimeoutError,
     ExecutionCancelled,
+    GracePeriodExpired,
     InvalidError,
     NotFoundError,
     RunTimedOut,
+    StepTimeoutError,
     StopExecution,
     TooLargeError,
     WorkflowDefinitionError,
@@ -46,15 +58,20 @@ from .._errors import (
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._workflow import Workflow
+from .stopping import StopRules
 
 logger = logging.getLogger("kubestep.worker")
 
+# After interrupting a step, how long to wait for it to end before calling it abandoned.
+SETTLE_SECONDS = 0.5
+
 
 class _Suspend(BaseException):
-    """Unwinds the workflow at ``wait_for``: the run is released until ``wake_at``."""
+    """Unwinds the workflow at ``wait_for`` / ``wait_for_event``: the run is released until
+    ``wake_at`` (None: until its event arrives)."""
 
-    def __init__(self, key: str, wake_at: dt.datetime) -> None:
-        self.key, self.wake_at = key, wake_at
+    def __init__(self, key: str, wake_at: dt.datetime | None, topic: str | None = None) -> None:
+        self.key, self.wake_at, self.topic = key, wake_at, topic
 
 
 class _Release(BaseException):
@@ -80,7 +97,7 @@ def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] |
     status, generation = obj.get("status") or {}, obj["metadata"].get("generation")
     cancellation = status.get("cancellation")
     if not cancellation and (obj.get("spec") or {}).get("cancelRequested"):
-        cancellation = {"reason": api.REQUESTED, "requestedAt": api.fmt_time(at)}
+        cancellation = api.cancel_request(obj, at)
     if cancellation:
         return {
             "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": holder},
@@ -91,7 +108,7 @@ def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] |
         message = f"{why}: {failure['type']}: {failure['message']}"[:1000]
         return {"error": failure, **api.finished_status(status, api.FAILED, "WorkerError", message, at, generation)}
     return {"phase": api.QUEUED, "reason": "Requeued", "message": f"{why}; the run resumes by replay",
-            "worker": None, "deadline": None, "segmentStartedAt": None}
+            "worker": None, "deadline": None, "segmentStartedAt": None, "queuedAt": api.fmt_time(at)}
 
 
 def _transient(exc: BaseException) -> bool:
@@ -154,11 +171,18 @@ class Run:
         self._server_archived = 0  # ... as status.journal on the server lists them
         self.window = int(os.environ.get("KUBESTEP_STATUS_STEPS", "50"))
         self.attempt: int = int(status.get("attempt") or 0)
-        self.stop_reason: str | None = None
+        self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}))
         self.handback = False
         self.lost = False
         self.claimed = False
-        self.deadline_mono: float | None = None
+        self.hard_stopped = False  # the grace period ran out: whatever still runs is interrupted
+        self.interrupted: list[str] = []  # keys of steps cut off by the hard stop
+        self.on_abandoned: Callable[[str], None] | None = None  # the worker restarts itself (Worker)
+        self._workflow_task: asyncio.Task[Any] | None = None
+        self._hard_timer: asyncio.TimerHandle | None = None
+        self._budget_timer: asyncio.TimerHandle | None = None
+        self._cleanup_depth = 0  # inside ctx.cleanup(): steps may run although the run is stopping
+        self._consumed: list[str] = list(status.get("eventsConsumed") or [])  # events delivered to waits
         self._seen: set[str] = set()
         self._flushed = len(self.steps)  # records the server has, as a prefix of self.steps
         self._dirty: set[int] = set()  # indices below _flushed replaced since
@@ -190,16 +214,74 @@ class Run:
         self._note_stop(obj)
 
     def _note_stop(self, obj: dict[str, Any]) -> None:
-        status = obj.get("status") or {}
+        status, spec = obj.get("status") or {}, obj.get("spec") or {}
+        if spec.get("cancelGracePeriodSeconds") is not None and \
+                self.rules.shorten_grace(float(spec["cancelGracePeriodSeconds"])):
+            self._arm_hard_stop()  # the user shortened the grace period (0: stop now)
         reason = (status.get("cancellation") or {}).get("reason")
-        if reason is None and (obj.get("spec") or {}).get("cancelRequested"):
+        if reason is None and spec.get("cancelRequested"):
             # The user's request is irrevocable (a CEL rule forbids undoing it),
             # so the holder may act on it at once; the operator's Cancelling
             # write says the same a moment later. This keeps the operator's
             # hop off the cancel path.
             reason = api.REQUESTED
-        if reason and self.stop_reason is None:
-            self.stop_reason = reason
+        if reason:
+            self._stop(reason, time.monotonic())
+
+    # ----- stopping: the rules are in stopping.py; here, the timers that enforce them ---------
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.rules.reason
+
+    @property
+    def workflow_id(self) -> str:
+        return self.workflow.id
+
+    def stop_info(self) -> Stop | None:
+        """``ctx.stop``: why the run is stopping, for its cleanup code."""
+        self._stopping()
+        reason = self.rules.reason
+        if reason is None:
+            return None
+        note = api.cancel_note(self.obj) if reason == api.REQUESTED else {}
+        return Stop(reason, self.hard_stopped, note.get("message"),
+                    note.get("requestedByUser") or note.get("requestedBy"))
+
+    def _stop(self, reason: str, at: float) -> None:
+        if self.rules.note(reason, at):
+            self._arm_hard_stop()
+
+    def _budget_out(self) -> None:
+        """The budget's own timer: a step in flight past the deadline starts the grace period."""
+        if self.rules.check(time.monotonic()) is not None:
+            self._arm_hard_stop()
+
+    def _arm_hard_stop(self) -> None:
+        at = self.rules.hard_stop_at
+        if at is None or not self.claimed:
+            return
+        if self._hard_timer is not None:
+            self._hard_timer.cancel()
+        self._hard_timer = asyncio.get_running_loop().call_at(at, self._hard_stop)
+
+    def _hard_stop(self) -> None:
+        """The grace period is over: interrupt the workflow wherever it is awaiting."""
+        if self.hard_stopped or self._workflow_task is None or self._workflow_task.done():
+            return
+        logger.warning("run %s: grace period of %g s over; interrupting it", self.name, self.rules.grace_seconds)
+        self.hard_stopped = True
+        self._workflow_task.cancel()
+
+    def _disarm(self) -> None:
+        for timer in (self._hard_timer, self._budget_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def _abandoned(self, what: str) -> None:
+        logger.error("run %s: %s did not stop when interrupted; abandoning it", self.name, what)
+        if self.on_abandoned is not None:
+            self.on_abandoned(f"{what} of run {self.name} did not stop when interrupted")
 
     # ----- status writes ----------------------------------------------------------------------
 
@@ -253,6 +335,8 @@ class Run:
         patch: dict[str, Any] = {"steps": self.steps[self._archived:], "stepsCompleted": self._completed_count()}
         if self.journal:
             patch["journal"] = self.journal
+        if self._consumed:
+            patch["eventsConsumed"] = list(self._consumed)
         return patch
 
     # ----- claim ------------------------------------------------------------------------------
@@ -292,6 +376,7 @@ class Run:
             "segmentStartedAt": api.fmt_time(wall),
             "deadline": api.fmt_time(wall + dt.timedelta(seconds=budget)) if budget else None,
             "wakeAt": None,
+            "waitingFor": None,
             "conditions": api.merge_conditions(
                 status.get("conditions"),
                 api.condition(
@@ -314,7 +399,11 @@ class Run:
         self.obj, self.rv = obj, _rv(obj)
         self.claimed = True
         self.attempt += 1
-        self.deadline_mono = mono + budget if budget else None
+        if budget:
+            self.rules.budget_deadline = mono + budget
+            self._budget_timer = asyncio.get_running_loop().call_at(mono + budget, self._budget_out)
+        self._consumed = list((obj.get("status") or {}).get("eventsConsumed") or [])
+        self._note_stop(obj)  # a cancel that arrived with the claim's answer
         verb = "Resumed" if resumed else "Started"
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
@@ -330,8 +419,8 @@ class Run:
     # ----- boundaries and steps (called through WorkflowContext) ------------------------------
 
     def _stopping(self) -> bool:
-        if self.stop_reason is None and self.deadline_mono is not None and time.monotonic() >= self.deadline_mono:
-            self.stop_reason = api.RUN_TIMEOUT
+        if self.rules.reason is None and self.rules.check(time.monotonic()) is not None:
+            self._arm_hard_stop()
         return self.lost or self.stop_reason is not None or self.handback
 
     def _check_stop(self) -> None:
@@ -340,16 +429,35 @@ class Run:
             return
         if self.lost:
             raise _Release("lost")
+        if self.hard_stopped:
+            raise GracePeriodExpired(f"execution {self.name}: the grace period of "
+                                     f"{self.rules.grace_seconds:g} s is over")
         if self.stop_reason == api.REQUESTED:
             raise ExecutionCancelled(f"execution {self.name} was cancelled")
         if self.stop_reason == api.RUN_TIMEOUT:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
 
     def _boundary(self) -> None:
-        """A step boundary: stop, or hand the run back if the worker is shutting down."""
+        """A step boundary: stop, or hand the run back if the worker is shutting down. Inside a
+        cleanup scope only a lost run or the end of the grace period stops the workflow."""
+        if self._cleanup_depth:
+            if self.lost:
+                raise _Release("lost")
+            if self.hard_stopped:
+                self._check_stop()
+            return
         self._check_stop()
         if self.handback:
             raise _Release("handback")
+
+    @contextlib.asynccontextmanager
+    async def cleanup(self) -> AsyncIterator[None]:
+        """Steps in this scope run although the run is stopping, within the grace period."""
+        self._cleanup_depth += 1
+        try:
+            yield
+        finally:
+            self._cleanup_depth -= 1
 
     def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
         if key in self._seen:
@@ -405,43 +513,94 @@ class Run:
                 self._archived = start
                 raise
 
-    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                       timeout: float | None = None) -> Any:
         self._boundary()
         rec = self._recorded(key, "Run")
-        if rec is not None and rec["state"] == "Completed":
+        if rec is not None and rec["state"] == api.STEP_COMPLETED:
             self._last_key = key
             STEPS.labels(self.workflow.id, "Replayed").inc()
             return rec.get("output")  # replay: never run a completed step twice
         started = api.now()
         t0 = time.monotonic()
+        cleanup = {"cleanup": True} if self._cleanup_depth and self.stop_reason else {}
+        sync = not inspect.iscoroutinefunction(fn)
+        thread_done = threading.Event()
+
+        def in_thread() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                thread_done.set()
+
+        # Its own task (or thread), so that a hard stop or its timeout can cut it off while the
+        # workflow's await on it is interrupted. A thread keeps the event loop (watch, lease
+        # renewals) alive during sync steps.
+        step: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.to_thread(in_thread) if sync else fn(*args, **kwargs))
         try:
-            if inspect.iscoroutinefunction(fn):
-                out = await fn(*args, **kwargs)
-            else:
-                # A thread keeps the event loop (watch, lease renewals) alive during sync steps.
-                out = await asyncio.to_thread(fn, *args, **kwargs)
-                if inspect.isawaitable(out):
-                    out = await out
+            done, _ = await asyncio.wait({step}, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self.hard_stopped:
+                step.cancel()
+                raise  # not ours (the worker itself is being torn down)
+            await self._interrupt(key, step, thread_done if sync else None, started, cleanup, api.GRACE_EXPIRED,
+                                  f"the grace period of {self.rules.grace_seconds:g} s ran out")
+            raise GracePeriodExpired(f"step {key!r} was interrupted: the grace period of "
+                                     f"{self.rules.grace_seconds:g} s ran out") from None
+        if not done:
+            assert timeout is not None
+            await self._interrupt(key, step, thread_done if sync else None, started, cleanup, "StepTimeout",
+                                  f"it did not finish within its timeout of {timeout:g} s")
+            if not self._stopping():
+                await self._append_steps()
+            raise StepTimeoutError(key, timeout)
+        try:
+            out = step.result()
+            if inspect.isawaitable(out):
+                out = await out
             output = _to_json(out)
         except Exception as exc:
             STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
             STEPS.labels(self.workflow.id, "Failed").inc()
-            failed = {"key": key, "kind": "Run", "state": "Failed", "startedAt": api.fmt_time(started),
-                      "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False)}
+            failed = {"key": key, "kind": "Run", "state": api.STEP_FAILED, "startedAt": api.fmt_time(started),
+                      "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False), **cleanup}
             self._put(failed)
             if not self._stopping():
                 await self._append_steps()
             raise
         STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
         STEPS.labels(self.workflow.id, "Completed").inc()
-        self._put({"key": key, "kind": "Run", "state": "Completed", "startedAt": api.fmt_time(started),
-                   "finishedAt": api.fmt_time(api.now()), "output": output})
-        self._last_key = key
-        if not self._stopping():
-            # When stopping, the final write records it with the terminal phase.
+        self._put({"key": key, "kind": "Run", "state": api.STEP_COMPLETED, "startedAt": api.fmt_time(started),
+                   "finishedAt": api.fmt_time(api.now()), "output": output, **cleanup})
+        if not cleanup:
+            self._last_key = key  # "stopped after step X" names the work, not the cleanup
+        if not self._stopping() or self._cleanup_depth:
+            # When stopping, the final write records it with the terminal phase; a cleanup
+            # step is durable at once (the grace period may yet cut the run short).
             await self._checkpoint()
         self._boundary()
         return output
+
+    async def _interrupt(self, key: str, step: asyncio.Future[Any], thread_done: threading.Event | None,
+                         started: dt.datetime, extra: dict[str, Any], why: str, message: str) -> None:
+        """Cuts a step off and records it Interrupted (not Completed: it runs again on resume)."""
+        step.cancel()  # an async step: cancelled at its current await; a thread: only no longer awaited
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({step}, timeout=SETTLE_SECONDS)
+        if thread_done is not None:
+            # Python cannot stop a thread: give it a moment to end on its own.
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while not thread_done.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not thread_done.is_set():
+                self._abandoned(f"synchronous step {key!r} (its thread)")
+        elif not step.done():
+            self._abandoned(f"async step {key!r}")
+        STEPS.labels(self.workflow.id, "Interrupted").inc()
+        self.interrupted.append(key)
+        self._put({"key": key, "kind": "Run", "state": api.STEP_INTERRUPTED, "startedAt": api.fmt_time(started),
+                   "finishedAt": api.fmt_time(api.now()), "error": {"type": why, "message": message}, **extra})
 
     async def _checkpoint(self) -> None:
         """Records completed steps. By default (interval 0) every step is durable before the
@@ -495,6 +654,8 @@ class Run:
                 ops += [{"op": "add", "path": "/status/steps/-", "value": rec}
                         for rec in self.steps[self._flushed:upto]]
             ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count(upto)})
+            if self._consumed and list(status.get("eventsConsumed") or []) != self._consumed:
+                ops.append({"op": "add", "path": "/status/eventsConsumed", "value": list(self._consumed)})
             try:
                 with STATUS_WRITE_SECONDS.labels("steps").time():
                     obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
@@ -512,36 +673,98 @@ class Run:
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()
         rec = self._recorded(key, "Wait")
-        if rec is not None and rec["state"] == "Completed":
+        if rec is not None and rec["state"] == api.STEP_COMPLETED:
             self._last_key = key
             return
         if rec is not None:
             # A recorded wait only leaves Waiting when the operator, whose clock
             # rules waits, re-queues the run at wakeAt: it is over. Recorded done
             # with the next status write of this segment.
-            self._put({**rec, "state": "Completed", "finishedAt": api.fmt_time(api.now())})
+            self._put({**rec, "state": api.STEP_COMPLETED, "finishedAt": api.fmt_time(api.now())})
             self._last_key = key
             return
         raise _Suspend(key, api.now() + duration)
+
+    async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any:
+        """The next event of ``topic`` sent to this run, each delivered to exactly one wait: its
+        name is recorded (``status.eventsConsumed``) with the step before the workflow sees it."""
+        self._boundary()
+        rec = self._recorded(key, "Event")
+        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+            self._last_key = key
+            if rec.get("timedOut"):
+                raise EventTimeoutError(key, topic, timeout)
+            return rec.get("output")
+        now = api.now()
+        event = self._next_event(topic)
+        if event is not None:
+            self._consumed.append(event["name"])
+            self._put({"key": key, "kind": "Event", "state": api.STEP_COMPLETED, "topic": topic,
+                       "event": event["name"], "startedAt": (rec or {}).get("startedAt") or api.fmt_time(now),
+                       "finishedAt": api.fmt_time(now), "output": event.get("data")})
+            self._last_key = key
+            await self._append_steps()
+            self._boundary()
+            return event.get("data")
+        if rec is not None and rec.get("wakeAt"):
+            # Resumed from this wait with no event: only the operator's clock re-queues a waiting
+            # run before its event, at wakeAt. The wait timed out.
+            self._put({**rec, "state": api.STEP_COMPLETED, "finishedAt": api.fmt_time(now), "timedOut": True})
+            self._last_key = key
+            await self._append_steps()
+            raise EventTimeoutError(key, topic, timeout)
+        wake = api.parse_time((rec or {}).get("wakeAt")) or (
+            now + dt.timedelta(seconds=timeout) if timeout is not None else None)
+        raise _Suspend(key, wake, topic)
+
+    def _next_event(self, topic: str) -> dict[str, Any] | None:
+        for event in (self.obj.get("spec") or {}).get("events") or []:
+            if event.get("topic") == topic and event.get("name") not in self._consumed:
+                return dict(event)
+        return None
 
     # ----- the whole run ----------------------------------------------------------------------
 
     async def execute(self) -> str:
         """Runs the workflow from the top (replaying recorded steps) and records how it ended."""
-        outcome = await self._run_workflow()
-        while True:
-            try:
-                return await self._conclude(outcome)
-            except StopExecution:
-                # Told to stop while writing another ending (a write conflict
-                # showed us the cancellation): the stop wins.
-                outcome = (api.CANCELLED, None)
-            except _Release as r:
-                if r.held:
-                    await self.give_up(r)
-                return r.why
+        try:
+            outcome = await self._run_workflow()
+            while True:
+                try:
+                    return await self._conclude(outcome)
+                except StopExecution:
+                    # Told to stop while writing another ending (a write conflict
+                    # showed us the cancellation): the stop wins.
+                    outcome = (api.CANCELLED, None)
+                except _Release as r:
+                    if r.held:
+                        await self.give_up(r)
+                    return r.why
+        finally:
+            self._disarm()
 
     async def _run_workflow(self) -> tuple[str, Any]:
+        """The workflow in a task of its own, so the hard stop can interrupt it wherever it awaits."""
+        task = asyncio.ensure_future(self._workflow_outcome())
+        self._workflow_task = task
+        if self.rules.hard_stop_at is not None:
+            self._arm_hard_stop()  # stopped before it started (a cancel seen with the claim)
+        while not task.done():
+            await asyncio.wait({task}, timeout=None if not self.hard_stopped else SETTLE_SECONDS)
+            if self.hard_stopped and not task.done():
+                # Interrupted, and still not unwound after SETTLE_SECONDS: workflow code that
+                # swallows cancellation. End the run anyway; the worker restarts to shed it.
+                await asyncio.wait({task}, timeout=SETTLE_SECONDS)
+                if not task.done():
+                    self._abandoned("the workflow code")
+                    return (api.CANCELLED, None)
+        if task.cancelled():
+            if self.hard_stopped:
+                return (api.CANCELLED, None)  # interrupted outside any step
+            raise asyncio.CancelledError()
+        return task.result()
+
+    async def _workflow_outcome(self) -> tuple[str, Any]:
         ctx = WorkflowContext(self)
         payload = (self.obj.get("spec") or {}).get("input")
         try:
@@ -618,44 +841,62 @@ class Run:
         at = api.now()
         reason = self.stop_reason or api.REQUESTED
         after = f" after step {self._last_key!r}" if self._last_key else " before its first step"
+        if self.hard_stopped:
+            cut = ", ".join(repr(k) for k in self.interrupted) or "the workflow"
+            after = f"; {cut} did not finish within the grace period of {self.rules.grace_seconds:g} s " \
+                    f"and {'was' if len(self.interrupted) <= 1 else 'were'} interrupted"
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
             canc = dict(s.get("cancellation") or {})
             if not canc.get("reason"):
-                requested = s.get("deadline") if reason == api.RUN_TIMEOUT else None
-                canc = {"reason": reason, "requestedAt": requested or api.fmt_time(at)}
+                if reason == api.RUN_TIMEOUT:
+                    canc = {"reason": reason, "requestedAt": s.get("deadline") or api.fmt_time(at)}
+                else:
+                    canc = api.cancel_request(self.obj, at)
             canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=self.worker)
             if canc["reason"] == api.RUN_TIMEOUT:
                 budget = (self.obj.get("spec") or {}).get("runTimeoutSeconds")
                 message = f"run exceeded runTimeoutSeconds={budget} of continuous running time; stopped{after}"
             else:
-                message = f"cancellation requested; stopped at the step boundary{after}"
+                said = f" ({canc['message']})" if canc.get("message") else ""
+                message = f"cancellation requested{said}; stopped{after}" if self.hard_stopped else \
+                    f"cancellation requested{said}; stopped at the step boundary{after}"
+            status_reason = api.GRACE_EXPIRED if self.hard_stopped else canc["reason"]
             return {**self._steps_patch(), "cancellation": canc,
-                    **api.finished_status(s, api.CANCELLED, canc["reason"], message, at,
+                    **api.finished_status(s, api.CANCELLED, status_reason, message[:1000], at,
                                           self.obj["metadata"].get("generation"))}
 
         await self._write(build)
-        self._event(api.CANCELLED, f"{reason}: stopped{after}")
+        self._event(api.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
 
     async def _finish_wait(self, s: _Suspend) -> None:
         at = api.now()
-        self._put({"key": s.key, "kind": "Wait", "state": "Waiting", "startedAt": api.fmt_time(at),
-                   "wakeAt": api.fmt_time(s.wake_at)})
+        until = f" until {api.fmt_time(s.wake_at)}" if s.wake_at else ""
+        what = f"event {s.topic!r}" if s.topic else repr(s.key)
+        record: dict[str, Any] = {"key": s.key, "kind": "Event" if s.topic else "Wait", "state": api.STEP_WAITING,
+                                  "startedAt": api.fmt_time(at)}
+        if s.wake_at:
+            record["wakeAt"] = api.fmt_time(s.wake_at)
+        if s.topic:
+            record["topic"] = s.topic
+        self._put(record)
 
         def build(_s: dict[str, Any]) -> dict[str, Any]:
             return {**self._steps_patch(), "phase": api.WAITING, "reason": "WaitingFor",
-                    "message": f"waiting on {s.key!r} until {api.fmt_time(s.wake_at)}",
+                    "message": f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}",
                     "worker": None, "deadline": None, "segmentStartedAt": None,
-                    "wakeAt": api.fmt_time(s.wake_at)}
+                    "waitingFor": {"key": s.key, **({"topic": s.topic} if s.topic else {})},
+                    "wakeAt": api.fmt_time(s.wake_at) if s.wake_at else None}
 
         await self._write(build, stoppable=True)
-        self._event(api.WAITING, f"waiting on {s.key!r} until {api.fmt_time(s.wake_at)}; worker released")
+        self._event(api.WAITING, f"waiting on {what}{until}; worker released")
 
     async def _hand_back(self) -> None:
         def build(_s: dict[str, Any]) -> dict[str, Any]:
             return {**self._steps_patch(), "phase": api.QUEUED, "reason": "HandedBack",
                     "message": f"worker {self.worker} shut down; the run resumes by replay",
-                    "worker": None, "deadline": None, "segmentStartedAt": None}
+                    "worker": None, "deadline": None, "segmentStartedAt": None,
+                    "queuedAt": api.fmt_time(api.now())}
 
         try:
             await self._write(build, stoppable=True)

@@ -11,6 +11,12 @@ signal is never lost.
 On SIGTERM the worker stops claiming, lets every run finish its step in
 flight, hands each run back (phase ``Queued``) at that boundary and deletes
 its Lease; another worker resumes the runs by replay.
+
+A step that did not stop when interrupted (a synchronous step's thread, which
+Python cannot kill, or async code that swallows cancellation) is abandoned
+where it runs. The worker then restarts itself the same way, and exits with
+``EXIT_RESTART`` so that the runaway code dies with the process (in a pod, the
+kubelet starts the container again).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .leasing import WorkerLease
 from .running import Run, _Release, let_go
 
 logger = logging.getLogger("kubestep.worker")
+
+EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
 
 
 class Worker:
@@ -62,6 +70,7 @@ class Worker:
         self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.restart_reason: str | None = None  # set when the worker must restart to shed runaway code
 
     # ----- lifecycle --------------------------------------------------------------------------
 
@@ -85,6 +94,13 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; hand runs back at their next step boundary; then exit."""
         self._stopping.set()
+
+    def on_abandoned(self, why: str) -> None:
+        """A step would not stop: drain like on SIGTERM, then exit with EXIT_RESTART."""
+        if self.restart_reason is None:
+            self.restart_reason = why
+            logger.error("worker %s restarts: %s", self.name, why)
+        self.stop()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +171,7 @@ class Worker:
         name = obj["metadata"]["name"]
         self._queued.pop(name, None)
         run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name)
+        run.on_abandoned = self.on_abandoned
         self.runs[name] = run
         self._spawn(self._drive(run))
 
