@@ -138,6 +138,7 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
                   "--set", "workers[0].name=examples,workers[0].module=kubestep.examples,workers[0].namespace=b",
                   "--set", "podDisruptionBudget.enabled=true", "--set", "metrics.enabled=true"],
                  id="watch-namespaces"),
+    pytest.param(["--set", "cancelAudit.enabled=true", "--set", "cancelGracePeriodSeconds=0"], id="cancel-audit"),
 ])
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
     out = run([helm, "lint", "--strict", CHART, *values])

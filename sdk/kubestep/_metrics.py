@@ -26,7 +26,8 @@ RUNS_ENDED = Counter(
 )
 STEPS = Counter(
     "kubestep_worker_steps_total",
-    "Steps by what happened: Completed or Failed (ran here), Replayed (output taken from the record).",
+    "Steps by what happened: Completed or Failed (ran here), Interrupted (the grace period or its timeout "
+    "ran out), Replayed (output taken from the record).",
     ["workflow", "state"],
 )
 STEP_SECONDS = Histogram(
