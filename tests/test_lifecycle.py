@@ -405,6 +405,26 @@ async def test_j_long_history_is_archived_and_replayed_from_the_journal(
     await until(collected, 30, "the journal ConfigMaps to be garbage-collected")
 
 
+async def test_j_a_long_journal_stays_short_in_status_by_merging_chunks(client: KubestepClient, workers: Any) -> None:
+    """A window of 2 records archives one record per chunk; every 16 chunks of a level are merged into
+    one of the next, so status.journal stays short, and replay and the history still see every step."""
+    first = workers(name="merger", env={"KUBESTEP_STATUS_STEPS": "2"})
+    h = await client.start("steps", {"count": 40, "seconds": 0.005, "wait_after": 35, "wait_seconds": 1})
+    await until_phase(client, h.id, api.WAITING, timeout=60)
+    assert first is not None
+    first.stop()
+    workers(name="heir", env={"KUBESTEP_STATUS_STEPS": "2"})
+    result = await h.result(timeout=60)
+    e = await h.status()
+    levels = [j.level for j in e.status.journal]
+    assert 1 in levels and len(e.status.journal) < 16, levels
+    history = await h.steps()
+    assert [s.key for s in history] == [f"step-{i}" for i in range(36)] + ["wait-35"] + [
+        f"step-{i}" for i in range(36, 40)]
+    assert {s.output["worker"] for s in history[:36]} == {"merger"}  # replayed, not run again
+    assert result["tokens"] == [s.output["token"] for s in history if s.kind == "Run"]
+
+
 @local_only
 async def test_a_journal_the_worker_cannot_write_fails_the_run_as_a_worker_error(
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str

@@ -22,10 +22,9 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-import httpx
 
 from kubestep import _api as api
-from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError
+from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError, TransportError
 from kubestep._kube import Kube
 
 from . import measuring
@@ -229,7 +228,7 @@ class Controller:
             measuring.LOST_RACES.inc()
             self.failures.pop(key, None)
             return  # it changed: the next event decides again
-        except (ApiError, httpx.HTTPError) as e:
+        except (ApiError, TransportError) as e:
             measuring.WRITE_ERRORS.inc()
             logger.error("writing status of %s failed: %r", key, e)
             self.retry(key, now)

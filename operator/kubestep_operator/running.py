@@ -24,7 +24,6 @@ def run(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if not all_namespaces and not namespaces:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
     handlers.scopes[:] = scopes(list(namespaces), all_namespaces)

@@ -21,9 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from kubestep._errors import ApiError
+from kubestep._errors import ApiError, TransportError
 from kubestep._kube import Kube
 
 from .writing import retry_delay
@@ -92,7 +90,7 @@ class Informer:
                 raise
             except _Expired:
                 logger.info("watch of %s expired; listing again", self.path)
-            except (ApiError, httpx.HTTPError, ValueError, KeyError) as e:
+            except (ApiError, TransportError, ValueError, KeyError) as e:
                 failures += 1
                 delay = retry_delay(failures)
                 logger.warning("watching %s failed (%r); listing again in %.1f s", self.path, e, delay)

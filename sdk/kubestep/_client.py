@@ -12,8 +12,6 @@ import re
 import uuid
 from typing import Any
 
-import httpx
-
 from . import _api as api
 from . import _journal as journal
 from ._errors import (
@@ -23,6 +21,7 @@ from ._errors import (
     ExecutionNotFoundError,
     NotFoundError,
     ResultTimeoutError,
+    TransportError,
 )
 from ._kube import Kube
 from ._models import Execution, StepRecord
@@ -181,7 +180,7 @@ class KubestepClient:
                             execution = Execution.from_object(event["object"])
                             if execution.finished:
                                 return execution
-                except (httpx.HTTPError, ApiError):
+                except (TransportError, ApiError):
                     await asyncio.sleep(0.1)
 
         try:

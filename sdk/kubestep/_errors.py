@@ -21,6 +21,10 @@ class ConfigurationError(KubestepError):
     """No usable kubeconfig or in-cluster configuration was found."""
 
 
+class TransportError(KubestepError):
+    """The apiserver could not be reached, or did not answer in time (a network error); worth a retry."""
+
+
 class ApiError(KubestepError):
     """The Kubernetes API answered with an unexpected error."""
 

@@ -17,6 +17,15 @@ counts.
 A chunk is written before the status write that lists it. If that status write
 never happens (the worker died or lost the run), the chunk is an orphan that
 nothing reads, and it goes away with the execution.
+
+The status window is small (``STATUS_STEPS``, 8 records) because every step's
+write costs the apiserver in proportion to the whole object: on two cores 100
+runs recorded 150 steps/s with 8 records in status, 92 with 16, 71 with 50
+(``bench/README.md``). Small windows make many small chunks, so chunks are
+merged like an LSM tree: the oldest ``FANOUT`` chunks of one level become one
+chunk of the next, which keeps ``status.journal`` to a few dozen entries for
+any run length. Merged-away chunks are orphans (a worker may not delete
+ConfigMaps); they go with the execution.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from ._errors import JournalError, NotFoundError
 from ._kube import Kube
 
 DATA_KEY = "steps.json"
+STATUS_STEPS = 8  # records kept in status.steps (KUBESTEP_STATUS_STEPS); older ones move to chunks
+FANOUT = 16  # chunks of one level merged into one of the next
 CHUNK_BYTES = 512 * 1024  # a ConfigMap holds at most 1 MiB
 LOAD_CONCURRENCY = 8  # reads at once when a run with a long journal is resumed
 
@@ -53,7 +64,17 @@ def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_plan(refs: list[dict[str, Any]]) -> tuple[int, int, int] | None:
+    """The oldest run of FANOUT consecutive chunks of one level, as (first, end, level), if any."""
+    for first in range(len(refs) - FANOUT + 1):
+        level = refs[first].get("level", 0)
+        if all(r.get("level", 0) == level for r in refs[first:first + FANOUT]):
+            return first, first + FANOUT, level
+    return None
+
+
+async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str, Any]],
+                  level: int = 0) -> list[dict[str, Any]]:
     """Writes ``records`` into new ConfigMaps; returns their ``status.journal`` entries, in order."""
     meta = execution["metadata"]
     refs = []
@@ -72,7 +93,8 @@ async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str,
             "data": {DATA_KEY: json.dumps(chunk, separators=(",", ":"))},
         }
         created = await kube.create(_path(meta["namespace"]), body)
-        refs.append({"configMap": created["metadata"]["name"], "steps": len(chunk)})
+        refs.append({"configMap": created["metadata"]["name"], "steps": len(chunk),
+                     **({"level": level} if level else {})})
     return refs
 
 

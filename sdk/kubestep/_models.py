@@ -44,6 +44,8 @@ class JournalRef(_Model):
 
     config_map: str = Field(alias="configMap")
     steps: int
+    #: 0 for a chunk of fresh records; n+1 for a merge of chunks of level n.
+    level: int = 0
 
 
 class Cancellation(_Model):

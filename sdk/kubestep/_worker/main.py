@@ -19,7 +19,6 @@ from .worker import EXIT_RESTART, Worker
 def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None,
         metrics_port: int | None = None) -> None:
     logging.basicConfig(level=os.environ.get("KUBESTEP_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     sys.path.insert(0, os.getcwd())
     importlib.import_module(module)
     workflows = registered()

@@ -36,8 +36,6 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
-
 from .. import _api as api
 from .. import _journal as journal
 from .._context import Stop, WorkflowContext
@@ -53,6 +51,7 @@ from .._errors import (
     StepTimeoutError,
     StopExecution,
     TooLargeError,
+    TransportError,
     WorkflowDefinitionError,
 )
 from .._kube import Kube, background
@@ -83,6 +82,7 @@ class _Release(BaseException):
 
 
 _CONTENDED = "too many write conflicts"
+_FINAL = frozenset({api.STEP_COMPLETED, api.STEP_FAILED, api.STEP_INTERRUPTED})  # records that never change
 
 
 def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def _transient(exc: BaseException) -> bool:
     result too large for the object, which replay would only repeat."""
     if isinstance(exc, _Release):
         return exc.cause is None or _transient(exc.cause)
-    if isinstance(exc, (httpx.TransportError, ConflictError)):
+    if isinstance(exc, (TransportError, ConflictError)):
         return True
     if isinstance(exc, TooLargeError):
         return False
@@ -152,8 +152,12 @@ def _error(exc: BaseException, step: str | None = None, with_traceback: bool = T
 class Run:
     """The worker-side state of one execution while this worker holds it."""
 
-    def __init__(self, kube: Kube, workflow: Workflow, obj: dict[str, Any], worker: str) -> None:
-        self.kube = kube
+    def __init__(self, kube: Kube, workflow: Workflow, obj: dict[str, Any], worker: str,
+                 control: Kube | None = None) -> None:
+        self.kube = kube  # step records and the journal: the busy lane
+        # Claims and endings (a cancel's Cancelled write above all) on connections of their own,
+        # so they never wait behind other runs' step writes in the pool.
+        self.control = control or kube
         self.workflow = workflow
         self.worker = worker
         self.obj = obj
@@ -165,11 +169,11 @@ class Run:
         # status.steps. A key may repeat (a failed step run again after it was archived):
         # its last record counts, and _index finds it.
         self.steps: list[dict[str, Any]] = [dict(s) for s in status.get("steps") or []]
-        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
+        self._reindex()
         self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
         self._archived = 0  # records of self.steps in journal ConfigMaps
         self._server_archived = 0  # ... as status.journal on the server lists them
-        self.window = int(os.environ.get("KUBESTEP_STATUS_STEPS", "50"))
+        self.window = int(os.environ.get("KUBESTEP_STATUS_STEPS", str(journal.STATUS_STEPS)))
         self.attempt: int = int(status.get("attempt") or 0)
         self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}))
         self.handback = False
@@ -296,7 +300,7 @@ class Run:
         for _ in range(10):
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
-                    obj = await self.kube.merge_patch(
+                    obj = await self.control.merge_patch(
                         self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
                     )
                 self.obj, self.rv = obj, _rv(obj)
@@ -387,7 +391,7 @@ class Run:
         }
         try:
             with STATUS_WRITE_SECONDS.labels("claim").time():
-                obj = await self.kube.merge_patch(self._path + "/status", {"status": patch}, self.rv)
+                obj = await self.control.merge_patch(self._path + "/status", {"status": patch}, self.rv)
         except NotFoundError:
             return False
         except Exception as exc:
@@ -411,7 +415,7 @@ class Run:
         self.journal = list(status.get("journal") or [])
         archived = await journal.load(self.kube, self.namespace, self.journal)
         self.steps = archived + [dict(r) for r in status.get("steps") or []]
-        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
+        self._reindex()
         self._archived = len(archived)
         self._steps_written()
         return True
@@ -471,8 +475,16 @@ class Run:
             raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
         return rec
 
+    def _reindex(self) -> None:
+        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
+        self._n_completed = sum(1 for i in self._index.values() if self.steps[i]["state"] == api.STEP_COMPLETED)
+
     def _put(self, rec: dict[str, Any]) -> None:
         i = self._index.get(rec["key"])
+        if i is not None and self.steps[i]["state"] == api.STEP_COMPLETED:
+            self._n_completed -= 1
+        if rec["state"] == api.STEP_COMPLETED:
+            self._n_completed += 1
         if i is not None and i >= self._archived:
             self.steps[i] = rec
             self._dirty.add(i)  # even if unflushed: an append of it may be in flight
@@ -491,8 +503,11 @@ class Run:
         self._server_archived = self._archived if archived is None else archived
 
     def _completed_count(self, upto: int | None = None) -> int:
-        n = len(self.steps) if upto is None else upto
-        return sum(1 for i in self._index.values() if i < n and self.steps[i]["state"] == "Completed")
+        """Keys whose last record among the first ``upto`` is Completed: the running count, less the
+        few records not yet sent (kept incrementally: a long run must not rescan its history)."""
+        unsent = range(len(self.steps) if upto is None else upto, len(self.steps))
+        return self._n_completed - sum(1 for i in unsent if self._index.get(self.steps[i]["key"]) == i
+                                       and self.steps[i]["state"] == api.STEP_COMPLETED)
 
     async def _archive(self) -> None:
         """Moves the oldest final records into journal ConfigMaps once status holds more
@@ -501,17 +516,27 @@ class Run:
         if self.window <= 0 or len(self.steps) - self._archived <= self.window:
             return
         end, i = len(self.steps) - self.window // 2, self._archived
-        while i < end and self.steps[i]["state"] in ("Completed", "Failed"):
+        while i < end and self.steps[i]["state"] in _FINAL:
             i += 1
         if i > self._archived:
             # Move the boundary first: a concurrent step that puts a record of one of these
             # keys while the ConfigMaps are written must append it, not change the copy.
             start, self._archived = self._archived, i
             try:
-                self.journal = self.journal + await journal.archive(self.kube, self.obj, self.steps[start:i])
+                refs = self.journal + await journal.archive(self.kube, self.obj, self.steps[start:i])
             except BaseException:
                 self._archived = start
                 raise
+            # Keep status.journal short however long the run: merge the oldest run of
+            # FANOUT chunks of a level into one chunk of the next (journal.merge_plan).
+            plan = journal.merge_plan(refs)
+            if plan is not None:
+                first, last, level = plan
+                a = sum(r["steps"] for r in refs[:first])
+                b = a + sum(r["steps"] for r in refs[first:last])
+                merged = await journal.archive(self.kube, self.obj, self.steps[a:b], level=level + 1)
+                refs = refs[:first] + merged + refs[last:]
+            self.journal = refs
 
     async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                        timeout: float | None = None) -> Any:
@@ -920,13 +945,13 @@ class Run:
                                   "keep step outputs and results well under 1 MiB, or store them elsewhere")
         for delay in (0.5, 1.0, 2.0, 4.0, 8.0):
             try:
-                fresh = await self.kube.get(self._path)
+                fresh = await self.control.get(self._path)
                 status = fresh.get("status") or {}
                 if (status.get("worker"), status.get("attempt")) != (self.worker, self.attempt) or \
                         status.get("phase") not in api.HELD_PHASES:
                     return
                 patch = let_go(fresh, self.worker, why, failure)
-                await self.kube.merge_patch(self._path + "/status", {"status": patch}, _rv(fresh))
+                await self.control.merge_patch(self._path + "/status", {"status": patch}, _rv(fresh))
                 self.obj, self.rv = fresh, _rv(fresh)
                 reason = "Requeued" if patch["phase"] == api.QUEUED else str(patch["phase"])
                 self._event(reason, f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)

@@ -26,10 +26,8 @@ import logging
 import signal
 from typing import Any
 
-import httpx
-
 from .. import _api as api
-from .._errors import ApiError
+from .._errors import ApiError, TransportError
 from .._kube import Kube
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED
 from .._workflow import Workflow
@@ -130,7 +128,7 @@ class Worker:
                             self._on_event(str(kind), obj)
             except asyncio.CancelledError:
                 raise
-            except (_Relist, ApiError, httpx.HTTPError, KeyError) as e:
+            except (_Relist, ApiError, TransportError, KeyError) as e:
                 logger.info("re-listing executions after: %r", e)
                 await asyncio.sleep(0.2)
 
@@ -170,7 +168,7 @@ class Worker:
     def _start(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         self._queued.pop(name, None)
-        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name)
+        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, control=self.control)
         run.on_abandoned = self.on_abandoned
         self.runs[name] = run
         self._spawn(self._drive(run))
@@ -218,7 +216,7 @@ class Worker:
         patch = let_go(obj, self.name, f"worker {self.name} restarted")
         try:
             await self.kube.merge_patch(path, {"status": patch}, obj["metadata"]["resourceVersion"])
-        except (ApiError, httpx.HTTPError) as e:
+        except (ApiError, TransportError) as e:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
 
 
