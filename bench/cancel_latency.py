@@ -33,10 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from kubestep import KubestepClient
 from kubestep import _api as api
+from kubestep._errors import TransportError
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import start_operator, start_worker
 
@@ -90,7 +89,7 @@ class Watcher:
                     rv = obj["metadata"]["resourceVersion"]
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         self._seen(obj, time.perf_counter())
-            except httpx.HTTPError as e:
+            except TransportError as e:
                 print(f"watch reconnect after {e!r}", file=sys.stderr)
             listing = await self.kube.get(api.execution_path(self.ns))
             rv = listing["metadata"]["resourceVersion"]

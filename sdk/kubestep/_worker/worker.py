@@ -1,9 +1,9 @@
-"""The worker process: one watch over executions, claims, and a clean shutdown.
+"""The worker process: watches over executions, claims, and a clean shutdown.
 
 A worker serves the workflows registered in the module it imported, in one
-namespace, identified by ``POD_NAME``. It holds a single watch on the
-namespace's WorkflowExecutions; that watch is the operator's push channel:
-the operator signals a cancellation or time-out by writing
+namespace, identified by ``POD_NAME``. It watches the runs it holds and the
+queued ones (two filtered watches); the held watch is the operator's push
+channel: the operator signals a cancellation or time-out by writing
 ``status.cancellation``, and the worker learns it from the next event, within
 milliseconds. After a reconnect the re-list delivers the same state, so a
 signal is never lost.
@@ -27,12 +27,12 @@ import signal
 from typing import Any
 
 from .. import _api as api
-from .._errors import ApiError, TransportError
+from .._errors import ApiError, NotFoundError, TransportError
 from .._kube import Kube
-from .._metrics import RUNS_ACTIVE, RUNS_ENDED
+from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._workflow import Workflow
 from .leasing import WorkerLease
-from .running import Run, _Release, let_go
+from .running import Run, _newer, _Release, let_go
 
 logger = logging.getLogger("kubestep.worker")
 
@@ -108,39 +108,75 @@ class Worker:
     # ----- watching ---------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:
+        """Two filtered watches rather than one on every run of the namespace: the runs this worker
+        holds, and the queued ones it might claim. A step write then reaches its holder (and the
+        operator) only, not every worker of the namespace (the CRD's selectableFields). Against a
+        CRD without them (an older install) the apiserver refuses the selector: one unfiltered watch."""
+        terminal = ",".join(f"status.phase!={p}" for p in sorted(api.TERMINAL_PHASES))
+        streams = {"held": f"status.worker={self.name},{terminal}", "queued": f"status.phase={api.QUEUED}"}
+        try:
+            await self.control.get(api.execution_path(self.namespace),
+                                   {"fieldSelector": streams["held"], "limit": "1"})
+        except ApiError as e:
+            if e.status_code != 400:
+                raise
+            logger.warning("the WorkflowExecution CRD has no selectableFields (apply crds/ again); "
+                           "watching every run of the namespace: %s", e.message)
+            streams = {"all": ""}
+        listed = {name: asyncio.Event() for name in streams}
+        tasks = [asyncio.create_task(self._follow(name, selector, listed[name])) for name, selector in streams.items()]
+        try:
+            await asyncio.gather(*(e.wait() for e in listed.values()))
+            self.ready.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _follow(self, stream: str, selector: str, listed: asyncio.Event) -> None:
         path = api.execution_path(self.namespace)
+        params = {"fieldSelector": selector} if selector else None
         while True:
             try:
-                listing = await self.control.get(path)
+                listing = await self.control.get(path, params)
                 rv = listing["metadata"]["resourceVersion"]
                 for obj in listing.get("items", []):
                     obj.setdefault("apiVersion", api.API_VERSION)
                     obj.setdefault("kind", api.KIND)
-                    self._on_event("ADDED", obj, listed=True)
-                self.ready.set()
+                    self._on_event("ADDED", obj, stream, listed=True)
+                listed.set()
                 while True:
-                    async for event in self.control.watch(path, rv):
+                    async for event in self.control.watch(path, rv, params):
                         kind, obj = event.get("type"), event.get("object") or {}
                         if kind == "ERROR":
                             raise _Relist(obj.get("message", "watch error"))
                         rv = obj["metadata"]["resourceVersion"]
                         if kind != "BOOKMARK":
-                            self._on_event(str(kind), obj)
+                            self._on_event(str(kind), obj, stream)
             except asyncio.CancelledError:
                 raise
             except (_Relist, ApiError, TransportError, KeyError) as e:
-                logger.info("re-listing executions after: %r", e)
+                logger.info("re-listing %s executions after: %r", stream, e)
                 await asyncio.sleep(0.2)
 
-    def _on_event(self, kind: str, obj: dict[str, Any], listed: bool = False) -> None:
+    def _on_event(self, kind: str, obj: dict[str, Any], stream: str = "all", listed: bool = False) -> None:
         name = obj["metadata"]["name"]
-        logger.debug("event %s %s phase=%s rv=%s", kind, name, (obj.get("status") or {}).get("phase"),
+        WATCH_EVENTS.labels(stream).inc()
+        logger.debug("%s event %s %s phase=%s rv=%s", stream, kind, name, (obj.get("status") or {}).get("phase"),
                      obj["metadata"].get("resourceVersion"))
         run = self.runs.get(name)
         if kind == "DELETED":
+            # On a filtered stream DELETED may only mean "left the selection" (and carries the
+            # state before the change): a queued run that was claimed (by us too) is no longer
+            # queued; a run that left our held selection was deleted, lost to us or ended, which
+            # only a read tells apart, unless the run already knows a state as new.
             self._queued.pop(name, None)
-            if run is not None:
+            if run is None or stream == "queued":
+                return
+            if stream == "all":
                 run.observe_deleted()
+            elif _newer(str(obj["metadata"]["resourceVersion"]), run.rv):
+                self._spawn(self._reread(run))
             return
         if run is not None:
             run.observe(obj)
@@ -208,6 +244,14 @@ class Worker:
         while self._queued and len(self.runs) < self.concurrency and not self._stopping.is_set():
             _, obj = self._queued.popitem()
             self._start(obj)
+
+    async def _reread(self, run: Run) -> None:
+        try:
+            run.observe(await self.control.get(api.execution_path(self.namespace, run.name)))
+        except NotFoundError:
+            run.observe_deleted()
+        except (ApiError, TransportError) as e:
+            logger.info("could not re-read %s: %r", run.name, e)
 
     async def _recover(self, obj: dict[str, Any]) -> None:
         # Held by a previous life of this worker: finish it as Cancelled if it
