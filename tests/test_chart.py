@@ -382,7 +382,7 @@ RBAC_MATRIX = [
     ("namespaced", "worker",   "update", WFX,                        OWN,      False),
     ("namespaced", "worker",   "create", WFX,                        OWN,      False),
     ("namespaced", "worker",   "delete", WFX,                        OWN,      False),
-    ("namespaced", "worker",   "update", STATUS,                     OWN,      False),
+    ("namespaced", "worker",   "update", STATUS,                     OWN,      True),   # claims, endings
     ("namespaced", "worker",   "list",   LEASES,                     OWN,      False),
     ("namespaced", "worker",   "get",    "secrets",                  OWN,      False),
     ("namespaced", "worker",   "get",    "pods",                     OWN,      False),
@@ -531,3 +531,48 @@ def test_cancel_audit_policy_records_the_user_who_cancels(
         assert status["cancellation"]["message"] == "audit"
     finally:
         control_plane.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest, check=False)
+
+
+# ----- API Priority and Fairness: a cancel does not queue behind step data ------------------------
+
+
+def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_levels(
+    control_plane: Cluster, release: str
+) -> None:
+    """The apiserver says which FlowSchema classified a request (``X-Kubernetes-PF-FlowSchema-UID``):
+    a worker's step records (PATCH …/status) go to the release's steps level; its claims and endings
+    (PUT …/status), a user's cancel and the operator's requests go to workload-high."""
+    import ssl
+
+    import httpx
+
+    from kubestep._kube import load_configuration
+
+    schemas = {fs["metadata"]["uid"]: fs["metadata"]["name"] for fs in json.loads(
+        control_plane.kubectl("get", "flowschemas", "-o", "json").stdout)["items"]}
+    steps, control = f"{release}-{RELEASE}-steps", f"{release}-{RELEASE}-control"
+    assert {steps, control} <= set(schemas.values())
+    name = f"apf-{uuid.uuid4().hex[:5]}"
+    control_plane.kubectl("-n", release, "create", "-f", "-", input=json.dumps(
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+         "spec": {"workflow": "nobody-serves-this"}}))
+    configuration, _ = load_configuration(str(control_plane.kubeconfig))
+    base = f"{configuration.host}/apis/{api.API_VERSION}/namespaces/{release}/workflowexecutions/{name}"
+    tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+
+    def classified(who: str, method: str, path: str, content_type: str, body: Any) -> str:
+        token = control_plane.kubectl("-n", release, "create", "token", who).stdout.strip()
+        with httpx.Client(verify=tls) as http:
+            r = http.request(method, base + path, headers={"Authorization": f"Bearer {token}",
+                                                           "Content-Type": content_type}, content=json.dumps(body))
+        assert r.status_code < 300, r.text
+        return schemas[r.headers["X-Kubernetes-PF-FlowSchema-UID"]]
+
+    step = classified(WORKER_SA, "PATCH", "/status", "application/json-patch+json",
+                      [{"op": "add", "path": "/status", "value": {"message": "a step record"}}])
+    current = json.loads(control_plane.kubectl("-n", release, "get", "wfx", name, "-o", "json").stdout)
+    ending = classified(WORKER_SA, "PUT", "/status", "application/json",
+                        {**current, "status": {**current.get("status", {}), "message": "an ending"}})
+    operator = classified(OPERATOR_SA, "PATCH", "/status", "application/merge-patch+json",
+                          {"status": {"reason": "Pending"}})
+    assert (step, ending, operator) == (steps, control, control)

@@ -24,6 +24,9 @@ from kubestep import _api as api
 from .keys import RunKey
 
 OPERATOR = "kubestep-operator"
+# How long a live holder gets to end a cancelled run before the operator writes Cancelling. The cancel's
+# time comes from managedFields, in whole seconds, so the holder gets between 1 and 2 seconds.
+HEAD_START = dt.timedelta(seconds=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Snapshot:
     body_ref: dict[str, Any]  # apiVersion/kind/metadata for events
     # What a user's cancel says (``spec.cancelReason``) and who asked: ``api.cancel_note``.
     cancel_note: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cancel_time: dt.datetime | None = None  # when the apiserver took the cancel (whole seconds)
     grace_seconds: float = api.DEFAULT_GRACE_SECONDS
     queue_timeout_seconds: int | None = None
     queued_since: dt.datetime | None = None  # status.queuedAt, else the creation time
@@ -82,6 +86,7 @@ class Snapshot:
                 "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
             },
             cancel_note=api.cancel_note(body) if spec.get("cancelRequested") else {},
+            cancel_time=api.cancel_time(meta) if spec.get("cancelRequested") else None,
             grace_seconds=api.grace_seconds(spec),
             queue_timeout_seconds=spec.get("queueTimeoutSeconds"),
             queued_since=api.parse_time(status.get("queuedAt") or meta.get("creationTimestamp")),
@@ -244,6 +249,12 @@ def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grac
             event=("Warning", "WorkerLost", f"{who}; re-queued, a worker resumes it by replay"),
         )
     if s.phase == api.RUNNING and not s.cancellation:
+        if s.cancel_requested and s.cancel_time is not None and now < s.cancel_time + HEAD_START:
+            # The holder acts on the irrevocable flag itself and usually ends the run at once; a
+            # Cancelling write now would only race its ending write (a conflict, a re-read and a
+            # second write on a busy apiserver). Record it only if the holder has not ended the run
+            # within the head start.
+            return Decision(next_due=min(expires, s.cancel_time + HEAD_START))
         if s.cancel_requested:
             return Decision(
                 patch={"phase": api.CANCELLING, "reason": api.REQUESTED,

@@ -81,6 +81,14 @@ def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
     return who
 
 
+def cancel_time(meta: dict[str, Any]) -> dt.datetime | None:
+    """When the apiserver recorded the request that set ``spec.cancelRequested`` (managedFields keep
+    whole seconds), or None."""
+    times = [parse_time(e.get("time")) for e in meta.get("managedFields") or []
+             if "f:cancelRequested" in ((e.get("fieldsV1") or {}).get("f:spec") or {})]
+    return max((t for t in times if t is not None), default=None)
+
+
 def cancel_note(obj: dict[str, Any]) -> dict[str, Any]:
     """What a user's cancel says: the reason given (``spec.cancelReason``) and who asked."""
     spec = obj.get("spec") or {}

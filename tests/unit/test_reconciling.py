@@ -187,3 +187,16 @@ def test_a_run_waiting_for_an_event_is_requeued_when_it_arrives_and_not_for_a_co
     assert run(s).next_due == timeout
     d = run(s, now=timeout)
     assert d.patch and d.patch["reason"] == "WaitOver" and "timed out" in d.patch["message"]
+
+
+def test_a_live_holder_gets_a_head_start_before_the_operator_writes_cancelling() -> None:
+    """The holder ends a cancelled run itself; the operator records Cancelling only if it has not
+    done so within the head start (counted from the apiserver's time of the cancel)."""
+    asked = T0 - dt.timedelta(seconds=1)
+    meta = {"managedFields": [{"manager": "kubectl-patch", "time": api.fmt_time(asked),
+                               "fieldsV1": {"f:spec": {"f:cancelRequested": {}}}}]}
+    s = snap(api.RUNNING, cancel=True, worker="w1", meta=meta)
+    d = run(s)
+    assert d.patch is None and d.next_due == asked + dt.timedelta(seconds=2)
+    d = run(s, now=asked + dt.timedelta(seconds=2))
+    assert d.patch and d.patch["phase"] == api.CANCELLING

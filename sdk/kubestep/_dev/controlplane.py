@@ -643,8 +643,8 @@ class ControlPlane:
             # The `kubernetes` Service cannot point at 127.0.0.1 (Endpoints reject
             # loopback addresses) and nothing runs in-cluster here anyway.
             "--endpoint-reconciler-type=none",
-            # Default admission plugins (PodSecurity, ServiceAccount, ...) stay on.
-            "--enable-priority-and-fairness=false",
+            # Default admission plugins (PodSecurity, ServiceAccount, ...) stay on, and so does
+            # API Priority and Fairness, as in every real cluster (the chart ships FlowSchemas).
             "--profiling=true",  # /debug/pprof, admin only: for finding where a benchmark spends time
             # MutatingAdmissionPolicy (beta, off by default before 1.36): the chart's optional
             # cancelAudit policy records who cancels a run, and the tests check it.

@@ -186,6 +186,8 @@ class Run:
         self._hard_timer: asyncio.TimerHandle | None = None
         self._budget_timer: asyncio.TimerHandle | None = None
         self._cleanup_depth = 0  # inside ctx.cleanup(): steps may run although the run is stopping
+        self._stop_noted = asyncio.Event()
+        self._noticed: dt.datetime | None = None  # when this worker learned of a user's cancel
         self._consumed: list[str] = list(status.get("eventsConsumed") or [])  # events delivered to waits
         self._seen: set[str] = set()
         self._flushed = len(self.steps)  # records the server has, as a prefix of self.steps
@@ -254,6 +256,7 @@ class Run:
 
     def _stop(self, reason: str, at: float) -> None:
         if self.rules.note(reason, at):
+            self._noticed = api.now()
             self._arm_hard_stop()
 
     def _budget_out(self) -> None:
@@ -262,6 +265,8 @@ class Run:
             self._arm_hard_stop()
 
     def _arm_hard_stop(self) -> None:
+        if self.rules.reason is not None:
+            self._stop_noted.set()
         at = self.rules.hard_stop_at
         if at is None or not self.claimed:
             return
@@ -294,15 +299,17 @@ class Run:
 
         ``stoppable`` writes (every ending but Cancelled) give way to a
         cancellation learned from the conflict: they raise at that boundary.
+
+        No archiving here: a journal chunk is written on the busy lane, behind other runs' step
+        data, and an ending (a cancel's above all) must not wait for it; status holds the few
+        extra records. The lock only waits out an archive in progress (concurrent steps).
         """
         async with self._append_lock:
-            await self._archive()
+            pass
         for _ in range(10):
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
-                    obj = await self.control.merge_patch(
-                        self._path + "/status", {"status": build(self.obj.get("status") or {})}, self.rv
-                    )
+                    obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
                 self.obj, self.rv = obj, _rv(obj)
                 self._steps_written()
                 return
@@ -391,7 +398,7 @@ class Run:
         }
         try:
             with STATUS_WRITE_SECONDS.labels("claim").time():
-                obj = await self.control.merge_patch(self._path + "/status", {"status": patch}, self.rv)
+                obj = await self.control.update_status(self.obj, patch)
         except NotFoundError:
             return False
         except Exception as exc:
@@ -635,8 +642,29 @@ class Run:
         now = time.monotonic()
         if self.checkpoint_seconds > 0 and now - self._last_checkpoint < self.checkpoint_seconds:
             return
-        await self._append_steps()
+        if self._stop_noted.is_set() or self._cleanup_depth:
+            await self._append_steps()
+        else:
+            await self._append_unless_stopped()
         self._last_checkpoint = now
+
+    async def _append_unless_stopped(self) -> None:
+        """A stop noted while this append waits (on a saturated apiserver, behind other runs' step
+        writes) preempts it: the append is abandoned and the ending write, on the control lane,
+        carries every record instead. It is conditional on the resourceVersion, so an abandoned
+        append that landed after all only makes it re-read and write again."""
+        append = asyncio.ensure_future(self._append_steps())
+        stopped = asyncio.ensure_future(self._stop_noted.wait())
+        try:
+            await asyncio.wait({append, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not append.done():
+            append.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await append
+            return
+        append.result()
 
     async def _append_steps(self) -> None:
         async with self._append_lock:
@@ -877,7 +905,7 @@ class Run:
                 if reason == api.RUN_TIMEOUT:
                     canc = {"reason": reason, "requestedAt": s.get("deadline") or api.fmt_time(at)}
                 else:
-                    canc = api.cancel_request(self.obj, at)
+                    canc = api.cancel_request(self.obj, self._noticed or at)
             canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=self.worker)
             if canc["reason"] == api.RUN_TIMEOUT:
                 budget = (self.obj.get("spec") or {}).get("runTimeoutSeconds")
@@ -951,7 +979,7 @@ class Run:
                         status.get("phase") not in api.HELD_PHASES:
                     return
                 patch = let_go(fresh, self.worker, why, failure)
-                await self.control.merge_patch(self._path + "/status", {"status": patch}, _rv(fresh))
+                await self.control.update_status(fresh, patch)
                 self.obj, self.rv = fresh, _rv(fresh)
                 reason = "Requeued" if patch["phase"] == api.QUEUED else str(patch["phase"])
                 self._event(reason, f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)

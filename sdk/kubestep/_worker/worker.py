@@ -256,10 +256,9 @@ class Worker:
     async def _recover(self, obj: dict[str, Any]) -> None:
         # Held by a previous life of this worker: finish it as Cancelled if it
         # was told to stop, else re-queue it for replay.
-        path = api.execution_path(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/status"
         patch = let_go(obj, self.name, f"worker {self.name} restarted")
         try:
-            await self.kube.merge_patch(path, {"status": patch}, obj["metadata"]["resourceVersion"])
+            await self.control.update_status(obj, patch)
         except (ApiError, TransportError) as e:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
 

@@ -1,0 +1,57 @@
+"""The Temporal side of the side-by-side benchmark: the same workload as Kubestep's ``steps`` and
+``until-cancelled`` examples, in its own module so Temporal's workflow sandbox re-imports only this.
+
+Each step is an activity that sleeps ``seconds`` (10 ms). Cancellation follows Kubestep's rule, the step
+in flight completes and no later step starts: activities are scheduled with
+``WAIT_CANCELLATION_COMPLETED`` and do not heartbeat (so they are never interrupted), and the workflow
+raises ``CancelledError`` after a step once a cancel was requested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.workflow import ActivityCancellationType
+
+
+@activity.defn(name="sleep_step")
+async def sleep_step(i: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return i
+
+
+@dataclass
+class StepsInput:
+    count: int  # < 0: until cancelled
+    seconds: float = 0.01
+
+
+@workflow.defn(name="steps")
+class Steps:
+    @workflow.run
+    async def run(self, inp: StepsInput) -> int:
+        i = 0
+        while inp.count < 0 or i < inp.count:
+            await workflow.execute_activity(sleep_step, args=[i, inp.seconds],
+                                            start_to_close_timeout=timedelta(seconds=60),
+                                            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            i += 1
+            if workflow.cancellation_reason() is not None:
+                raise asyncio.CancelledError("cancel requested; the step in flight completed")
+        return i
+
+
+@workflow.defn(name="idle")
+class Idle:
+    """Waits for ever: the floor's signal target (no worker polls its queue)."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal
+    def poke(self, v: int) -> None:
+        pass
