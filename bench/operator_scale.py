@@ -150,7 +150,8 @@ async def worker_memory(plane: ControlPlane) -> dict[str, Any]:
             await asyncio.sleep(4)
             base = usage(worker.pid)[1]
             running = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 1}) for _ in range(200)))
-            while sum(1 for h in running if (await client.get_execution(h.id)).status.phase == api.RUNNING) < 200:
+            while len((await client._kube.get(api.execution_path(ns), {"fieldSelector": "status.phase=Running"}))
+                      ["items"]) < 200:
                 await asyncio.sleep(1)
             await asyncio.sleep(5)
             held = usage(worker.pid)[1]
@@ -189,7 +190,7 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--runs", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--idle", type=float, default=30)
     args = ap.parse_args()
     plane = ControlPlane(state_dir=Path(f"/tmp/kubestep-scale-{uuid.uuid4().hex[:6]}"), ports=Ports.free(),

@@ -178,9 +178,13 @@ async def timeout_overshoot(client: Client, samples: int, batch: int = 10) -> li
             execution_timeout=timedelta(seconds=1)) for _ in range(batch)))
         await asyncio.gather(*(_closed(h) for h in handles))
         for h in handles:
-            info = (await h.describe()).raw_description.workflow_execution_info
-            close, expire = info.close_time.ToDatetime(), info.execution_expiration_time.ToDatetime()
-            out.append((close - expire).total_seconds() * 1000)
+            d = await h.describe()
+            async for event in h.fetch_history_events():
+                expire = event.workflow_execution_started_event_attributes.workflow_execution_expiration_time
+                break
+            assert d.close_time is not None
+            deadline = expire.ToDatetime().replace(tzinfo=d.close_time.tzinfo)
+            out.append((d.close_time - deadline).total_seconds() * 1000)
     return out[:samples]
 
 

@@ -35,6 +35,7 @@ from ._errors import (
     StepTimeoutError,
     StopExecution,
     TooLargeError,
+    TransportError,
     WorkflowDefinitionError,
 )
 from ._models import Execution, ExecutionStatus, JournalRef, StepRecord
@@ -68,6 +69,7 @@ __all__ = [
     "Stop",
     "StopExecution",
     "TooLargeError",
+    "TransportError",
     "Workflow",
     "WorkflowContext",
     "WorkflowDefinitionError",
