@@ -38,10 +38,10 @@ from typing import Any
 
 from kubestep import KubestepClient
 from kubestep import _api as api
-from kubestep._errors import TransportError
 from kubestep._dev import find_binary
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import start_operator, start_worker
+from kubestep._errors import TransportError
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH_MS: list[float] = []  # the cancel request's own round trip, for the diagnosis

@@ -62,7 +62,7 @@ def main() -> None:
          f"{k_cancel['floor_patch_to_watch']['p50']:.1f}", f"{t['floor_signal_to_history']['p50']:.1f}"),
         ("one run of 10 ms steps: time per step, ms", f"{k_cost['one_run']['ms_per_step_per_run']:.1f}",
          f"{t['ms_per_step_one_run']:.1f}"),
-        (f"{n} concurrent runs, durable steps/s", f"{k_cost[f'runs_1_workers']['steps_per_s']:.0f}",
+        (f"{n} concurrent runs, durable steps/s", f"{k_cost['runs_1_workers']['steps_per_s']:.0f}",
          f"{t['steps_per_s']:.0f}"),
         ("cancel → cancelled, 1 run, p50 / p95 / p99 ms", cell(k_cancel["cancel_1"]), cell(t["cancel_1"])),
         (f"cancel → cancelled, {n} runs, p50 / p95 / p99 ms", cell(k_cancel["cancel_100"]), cell(t["cancel_100"])),

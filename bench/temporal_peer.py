@@ -40,7 +40,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from temporal_workflows import Idle, Steps, StepsInput, sleep_step  # noqa: E402
+from temporal_workflows import Idle, Steps, StepsInput, sleep_step
 
 TASK_QUEUE = "bench"
 CLI = Path(os.environ.get("TEMPORAL_CLI", Path.home() / ".cache/kubestep/temporal/bin-v1.5.1/temporal"))
@@ -164,7 +164,7 @@ async def _closed(handle: Any) -> tuple[Any, float]:
         await handle.result()
     except WorkflowFailureError:
         pass
-    except Exception:  # noqa: BLE001  (cancelled or terminated: the status says)
+    except Exception:
         pass
     t = time.perf_counter()
     return (await handle.describe()).status, t
@@ -190,8 +190,8 @@ async def timeout_overshoot(client: Client, samples: int, batch: int = 10) -> li
 
 async def measure(address: str, args: argparse.Namespace) -> dict[str, Any]:
     client = await Client.connect(address)
-    r: dict[str, Any] = {"server": subprocess.run([str(CLI), "--version"], capture_output=True,
-                                                  text=True).stdout.strip()}
+    version = await asyncio.create_subprocess_exec(str(CLI), "--version", stdout=asyncio.subprocess.PIPE)
+    r: dict[str, Any] = {"server": (await version.communicate())[0].decode().strip()}
     print("temporal: floor ...", file=sys.stderr)
     r["floor_signal_to_history"] = summary(await floor(client, args.samples * 2))
     print("temporal: one run ...", file=sys.stderr)

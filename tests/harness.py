@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import kubestep
 from kubestep import KubestepClient
-
 from kubestep._dev import local
 from kubestep._dev.local import Proc
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import kubestep
-from kubestep import _api as api
 from kubestep import KubestepClient
+from kubestep import _api as api
 
 from .harness import (
     E2E,
@@ -192,9 +192,9 @@ async def test_g_cancel_of_finished_runs_changes_nothing(
         control_plane.kubectl("-n", run_namespace, "patch", "wfx", h.id, "--type=merge",
                               "-p", '{"spec":{"cancelRequested":true}}')
 
-        async def ignored() -> bool:
+        async def ignored(name: str = h.id) -> bool:
             out = control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json",
-                                        "--field-selector", f"involvedObject.name={h.id},reason=CancelIgnored").stdout
+                                        "--field-selector", f"involvedObject.name={name},reason=CancelIgnored").stdout
             return bool(json.loads(out)["items"])
 
         await until(ignored, 15, "a CancelIgnored event")

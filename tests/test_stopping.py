@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import signal
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from kubestep import KubestepClient
 from kubestep import _api as api
 
-from .harness import E2E, LEASE_SECONDS, until, until_phase, wait_until
+from .harness import E2E, LEASE_SECONDS, until, until_phase
 
 local_only = pytest.mark.skipif(E2E, reason="starts/stops worker processes: local control plane only, not kind")
 

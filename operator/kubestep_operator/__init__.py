@@ -5,6 +5,4 @@ function; ``scheduling.Scheduler`` keeps every deadline and wake-up in one
 task; ``handlers`` wires both to kopf.
 """
 
-from .running import run
-
-__all__ = ["run"]
+__all__: list[str] = []  # run it with `kubestep operator` (cli.py); running.run(OperatorSettings) in code

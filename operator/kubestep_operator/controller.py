@@ -22,7 +22,6 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-
 from kubestep import _api as api
 from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError, TransportError
 from kubestep._kube import Kube
@@ -59,6 +58,7 @@ class Controller:
     scopes: list[Scope]
     lease_grace: dt.datetime  # a holder without a known Lease counts as gone from then on
     lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
+    grace_seconds: float = 30.0  # the grace period of runs whose spec does not set one
     writers: int = 8  # writes in flight at most
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
@@ -128,7 +128,7 @@ class Controller:
         if kind == "DELETED":
             self.forget(key)
             return
-        s = Snapshot.from_body(body)
+        s = Snapshot.from_body(body, self.grace_seconds)
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
             ended_by_it = s.phase == api.CANCELLED and (s.cancellation or {}).get("reason") == api.REQUESTED

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from typing import Any
 
 import kopf
 
 from kubestep import _api as api
 from kubestep._kube import Kube
+from kubestep._settings import OperatorSettings
 
 from .controller import Controller
-from .watching import Scope
+from .watching import scopes
 
 logger = logging.getLogger("kubestep.operator")
 
@@ -26,23 +26,23 @@ EVENT_SENDERS = 2
 SILENCE_LIMIT = 900.0  # seconds without a list, event or bookmark before the probe fails (watches end every 300 s)
 
 _controller: Controller | None = None
-scopes: list[Scope] = []  # set by running.run() before kopf starts
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global _controller
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only trouble
     settings.scanning.disabled = True  # kopf watches no resource, so it needs no CRD discovery (nor its RBAC)
-    lease_seconds = float(os.environ.get("KUBESTEP_LEASE_SECONDS", "15"))
-    writers = int(os.environ.get("KUBESTEP_OPERATOR_WRITERS", "8"))
+    ours: OperatorSettings = memo.settings
+    served = scopes(list(ours.namespaces), ours.all_namespaces)
     _controller = Controller(
-        kube=Kube(connections=writers + EVENT_SENDERS),
-        watch=Kube(connections=2 * len(scopes)),
-        scopes=scopes,
-        lease_grace=api.now() + dt.timedelta(seconds=lease_seconds),
-        lease_seconds=lease_seconds,
-        writers=writers,
+        kube=Kube(connections=ours.writers + EVENT_SENDERS),
+        watch=Kube(connections=2 * len(served)),
+        scopes=served,
+        lease_grace=api.now() + dt.timedelta(seconds=ours.lease_seconds),
+        lease_seconds=ours.lease_seconds,
+        grace_seconds=ours.grace_seconds,
+        writers=ours.writers,
         event_senders=EVENT_SENDERS,
     )
     _controller.start()

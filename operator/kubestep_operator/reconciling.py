@@ -51,7 +51,7 @@ class Snapshot:
     # What a user's cancel says (``spec.cancelReason``) and who asked: ``api.cancel_note``.
     cancel_note: dict[str, Any] = dataclasses.field(default_factory=dict)
     cancel_time: dt.datetime | None = None  # when the apiserver took the cancel (whole seconds)
-    grace_seconds: float = api.DEFAULT_GRACE_SECONDS
+    grace_seconds: float = 30.0
     queue_timeout_seconds: int | None = None
     queued_since: dt.datetime | None = None  # status.queuedAt, else the creation time
     waiting_for_topic: str | None = None
@@ -62,7 +62,7 @@ class Snapshot:
         return RunKey(self.namespace, self.name)
 
     @classmethod
-    def from_body(cls, body: Any) -> Snapshot:
+    def from_body(cls, body: Any, default_grace: float = 30.0) -> Snapshot:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
         topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.WAITING else None
         return cls(
@@ -87,7 +87,7 @@ class Snapshot:
             },
             cancel_note=api.cancel_note(body) if spec.get("cancelRequested") else {},
             cancel_time=api.cancel_time(meta) if spec.get("cancelRequested") else None,
-            grace_seconds=api.grace_seconds(spec),
+            grace_seconds=api.grace_seconds(spec, default_grace),
             queue_timeout_seconds=spec.get("queueTimeoutSeconds"),
             queued_since=api.parse_time(status.get("queuedAt") or meta.get("creationTimestamp")),
             waiting_for_topic=topic,

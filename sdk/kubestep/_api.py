@@ -8,7 +8,6 @@ format through this one module so the two writers cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any, Final
 
 GROUP: Final = "kubestep.io"
@@ -48,17 +47,11 @@ STEP_FAILED: Final = "Failed"
 STEP_INTERRUPTED: Final = "Interrupted"  # cut off by a hard stop or its own timeout: runs again on resume
 STEP_WAITING: Final = "Waiting"
 
-# The grace period a step in flight gets after a stop, when the run's spec does not say
-# (``spec.cancelGracePeriodSeconds``); the chart sets this for the operator and every worker.
-DEFAULT_GRACE_SECONDS: Final = 30
-
-
-def grace_seconds(spec: dict[str, Any]) -> float:
-    """The run's grace period: its own, else ``KUBESTEP_CANCEL_GRACE_SECONDS``, else 30 s."""
+def grace_seconds(spec: dict[str, Any], default: float) -> float:
+    """The run's grace period: its own (``spec.cancelGracePeriodSeconds``), else the installation's
+    (``KUBESTEP_CANCEL_GRACE_SECONDS``: ``_settings``)."""
     own = spec.get("cancelGracePeriodSeconds")
-    if own is not None:
-        return float(own)
-    return float(os.environ.get("KUBESTEP_CANCEL_GRACE_SECONDS") or DEFAULT_GRACE_SECONDS)
+    return float(own) if own is not None else default
 
 
 ANNOTATION_CANCELLED_BY: Final = "kubestep.io/cancel-requested-by"  # set by the optional admission policy
@@ -115,12 +108,12 @@ COND_SCHEDULED: Final = "Scheduled"
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def fmt_time(t: dt.datetime) -> str:
     """RFC 3339 with microseconds; the CRD's date-time format accepts fractions."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(s: str | None) -> dt.datetime | None:

@@ -5,6 +5,7 @@ local control plane)."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -24,12 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--lease-seconds", type=int, help="liveness lease duration (default $KUBESTEP_LEASE_SECONDS or 15)")
     w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
 
-    o = sub.add_parser("operator", help="run the operator (needs the [operator] extra)")
-    o.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
-    o.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    o.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    o.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
-    o.add_argument("--verbose", "-v", action="store_true")
+    # Commands of other packages (the operator's): found by entry point, so the SDK imports none of them.
+    for entry in importlib.metadata.entry_points(group="kubestep.commands"):
+        entry.load()(sub)
 
     from ._dev.cli import add_dev_parser  # imports without the [dev] extra; `up` names it if missing
 
@@ -47,17 +45,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "worker":
         if args.concurrency < 1:
             parser.error("--concurrency must be at least 1")
+        from ._settings import WorkerSettings
         from ._worker.main import run as run_worker
 
-        run_worker(args.module, args.concurrency, args.namespace, args.lease_seconds, args.metrics_port)
-    elif args.command == "operator":
-        try:
-            from kubestep_operator import run as run_operator
-        except ImportError as e:
-            sys.exit(f"kubestep operator needs the operator extra: pip install 'kubestep[operator]' ({e})")
-        run_operator(args.namespace, all_namespaces=args.all_namespaces, liveness_endpoint=args.liveness,
-                     verbose=args.verbose,
-                     metrics_port=args.metrics_port)
+        run_worker(WorkerSettings.load(args.module, concurrency=args.concurrency, namespace=args.namespace,
+                                       lease_seconds=args.lease_seconds, metrics_port=args.metrics_port))
     else:
         sys.exit(args.func(args))
 

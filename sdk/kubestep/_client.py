@@ -185,7 +185,7 @@ class KubestepClient:
 
         try:
             return await asyncio.wait_for(follow(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ResultTimeoutError(f"execution {execution_id} did not finish within {timeout} s") from None
 
 

@@ -87,7 +87,7 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     return configuration, namespace
 
 
-POOL_SIZE = int(os.environ.get("KUBESTEP_HTTP_CONNECTIONS", "24"))
+POOL_SIZE = 24  # connections per client unless told (the worker's: KUBESTEP_HTTP_CONNECTIONS, _settings)
 REQUEST_TIMEOUT = 30.0
 
 
@@ -96,8 +96,8 @@ class Kube:
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None,
                  connections: int | None = None) -> None:
-        """``connections``: the pool size (default ``KUBESTEP_HTTP_CONNECTIONS``). A caller that bounds
-        its own requests in flight sizes the pool to match, so no request waits for a connection."""
+        """``connections``: the pool size (default 24). A caller that bounds its own requests in flight
+        sizes the pool to match, so no request waits for a connection."""
         self._connections = connections or POOL_SIZE
         self._configuration, self.default_namespace = load_configuration(kubeconfig, context)
         self._ssl: ssl.SSLContext | bool
@@ -174,7 +174,7 @@ class Kube:
             try:
                 async with self._client().request(method, url, data=data, params=params, headers=headers) as r:
                     status, body, retry_after = r.status, await r.read(), r.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 raise TransportError(f"{method} {path}: {e!r}") from e
             if status != 429:
                 break
@@ -264,7 +264,7 @@ class Kube:
                             yield json.loads(line)
                 if pending.strip():
                     yield json.loads(pending)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise TransportError(f"watch {path}: {e!r}") from e
 
     async def post_event(

@@ -11,7 +11,6 @@ write to the apiserver, and its latency bounds how fast steps and cancels go
 from __future__ import annotations
 
 import logging
-import os
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -46,9 +45,7 @@ STATUS_WRITE_SECONDS = Histogram(
 
 
 def serve(port: int | None) -> None:
-    """Starts the /metrics endpoint on ``port`` (all interfaces) when one is given:
-    the flag, else ``$KUBESTEP_METRICS_PORT``; 0 or unset serves nothing."""
-    port = port if port is not None else int(os.environ.get("KUBESTEP_METRICS_PORT") or 0)
+    """Starts the /metrics endpoint on ``port`` (all interfaces) when one is given (``_settings``)."""
     if port:
         start_http_server(port)
         logger.info("metrics on :%d/metrics", port)

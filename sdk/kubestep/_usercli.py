@@ -229,9 +229,9 @@ def _print_objects(output: str, objs: list[dict[str, Any]], namespace: str, *, s
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
     for line in [headers, *rows]:
-        print("   ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+        print("   ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _dump(output: str, data: Any) -> None:
@@ -364,7 +364,7 @@ async def _follow(client: KubestepClient, name: str) -> int:
     path = api.execution_path(client.namespace)
     params = {"fieldSelector": f"metadata.name={name}"}
     seen: dict[str, str] = {}
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     display = _Display(console, name) if live else None
     try:
         if display is not None:

@@ -49,7 +49,7 @@ from ._workflow import Workflow
 
 __all__ = ["TestRun", "WorkflowEnvironment"]
 
-START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass
@@ -283,7 +283,7 @@ class WorkflowEnvironment:
             except StopExecution as e:
                 reason_ = api.GRACE_EXPIRED if run.hard else (run.stop.reason if run.stop else api.REQUESTED)
                 return self._ended(run, api.CANCELLED, reason_, segment, error=e)
-            except Exception as e:  # noqa: BLE001  (the workflow's own error)
+            except Exception as e:
                 if run.stop is not None:
                     return self._ended(run, api.CANCELLED, run.stop.reason, segment, error=e)
                 return self._ended(run, api.FAILED, "WorkflowError", segment, error=e)

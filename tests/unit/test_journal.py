@@ -23,9 +23,9 @@ def test_the_oldest_run_of_one_level_is_merged_first() -> None:
 def test_the_list_stays_logarithmic_however_many_chunks_are_archived() -> None:
     chain: list[dict[str, object]] = []
     for n in range(5000):
-        chain = chain + refs(0)
+        chain = [*chain, *refs(0)]
         plan = journal.merge_plan(chain)
         if plan is not None:
             first, end, level = plan
-            chain = chain[:first] + [{"configMap": f"m{n}", "steps": 0, "level": level + 1}] + chain[end:]
+            chain = [*chain[:first], {"configMap": f"m{n}", "steps": 0, "level": level + 1}, *chain[end:]]
     assert len(chain) <= journal.FANOUT * 4

@@ -8,7 +8,7 @@ from typing import Any
 from kubestep import _api as api
 from kubestep_operator.reconciling import Liveness, Snapshot, decide
 
-T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def snap(phase: str | None, *, cancel: bool = False, worker: str | None = None, deadline: dt.datetime | None = None,
@@ -165,7 +165,7 @@ def test_queue_timeout_counts_from_the_last_time_the_run_was_queued() -> None:
     assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.QUEUE_TIMEOUT
     # Without queuedAt (written before this field existed): from creation.
     old = snap(api.QUEUED, spec={"queueTimeoutSeconds": 60})
-    assert old.queued_since == dt.datetime(2026, 11, 25, 11, 59, tzinfo=dt.timezone.utc)
+    assert old.queued_since == dt.datetime(2026, 11, 25, 11, 59, tzinfo=dt.UTC)
 
 
 def test_every_return_to_queued_restarts_the_queue_clock() -> None:

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from kubestep import WorkflowContext, workflow
+from kubestep import WorkflowContext, examples, workflow
 from kubestep import _api as api
-from kubestep import examples
 from kubestep.testing import WorkflowEnvironment
 
 CALLS: list[str] = []
@@ -35,7 +34,7 @@ async def test_a_wait_skips_time_and_the_run_resumes_by_replay() -> None:
     assert run.phase == api.COMPLETED and run.result == ["a", "b"]
     assert CALLS == ["a", "b"], "a completed step is never run twice"
     assert run.segments == 2 and run.clock == env.now()
-    assert env.now() >= dt.datetime(2026, 1, 1, 6, tzinfo=dt.timezone.utc)
+    assert env.now() >= dt.datetime(2026, 1, 1, 6, tzinfo=dt.UTC)
 
 
 async def test_a_cancel_at_a_boundary_records_the_step_in_flight_and_starts_no_other() -> None:

@@ -121,7 +121,7 @@ def ensure_pki(directory: Path) -> Pki:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:

@@ -7,36 +7,33 @@ import concurrent.futures
 import importlib
 import logging
 import os
-import socket
 import sys
 
 from .._kube import Kube
 from .._metrics import serve as serve_metrics
+from .._settings import WorkerSettings
 from .._workflow import registered
 from .worker import EXIT_RESTART, Worker
 
 
-def run(module: str, concurrency: int, namespace: str | None, lease_seconds: int | None,
-        metrics_port: int | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("KUBESTEP_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(settings: WorkerSettings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())
-    importlib.import_module(module)
+    importlib.import_module(settings.module)
     workflows = registered()
     if not workflows:
-        raise SystemExit(f"kubestep worker: module {module!r} declares no @workflow")
-    serve_metrics(metrics_port)
+        raise SystemExit(f"kubestep worker: module {settings.module!r} declares no @workflow")
+    serve_metrics(settings.metrics_port)
 
     async def main() -> None:
         # Synchronous steps run in threads: one per run it may hold, and a few to spare (asyncio's
         # default is min(32, CPUs + 4), fewer than the runs a 2-CPU worker holds).
-        asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=concurrency + 4, thread_name_prefix="kubestep-step"))
-        kube = Kube()
-        ns = namespace or os.environ.get("POD_NAMESPACE") or kube.default_namespace or "default"
-        name = os.environ.get("POD_NAME") or socket.gethostname()
-        seconds = lease_seconds or int(os.environ.get("KUBESTEP_LEASE_SECONDS", "15"))
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.concurrency + 4, thread_name_prefix="kubestep-step"))
+        kube = Kube(connections=settings.http_connections)
         control = Kube()
-        worker = Worker(kube, workflows, ns, name, concurrency, seconds, os.environ.get("POD_UID"), control=control)
+        namespace = settings.namespace or kube.default_namespace or "default"
+        worker = Worker(kube, workflows, namespace, settings, control=control)
         worker.install_signal_handlers()
         try:
             await worker.run()

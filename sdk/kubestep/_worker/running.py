@@ -29,7 +29,6 @@ import datetime as dt
 import inspect
 import json
 import logging
-import os
 import threading
 import time
 import traceback
@@ -56,6 +55,7 @@ from .._errors import (
 )
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
+from .._settings import WorkerSettings
 from .._workflow import Workflow
 from .stopping import StopRules
 
@@ -153,7 +153,7 @@ class Run:
     """The worker-side state of one execution while this worker holds it."""
 
     def __init__(self, kube: Kube, workflow: Workflow, obj: dict[str, Any], worker: str,
-                 control: Kube | None = None) -> None:
+                 settings: WorkerSettings, control: Kube | None = None) -> None:
         self.kube = kube  # step records and the journal: the busy lane
         # Claims and endings (a cancel's Cancelled write above all) on connections of their own,
         # so they never wait behind other runs' step writes in the pool.
@@ -173,9 +173,9 @@ class Run:
         self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
         self._archived = 0  # records of self.steps in journal ConfigMaps
         self._server_archived = 0  # ... as status.journal on the server lists them
-        self.window = int(os.environ.get("KUBESTEP_STATUS_STEPS", str(journal.STATUS_STEPS)))
+        self.window = settings.status_steps
         self.attempt: int = int(status.get("attempt") or 0)
-        self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}))
+        self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}, settings.grace_seconds))
         self.handback = False
         self.lost = False
         self.claimed = False
@@ -192,7 +192,7 @@ class Run:
         self._seen: set[str] = set()
         self._flushed = len(self.steps)  # records the server has, as a prefix of self.steps
         self._dirty: set[int] = set()  # indices below _flushed replaced since
-        self.checkpoint_seconds = float(os.environ.get("KUBESTEP_CHECKPOINT_SECONDS", "0"))
+        self.checkpoint_seconds = settings.checkpoint_seconds
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)

@@ -30,6 +30,7 @@ from .. import _api as api
 from .._errors import ApiError, NotFoundError, TransportError
 from .._kube import Kube
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
+from .._settings import WorkerSettings
 from .._workflow import Workflow
 from .leasing import WorkerLease
 from .running import Run, _newer, _Release, let_go
@@ -45,10 +46,7 @@ class Worker:
         kube: Kube,
         workflows: dict[str, Workflow],
         namespace: str,
-        name: str,
-        concurrency: int = 10,
-        lease_seconds: int = 15,
-        pod_uid: str | None = None,
+        settings: WorkerSettings,
         control: Kube | None = None,
     ) -> None:
         if not workflows:
@@ -60,9 +58,11 @@ class Worker:
         self.control = control or kube
         self.workflows = workflows
         self.namespace = namespace
-        self.name = name
-        self.concurrency = concurrency
-        self.lease = WorkerLease(self.control, namespace, name, sorted(workflows), lease_seconds, pod_uid)
+        self.name = name = settings.name
+        self.concurrency = settings.concurrency
+        self.settings = settings
+        self.lease = WorkerLease(self.control, namespace, name, sorted(workflows), settings.lease_seconds,
+                                 settings.pod_uid)
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
@@ -204,7 +204,8 @@ class Worker:
     def _start(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         self._queued.pop(name, None)
-        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, control=self.control)
+        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, self.settings,
+                  control=self.control)
         run.on_abandoned = self.on_abandoned
         self.runs[name] = run
         self._spawn(self._drive(run))

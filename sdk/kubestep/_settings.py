@@ -1,0 +1,104 @@
+"""Settings of a worker and of the operator: built once, from flags, then the environment, then the
+defaults, and passed down. Nothing else reads the environment (kopf's ``OperatorSettings`` is the model).
+
+| setting | flag | environment | default |
+|---|---|---|---|
+| lease duration (s) | ``--lease-seconds`` | ``KUBESTEP_LEASE_SECONDS`` | 15 |
+| grace period after a stop (s) | | ``KUBESTEP_CANCEL_GRACE_SECONDS`` | 30 |
+| metrics port | ``--metrics-port`` | ``KUBESTEP_METRICS_PORT`` | off |
+| worker: runs at once | ``--concurrency`` | | 10 |
+| worker: checkpoint interval (s) | | ``KUBESTEP_CHECKPOINT_SECONDS`` | 0 (every step) |
+| worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
+| worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
+| worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
+| worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name, kubeconfig's namespace |
+| operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+LEASE_SECONDS = 15
+GRACE_SECONDS = 30.0
+STATUS_STEPS = 8
+HTTP_CONNECTIONS = 24
+OPERATOR_WRITERS = 8
+
+
+def _pick(flag: Any, env: Mapping[str, str], name: str, default: Any, kind: type = str) -> Any:
+    if flag is not None:
+        return flag
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    module: str
+    namespace: str | None = None  # None: the kubeconfig's
+    name: str = dataclasses.field(default_factory=socket.gethostname)
+    pod_uid: str | None = None
+    concurrency: int = 10
+    lease_seconds: int = LEASE_SECONDS
+    grace_seconds: float = GRACE_SECONDS
+    checkpoint_seconds: float = 0.0
+    status_steps: int = STATUS_STEPS
+    http_connections: int = HTTP_CONNECTIONS
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, module: str, *, env: Mapping[str, str] = os.environ, concurrency: int | None = None,
+             namespace: str | None = None, lease_seconds: int | None = None,
+             metrics_port: int | None = None) -> WorkerSettings:
+        return cls(
+            module=module,
+            namespace=namespace or env.get("POD_NAMESPACE") or None,
+            name=env.get("POD_NAME") or socket.gethostname(),
+            pod_uid=env.get("POD_UID") or None,
+            concurrency=concurrency if concurrency is not None else 10,
+            lease_seconds=_pick(lease_seconds, env, "KUBESTEP_LEASE_SECONDS", LEASE_SECONDS, int),
+            grace_seconds=_pick(None, env, "KUBESTEP_CANCEL_GRACE_SECONDS", GRACE_SECONDS, float),
+            checkpoint_seconds=_pick(None, env, "KUBESTEP_CHECKPOINT_SECONDS", 0.0, float),
+            status_steps=_pick(None, env, "KUBESTEP_STATUS_STEPS", STATUS_STEPS, int),
+            http_connections=_pick(None, env, "KUBESTEP_HTTP_CONNECTIONS", HTTP_CONNECTIONS, int),
+            metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
+            log_level=_pick(None, env, "KUBESTEP_LOG_LEVEL", "INFO").upper(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    lease_seconds: int = LEASE_SECONDS
+    grace_seconds: float = GRACE_SECONDS
+    writers: int = OPERATOR_WRITERS
+    metrics_port: int | None = None
+    liveness_endpoint: str | None = None
+    verbose: bool = False
+
+    @classmethod
+    def load(cls, *, env: Mapping[str, str] = os.environ, namespaces: tuple[str, ...] = (),
+             all_namespaces: bool = False, metrics_port: int | None = None, liveness_endpoint: str | None = None,
+             verbose: bool = False) -> OperatorSettings:
+        return cls(
+            namespaces=tuple(namespaces),
+            all_namespaces=all_namespaces,
+            lease_seconds=_pick(None, env, "KUBESTEP_LEASE_SECONDS", LEASE_SECONDS, int),
+            grace_seconds=_pick(None, env, "KUBESTEP_CANCEL_GRACE_SECONDS", GRACE_SECONDS, float),
+            writers=_pick(None, env, "KUBESTEP_OPERATOR_WRITERS", OPERATOR_WRITERS, int),
+            metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
+            liveness_endpoint=liveness_endpoint,
+            verbose=verbose,
+        )
