@@ -57,8 +57,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
-            "mean": statistics.fmean(ms), "max": max(ms)}
+    return {
+        "n": len(ms),
+        "p50": pct(ms, 50),
+        "p95": pct(ms, 95),
+        "p99": pct(ms, 99),
+        "mean": statistics.fmean(ms),
+        "max": max(ms),
+    }
 
 
 class Watcher:
@@ -161,16 +167,20 @@ async def cancel_one(client: KubestepClient, watcher: Watcher, name: str) -> flo
     if os.environ.get("BENCH_DIAG"):
         st = (await client.get_execution(name)).status
         c = st.cancellation
-        print(f"  diag: total {1000*(t1-t0):.0f} ms; operator saw it {1000*(c.requested_at.timestamp()-wall):.0f}; "
-              f"worker acknowledged {1000*(c.acknowledged_at.timestamp()-wall):.0f} by {c.acknowledged_by}; "
-              f"reason {st.reason}", file=sys.stderr)
+        print(
+            f"  diag: total {1000 * (t1 - t0):.0f} ms; operator saw it {1000 * (c.requested_at.timestamp() - wall):.0f}; "
+            f"worker acknowledged {1000 * (c.acknowledged_at.timestamp() - wall):.0f} by {c.acknowledged_by}; "
+            f"reason {st.reason}",
+            file=sys.stderr,
+        )
     if phase != api.CANCELLED:
         return None
     return (t1 - t0) * 1000
 
 
-async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: int, samples: int,
-                         steps_per_run: int) -> list[float]:
+async def cancel_latency(
+    client: KubestepClient, watcher: Watcher, concurrent: int, samples: int, steps_per_run: int
+) -> list[float]:
     """Keeps `concurrent` runs of 10 ms steps going; cancels one at a time, mid-step."""
     pool: set[str] = set()
     stop = asyncio.Event()
@@ -179,14 +189,22 @@ async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: i
         while not stop.is_set():
             pool.difference_update({n for n in pool if _phase(watcher.latest.get(n)) in api.TERMINAL_PHASES})
             if len(pool) < concurrent:
-                handles = await asyncio.gather(*(client.start("steps", {"count": steps_per_run, "seconds": 0.01})
-                                                 for _ in range(concurrent - len(pool))))
+                handles = await asyncio.gather(
+                    *(
+                        client.start("steps", {"count": steps_per_run, "seconds": 0.01})
+                        for _ in range(concurrent - len(pool))
+                    )
+                )
                 pool.update(h.id for h in handles)
             await asyncio.sleep(0.05)
 
     def running() -> list[str]:
-        return [n for n in pool if _phase(watcher.latest.get(n)) == api.RUNNING
-                and ((watcher.latest[n].get("status") or {}).get("stepsCompleted") or 0) < steps_per_run // 2]
+        return [
+            n
+            for n in pool
+            if _phase(watcher.latest.get(n)) == api.RUNNING
+            and ((watcher.latest[n].get("status") or {}).get("stepsCompleted") or 0) < steps_per_run // 2
+        ]
 
     refiller = asyncio.create_task(refill())
     start = time.monotonic()
@@ -215,16 +233,18 @@ async def cancel_latency(client: KubestepClient, watcher: Watcher, concurrent: i
     return out
 
 
-async def timeout_overshoot(client: KubestepClient, watcher: Watcher, samples: int, batch: int = 10,
-                            beside: int = 0) -> list[float]:
+async def timeout_overshoot(
+    client: KubestepClient, watcher: Watcher, samples: int, batch: int = 10, beside: int = 0
+) -> list[float]:
     """``batch`` runs at a time with a 1 s budget; with ``beside`` > 0, while that many others step."""
     others = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(beside)))
     if others:
         await asyncio.gather(*(watcher.expect(h.id, api.RUNNING) for h in others))
     out: list[float] = []
     while len(out) < samples:
-        handles = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}, run_timeout_seconds=1)
-                                         for _ in range(batch)))
+        handles = await asyncio.gather(
+            *(client.start("until-cancelled", {"seconds": 0.01}, run_timeout_seconds=1) for _ in range(batch))
+        )
         await asyncio.gather(*(watcher.expect(h.id, api.CANCELLED) for h in handles))
         for h in handles:
             e = await h.status()
@@ -261,10 +281,24 @@ async def job_overshoot(client: KubestepClient, samples: int, deadline: int = 2)
 
     task = asyncio.ensure_future(follow(listing["metadata"]["resourceVersion"]))
     for i in range(samples):
-        await kube.create(path, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"peer-{i}"},
-                                 "spec": {"activeDeadlineSeconds": deadline, "backoffLimit": 0, "template": {"spec": {
-                                     "restartPolicy": "Never",
-                                     "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
+        await kube.create(
+            path,
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": f"peer-{i}"},
+                "spec": {
+                    "activeDeadlineSeconds": deadline,
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}],
+                        }
+                    },
+                },
+            },
+        )
         await asyncio.sleep(0.2)
     await asyncio.wait_for(task, deadline + 120)
     return [(failed[n] - started[n] - deadline) * 1000 for n in failed if n in started]
@@ -272,21 +306,25 @@ async def job_overshoot(client: KubestepClient, samples: int, deadline: int = 2)
 
 def table(results: dict[str, Any]) -> str:
     rows = ["| measurement | n | p50 ms | p95 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
-    for key, label in [("floor_patch_to_watch", "floor: apiserver patch → watch event"),
-                       ("cancel_1", "cancel → Cancelled, 1 run (10 ms steps)"),
-                       ("cancel_100", f"cancel → Cancelled, {results['concurrent']} concurrent runs"),
-                       ("cancel_100_request", "… of which the cancel request's own round trip"),
-                       ("timeout_overshoot", "timeout overshoot (finishedAt − deadline), 1 run at a time"),
-                       ("timeout_overshoot_100", f"timeout overshoot beside {results['concurrent']} runs"),
-                       ("job_overshoot", "Kubernetes Job controller: activeDeadlineSeconds overshoot")]:
+    for key, label in [
+        ("floor_patch_to_watch", "floor: apiserver patch → watch event"),
+        ("cancel_1", "cancel → Cancelled, 1 run (10 ms steps)"),
+        ("cancel_100", f"cancel → Cancelled, {results['concurrent']} concurrent runs"),
+        ("cancel_100_request", "… of which the cancel request's own round trip"),
+        ("timeout_overshoot", "timeout overshoot (finishedAt − deadline), 1 run at a time"),
+        ("timeout_overshoot_100", f"timeout overshoot beside {results['concurrent']} runs"),
+        ("job_overshoot", "Kubernetes Job controller: activeDeadlineSeconds overshoot"),
+    ]:
         if key not in results:
             continue
         s = results[key]
         rows.append(f"| {label} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
     r = results
     rows.append("")
-    rows.append(f"cancel p50 / floor p50: {r['cancel_1']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× (1 run), "
-                f"{r['cancel_100']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× ({r['concurrent']} runs; goal ≤ 5×)")
+    rows.append(
+        f"cancel p50 / floor p50: {r['cancel_1']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× (1 run), "
+        f"{r['cancel_100']['p50'] / r['floor_patch_to_watch']['p50']:.1f}× ({r['concurrent']} runs; goal ≤ 5×)"
+    )
     return "\n".join(rows)
 
 
@@ -295,12 +333,26 @@ def install_chart(plane: ControlPlane, ns: str) -> tuple[Path, Path]:
     kubeconfigs for its operator and worker service accounts."""
     import subprocess
 
-    subprocess.run([str(find_binary("helm")), "install", "kubestep", str(REPO / "charts" / "kubestep"),
-                    "--kubeconfig", str(plane.kubeconfig), "--namespace", ns],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(find_binary("helm")),
+            "install",
+            "kubestep",
+            str(REPO / "charts" / "kubestep"),
+            "--kubeconfig",
+            str(plane.kubeconfig),
+            "--namespace",
+            ns,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     work = plane.state_dir / "bench-kubeconfigs"
-    return (plane.kubeconfig_for_service_account(ns, "kubestep-operator", work / "operator.yaml"),
-            plane.kubeconfig_for_service_account(ns, "kubestep-worker", work / "worker.yaml"))
+    return (
+        plane.kubeconfig_for_service_account(ns, "kubestep-operator", work / "operator.yaml"),
+        plane.kubeconfig_for_service_account(ns, "kubestep-worker", work / "worker.yaml"),
+    )
 
 
 async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
@@ -308,32 +360,46 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, An
     logs = HERE / "results" / "logs"
     kubeconfig = plane.kubeconfig
     async with KubestepClient(namespace=ns, kubeconfig=str(kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         as_operator, as_worker = install_chart(plane, ns)
-        procs = [start_operator(as_operator, logs, [ns]),
-                 start_worker(as_worker, logs, ns, "bench-worker", concurrency=args.concurrent + 10,
-                              env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)})]
+        procs = [
+            start_operator(as_operator, logs, [ns]),
+            start_worker(
+                as_worker,
+                logs,
+                ns,
+                "bench-worker",
+                concurrency=args.concurrent + 10,
+                env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)},
+            ),
+        ]
         watcher = Watcher(client)
         try:
             await watcher.start()
             await asyncio.sleep(2)
-            results: dict[str, Any] = {"concurrent": args.concurrent, "steps_per_run": args.steps,
-                                       "checkpoint_seconds": args.checkpoint_seconds}
+            results: dict[str, Any] = {
+                "concurrent": args.concurrent,
+                "steps_per_run": args.steps,
+                "checkpoint_seconds": args.checkpoint_seconds,
+            }
             print("floor ...", file=sys.stderr)
             results["floor_patch_to_watch"] = summary(await floor(client, args.samples * 2))
             print("cancel, 1 run ...", file=sys.stderr)
             results["cancel_1"] = summary(await cancel_latency(client, watcher, 1, args.samples, args.steps))
             print(f"cancel, {args.concurrent} runs ...", file=sys.stderr)
             PATCH_MS.clear()
-            results["cancel_100"] = summary(await cancel_latency(client, watcher, args.concurrent, args.samples,
-                                                                 args.steps))
+            results["cancel_100"] = summary(
+                await cancel_latency(client, watcher, args.concurrent, args.samples, args.steps)
+            )
             results["cancel_100_request"] = summary(PATCH_MS)
             print("timeout overshoot ...", file=sys.stderr)
             results["timeout_overshoot"] = summary(await timeout_overshoot(client, watcher, args.samples, batch=1))
             print(f"timeout overshoot beside {args.concurrent} runs ...", file=sys.stderr)
-            results["timeout_overshoot_100"] = summary(await timeout_overshoot(
-                client, watcher, args.samples, batch=10, beside=args.concurrent - 10))
+            results["timeout_overshoot_100"] = summary(
+                await timeout_overshoot(client, watcher, args.samples, batch=10, beside=args.concurrent - 10)
+            )
             print("Job controller overshoot ...", file=sys.stderr)
             results["job_overshoot"] = summary(await job_overshoot(client, min(args.samples, 30)))
             return results
@@ -350,8 +416,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--concurrent", type=int, default=100)
     parser.add_argument("--steps", type=int, default=300, help="10 ms steps per run (runs are replaced as they end)")
-    parser.add_argument("--checkpoint-seconds", type=float, default=0.0,
-                        help="worker's KUBESTEP_CHECKPOINT_SECONDS (0: every step durable before the next)")
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=0.0,
+        help="worker's KUBESTEP_CHECKPOINT_SECONDS (0: every step durable before the next)",
+    )
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     state = Path(os.path.expanduser("~/.cache/kubestep/bench"))
@@ -362,15 +432,22 @@ def main() -> None:
         results = asyncio.run(measure(plane, args))
     finally:
         plane.down()
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "cancel_latency" if not args.checkpoint_seconds else f"cancel_latency_checkpoint_{args.checkpoint_seconds:g}s"
+    stem = (
+        "cancel_latency" if not args.checkpoint_seconds else f"cancel_latency_checkpoint_{args.checkpoint_seconds:g}s"
+    )
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = (f"Worker checkpoint interval: {args.checkpoint_seconds:g} s "
-          f"({'every step durable before the next' if not args.checkpoint_seconds else 'batched'}); "
-          f"{args.steps} steps of 10 ms per run.\n\n" + table(results))
+    md = (
+        f"Worker checkpoint interval: {args.checkpoint_seconds:g} s "
+        f"({'every step durable before the next' if not args.checkpoint_seconds else 'batched'}); "
+        f"{args.steps} steps of 10 ms per run.\n\n" + table(results)
+    )
     (out / f"{stem}.md").write_text(md + "\n")
     print(md)
 

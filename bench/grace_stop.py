@@ -31,8 +31,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
     ns = f"grace-{uuid.uuid4().hex[:6]}"
     logs = HERE / "results" / "logs"
     async with KubestepClient(namespace=ns, kubeconfig=str(kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         operator = start_operator(kubeconfig, logs, [ns], lease_seconds=5)
         worker: Proc | None = None
         rows = []
@@ -43,8 +44,11 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
                     if worker is None or not worker.alive():
                         worker = start_worker(kubeconfig, logs, ns, concurrency=4, lease_seconds=5)
                         await asyncio.sleep(2)  # its Lease, then the operator knows it
-                    h = await client.start("hang", {"kind": kind, "seconds": 3600, "cleanup": False},
-                                           cancel_grace_period_seconds=args.grace)
+                    h = await client.start(
+                        "hang",
+                        {"kind": kind, "seconds": 3600, "cleanup": False},
+                        cancel_grace_period_seconds=args.grace,
+                    )
                     while True:
                         e = await client.get_execution(h.id)
                         if e.status.phase == api.RUNNING and any(s.key == "first" for s in e.status.steps):
@@ -68,7 +72,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
                     p.stop()
             await client._kube.delete(f"/api/v1/namespaces/{ns}")
     print(f"\ngrace period {args.grace:g} s, {args.samples} runs per kind; ms from the end of the grace period")
-    print("| step | run ended after the grace period: p50 / max (ms) | worker exit after the run ended: p50 / max (ms) |")
+    print(
+        "| step | run ended after the grace period: p50 / max (ms) | worker exit after the run ended: p50 / max (ms) |"
+    )
     print("|---|---:|---:|")
     for kind, overshoot, exits in rows:
         ex = f"{statistics.median(exits):.0f} / {max(exits):.0f}" if exits else "— (no restart)"
@@ -81,8 +87,9 @@ def main() -> None:
     ap.add_argument("--grace", type=int, default=1)
     ap.add_argument("--kinds", nargs="+", default=["async", "sync", "stubborn"])
     args = ap.parse_args()
-    plane = ControlPlane(state_dir=Path(f"/tmp/kubestep-grace-{uuid.uuid4().hex[:6]}"), ports=Ports.free(),
-                         progress=None)
+    plane = ControlPlane(
+        state_dir=Path(f"/tmp/kubestep-grace-{uuid.uuid4().hex[:6]}"), ports=Ports.free(), progress=None
+    )
     plane.up()
     try:
         asyncio.run(measure(plane.kubeconfig, args))

@@ -47,8 +47,12 @@ def writes(port: int) -> float:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return float("nan")
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "kubestep_operator_write_seconds_count")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "kubestep_operator_write_seconds_count"
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -158,11 +162,15 @@ async def main() -> None:
             rows.append(row)
     finally:
         plane.down(purge=True)
-    print("\n| runs waiting | all queued (s) | cancel honoured (s) | queued before the cancel | writes/s | SIGTERM → exit (s) |")
+    print(
+        "\n| runs waiting | all queued (s) | cancel honoured (s) | queued before the cancel | writes/s | SIGTERM → exit (s) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['runs']} | {r['all_queued_s']} | {r['cancel_honoured_s']} | {r['queued_before_cancel']} "
-              f"| {r['writes_per_s']} | {r['sigterm_exit_s']} |")
+        print(
+            f"| {r['runs']} | {r['all_queued_s']} | {r['cancel_honoured_s']} | {r['queued_before_cancel']} "
+            f"| {r['writes_per_s']} | {r['sigterm_exit_s']} |"
+        )
 
 
 if __name__ == "__main__":

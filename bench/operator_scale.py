@@ -61,15 +61,27 @@ async def populate(client: KubestepClient, n: int) -> list[str]:
     async def one(i: int, name: str) -> None:
         async with gate:
             kind = i % 3
-            await client.start("nobody-serves-this" if kind == 0 else "served", None, name=name,
-                               run_timeout_seconds=3600)
+            await client.start(
+                "nobody-serves-this" if kind == 0 else "served", None, name=name, run_timeout_seconds=3600
+            )
             if kind == 0:
                 return
             obj = await kube.get(api.execution_path(ns, name))
-            status: dict[str, Any] = {"phase": api.WAITING, "wakeAt": api.fmt_time(now + dt.timedelta(hours=1)),
-                                      "waitingFor": {"key": "pause"}} if kind == 1 else {
-                "phase": api.RUNNING, "worker": GHOST, "attempt": 1, "startedAt": api.fmt_time(now),
-                "deadline": api.fmt_time(now + dt.timedelta(hours=1))}
+            status: dict[str, Any] = (
+                {
+                    "phase": api.WAITING,
+                    "wakeAt": api.fmt_time(now + dt.timedelta(hours=1)),
+                    "waitingFor": {"key": "pause"},
+                }
+                if kind == 1
+                else {
+                    "phase": api.RUNNING,
+                    "worker": GHOST,
+                    "attempt": 1,
+                    "startedAt": api.fmt_time(now),
+                    "deadline": api.fmt_time(now + dt.timedelta(hours=1)),
+                }
+            )
             await kube.update_status(obj, status)
 
     await asyncio.gather(*(one(i, name) for i, name in enumerate(names)))
@@ -79,9 +91,19 @@ async def populate(client: KubestepClient, n: int) -> list[str]:
 async def keep_lease(client: KubestepClient) -> None:
     path = f"/apis/coordination.k8s.io/v1/namespaces/{client.namespace}/leases"
     name = f"{api.LEASE_PREFIX}{GHOST}"
-    await client._kube.create(path, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
-        "name": name, "labels": {api.LABEL_WORKER: "true"}, "annotations": {api.ANNOTATION_WORKFLOWS: "served"}},
-        "spec": {"holderIdentity": GHOST, "leaseDurationSeconds": 15, "renewTime": api.fmt_time(api.now())}})
+    await client._kube.create(
+        path,
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "labels": {api.LABEL_WORKER: "true"},
+                "annotations": {api.ANNOTATION_WORKFLOWS: "served"},
+            },
+            "spec": {"holderIdentity": GHOST, "leaseDurationSeconds": 15, "renewTime": api.fmt_time(api.now())},
+        },
+    )
     while True:
         await asyncio.sleep(5)
         await client._kube.merge_patch(f"{path}/{name}", {"spec": {"renewTime": api.fmt_time(api.now())}})
@@ -101,8 +123,9 @@ async def operator_at(plane: ControlPlane, n: int, idle: float) -> dict[str, Any
     ns = f"scale-{n}-{uuid.uuid4().hex[:4]}"
     res: dict[str, Any] = {"runs": n}
     async with KubestepClient(namespace=ns, kubeconfig=str(plane.kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         lease = asyncio.create_task(keep_lease(client))
         op: Proc | None = None
         try:
@@ -142,27 +165,33 @@ async def worker_memory(plane: ControlPlane) -> dict[str, Any]:
     ns = f"wmem-{uuid.uuid4().hex[:4]}"
     res: dict[str, Any] = {}
     async with KubestepClient(namespace=ns, kubeconfig=str(plane.kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         op = start_operator(plane.kubeconfig, LOGS, [ns])
         worker = start_worker(plane.kubeconfig, LOGS, ns, "mem-worker", concurrency=1100)
         try:
             await asyncio.sleep(4)
             base = usage(worker.pid)[1]
             running = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 1}) for _ in range(200)))
-            while len((await client._kube.get(api.execution_path(ns), {"fieldSelector": "status.phase=Running"}))
-                      ["items"]) < 200:
+            while (
+                len(
+                    (await client._kube.get(api.execution_path(ns), {"fieldSelector": "status.phase=Running"}))["items"]
+                )
+                < 200
+            ):
                 await asyncio.sleep(1)
             await asyncio.sleep(5)
             held = usage(worker.pid)[1]
             res["worker_rss_idle_mb"] = round(base / 2**20, 1)
             res["worker_kb_per_running_run"] = round((held - base) / 200 / 1024, 1)
             await asyncio.gather(*(client.cancel_execution(h.id) for h in running))
-            waiting = await asyncio.gather(*(client.start("wait-then-finish", {"seconds": 0.01, "wait_seconds": 3600})
-                                             for _ in range(1000)))
+            waiting = await asyncio.gather(
+                *(client.start("wait-then-finish", {"seconds": 0.01, "wait_seconds": 3600}) for _ in range(1000))
+            )
             t0 = time.monotonic()
             while time.monotonic() - t0 < 300:
-                items = (await client._kube.get(api.execution_path(ns), {"fieldSelector": "status.phase=Waiting"}))
+                items = await client._kube.get(api.execution_path(ns), {"fieldSelector": "status.phase=Waiting"})
                 if len(items["items"]) >= 1000:
                     break
                 await asyncio.sleep(2)
@@ -193,8 +222,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--idle", type=float, default=30)
     args = ap.parse_args()
-    plane = ControlPlane(state_dir=Path(f"/tmp/kubestep-scale-{uuid.uuid4().hex[:6]}"), ports=Ports.free(),
-                         progress=None)
+    plane = ControlPlane(
+        state_dir=Path(f"/tmp/kubestep-scale-{uuid.uuid4().hex[:6]}"), ports=Ports.free(), progress=None
+    )
     plane.up()
     try:
         results = asyncio.run(measure(plane, args))

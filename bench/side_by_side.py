@@ -21,7 +21,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-PEER_PYTHON = Path(os.environ.get("KUBESTEP_TEMPORAL_DIR", Path.home() / ".cache/kubestep/temporal")) / "venv/bin/python"
+PEER_PYTHON = (
+    Path(os.environ.get("KUBESTEP_TEMPORAL_DIR", Path.home() / ".cache/kubestep/temporal")) / "venv/bin/python"
+)
 
 
 def run(argv: list[str]) -> None:
@@ -48,33 +50,73 @@ def main() -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if not args.skip_kubestep:
         run([sys.executable, str(HERE / "step_cost.py"), "--runs", str(args.concurrent), "--quick"])
-        run([sys.executable, str(HERE / "cancel_latency.py"), "--samples", str(args.samples),
-             "--concurrent", str(args.concurrent)])
+        run(
+            [
+                sys.executable,
+                str(HERE / "cancel_latency.py"),
+                "--samples",
+                str(args.samples),
+                "--concurrent",
+                str(args.concurrent),
+            ]
+        )
     if not args.skip_temporal:
         if not PEER_PYTHON.exists():
             raise SystemExit(f"no Temporal peer at {PEER_PYTHON}: run bench/temporal-setup.sh first")
-        run([str(PEER_PYTHON), str(HERE / "temporal_peer.py"), "--out", str(RESULTS / "temporal_peer.json"),
-             "--samples", str(args.samples), "--concurrent", str(args.concurrent)])
+        run(
+            [
+                str(PEER_PYTHON),
+                str(HERE / "temporal_peer.py"),
+                "--out",
+                str(RESULTS / "temporal_peer.json"),
+                "--samples",
+                str(args.samples),
+                "--concurrent",
+                str(args.concurrent),
+            ]
+        )
     k_cost, k_cancel, t = load("step_cost.json"), load("cancel_latency.json"), load("temporal_peer.json")
     n = args.concurrent
     rows = [
-        ("floor: a write seen by its writer's watch / long poll, p50 ms",
-         f"{k_cancel['floor_patch_to_watch']['p50']:.1f}", f"{t['floor_signal_to_history']['p50']:.1f}"),
-        ("one run of 10 ms steps: time per step, ms", f"{k_cost['one_run']['ms_per_step_per_run']:.1f}",
-         f"{t['ms_per_step_one_run']:.1f}"),
-        (f"{n} concurrent runs, durable steps/s", f"{k_cost['runs_1_workers']['steps_per_s']:.0f}",
-         f"{t['steps_per_s']:.0f}"),
+        (
+            "floor: a write seen by its writer's watch / long poll, p50 ms",
+            f"{k_cancel['floor_patch_to_watch']['p50']:.1f}",
+            f"{t['floor_signal_to_history']['p50']:.1f}",
+        ),
+        (
+            "one run of 10 ms steps: time per step, ms",
+            f"{k_cost['one_run']['ms_per_step_per_run']:.1f}",
+            f"{t['ms_per_step_one_run']:.1f}",
+        ),
+        (
+            f"{n} concurrent runs, durable steps/s",
+            f"{k_cost['runs_1_workers']['steps_per_s']:.0f}",
+            f"{t['steps_per_s']:.0f}",
+        ),
         ("cancel → cancelled, 1 run, p50 / p95 / p99 ms", cell(k_cancel["cancel_1"]), cell(t["cancel_1"])),
         (f"cancel → cancelled, {n} runs, p50 / p95 / p99 ms", cell(k_cancel["cancel_100"]), cell(t["cancel_100"])),
-        ("run-timeout overshoot, 1 run, p50 / p95 / p99 ms", cell(k_cancel["timeout_overshoot"]),
-         cell(t["timeout_overshoot"]) + " (server timer, does not wait for the step)"),
-        (f"run-timeout overshoot beside {n} runs, p50 / p95 / p99 ms",
-         cell(k_cancel.get("timeout_overshoot_100")), "—"),
-        ("Kubernetes Job controller overshoot (activeDeadlineSeconds), same plane", cell(k_cancel.get("job_overshoot")),
-         ""),
+        (
+            "run-timeout overshoot, 1 run, p50 / p95 / p99 ms",
+            cell(k_cancel["timeout_overshoot"]),
+            cell(t["timeout_overshoot"]) + " (server timer, does not wait for the step)",
+        ),
+        (
+            f"run-timeout overshoot beside {n} runs, p50 / p95 / p99 ms",
+            cell(k_cancel.get("timeout_overshoot_100")),
+            "—",
+        ),
+        (
+            "Kubernetes Job controller overshoot (activeDeadlineSeconds), same plane",
+            cell(k_cancel.get("job_overshoot")),
+            "",
+        ),
     ]
-    out = [f"Side by side, {started}, {os.cpu_count()} CPUs; Temporal: {t.get('server', '?')}", "",
-           "| measurement | Kubestep | Temporal dev server + Python SDK |", "|---|---:|---:|"]
+    out = [
+        f"Side by side, {started}, {os.cpu_count()} CPUs; Temporal: {t.get('server', '?')}",
+        "",
+        "| measurement | Kubestep | Temporal dev server + Python SDK |",
+        "|---|---:|---:|",
+    ]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     text = "\n".join(out)
     (RESULTS / "side_by_side.md").write_text(text + "\n")

@@ -64,8 +64,11 @@ def apiserver_writes(plane: ControlPlane) -> dict[str, float]:
         for s in fam.samples:
             if s.name != "apiserver_request_total":
                 continue
-            if s.labels.get("resource") == api.PLURAL and s.labels.get("subresource") == "status" \
-                    and s.labels.get("verb") == "PATCH":
+            if (
+                s.labels.get("resource") == api.PLURAL
+                and s.labels.get("subresource") == "status"
+                and s.labels.get("verb") == "PATCH"
+            ):
                 counts["status"] += s.value
             if s.labels.get("resource") == "configmaps" and s.labels.get("verb") == "POST":
                 counts["configmaps"] += s.value
@@ -77,26 +80,36 @@ async def floor(client: KubestepClient, samples: int) -> tuple[float, float]:
     kube, ns = client._kube, client.namespace
     names = [f"floor-{i}" for i in range(8)]
     for n in names:
-        await kube.create(api.execution_path(ns), {"apiVersion": api.API_VERSION, "kind": api.KIND,
-                                                   "metadata": {"name": n}, "spec": {"workflow": "floor"}})
+        await kube.create(
+            api.execution_path(ns),
+            {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": n}, "spec": {"workflow": "floor"}},
+        )
     ops = [{"op": "add", "path": "/status", "value": {"message": "x"}}]
     for n in names:
-        await kube.request("PATCH", api.execution_path(ns, n, "status"), json_body=ops,
-                           content_type="application/json-patch+json")
+        await kube.request(
+            "PATCH", api.execution_path(ns, n, "status"), json_body=ops, content_type="application/json-patch+json"
+        )
     rtt = []
     for i in range(samples):
         t = time.perf_counter()
-        await kube.request("PATCH", api.execution_path(ns, names[0], "status"), content_type="application/json-patch+json",
-                           json_body=[{"op": "add", "path": "/status/message", "value": str(i)}])
+        await kube.request(
+            "PATCH",
+            api.execution_path(ns, names[0], "status"),
+            content_type="application/json-patch+json",
+            json_body=[{"op": "add", "path": "/status/message", "value": str(i)}],
+        )
         rtt.append((time.perf_counter() - t) * 1000)
     total, t = 400, time.perf_counter()
     gate = asyncio.Semaphore(8)
 
     async def one(i: int) -> None:
         async with gate:
-            await kube.request("PATCH", api.execution_path(ns, names[i % 8], "status"),
-                               content_type="application/json-patch+json",
-                               json_body=[{"op": "add", "path": "/status/message", "value": str(i)}])
+            await kube.request(
+                "PATCH",
+                api.execution_path(ns, names[i % 8], "status"),
+                content_type="application/json-patch+json",
+                json_body=[{"op": "add", "path": "/status/message", "value": str(i)}],
+            )
 
     await asyncio.gather(*(one(i) for i in range(total)))
     ceiling = total / (time.perf_counter() - t)
@@ -105,8 +118,9 @@ async def floor(client: KubestepClient, samples: int) -> tuple[float, float]:
     return statistics.median(rtt), ceiling
 
 
-async def run_steps(client: KubestepClient, plane: ControlPlane, workers: list[Proc], ports: list[int], runs: int,
-                    seconds: float) -> dict[str, Any]:
+async def run_steps(
+    client: KubestepClient, plane: ControlPlane, workers: list[Proc], ports: list[int], runs: int, seconds: float
+) -> dict[str, Any]:
     """``runs`` runs of 10 ms steps for ``seconds``: steps/s, overhead per step, writes per step."""
     handles = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(runs)))
     await asyncio.sleep(3)  # claimed and stepping
@@ -129,11 +143,16 @@ async def run_steps(client: KubestepClient, plane: ControlPlane, workers: list[P
         await client.wait(h.id, timeout=60)
     steps = max(1, s1 - s0)
     fn_ms = 1000 * (fn1 - fn0) / max(1, n1 - n0)
-    return {"runs": runs, "steps_per_s": steps / elapsed, "ms_per_step_per_run": 1000 * elapsed * runs / steps,
-            "step_fn_ms": fn_ms, "overhead_ms": 1000 * elapsed * runs / steps - fn_ms,
-            "status_writes_per_step": (w1["status"] - w0["status"]) / steps,
-            "chunk_writes_per_step": (w1["configmaps"] - w0["configmaps"]) / steps,
-            "watch_events_per_step": (ev1 - ev0) / steps}
+    return {
+        "runs": runs,
+        "steps_per_s": steps / elapsed,
+        "ms_per_step_per_run": 1000 * elapsed * runs / steps,
+        "step_fn_ms": fn_ms,
+        "overhead_ms": 1000 * elapsed * runs / steps - fn_ms,
+        "status_writes_per_step": (w1["status"] - w0["status"]) / steps,
+        "chunk_writes_per_step": (w1["configmaps"] - w0["configmaps"]) / steps,
+        "watch_events_per_step": (ev1 - ev0) / steps,
+    }
 
 
 async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
@@ -142,8 +161,9 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, An
     logs = HERE / "results" / "logs"
     results: dict[str, Any] = {}
     async with KubestepClient(namespace=ns, kubeconfig=str(kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         operator = start_operator(kubeconfig, logs, [ns])
         workers: list[Proc] = []
         try:
@@ -152,15 +172,19 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, An
             for count in (1, 4, 8) if not args.quick else (1,):
                 ports = [free_port() for _ in range(count - len(workers))]
                 for port in ports:
-                    workers.append(start_worker(kubeconfig, logs, ns, concurrency=args.runs + 10,
-                                                env={"KUBESTEP_METRICS_PORT": str(port)}))
+                    workers.append(
+                        start_worker(
+                            kubeconfig, logs, ns, concurrency=args.runs + 10, env={"KUBESTEP_METRICS_PORT": str(port)}
+                        )
+                    )
                     workers[-1].metrics_port = port  # type: ignore[attr-defined]
                 await asyncio.sleep(2)
                 all_ports = [w.metrics_port for w in workers]  # type: ignore[attr-defined]
                 if count == 1:
                     results["one_run"] = await run_steps(client, plane, workers, all_ports, 1, args.seconds)
-                results[f"runs_{count}_workers"] = await run_steps(client, plane, workers, all_ports, args.runs,
-                                                                   args.seconds)
+                results[f"runs_{count}_workers"] = await run_steps(
+                    client, plane, workers, all_ports, args.runs, args.seconds
+                )
         finally:
             for p in [*workers, operator]:
                 p.stop()
@@ -188,11 +212,14 @@ def report(r: dict[str, Any]) -> str:
     for count in (1, 4, 8):
         key = f"runs_{count}_workers"
         if key in r:
-            lines.append(f"| watch events received by workers per step, {count} worker(s) | "
-                         f"{r[key]['watch_events_per_step']:.2f} | ~1 whatever the count |")
+            lines.append(
+                f"| watch events received by workers per step, {count} worker(s) | "
+                f"{r[key]['watch_events_per_step']:.2f} | ~1 whatever the count |"
+            )
             if count > 1:
-                lines.append(f"| {r[key]['runs']} runs, {count} workers: durable steps/s | "
-                             f"{r[key]['steps_per_s']:.0f} | |")
+                lines.append(
+                    f"| {r[key]['runs']} runs, {count} workers: durable steps/s | {r[key]['steps_per_s']:.0f} | |"
+                )
     return "\n".join(lines)
 
 
@@ -203,8 +230,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="one worker only (no fan-out figures)")
     args = ap.parse_args()
-    plane = ControlPlane(state_dir=Path(f"/tmp/kubestep-cost-{uuid.uuid4().hex[:6]}"), ports=Ports.free(),
-                         progress=None)
+    plane = ControlPlane(
+        state_dir=Path(f"/tmp/kubestep-cost-{uuid.uuid4().hex[:6]}"), ports=Ports.free(), progress=None
+    )
     plane.up()
     try:
         results = asyncio.run(measure(plane, args))

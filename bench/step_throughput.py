@@ -31,12 +31,21 @@ HERE = Path(__file__).resolve().parent
 async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
     ns = f"thru-{uuid.uuid4().hex[:6]}"
     async with KubestepClient(namespace=ns, kubeconfig=str(kubeconfig)) as client:
-        await client._kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         logs = HERE / "results" / "logs"
-        procs = [start_operator(kubeconfig, logs, [ns]),
-                 start_worker(kubeconfig, logs, ns, "thru-worker", concurrency=args.runs + 10,
-                              env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)})]
+        procs = [
+            start_operator(kubeconfig, logs, [ns]),
+            start_worker(
+                kubeconfig,
+                logs,
+                ns,
+                "thru-worker",
+                concurrency=args.runs + 10,
+                env={"KUBESTEP_CHECKPOINT_SECONDS": str(args.checkpoint_seconds)},
+            ),
+        ]
         try:
             await asyncio.sleep(2)
             await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(args.runs)))
@@ -47,8 +56,9 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
                 items = (await client._kube.get(api.execution_path(ns)))["items"]
                 total = sum(int((o.get("status") or {}).get("stepsCompleted") or 0) for o in items)
                 now = time.monotonic()
-                print(f"t={now - t0:5.1f}s  steps={total:7d}  rate={(total - last) / (now - last_t):7.0f}/s",
-                      flush=True)
+                print(
+                    f"t={now - t0:5.1f}s  steps={total:7d}  rate={(total - last) / (now - last_t):7.0f}/s", flush=True
+                )
                 last, last_t = total, now
             print(f"worker pid {procs[1].pid}; holding {args.hold:g} s for profiling", flush=True)
             await asyncio.sleep(args.hold)

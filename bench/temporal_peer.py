@@ -54,8 +54,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
-            "mean": statistics.fmean(ms), "max": max(ms)}
+    return {
+        "n": len(ms),
+        "p50": pct(ms, 50),
+        "p95": pct(ms, 95),
+        "p99": pct(ms, 99),
+        "mean": statistics.fmean(ms),
+        "max": max(ms),
+    }
 
 
 def free_port() -> int:
@@ -66,8 +72,14 @@ def free_port() -> int:
 
 async def worker_main(address: str, slots: int) -> None:
     client = await Client.connect(address)
-    async with Worker(client, task_queue=TASK_QUEUE, workflows=[Steps, Idle], activities=[sleep_step],
-                      max_concurrent_activities=slots, max_concurrent_workflow_tasks=slots):
+    async with Worker(
+        client,
+        task_queue=TASK_QUEUE,
+        workflows=[Steps, Idle],
+        activities=[sleep_step],
+        max_concurrent_activities=slots,
+        max_concurrent_workflow_tasks=slots,
+    ):
         await asyncio.Event().wait()
 
 
@@ -96,14 +108,17 @@ async def _next_signal(handle: Any, after: int) -> int:
 
 async def time_per_step(client: Client, steps: int = 50) -> float:
     t0 = time.perf_counter()
-    await client.execute_workflow(Steps.run, StepsInput(steps), id=f"one-{uuid.uuid4().hex[:6]}",
-                                  task_queue=TASK_QUEUE)
+    await client.execute_workflow(Steps.run, StepsInput(steps), id=f"one-{uuid.uuid4().hex[:6]}", task_queue=TASK_QUEUE)
     return (time.perf_counter() - t0) * 1000 / steps
 
 
 async def steps_per_second(client: Client, runs: int, seconds: float) -> float:
-    handles = await asyncio.gather(*(client.start_workflow(Steps.run, StepsInput(-1), id=f"thru-{uuid.uuid4().hex}",
-                                                           task_queue=TASK_QUEUE) for _ in range(runs)))
+    handles = await asyncio.gather(
+        *(
+            client.start_workflow(Steps.run, StepsInput(-1), id=f"thru-{uuid.uuid4().hex}", task_queue=TASK_QUEUE)
+            for _ in range(runs)
+        )
+    )
     await asyncio.sleep(5)
 
     async def history() -> int:
@@ -140,8 +155,11 @@ async def cancel_latency(client: Client, concurrent: int, samples: int, steps: i
     out: list[float] = []
     while len(out) < samples:
         await asyncio.sleep(0.05 + random.random() * 0.05)
-        young = [w for w, (h, born) in pool.items() if time.monotonic() - born > 1 and not closers[w].done()
-                 and time.monotonic() - born < steps * 0.01 * 2]
+        young = [
+            w
+            for w, (h, born) in pool.items()
+            if time.monotonic() - born > 1 and not closers[w].done() and time.monotonic() - born < steps * 0.01 * 2
+        ]
         if not young:
             continue
         wid = random.choice(young)
@@ -173,9 +191,18 @@ async def _closed(handle: Any) -> tuple[Any, float]:
 async def timeout_overshoot(client: Client, samples: int, batch: int = 10) -> list[float]:
     out: list[float] = []
     while len(out) < samples:
-        handles = await asyncio.gather(*(client.start_workflow(
-            Steps.run, StepsInput(-1), id=f"to-{uuid.uuid4().hex}", task_queue=TASK_QUEUE,
-            execution_timeout=timedelta(seconds=1)) for _ in range(batch)))
+        handles = await asyncio.gather(
+            *(
+                client.start_workflow(
+                    Steps.run,
+                    StepsInput(-1),
+                    id=f"to-{uuid.uuid4().hex}",
+                    task_queue=TASK_QUEUE,
+                    execution_timeout=timedelta(seconds=1),
+                )
+                for _ in range(batch)
+            )
+        )
         await asyncio.gather(*(_closed(h) for h in handles))
         for h in handles:
             d = await h.describe()
@@ -222,11 +249,32 @@ def main() -> None:
         raise SystemExit(f"no temporal CLI at {CLI}: run bench/temporal-setup.sh")
     port, state = free_port(), Path(tempfile.mkdtemp(prefix="temporal-peer-"))
     address = f"127.0.0.1:{port}"
-    server = subprocess.Popen([str(CLI), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-                               "--ui-port", str(free_port()), "--http-port", str(free_port()),
-                               "--metrics-port", str(free_port()), "--db-filename", str(state / "temporal.db"),
-                               "--sqlite-pragma", "synchronous=OFF", "--log-level", "error"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(CLI),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ui-port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--db-filename",
+            str(state / "temporal.db"),
+            "--sqlite-pragma",
+            "synchronous=OFF",
+            "--log-level",
+            "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     worker = None
     try:
         for _ in range(100):
@@ -235,8 +283,9 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.3)
-        worker = subprocess.Popen([sys.executable, __file__, "--out", args.out, "--worker", address,
-                                   "--concurrent", str(args.concurrent)])
+        worker = subprocess.Popen(
+            [sys.executable, __file__, "--out", args.out, "--worker", address, "--concurrent", str(args.concurrent)]
+        )
         time.sleep(3)
         results = asyncio.run(measure(address, args))
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -35,9 +35,12 @@ class Steps:
     async def run(self, inp: StepsInput) -> int:
         i = 0
         while inp.count < 0 or i < inp.count:
-            await workflow.execute_activity(sleep_step, args=[i, inp.seconds],
-                                            start_to_close_timeout=timedelta(seconds=60),
-                                            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            await workflow.execute_activity(
+                sleep_step,
+                args=[i, inp.seconds],
+                start_to_close_timeout=timedelta(seconds=60),
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
             i += 1
             if workflow.cancellation_reason() is not None:
                 raise asyncio.CancelledError("cancel requested; the step in flight completed")

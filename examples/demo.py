@@ -33,15 +33,29 @@ async def demo(plane: ControlPlane, logs: Path) -> None:
         runs = {
             "completes": await client.start("steps", {"count": 3, "seconds": 0.3}, name="completes"),
             "cancelled": await client.start("until-cancelled", {"seconds": 0.3}, name="cancelled-by-patch"),
-            "timed-out": await client.start("steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=2,
-                                            name="times-out"),
-            "waits": await client.start("wait-then-finish", {"seconds": 1, "wait_seconds": 3},
-                                        run_timeout_seconds=2, name="waits-longer-than-budget"),
+            "timed-out": await client.start(
+                "steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=2, name="times-out"
+            ),
+            "waits": await client.start(
+                "wait-then-finish",
+                {"seconds": 1, "wait_seconds": 3},
+                run_timeout_seconds=2,
+                name="waits-longer-than-budget",
+            ),
         }
         print("started 4 runs; cancelling 'cancelled-by-patch' in 1.5 s with kubectl patch ...")
         await asyncio.sleep(1.5)
-        patch = ["-n", NAMESPACE, "patch", "wfx", "cancelled-by-patch", "--type", "merge",
-                 "-p", '{"spec":{"cancelRequested":true}}']
+        patch = [
+            "-n",
+            NAMESPACE,
+            "patch",
+            "wfx",
+            "cancelled-by-patch",
+            "--type",
+            "merge",
+            "-p",
+            '{"spec":{"cancelRequested":true}}',
+        ]
         print("$ kubectl " + " ".join(p if " " not in p and "{" not in p else f"'{p}'" for p in patch))
         print(kubectl(*patch).stdout.strip())
         results = {k: await h.wait(timeout=60) for k, h in runs.items()}
@@ -50,12 +64,20 @@ async def demo(plane: ControlPlane, logs: Path) -> None:
     print(f"{'run':<26} {'workflow':<18} {'phase':<10} {'reason':<11} {'steps':>5} {'active s':>8} {'total s':>7}")
     for e in results.values():
         s = e.status
-        active = sum(((st.finished_at - st.started_at).total_seconds() for st in s.steps
-                      if st.kind == "Run" and st.finished_at and st.started_at), 0.0)
+        active = sum(
+            (
+                (st.finished_at - st.started_at).total_seconds()
+                for st in s.steps
+                if st.kind == "Run" and st.finished_at and st.started_at
+            ),
+            0.0,
+        )
         total = (s.finished_at - s.started_at).total_seconds() if s.finished_at and s.started_at else 0.0
         done = sum(1 for st in s.steps if st.state == "Completed")
-        print(f"{e.id:<26} {e.workflow:<18} {s.phase or '':<10} {s.reason or '':<11} {done:>5} "
-              f"{active:>8.1f} {total:>7.1f}")
+        print(
+            f"{e.id:<26} {e.workflow:<18} {s.phase or '':<10} {s.reason or '':<11} {done:>5} "
+            f"{active:>8.1f} {total:>7.1f}"
+        )
     print()
     print("$ kubectl get wfx -n", NAMESPACE)
     print(kubectl("-n", NAMESPACE, "get", "wfx").stdout)

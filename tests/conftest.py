@@ -92,9 +92,7 @@ class Cluster:
         # External cluster: no admin client certificate to rely on, so ask
         # kubectl for the TokenRequest and copy server + CA from the kubeconfig.
         token = self.kubectl("create", "token", name, "-n", namespace, "--duration=24h")
-        view = json.loads(
-            self.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
-        )
+        view = json.loads(self.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout)
         cluster = view["clusters"][0]["cluster"]
         import base64
 
@@ -210,9 +208,7 @@ def make_namespace(control_plane: Cluster) -> Iterator[Callable[[], str]]:
 
     yield make
     for name in created:
-        control_plane.kubectl(
-            "delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False
-        )
+        control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 @pytest.fixture
@@ -234,8 +230,9 @@ def operator(control_plane: Any, logs: Path) -> Iterator[Proc | None]:
     if E2E:
         yield None  # the chart's operator runs in the cluster
         return
-    proc = start_operator(control_plane.kubeconfig, logs, namespaces=["t-*"],
-                          env={"KUBESTEP_METRICS_PORT": str(free_port())})
+    proc = start_operator(
+        control_plane.kubeconfig, logs, namespaces=["t-*"], env={"KUBESTEP_METRICS_PORT": str(free_port())}
+    )
     yield proc
     proc.stop()
 
@@ -260,8 +257,16 @@ def workers(control_plane: Any, run_namespace: str, logs: Path, operator: Any) -
         proc = start_worker(control_plane.kubeconfig, logs, run_namespace, **kw)
         started.append(proc)
         # Ready once its lease exists: from then on the operator knows what it serves.
-        wait_until(lambda: control_plane.kubectl("-n", run_namespace, "get", "lease", f"kubestep-worker-{proc.name}",
-                                                 check=False).returncode == 0, 20, what=f"worker {proc.name}'s lease")
+        wait_until(
+            lambda: (
+                control_plane.kubectl(
+                    "-n", run_namespace, "get", "lease", f"kubestep-worker-{proc.name}", check=False
+                ).returncode
+                == 0
+            ),
+            20,
+            what=f"worker {proc.name}'s lease",
+        )
         return proc
 
     yield start

@@ -29,8 +29,9 @@ start_operator = functools.partial(local.start_operator, lease_seconds=LEASE_SEC
 start_worker = functools.partial(local.start_worker, lease_seconds=LEASE_SECONDS)
 
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "condition"
+) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
@@ -49,8 +50,11 @@ def free_port() -> int:
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """One /metrics scrape: (sample name, sorted labels) → value."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+    return {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+    }
 
 
 async def phase_of(client: KubestepClient, name: str) -> str | None:
@@ -86,5 +90,17 @@ def completed_steps(e: kubestep.Execution) -> list[kubestep.StepRecord]:
     return [s for s in e.status.steps if s.state == "Completed"]
 
 
-__all__ = ["E2E", "LEASE_SECONDS", "Proc", "completed_steps", "free_port", "phase_of", "scrape", "start_operator",
-           "start_worker", "until", "until_phase", "wait_until"]
+__all__ = [
+    "E2E",
+    "LEASE_SECONDS",
+    "Proc",
+    "completed_steps",
+    "free_port",
+    "phase_of",
+    "scrape",
+    "start_operator",
+    "start_worker",
+    "until",
+    "until_phase",
+    "wait_until",
+]

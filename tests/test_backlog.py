@@ -105,8 +105,11 @@ async def test_a_cancel_issued_during_the_drain_is_honoured_before_the_drain_end
 ) -> None:
     namespace, client = backlog
     # Two writers: a slower drain, so "before it ends" has a wide margin.
-    operators.append(start_operator(control_plane.kubeconfig, tmp_path, [namespace],
-                                    env={**SHRUNK_POOL, "KUBESTEP_OPERATOR_WRITERS": "2"}))
+    operators.append(
+        start_operator(
+            control_plane.kubeconfig, tmp_path, [namespace], env={**SHRUNK_POOL, "KUBESTEP_OPERATOR_WRITERS": "2"}
+        )
+    )
 
     async def draining() -> bool:
         return await phase_of(client, run_name(0)) is not None
@@ -136,8 +139,9 @@ async def test_sigterm_during_the_drain_stops_the_operator_promptly(
     control_plane: Any, backlog: tuple[str, KubestepClient], operators: list[Proc], tmp_path: Path
 ) -> None:
     namespace, client = backlog
-    op = start_operator(control_plane.kubeconfig, tmp_path, [namespace],
-                        env={**SHRUNK_POOL, "KUBESTEP_OPERATOR_WRITERS": "2"})
+    op = start_operator(
+        control_plane.kubeconfig, tmp_path, [namespace], env={**SHRUNK_POOL, "KUBESTEP_OPERATOR_WRITERS": "2"}
+    )
     operators.append(op)
 
     async def draining() -> bool:

@@ -52,10 +52,16 @@ WORKER_SA = "kubestep-worker"
 # image that is never pulled: here no kubelet runs pods anyway, and on a real
 # cluster (KUBESTEP_TEST_KUBECONFIG) these test releases must not start a
 # second operator next to the one under test.
-INSTALL_VALUES = ["-f", str(KIND_VALUES),
-                  "--set", "image.repository=kubestep-chart-test-never-pulled",
-                  "--set", "image.pullPolicy=Never",
-                  "--set", "podDisruptionBudget.enabled=true"]
+INSTALL_VALUES = [
+    "-f",
+    str(KIND_VALUES),
+    "--set",
+    "image.repository=kubestep-chart-test-never-pulled",
+    "--set",
+    "image.pullPolicy=Never",
+    "--set",
+    "podDisruptionBudget.enabled=true",
+]
 
 
 # ----- helpers --------------------------------------------------------------------------------
@@ -104,12 +110,26 @@ def release(control_plane: Cluster, helm: Path) -> Iterator[str]:
     """The chart installed (namespaced mode) into a fresh namespace enforcing Pod Security "restricted"."""
     ns = create_namespace(control_plane, "chart", RESTRICTED)
     try:
-        run([helm, "install", RELEASE, CHART, "--kubeconfig", control_plane.kubeconfig,
-             "--namespace", ns, *INSTALL_VALUES])
+        run(
+            [
+                helm,
+                "install",
+                RELEASE,
+                CHART,
+                "--kubeconfig",
+                control_plane.kubeconfig,
+                "--namespace",
+                ns,
+                *INSTALL_VALUES,
+            ]
+        )
         yield ns
     finally:
-        subprocess.run([str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig),
-                        "--namespace", ns], capture_output=True, timeout=120)
+        subprocess.run(
+            [str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig), "--namespace", ns],
+            capture_output=True,
+            timeout=120,
+        )
         delete_namespace(control_plane, ns)
 
 
@@ -118,28 +138,58 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
     """The chart installed with watchAllNamespaces=true (ClusterRole + ClusterRoleBinding)."""
     ns = create_namespace(control_plane, "chart-cw", RESTRICTED)
     try:
-        run([helm, "install", RELEASE, CHART, "--kubeconfig", control_plane.kubeconfig,
-             "--namespace", ns, *INSTALL_VALUES, "--set", "watchAllNamespaces=true"])
+        run(
+            [
+                helm,
+                "install",
+                RELEASE,
+                CHART,
+                "--kubeconfig",
+                control_plane.kubeconfig,
+                "--namespace",
+                ns,
+                *INSTALL_VALUES,
+                "--set",
+                "watchAllNamespaces=true",
+            ]
+        )
         yield ns
     finally:
-        subprocess.run([str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig),
-                        "--namespace", ns], capture_output=True, timeout=120)
+        subprocess.run(
+            [str(helm), "uninstall", RELEASE, "--kubeconfig", str(control_plane.kubeconfig), "--namespace", ns],
+            capture_output=True,
+            timeout=120,
+        )
         delete_namespace(control_plane, ns)
 
 
 # ----- lint, CRD copy, server-side dry run ---------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [
-    pytest.param([], id="defaults"),
-    pytest.param(["-f", str(KIND_VALUES)], id="kind-values"),
-    pytest.param(["--set", "watchAllNamespaces=true"], id="all-namespaces"),
-    pytest.param(["-f", str(KIND_VALUES), "--set", "watchNamespaces={a,b}",
-                  "--set", "workers[0].name=examples,workers[0].module=kubestep.examples,workers[0].namespace=b",
-                  "--set", "podDisruptionBudget.enabled=true", "--set", "metrics.enabled=true"],
-                 id="watch-namespaces"),
-    pytest.param(["--set", "cancelAudit.enabled=true", "--set", "cancelGracePeriodSeconds=0"], id="cancel-audit"),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="defaults"),
+        pytest.param(["-f", str(KIND_VALUES)], id="kind-values"),
+        pytest.param(["--set", "watchAllNamespaces=true"], id="all-namespaces"),
+        pytest.param(
+            [
+                "-f",
+                str(KIND_VALUES),
+                "--set",
+                "watchNamespaces={a,b}",
+                "--set",
+                "workers[0].name=examples,workers[0].module=kubestep.examples,workers[0].namespace=b",
+                "--set",
+                "podDisruptionBudget.enabled=true",
+                "--set",
+                "metrics.enabled=true",
+            ],
+            id="watch-namespaces",
+        ),
+        pytest.param(["--set", "cancelAudit.enabled=true", "--set", "cancelGracePeriodSeconds=0"], id="cancel-audit"),
+    ],
+)
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
     out = run([helm, "lint", "--strict", CHART, *values])
     assert "[WARNING]" not in out and "[ERROR]" not in out, out
@@ -148,9 +198,20 @@ def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
 
 def test_chart_refuses_a_worker_in_an_unwatched_namespace(helm: Path) -> None:
     proc = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", "ns",
-         "--set", "workers[0].name=w,workers[0].module=m,workers[0].namespace=elsewhere"],
-        capture_output=True, text=True, timeout=60)
+        [
+            str(helm),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            "ns",
+            "--set",
+            "workers[0].name=w,workers[0].module=m,workers[0].namespace=elsewhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "does not watch" in proc.stderr, proc.stderr
 
 
@@ -162,9 +223,7 @@ def test_chart_crd_is_the_top_level_crd() -> None:
 
 
 @pytest.mark.parametrize("variant", ["defaults", "kind-values", "all-namespaces", "watch-namespaces"])
-def test_rendered_chart_passes_server_side_dry_run(
-    control_plane: Cluster, helm: Path, variant: str
-) -> None:
+def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm: Path, variant: str) -> None:
     ns = create_namespace(control_plane, "chart-dry")
     other = create_namespace(control_plane, "chart-dry") if variant == "watch-namespaces" else None
     try:
@@ -172,32 +231,52 @@ def test_rendered_chart_passes_server_side_dry_run(
             "defaults": [],
             "kind-values": ["-f", str(KIND_VALUES), "--set", "podDisruptionBudget.enabled=true"],
             "all-namespaces": ["-f", str(KIND_VALUES), "--set", "watchAllNamespaces=true"],
-            "watch-namespaces": ["-f", str(KIND_VALUES), "--set", f"watchNamespaces={{{ns},{other}}}",
-                                 "--set", f"workers[1].name=other,workers[1].module=kubestep.examples,"
-                                          f"workers[1].namespace={other}", "--set", "metrics.enabled=true"],
+            "watch-namespaces": [
+                "-f",
+                str(KIND_VALUES),
+                "--set",
+                f"watchNamespaces={{{ns},{other}}}",
+                "--set",
+                f"workers[1].name=other,workers[1].module=kubestep.examples,workers[1].namespace={other}",
+                "--set",
+                "metrics.enabled=true",
+            ],
         }[variant]
         docs = render(helm, ns, *values, include_crds=True)
         kinds = sorted({d["kind"] for d in docs})
         assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= set(kinds), kinds
         # Every object names its namespace; server-side apply also handles the CRD the plane installed.
-        out = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-",
-                                    input=yaml.safe_dump_all(docs)).stdout
+        out = control_plane.kubectl(
+            "apply", "--server-side", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs)
+        ).stdout
         assert out.count("(server dry run)") == len(docs), out
         if variant == "watch-namespaces":
             roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
-            assert roles == {(ns, "kubestep-operator"), (other, "kubestep-operator"),
-                             (ns, "kubestep-worker"), (other, "kubestep-worker")}, roles
+            assert roles == {
+                (ns, "kubestep-operator"),
+                (other, "kubestep-operator"),
+                (ns, "kubestep-worker"),
+                (other, "kubestep-worker"),
+            }, roles
             # metrics.enabled: a Service per Deployment, in its namespace, aimed at a named port it has.
             services = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Service"}
-            assert set(services) == {(ns, "kubestep-operator-metrics"), (ns, "kubestep-worker-examples"),
-                                     (other, "kubestep-worker-other")}, set(services)
+            assert set(services) == {
+                (ns, "kubestep-operator-metrics"),
+                (ns, "kubestep-worker-examples"),
+                (other, "kubestep-worker-other"),
+            }, set(services)
             for d in docs:
                 if d["kind"] == "Deployment":
                     c = d["spec"]["template"]["spec"]["containers"][0]
                     assert "--metrics-port=9090" in c["args"]
                     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
-                    svc = services[(d["metadata"]["namespace"], d["metadata"]["name"] + (
-                        "-metrics" if d["metadata"]["name"] == "kubestep-operator" else ""))]
+                    svc = services[
+                        (
+                            d["metadata"]["namespace"],
+                            d["metadata"]["name"]
+                            + ("-metrics" if d["metadata"]["name"] == "kubestep-operator" else ""),
+                        )
+                    ]
                     assert svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     finally:
         delete_namespace(control_plane, ns)
@@ -210,14 +289,15 @@ def test_rendered_chart_passes_server_side_dry_run(
 
 def _bare_pod(deployment: dict[str, Any]) -> dict[str, Any]:
     template = deployment["spec"]["template"]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"bare-{deployment['metadata']['name']}", "labels": {"chart-test": "bare"}},
-            "spec": template["spec"]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"bare-{deployment['metadata']['name']}", "labels": {"chart-test": "bare"}},
+        "spec": template["spec"],
+    }
 
 
-def test_every_pod_passes_restricted_pod_security(
-    control_plane: Cluster, helm: Path, release: str
-) -> None:
+def test_every_pod_passes_restricted_pod_security(control_plane: Cluster, helm: Path, release: str) -> None:
     labels = json.loads(control_plane.kubectl("get", "namespace", release, "-o", "json").stdout)["metadata"]["labels"]
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
 
@@ -233,8 +313,9 @@ def test_every_pod_passes_restricted_pod_security(
         assert pod["spec"]["securityContext"]["runAsUser"] == 10001
         assert pod["spec"]["automountServiceAccountToken"] is True
         # Admission judges the bare pod exactly as it would the ReplicaSet's.
-        proc = control_plane.kubectl("apply", "--dry-run=server", "-n", release, "-f", "-",
-                                     input=json.dumps(pod), check=False)
+        proc = control_plane.kubectl(
+            "apply", "--dry-run=server", "-n", release, "-f", "-", input=json.dumps(pod), check=False
+        )
         assert proc.returncode == 0 and "Warning" not in proc.stderr, (d["metadata"]["name"], proc.stderr)
 
     # And for real: the installed Deployments' ReplicaSets could create their pods
@@ -243,8 +324,9 @@ def test_every_pod_passes_restricted_pod_security(
         counts: dict[str, int] = {}
         for d in deployments:
             selector = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items())
-            items = json.loads(control_plane.kubectl("get", "pods", "-n", release, "-l", selector,
-                                                     "-o", "json").stdout)["items"]
+            items = json.loads(
+                control_plane.kubectl("get", "pods", "-n", release, "-l", selector, "-o", "json").stdout
+            )["items"]
             counts[d["metadata"]["name"]] = len(items)
         return counts
 
@@ -252,8 +334,9 @@ def test_every_pod_passes_restricted_pod_security(
     deadline = time.monotonic() + 30
     while (counts := pods_created()) != expected and time.monotonic() < deadline:
         time.sleep(0.2)
-    rs = control_plane.kubectl("get", "rs", "-n", release, "-o",
-                               "jsonpath={range .items[*]}{.metadata.name}: {.status.conditions}{\"\\n\"}{end}").stdout
+    rs = control_plane.kubectl(
+        "get", "rs", "-n", release, "-o", 'jsonpath={range .items[*]}{.metadata.name}: {.status.conditions}{"\\n"}{end}'
+    ).stdout
     assert counts == expected, f"pods created {counts}, expected {expected}; ReplicaSets:\n{rs}"
 
 
@@ -262,8 +345,11 @@ def test_restricted_namespace_rejects_a_noncompliant_pod(
     control_plane: Cluster, helm: Path, release: str, change: str
 ) -> None:
     """Guard: admission in that namespace really judges (otherwise the test above proves nothing)."""
-    worker = next(d for d in render(helm, release, *INSTALL_VALUES)
-                  if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubestep-worker-examples")
+    worker = next(
+        d
+        for d in render(helm, release, *INSTALL_VALUES)
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubestep-worker-examples"
+    )
     pod = _bare_pod(worker)
     pod["metadata"]["name"] = f"bad-{change}"
     spec, container = pod["spec"], pod["spec"]["containers"][0]
@@ -278,8 +364,9 @@ def test_restricted_namespace_rejects_a_noncompliant_pod(
         container["securityContext"].pop("seccompProfile")
     else:
         container["securityContext"]["allowPrivilegeEscalation"] = True
-    proc = control_plane.kubectl("apply", "--dry-run=server", "-n", release, "-f", "-",
-                                 input=json.dumps(pod), check=False)
+    proc = control_plane.kubectl(
+        "apply", "--dry-run=server", "-n", release, "-f", "-", input=json.dumps(pod), check=False
+    )
     assert proc.returncode != 0, proc.stdout
     assert "violates PodSecurity" in proc.stderr and '"restricted:latest"' in proc.stderr, proc.stderr
 
@@ -312,19 +399,24 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     assert {"name": "KUBESTEP_LEASE_SECONDS", "value": "2"} in c["env"]
     assert {"name": "KUBESTEP_CANCEL_GRACE_SECONDS", "value": "30"} in c["env"]
 
-    wk = json.loads(control_plane.kubectl("get", "deploy", "kubestep-worker-examples", "-n", release,
-                                          "-o", "json").stdout)
+    wk = json.loads(
+        control_plane.kubectl("get", "deploy", "kubestep-worker-examples", "-n", release, "-o", "json").stdout
+    )
     spec = wk["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == WORKER_SA
     c = spec["containers"][0]
     assert c["args"] == ["worker", "kubestep.examples", "--concurrency=10"]
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") or e.get("value") for e in c["env"]}
-    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
-                   "POD_UID": "metadata.uid", "KUBESTEP_LEASE_SECONDS": "2",
-                   "KUBESTEP_CANCEL_GRACE_SECONDS": "30"}, env
+    assert env == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_UID": "metadata.uid",
+        "KUBESTEP_LEASE_SECONDS": "2",
+        "KUBESTEP_CANCEL_GRACE_SECONDS": "30",
+    }, env
 
     notes = run([helm, "get", "notes", RELEASE, "--kubeconfig", control_plane.kubeconfig, "--namespace", release])
-    assert f"kubectl -n {release} patch wfx my-run --type merge -p '{{\"spec\":{{\"cancelRequested\":true}}}}'" in notes
+    assert f'kubectl -n {release} patch wfx my-run --type merge -p \'{{"spec":{{"cancelRequested":true}}}}\'' in notes
     assert f"kubectl -n {release} apply -f -" in notes
 
 
@@ -336,86 +428,98 @@ LEASES, EVENTS = "leases.coordination.k8s.io", "events"
 
 #   install       who         verb      resource                    where     allowed
 RBAC_MATRIX = [
-    ("namespaced", "operator", "get",    WFX,                        OWN,      True),
-    ("namespaced", "operator", "list",   WFX,                        OWN,      True),
-    ("namespaced", "operator", "watch",  WFX,                        OWN,      True),
-    ("namespaced", "operator", "get",    STATUS,                     OWN,      True),
-    ("namespaced", "operator", "patch",  STATUS,                     OWN,      True),
-    ("namespaced", "operator", "get",    LEASES,                     OWN,      True),
-    ("namespaced", "operator", "list",   LEASES,                     OWN,      True),
-    ("namespaced", "operator", "watch",  LEASES,                     OWN,      True),
-    ("namespaced", "operator", "create", EVENTS,                     OWN,      True),
-    ("namespaced", "operator", "list",   "namespaces",               CLUSTER,  False),  # nothing cluster-wide
-    ("namespaced", "operator", "watch",  "customresourcedefinitions", CLUSTER, False),
-    ("namespaced", "operator", "patch",  WFX,                        OWN,      False),  # never the spec
-    ("namespaced", "operator", "update", WFX,                        OWN,      False),
-    ("namespaced", "operator", "create", WFX,                        OWN,      False),
-    ("namespaced", "operator", "delete", WFX,                        OWN,      False),
-    ("namespaced", "operator", "update", STATUS,                     OWN,      False),
-    ("namespaced", "operator", "create", LEASES,                     OWN,      False),
-    ("namespaced", "operator", "patch",  LEASES,                     OWN,      False),
-    ("namespaced", "operator", "get",    "secrets",                  OWN,      False),
-    ("namespaced", "operator", "list",   "pods",                     OWN,      False),
-    ("namespaced", "operator", "get",    "namespaces",               CLUSTER,  False),
-    ("namespaced", "operator", "delete", "namespaces",               CLUSTER,  False),
-    ("namespaced", "operator", "list",   WFX,                        OTHER,    False),
-    ("namespaced", "operator", "patch",  STATUS,                     OTHER,    False),
-    ("namespaced", "operator", "list",   LEASES,                     OTHER,    False),
-    ("namespaced", "operator", "create", EVENTS,                     OTHER,    False),
-    ("namespaced", "worker",   "get",    WFX,                        OWN,      True),
-    ("namespaced", "worker",   "list",   WFX,                        OWN,      True),
-    ("namespaced", "worker",   "watch",  WFX,                        OWN,      True),
-    ("namespaced", "worker",   "get",    STATUS,                     OWN,      True),
-    ("namespaced", "worker",   "patch",  STATUS,                     OWN,      True),
-    ("namespaced", "worker",   "create", LEASES,                     OWN,      True),
-    ("namespaced", "worker",   "get",    LEASES,                     OWN,      True),
-    ("namespaced", "worker",   "patch",  LEASES,                     OWN,      True),
-    ("namespaced", "worker",   "update", LEASES,                     OWN,      True),
-    ("namespaced", "worker",   "delete", LEASES,                     OWN,      True),
-    ("namespaced", "worker",   "create", EVENTS,                     OWN,      True),
-    ("namespaced", "worker",   "create", "configmaps",               OWN,      True),   # the step journal
-    ("namespaced", "worker",   "get",    "configmaps",               OWN,      True),
-    ("namespaced", "worker",   "delete", "configmaps",               OWN,      False),  # ... is immutable
-    ("namespaced", "worker",   "list",   "configmaps",               OWN,      False),
-    ("namespaced", "worker",   "create", "configmaps",               OTHER,    False),
-    ("namespaced", "worker",   "patch",  WFX,                        OWN,      False),  # never the spec
-    ("namespaced", "worker",   "update", WFX,                        OWN,      False),
-    ("namespaced", "worker",   "create", WFX,                        OWN,      False),
-    ("namespaced", "worker",   "delete", WFX,                        OWN,      False),
-    ("namespaced", "worker",   "update", STATUS,                     OWN,      True),   # claims, endings
-    ("namespaced", "worker",   "list",   LEASES,                     OWN,      False),
-    ("namespaced", "worker",   "get",    "secrets",                  OWN,      False),
-    ("namespaced", "worker",   "get",    "pods",                     OWN,      False),
-    ("namespaced", "worker",   "list",   "namespaces",               CLUSTER,  False),
-    ("namespaced", "worker",   "list",   WFX,                        OTHER,    False),
-    ("namespaced", "worker",   "patch",  STATUS,                     OTHER,    False),
-    ("namespaced", "worker",   "create", LEASES,                     OTHER,    False),
-    ("namespaced", "worker",   "create", EVENTS,                     OTHER,    False),
-    ("cluster-wide", "operator", "list",  WFX,                       OTHER,    True),
-    ("cluster-wide", "operator", "watch", WFX,                       CLUSTER,  True),   # kubectl -A
-    ("cluster-wide", "operator", "patch", STATUS,                    OTHER,    True),
-    ("cluster-wide", "operator", "watch", LEASES,                    CLUSTER,  True),
-    ("cluster-wide", "operator", "create", EVENTS,                   OTHER,    True),
+    ("namespaced", "operator", "get", WFX, OWN, True),
+    ("namespaced", "operator", "list", WFX, OWN, True),
+    ("namespaced", "operator", "watch", WFX, OWN, True),
+    ("namespaced", "operator", "get", STATUS, OWN, True),
+    ("namespaced", "operator", "patch", STATUS, OWN, True),
+    ("namespaced", "operator", "get", LEASES, OWN, True),
+    ("namespaced", "operator", "list", LEASES, OWN, True),
+    ("namespaced", "operator", "watch", LEASES, OWN, True),
+    ("namespaced", "operator", "create", EVENTS, OWN, True),
+    ("namespaced", "operator", "list", "namespaces", CLUSTER, False),  # nothing cluster-wide
+    ("namespaced", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
+    ("namespaced", "operator", "patch", WFX, OWN, False),  # never the spec
+    ("namespaced", "operator", "update", WFX, OWN, False),
+    ("namespaced", "operator", "create", WFX, OWN, False),
+    ("namespaced", "operator", "delete", WFX, OWN, False),
+    ("namespaced", "operator", "update", STATUS, OWN, False),
+    ("namespaced", "operator", "create", LEASES, OWN, False),
+    ("namespaced", "operator", "patch", LEASES, OWN, False),
+    ("namespaced", "operator", "get", "secrets", OWN, False),
+    ("namespaced", "operator", "list", "pods", OWN, False),
+    ("namespaced", "operator", "get", "namespaces", CLUSTER, False),
+    ("namespaced", "operator", "delete", "namespaces", CLUSTER, False),
+    ("namespaced", "operator", "list", WFX, OTHER, False),
+    ("namespaced", "operator", "patch", STATUS, OTHER, False),
+    ("namespaced", "operator", "list", LEASES, OTHER, False),
+    ("namespaced", "operator", "create", EVENTS, OTHER, False),
+    ("namespaced", "worker", "get", WFX, OWN, True),
+    ("namespaced", "worker", "list", WFX, OWN, True),
+    ("namespaced", "worker", "watch", WFX, OWN, True),
+    ("namespaced", "worker", "get", STATUS, OWN, True),
+    ("namespaced", "worker", "patch", STATUS, OWN, True),
+    ("namespaced", "worker", "create", LEASES, OWN, True),
+    ("namespaced", "worker", "get", LEASES, OWN, True),
+    ("namespaced", "worker", "patch", LEASES, OWN, True),
+    ("namespaced", "worker", "update", LEASES, OWN, True),
+    ("namespaced", "worker", "delete", LEASES, OWN, True),
+    ("namespaced", "worker", "create", EVENTS, OWN, True),
+    ("namespaced", "worker", "create", "configmaps", OWN, True),  # the step journal
+    ("namespaced", "worker", "get", "configmaps", OWN, True),
+    ("namespaced", "worker", "delete", "configmaps", OWN, False),  # ... is immutable
+    ("namespaced", "worker", "list", "configmaps", OWN, False),
+    ("namespaced", "worker", "create", "configmaps", OTHER, False),
+    ("namespaced", "worker", "patch", WFX, OWN, False),  # never the spec
+    ("namespaced", "worker", "update", WFX, OWN, False),
+    ("namespaced", "worker", "create", WFX, OWN, False),
+    ("namespaced", "worker", "delete", WFX, OWN, False),
+    ("namespaced", "worker", "update", STATUS, OWN, True),  # claims, endings
+    ("namespaced", "worker", "list", LEASES, OWN, False),
+    ("namespaced", "worker", "get", "secrets", OWN, False),
+    ("namespaced", "worker", "get", "pods", OWN, False),
+    ("namespaced", "worker", "list", "namespaces", CLUSTER, False),
+    ("namespaced", "worker", "list", WFX, OTHER, False),
+    ("namespaced", "worker", "patch", STATUS, OTHER, False),
+    ("namespaced", "worker", "create", LEASES, OTHER, False),
+    ("namespaced", "worker", "create", EVENTS, OTHER, False),
+    ("cluster-wide", "operator", "list", WFX, OTHER, True),
+    ("cluster-wide", "operator", "watch", WFX, CLUSTER, True),  # kubectl -A
+    ("cluster-wide", "operator", "patch", STATUS, OTHER, True),
+    ("cluster-wide", "operator", "watch", LEASES, CLUSTER, True),
+    ("cluster-wide", "operator", "create", EVENTS, OTHER, True),
     ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
-    ("cluster-wide", "operator", "patch", WFX,                       OTHER,    False),  # never the spec
-    ("cluster-wide", "operator", "create", WFX,                      OTHER,    False),
-    ("cluster-wide", "operator", "list",  "namespaces",              CLUSTER,  False),  # not needed with -A
-    ("cluster-wide", "operator", "get",   "secrets",                 OTHER,    False),
-    ("cluster-wide", "worker",   "patch", STATUS,                    OWN,      True),
-    ("cluster-wide", "worker",   "list",  WFX,                       OTHER,    False),  # workers stay namespaced
-    ("cluster-wide", "worker",   "watch", WFX,                       CLUSTER,  False),
+    ("cluster-wide", "operator", "patch", WFX, OTHER, False),  # never the spec
+    ("cluster-wide", "operator", "create", WFX, OTHER, False),
+    ("cluster-wide", "operator", "list", "namespaces", CLUSTER, False),  # not needed with -A
+    ("cluster-wide", "operator", "get", "secrets", OTHER, False),
+    ("cluster-wide", "worker", "patch", STATUS, OWN, True),
+    ("cluster-wide", "worker", "list", WFX, OTHER, False),  # workers stay namespaced
+    ("cluster-wide", "worker", "watch", WFX, CLUSTER, False),
 ]
 
 
 @pytest.mark.parametrize(
     "install,who,verb,resource,where,allowed",
-    [pytest.param(*row, id=f"{row[0]}-{row[1]}-{'can' if row[5] else 'cannot'}-{row[2]}-"
-                           f"{row[3].split('.')[0]}{'/status' if row[3].endswith('/status') else ''}-"
-                           f"{row[4].split()[0]}") for row in RBAC_MATRIX],
+    [
+        pytest.param(
+            *row,
+            id=f"{row[0]}-{row[1]}-{'can' if row[5] else 'cannot'}-{row[2]}-"
+            f"{row[3].split('.')[0]}{'/status' if row[3].endswith('/status') else ''}-"
+            f"{row[4].split()[0]}",
+        )
+        for row in RBAC_MATRIX
+    ],
 )
 def test_rbac_matrix(
-    request: pytest.FixtureRequest, control_plane: Cluster,
-    install: str, who: str, verb: str, resource: str, where: str, allowed: bool,
+    request: pytest.FixtureRequest,
+    control_plane: Cluster,
+    install: str,
+    who: str,
+    verb: str,
+    resource: str,
+    where: str,
+    allowed: bool,
 ) -> None:
     ns = request.getfixturevalue("release" if install == "namespaced" else "clusterwide_release")
     sa = {"operator": OPERATOR_SA, "worker": WORKER_SA}[who]
@@ -443,8 +547,9 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
     op_kubeconfig = control_plane.kubeconfig_for_service_account(release, OPERATOR_SA)
     worker_kubeconfig = control_plane.kubeconfig_for_service_account(release, WORKER_SA)
     # The tokens really are the service accounts', not admin.
-    whoami = control_plane.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
-                                   kubeconfig=op_kubeconfig).stdout
+    whoami = control_plane.kubectl(
+        "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=op_kubeconfig
+    ).stdout
     assert whoami == f"system:serviceaccount:{release}:{OPERATOR_SA}"
 
     operator = start_operator(op_kubeconfig, logs, namespaces=[release])
@@ -499,20 +604,55 @@ def test_cancel_audit_policy_records_the_user_who_cancels(
     control_plane.kubectl("apply", "-f", "-", input=manifest)
     try:
         control_plane.kubectl("-n", namespace, "create", "serviceaccount", "canceller")
-        control_plane.kubectl("-n", namespace, "create", "role", "canceller", "--verb=get,patch",
-                              "--resource=workflowexecutions.kubestep.io")
-        control_plane.kubectl("-n", namespace, "create", "rolebinding", "canceller", "--role=canceller",
-                              f"--serviceaccount={namespace}:canceller")
+        control_plane.kubectl(
+            "-n",
+            namespace,
+            "create",
+            "role",
+            "canceller",
+            "--verb=get,patch",
+            "--resource=workflowexecutions.kubestep.io",
+        )
+        control_plane.kubectl(
+            "-n",
+            namespace,
+            "create",
+            "rolebinding",
+            "canceller",
+            "--role=canceller",
+            f"--serviceaccount={namespace}:canceller",
+        )
         as_sa = control_plane.kubeconfig_for_service_account(namespace, "canceller")
         user = f"system:serviceaccount:{namespace}:canceller"
 
         def cancel_one() -> str | None:
             name = f"audited-{uuid.uuid4().hex[:5]}"
-            control_plane.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(
-                {"apiVersion": "kubestep.io/v1alpha1", "kind": "WorkflowExecution", "metadata": {"name": name},
-                 "spec": {"workflow": "nobody-serves-this"}}))
-            control_plane.kubectl("-n", namespace, "patch", "wfx", name, "--type=merge", "-p",
-                                  '{"spec":{"cancelRequested":true,"cancelReason":"audit"}}', kubeconfig=as_sa)
+            control_plane.kubectl(
+                "-n",
+                namespace,
+                "create",
+                "-f",
+                "-",
+                input=json.dumps(
+                    {
+                        "apiVersion": "kubestep.io/v1alpha1",
+                        "kind": "WorkflowExecution",
+                        "metadata": {"name": name},
+                        "spec": {"workflow": "nobody-serves-this"},
+                    }
+                ),
+            )
+            control_plane.kubectl(
+                "-n",
+                namespace,
+                "patch",
+                "wfx",
+                name,
+                "--type=merge",
+                "-p",
+                '{"spec":{"cancelRequested":true,"cancelReason":"audit"}}',
+                kubeconfig=as_sa,
+            )
             obj = json.loads(control_plane.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)
             annotated = obj["metadata"].get("annotations", {}).get("kubestep.io/cancel-requested-by")
             return name if annotated == user else None
@@ -548,14 +688,28 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
 
     from kubestep._kube import load_configuration
 
-    schemas = {fs["metadata"]["uid"]: fs["metadata"]["name"] for fs in json.loads(
-        control_plane.kubectl("get", "flowschemas", "-o", "json").stdout)["items"]}
+    schemas = {
+        fs["metadata"]["uid"]: fs["metadata"]["name"]
+        for fs in json.loads(control_plane.kubectl("get", "flowschemas", "-o", "json").stdout)["items"]
+    }
     steps, control = f"{release}-{RELEASE}-steps", f"{release}-{RELEASE}-control"
     assert {steps, control} <= set(schemas.values())
     name = f"apf-{uuid.uuid4().hex[:5]}"
-    control_plane.kubectl("-n", release, "create", "-f", "-", input=json.dumps(
-        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
-         "spec": {"workflow": "nobody-serves-this"}}))
+    control_plane.kubectl(
+        "-n",
+        release,
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": {"name": name},
+                "spec": {"workflow": "nobody-serves-this"},
+            }
+        ),
+    )
     configuration, _ = load_configuration(str(control_plane.kubeconfig))
     base = f"{configuration.host}/apis/{api.API_VERSION}/namespaces/{release}/workflowexecutions/{name}"
     tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
@@ -563,16 +717,31 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
     def classified(who: str, method: str, path: str, content_type: str, body: Any) -> str:
         token = control_plane.kubectl("-n", release, "create", "token", who).stdout.strip()
         with httpx.Client(verify=tls) as http:
-            r = http.request(method, base + path, headers={"Authorization": f"Bearer {token}",
-                                                           "Content-Type": content_type}, content=json.dumps(body))
+            r = http.request(
+                method,
+                base + path,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+                content=json.dumps(body),
+            )
         assert r.status_code < 300, r.text
         return schemas[r.headers["X-Kubernetes-PF-FlowSchema-UID"]]
 
-    step = classified(WORKER_SA, "PATCH", "/status", "application/json-patch+json",
-                      [{"op": "add", "path": "/status", "value": {"message": "a step record"}}])
+    step = classified(
+        WORKER_SA,
+        "PATCH",
+        "/status",
+        "application/json-patch+json",
+        [{"op": "add", "path": "/status", "value": {"message": "a step record"}}],
+    )
     current = json.loads(control_plane.kubectl("-n", release, "get", "wfx", name, "-o", "json").stdout)
-    ending = classified(WORKER_SA, "PUT", "/status", "application/json",
-                        {**current, "status": {**current.get("status", {}), "message": "an ending"}})
-    operator = classified(OPERATOR_SA, "PATCH", "/status", "application/merge-patch+json",
-                          {"status": {"reason": "Pending"}})
+    ending = classified(
+        WORKER_SA,
+        "PUT",
+        "/status",
+        "application/json",
+        {**current, "status": {**current.get("status", {}), "message": "an ending"}},
+    )
+    operator = classified(
+        OPERATOR_SA, "PATCH", "/status", "application/merge-patch+json", {"status": {"reason": "Pending"}}
+    )
     assert (step, ending, operator) == (steps, control, control)

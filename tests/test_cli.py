@@ -25,14 +25,32 @@ pytestmark = pytest.mark.skipif(E2E, reason="starts worker processes: local cont
 
 def kubestep(control_plane: Any, namespace: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
-    return subprocess.run([sys.executable, "-m", "kubestep._cli", *args, "-n", namespace], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kubestep._cli", *args, "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_run_and_wait_exit_with_the_runs_outcome(control_plane: Any, run_namespace: str, workers: Any) -> None:
     workers()
-    done = kubestep(control_plane, run_namespace, "run", "steps", "--input", '{"count": 2, "seconds": 0.01}',
-                    "--wait", "-o", "json", "--timeout", "60", "-l", "team=data")
+    done = kubestep(
+        control_plane,
+        run_namespace,
+        "run",
+        "steps",
+        "--input",
+        '{"count": 2, "seconds": 0.01}',
+        "--wait",
+        "-o",
+        "json",
+        "--timeout",
+        "60",
+        "-l",
+        "team=data",
+    )
     assert done.returncode == 0, done.stderr
     obj = json.loads(done.stdout)
     assert obj["status"]["phase"] == api.COMPLETED and obj["spec"]["runTimeoutSeconds"] == 60
@@ -49,16 +67,28 @@ def test_cancel_by_name_selector_and_all_with_per_run_results(
     workers()
     names = []
     for _ in range(3):
-        out = kubestep(control_plane, run_namespace, "run", "until-cancelled", "--input", '{"seconds": 0.05}',
-                       "-o", "name")
+        out = kubestep(
+            control_plane, run_namespace, "run", "until-cancelled", "--input", '{"seconds": 0.05}', "-o", "name"
+        )
         names.append(out.stdout.strip().rsplit("/", 1)[1])
     queued = kubestep(control_plane, run_namespace, "run", "nobody-serves-this", "-o", "name").stdout.strip()
     one = kubestep(control_plane, run_namespace, "cancel", names[0], "missing-run", "--reason", "by name")
     assert one.returncode == 1  # one of them does not exist
-    assert one.stdout.splitlines() == [f"workflowexecution.kubestep.io/{names[0]}: cancel requested",
-                                       "workflowexecution.kubestep.io/missing-run: not found"]
-    by_label = kubestep(control_plane, run_namespace, "cancel", "-l", "kubestep.io/workflow=until-cancelled",
-                        "--reason", "by label", "-o", "json")
+    assert one.stdout.splitlines() == [
+        f"workflowexecution.kubestep.io/{names[0]}: cancel requested",
+        "workflowexecution.kubestep.io/missing-run: not found",
+    ]
+    by_label = kubestep(
+        control_plane,
+        run_namespace,
+        "cancel",
+        "-l",
+        "kubestep.io/workflow=until-cancelled",
+        "--reason",
+        "by label",
+        "-o",
+        "json",
+    )
     results = {r["name"]: r for r in json.loads(by_label.stdout)}
     assert by_label.returncode == 0 and set(names[1:]) <= set(results), results  # names[0] may be ending too
     assert all(results[n]["cancelled"] and results[n]["result"] == "cancel requested" for n in names[1:])
@@ -96,18 +126,27 @@ def test_get_describe_steps_and_send_event(control_plane: Any, run_namespace: st
 
 
 def test_shell_completion_script(control_plane: Any, run_namespace: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "kubestep._cli", "completion", "bash"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "kubestep._cli", "completion", "bash"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0 and "kubestep" in out.stdout and "cancel" in out.stdout
 
 
 def test_the_raw_http_cancel_is_a_merge_patch_with_a_bearer_token(control_plane: Any, run_namespace: str) -> None:
     """What docs/cli.md shows: 200 when the cancel is accepted, 404 when there is no such run."""
     control_plane.kubectl("-n", run_namespace, "create", "serviceaccount", "ci-bot")
-    control_plane.kubectl("-n", run_namespace, "create", "role", "ci-bot", "--verb=get,patch",
-                          "--resource=workflowexecutions.kubestep.io")
-    control_plane.kubectl("-n", run_namespace, "create", "rolebinding", "ci-bot", "--role=ci-bot",
-                          f"--serviceaccount={run_namespace}:ci-bot")
+    control_plane.kubectl(
+        "-n", run_namespace, "create", "role", "ci-bot", "--verb=get,patch", "--resource=workflowexecutions.kubestep.io"
+    )
+    control_plane.kubectl(
+        "-n",
+        run_namespace,
+        "create",
+        "rolebinding",
+        "ci-bot",
+        "--role=ci-bot",
+        f"--serviceaccount={run_namespace}:ci-bot",
+    )
     token = control_plane.kubectl("-n", run_namespace, "create", "token", "ci-bot").stdout.strip()
     name = kubestep(control_plane, run_namespace, "run", "nobody-serves-this", "-o", "name").stdout.strip()
     name = name.rsplit("/", 1)[1]

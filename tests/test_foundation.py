@@ -116,8 +116,14 @@ def test_cancel_requested_cannot_be_set_back_to_false(control_plane: Cluster, na
     apply(control_plane, wfx("cancelled", namespace, workflow="w", cancelRequested=True))
 
     result = control_plane.kubectl(
-        "patch", "wfx", "cancelled", "-n", namespace, "--type=merge",
-        "-p", json.dumps({"spec": {"cancelRequested": False}}),
+        "patch",
+        "wfx",
+        "cancelled",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"cancelRequested": False}}),
         check=False,
     )
     assert result.returncode != 0
@@ -133,24 +139,35 @@ def test_immutable_fields(control_plane: Cluster, namespace: str) -> None:
         ({"spec": {"runTimeoutSeconds": None}}, "runTimeoutSeconds cannot be added or removed"),
     ]:
         result = control_plane.kubectl(
-            "patch", "wfx", "fixed", "-n", namespace, "--type=merge", "-p", json.dumps(patch),
+            "patch",
+            "wfx",
+            "fixed",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps(patch),
             check=False,
         )
         assert result.returncode != 0, patch
         assert message in result.stderr, (patch, result.stderr)
     # Setting cancelRequested to true is allowed.
     control_plane.kubectl(
-        "patch", "wfx", "fixed", "-n", namespace, "--type=merge",
-        "-p", json.dumps({"spec": {"cancelRequested": True}}),
+        "patch",
+        "wfx",
+        "fixed",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"cancelRequested": True}}),
     )
 
 
 # 3 ---------------------------------------------------------------------------
 
 
-def test_garbage_collector_deletes_dependents_of_a_deleted_execution(
-    control_plane: Cluster, namespace: str
-) -> None:
+def test_garbage_collector_deletes_dependents_of_a_deleted_execution(control_plane: Cluster, namespace: str) -> None:
     apply(control_plane, wfx("owner", namespace, workflow="w"))
     uid = get_json(control_plane, "wfx", "owner", "-n", namespace)["metadata"]["uid"]
     configmap = {
@@ -159,14 +176,14 @@ def test_garbage_collector_deletes_dependents_of_a_deleted_execution(
         "metadata": {
             "name": "owned",
             "namespace": namespace,
-            "ownerReferences": [
-                {"apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": "owner", "uid": uid}
-            ],
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": "owner", "uid": uid}],
         },
         "data": {"k": "v"},
     }
     apply(control_plane, configmap)
-    assert get_json(control_plane, "configmap", "owned", "-n", namespace)["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert (
+        get_json(control_plane, "configmap", "owned", "-n", namespace)["metadata"]["ownerReferences"][0]["uid"] == uid
+    )
 
     control_plane.kubectl("delete", "wfx", "owner", "-n", namespace)
     start = time.monotonic()
@@ -184,20 +201,28 @@ def test_garbage_collector_deletes_dependents_of_a_deleted_execution(
 # 4 ---------------------------------------------------------------------------
 
 
-def test_rbac_is_enforced_for_service_accounts(
-    control_plane: Cluster, make_namespace: Callable[[], str]
-) -> None:
+def test_rbac_is_enforced_for_service_accounts(control_plane: Cluster, make_namespace: Callable[[], str]) -> None:
     namespace, other = make_namespace(), make_namespace()
     for ns in (namespace, other):
         apply(control_plane, wfx("visible", ns, workflow="w"))
     control_plane.kubectl("create", "serviceaccount", "reader", "-n", namespace)
     control_plane.kubectl(
-        "create", "role", "wfx-reader", "-n", namespace,
-        "--verb=get,list", "--resource=workflowexecutions.kubestep.io",
+        "create",
+        "role",
+        "wfx-reader",
+        "-n",
+        namespace,
+        "--verb=get,list",
+        "--resource=workflowexecutions.kubestep.io",
     )
     control_plane.kubectl(
-        "create", "rolebinding", "wfx-reader", "-n", namespace,
-        "--role=wfx-reader", f"--serviceaccount={namespace}:reader",
+        "create",
+        "rolebinding",
+        "wfx-reader",
+        "-n",
+        namespace,
+        "--role=wfx-reader",
+        f"--serviceaccount={namespace}:reader",
     )
     kubeconfig = control_plane.kubeconfig_for_service_account(namespace, "reader")
 
@@ -278,9 +303,7 @@ def test_down_only_stops_processes_it_started(tmp_path: Path) -> None:
     """A pid file pointing at a foreign process (recycled pid) must not get it killed."""
     state = tmp_path / "plane"
     (state / "run").mkdir(parents=True)
-    foreign = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
-    )
+    foreign = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         for component in COMPONENTS:
             (state / "run" / f"{component}.pid").write_text(json.dumps({"pid": foreign.pid}))

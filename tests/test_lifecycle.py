@@ -108,8 +108,9 @@ async def test_c_budget_resets_after_each_wait_and_queue_time_does_not_count(
     client: KubestepClient, workers: Any
 ) -> None:
     # 3.6 s of running in two 1.8 s segments, each under the 2 s budget ...
-    h = await client.start("steps", {"count": 6, "seconds": 0.6, "wait_after": 2, "wait_seconds": 0.5},
-                           run_timeout_seconds=2)
+    h = await client.start(
+        "steps", {"count": 6, "seconds": 0.6, "wait_after": 2, "wait_seconds": 0.5}, run_timeout_seconds=2
+    )
     # ... and 3 s queued before any worker exists.
     await asyncio.sleep(3)
     assert await phase_of(client, h.id) == api.QUEUED
@@ -189,12 +190,21 @@ async def test_g_cancel_of_finished_runs_changes_nothing(
         before = (await h.status()).status
         assert await h.cancel(client) is False
         # kubectl can still set the flag; the operator ignores it and says so in an Event.
-        control_plane.kubectl("-n", run_namespace, "patch", "wfx", h.id, "--type=merge",
-                              "-p", '{"spec":{"cancelRequested":true}}')
+        control_plane.kubectl(
+            "-n", run_namespace, "patch", "wfx", h.id, "--type=merge", "-p", '{"spec":{"cancelRequested":true}}'
+        )
 
         async def ignored(name: str = h.id) -> bool:
-            out = control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json",
-                                        "--field-selector", f"involvedObject.name={name},reason=CancelIgnored").stdout
+            out = control_plane.kubectl(
+                "-n",
+                run_namespace,
+                "get",
+                "events",
+                "-o",
+                "json",
+                "--field-selector",
+                f"involvedObject.name={name},reason=CancelIgnored",
+            ).stdout
             return bool(json.loads(out)["items"])
 
         await until(ignored, 15, "a CancelIgnored event")
@@ -242,14 +252,19 @@ async def test_h_three_ways_to_cancel(
     via_patch = await client.start("until-cancelled", {"seconds": 0.05})
     via_sdk = await client.start("until-cancelled", {"seconds": 0.05})
     name = f"applied-{uuid.uuid4().hex[:5]}"
-    manifest = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
-                "spec": {"workflow": "until-cancelled", "input": {"seconds": 0.05}}}
+    manifest = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": {"workflow": "until-cancelled", "input": {"seconds": 0.05}},
+    }
     control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(manifest))
     for n in (via_patch.id, via_sdk.id, name):
         await until_phase(client, n, api.RUNNING)
 
-    control_plane.kubectl("-n", run_namespace, "patch", "wfx", via_patch.id, "--type", "merge",
-                          "-p", '{"spec":{"cancelRequested":true}}')
+    control_plane.kubectl(
+        "-n", run_namespace, "patch", "wfx", via_patch.id, "--type", "merge", "-p", '{"spec":{"cancelRequested":true}}'
+    )
     assert await client.cancel_execution(via_sdk.id) is True
     manifest["spec"]["cancelRequested"] = True  # type: ignore[index]
     control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(manifest))
@@ -262,8 +277,10 @@ async def test_h_three_ways_to_cancel(
     # The Events tell the story: a cancel that took effect is never reported as ignored.
     # (A CancelIgnored Event follows its run's terminal event within milliseconds; allow a second.)
     await asyncio.sleep(1)
-    reasons = {(ev["involvedObject"]["name"], ev["reason"]) for ev in json.loads(
-        control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json").stdout)["items"]}
+    reasons = {
+        (ev["involvedObject"]["name"], ev["reason"])
+        for ev in json.loads(control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json").stdout)["items"]
+    }
     for n in (via_patch.id, via_sdk.id, name):
         assert (n, api.CANCELLED) in reasons and (n, "CancelIgnored") not in reasons, sorted(reasons)
 
@@ -275,14 +292,19 @@ async def test_i_apiserver_rejects_bad_specs(client: KubestepClient) -> None:
     with pytest.raises(kubestep.InvalidError, match="runTimeoutSeconds"):
         await client.start("steps", run_timeout_seconds=0)
     with pytest.raises(kubestep.InvalidError, match="workflow"):
-        await client._kube.create(api.execution_path(client.namespace),
-                                  {"apiVersion": api.API_VERSION, "kind": api.KIND,
-                                   "metadata": {"generateName": "bad-"}, "spec": {"input": 1}})
+        await client._kube.create(
+            api.execution_path(client.namespace),
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": {"generateName": "bad-"},
+                "spec": {"input": 1},
+            },
+        )
     h = await client.start("nobody-serves-this")
     await client.cancel_execution(h.id)
     with pytest.raises(kubestep.InvalidError, match="cannot be set back to false"):
-        await client._kube.merge_patch(api.execution_path(client.namespace, h.id),
-                                       {"spec": {"cancelRequested": False}})
+        await client._kube.merge_patch(api.execution_path(client.namespace, h.id), {"spec": {"cancelRequested": False}})
 
 
 async def test_i_failing_workflow_records_error(client: KubestepClient, workers: Any) -> None:
@@ -341,9 +363,7 @@ async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClien
 
 
 @local_only
-async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(
-    client: KubestepClient, workers: Any
-) -> None:
+async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(client: KubestepClient, workers: Any) -> None:
     # A long lease: the operator will not call the worker lost, so only the restarted
     # worker's own recovery (a run listed as held by its name) can get the run going again.
     w = workers(name="phoenix", lease_seconds=60)
@@ -383,7 +403,8 @@ async def test_j_long_history_is_archived_and_replayed_from_the_journal(
     e = await h.status()
     history = await h.steps()
     assert [s.key for s in history] == [f"step-{i}" for i in range(6)] + ["wait-5"] + [
-        f"step-{i}" for i in range(6, 12)]
+        f"step-{i}" for i in range(6, 12)
+    ]
     assert all(s.state == "Completed" for s in history) and e.status.steps_completed == 13
     assert len(e.status.steps) <= 4 and sum(j.steps for j in e.status.journal) + len(e.status.steps) == 13
     # Replayed from the journal, not run again: the same tokens, the first worker's.
@@ -420,7 +441,8 @@ async def test_j_a_long_journal_stays_short_in_status_by_merging_chunks(client: 
     assert 1 in levels and len(e.status.journal) < 16, levels
     history = await h.steps()
     assert [s.key for s in history] == [f"step-{i}" for i in range(36)] + ["wait-35"] + [
-        f"step-{i}" for i in range(36, 40)]
+        f"step-{i}" for i in range(36, 40)
+    ]
     assert {s.output["worker"] for s in history[:36]} == {"merger"}  # replayed, not run again
     assert result["tokens"] == [s.output["token"] for s in history if s.kind == "Run"]
 
@@ -430,13 +452,24 @@ async def test_a_journal_the_worker_cannot_write_fails_the_run_as_a_worker_error
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
 ) -> None:
     # No ConfigMaps allowed in the namespace: archiving step records is refused (403).
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-configmaps"},
-             "spec": {"hard": {"configmaps": "0"}}}
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-configmaps"},
+        "spec": {"hard": {"configmaps": "0"}},
+    }
     control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(quota))
     # Admission enforces a quota once the controller manager has computed its usage.
-    wait_until(lambda: control_plane.kubectl("-n", run_namespace, "get", "resourcequota", "no-configmaps", "-o",
-                                             "jsonpath={.status.hard.configmaps}").stdout == "0",
-               20, what="the quota to be in force")
+    wait_until(
+        lambda: (
+            control_plane.kubectl(
+                "-n", run_namespace, "get", "resourcequota", "no-configmaps", "-o", "jsonpath={.status.hard.configmaps}"
+            ).stdout
+            == "0"
+        ),
+        20,
+        what="the quota to be in force",
+    )
     workers(env={"KUBESTEP_STATUS_STEPS": "2"})
     h = await client.start("steps", {"count": 5, "seconds": 0.01})
     e = await h.wait(timeout=30)
@@ -463,9 +496,7 @@ async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, wo
 
 
 @local_only
-async def test_worker_alone_enforces_the_budget_on_its_own_clock(
-    control_plane: Any, logs: Path, operator: Any
-) -> None:
+async def test_worker_alone_enforces_the_budget_on_its_own_clock(control_plane: Any, logs: Path, operator: Any) -> None:
     """Outside the operator's namespaces: the worker stops the run at the boundary by itself."""
     ns = f"solo-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", ns)
@@ -487,8 +518,12 @@ async def test_worker_alone_enforces_the_budget_on_its_own_clock(
 def test_printer_columns_tell_the_story(control_plane: Any, run_namespace: str, workers: Any) -> None:
     workers()
     name = f"cols-{uuid.uuid4().hex[:5]}"
-    manifest = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
-                "spec": {"workflow": "steps", "input": {"count": 2, "seconds": 0.01}}}
+    manifest = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": {"workflow": "steps", "input": {"count": 2, "seconds": 0.01}},
+    }
     control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(manifest))
     control_plane.kubectl("-n", run_namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=20s")
     out = control_plane.kubectl("-n", run_namespace, "get", "wfx", name).stdout

@@ -55,14 +55,19 @@ async def test_an_async_step_that_never_returns_is_interrupted_when_the_grace_pe
     steps = await steps_of(client, h.id)
     assert steps["first"].state == "Completed"
     assert steps["hang"].state == "Interrupted" and steps["hang"].error == {
-        "type": api.GRACE_EXPIRED, "message": f"the grace period of {GRACE} s ran out"}
+        "type": api.GRACE_EXPIRED,
+        "message": f"the grace period of {GRACE} s ran out",
+    }
     assert "release" not in steps  # cleanup comes within the grace period, not after it
 
 
 async def _step_started(client: KubestepClient, name: str, key: str) -> bool:
     e = await client.get_execution(name)
-    return e.status.phase == api.RUNNING and key not in {s.key for s in e.status.steps} and \
-        "first" in {s.key for s in e.status.steps}
+    return (
+        e.status.phase == api.RUNNING
+        and key not in {s.key for s in e.status.steps}
+        and "first" in {s.key for s in e.status.steps}
+    )
 
 
 async def test_an_exhausted_budget_interrupts_a_step_that_never_returns(client: KubestepClient, workers: Any) -> None:
@@ -165,8 +170,10 @@ async def test_cancelling_never_outlasts_the_grace_period_plus_one_lease(
         h = await client.start("hang", None, cancel_grace_period_seconds=1)
         e = await until_phase(client, h.id, api.QUEUED, timeout=15)
         path = api.execution_path(run_namespace, h.id, "status")
-        await client._kube.merge_patch(path, {"status": {
-            "phase": api.RUNNING, "worker": holder, "attempt": 1, "startedAt": api.fmt_time(api.now())}})
+        await client._kube.merge_patch(
+            path,
+            {"status": {"phase": api.RUNNING, "worker": holder, "attempt": 1, "startedAt": api.fmt_time(api.now())}},
+        )
         await client.cancel_execution(h.id)
         e = await until_phase(client, h.id, api.CANCELLING, timeout=15)
         assert e.status.cancellation is not None
@@ -180,20 +187,33 @@ async def test_cancelling_never_outlasts_the_grace_period_plus_one_lease(
 
 async def _fake_worker_lease(client: KubestepClient, namespace: str, holder: str) -> str:
     name = f"{api.LEASE_PREFIX}{holder}"
-    await client._kube.create(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": name, "labels": {api.LABEL_WORKER: "true"},
-                     "annotations": {api.ANNOTATION_WORKFLOWS: "hang"}},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS,
-                 "renewTime": api.fmt_time(api.now())}})
+    await client._kube.create(
+        f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "labels": {api.LABEL_WORKER: "true"},
+                "annotations": {api.ANNOTATION_WORKFLOWS: "hang"},
+            },
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": api.fmt_time(api.now()),
+            },
+        },
+    )
     return name
 
 
 async def _renew_forever(client: KubestepClient, namespace: str, name: str) -> None:
     while True:
         await asyncio.sleep(LEASE_SECONDS / 4)
-        await client._kube.merge_patch(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
-                                       {"spec": {"renewTime": api.fmt_time(api.now())}})
+        await client._kube.merge_patch(
+            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+            {"spec": {"renewTime": api.fmt_time(api.now())}},
+        )
 
 
 # ----- 3. who stopped it, and why -----------------------------------------------------------------
@@ -209,11 +229,22 @@ async def test_the_cancellation_records_the_reason_and_who_asked(
     for h in (by_sdk, by_kubectl):
         await until_phase(client, h.id, api.RUNNING, timeout=20)
     await client.cancel_execution(by_sdk.id, reason="budget cut")
-    control_plane.kubectl("-n", run_namespace, "patch", "wfx", by_kubectl.id, "--type=merge", "-p",
-                          json.dumps({"spec": {"cancelRequested": True, "cancelReason": "wrong input"}}))
+    control_plane.kubectl(
+        "-n",
+        run_namespace,
+        "patch",
+        "wfx",
+        by_kubectl.id,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"cancelRequested": True, "cancelReason": "wrong input"}}),
+    )
     await client.cancel_execution(queued.id, reason="not needed")
-    for h, manager, said in ((by_sdk, "kubestep-sdk", "budget cut"), (by_kubectl, "kubectl-patch", "wrong input"),
-                             (queued, "kubestep-sdk", "not needed")):
+    for h, manager, said in (
+        (by_sdk, "kubestep-sdk", "budget cut"),
+        (by_kubectl, "kubectl-patch", "wrong input"),
+        (queued, "kubestep-sdk", "not needed"),
+    ):
         e = await until_phase(client, h.id, api.CANCELLED, timeout=20)
         c = e.status.cancellation
         assert c and (c.reason, c.message, c.requested_by) == (api.REQUESTED, said, manager), c
@@ -222,11 +253,21 @@ async def test_the_cancellation_records_the_reason_and_who_asked(
     assert "Requested By:" in described and "kubectl-patch" in described and "wrong input" in described
 
 
-async def test_cancel_reason_cannot_be_given_without_cancelling(control_plane: Any, client: KubestepClient,
-                                                                 run_namespace: str) -> None:
+async def test_cancel_reason_cannot_be_given_without_cancelling(
+    control_plane: Any, client: KubestepClient, run_namespace: str
+) -> None:
     h = await client.start("nobody-serves-this", None)
-    out = control_plane.kubectl("-n", run_namespace, "patch", "wfx", h.id, "--type=merge", "-p",
-                                json.dumps({"spec": {"cancelReason": "why"}}), check=False)
+    out = control_plane.kubectl(
+        "-n",
+        run_namespace,
+        "patch",
+        "wfx",
+        h.id,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"cancelReason": "why"}}),
+        check=False,
+    )
     assert out.returncode != 0 and "cancelReason can only be set together with cancelRequested" in out.stderr
 
 
@@ -272,17 +313,40 @@ async def test_events_are_delivered_once_each_in_order_whenever_they_are_sent(
     await client.send_event(h.id, "approved", {"by": "bob"})
     await until(lambda: _waiting_on(client, h.id, "approval-2"), 20, "the third wait")
     # From kubectl: a JSON patch appends to spec.events.
-    control_plane.kubectl("-n", run_namespace, "patch", "wfx", h.id, "--type=json", "-p", json.dumps(
-        [{"op": "add", "path": "/spec/events/-", "value": {"name": "from-kubectl", "topic": "approved",
-                                                           "data": {"by": "carol"}}}]))
+    control_plane.kubectl(
+        "-n",
+        run_namespace,
+        "patch",
+        "wfx",
+        h.id,
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/events/-",
+                    "value": {"name": "from-kubectl", "topic": "approved", "data": {"by": "carol"}},
+                }
+            ]
+        ),
+    )
     e = await until_phase(client, h.id, api.COMPLETED, timeout=20)
     assert e.status.result["events"] == [{"by": "alice"}, {"by": "bob"}, {"by": "carol"}]
     steps = await steps_of(client, h.id)
     assert [steps[f"approval-{i}"].event for i in range(3)][2] == "from-kubectl"
     assert len(set(e.status.events_consumed)) == 3
-    again = control_plane.kubectl("-n", run_namespace, "patch", "wfx", h.id, "--type=json", "-p", json.dumps(
-        [{"op": "add", "path": "/spec/events/-", "value": {"name": "from-kubectl", "topic": "approved"}}]),
-        check=False)
+    again = control_plane.kubectl(
+        "-n",
+        run_namespace,
+        "patch",
+        "wfx",
+        h.id,
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "add", "path": "/spec/events/-", "value": {"name": "from-kubectl", "topic": "approved"}}]),
+        check=False,
+    )
     assert again.returncode != 0 and "Duplicate value" in again.stderr
 
 

@@ -10,11 +10,18 @@ from typing import Any
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o = sub.add_parser("operator", help="run the operator (needs the [operator] extra)")
-    o.add_argument("--namespace", "-n", action="append", default=[],
-                   help="namespace to serve (repeatable); shell patterns such as t-* need cluster-wide read access")
+    o.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="namespace to serve (repeatable); shell patterns such as t-* need cluster-wide read access",
+    )
     o.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace")
     o.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    o.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
+    o.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)"
+    )
     o.add_argument("--verbose", "-v", action="store_true")
     o.set_defaults(func=main)
 
@@ -26,6 +33,13 @@ def main(args: Any) -> int:
         from .running import run
     except ImportError as e:
         sys.exit(f"kubestep operator needs the operator extra: pip install 'kubestep[operator]' ({e})")
-    run(OperatorSettings.load(namespaces=tuple(args.namespace), all_namespaces=args.all_namespaces,
-                              metrics_port=args.metrics_port, liveness_endpoint=args.liveness, verbose=args.verbose))
+    run(
+        OperatorSettings.load(
+            namespaces=tuple(args.namespace),
+            all_namespaces=args.all_namespaces,
+            metrics_port=args.metrics_port,
+            liveness_endpoint=args.liveness,
+            verbose=args.verbose,
+        )
+    )
     return 0

@@ -73,11 +73,18 @@ class Controller:
         self.recorder = Recorder(self.kube, OPERATOR)
         self.lease_informers = [
             Informer(self.watch, _leases_path(s), s, self.on_lease, self.leases_listed, dict(WORKER_LEASES))
-            for s in self.scopes]
+            for s in self.scopes
+        ]
         self.run_informers = [
-            Informer(self.watch, api.execution_path(s.namespace) if s.namespace else
-                     f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}", s, self.on_execution, self.executions_listed)
-            for s in self.scopes]
+            Informer(
+                self.watch,
+                api.execution_path(s.namespace) if s.namespace else f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}",
+                s,
+                self.on_execution,
+                self.executions_listed,
+            )
+            for s in self.scopes
+        ]
         measuring.SCHEDULED.set_function(lambda: len(self.scheduler))
         measuring.UNFINISHED.set_function(lambda: len(self.executions))
         for level in Urgency:
@@ -117,9 +124,12 @@ class Controller:
         """For the liveness probe: how long since each informer last heard from the apiserver."""
         now = time.monotonic()
         informers = self.lease_informers + self.run_informers
-        return {"listed": all(i.listed.is_set() for i in informers),
-                "silent_seconds": round(max((now - i.last_contact for i in informers), default=0.0), 1),
-                "unfinished_runs": len(self.executions), "backlog": len(self.backlog)}
+        return {
+            "listed": all(i.listed.is_set() for i in informers),
+            "silent_seconds": round(max((now - i.last_contact for i in informers), default=0.0), 1),
+            "unfinished_runs": len(self.executions),
+            "backlog": len(self.backlog),
+        }
 
     # ----- what the informers report ----------------------------------------------------------
 
@@ -135,8 +145,9 @@ class Controller:
             if s.cancel_requested and not ended_by_it and (s.uid, s.generation) not in self.ignored:
                 # Not a transition: status stays as it is. Said once per request (per generation).
                 self.ignored.add((s.uid, s.generation))
-                self.recorder.post(s.body_ref, "Normal", "CancelIgnored",
-                                   f"run already {s.phase}; cancellation has no effect")
+                self.recorder.post(
+                    s.body_ref, "Normal", "CancelIgnored", f"run already {s.phase}; cancellation has no effect"
+                )
             return
         self.executions[key] = s
         self.consider(s)
@@ -180,8 +191,9 @@ class Controller:
         return frozenset(served)
 
     def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
-        return decide(s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace,
-                      self.lease_seconds)
+        return decide(
+            s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace, self.lease_seconds
+        )
 
     # ----- acting -----------------------------------------------------------------------------
 

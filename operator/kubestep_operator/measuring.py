@@ -12,7 +12,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 TRANSITIONS = Counter(
-    "kubestep_operator_transitions_total", "Status transitions the operator wrote, by phase and reason.",
+    "kubestep_operator_transitions_total",
+    "Status transitions the operator wrote, by phase and reason.",
     ["phase", "reason"],
 )
 LOST_RACES = Counter(
@@ -20,19 +21,25 @@ LOST_RACES = Counter(
     "Operator writes refused because the run changed first (it decides again on the next event).",
 )
 WRITE_ERRORS = Counter(
-    "kubestep_operator_write_errors_total", "Operator status writes that failed and were rescheduled.",
+    "kubestep_operator_write_errors_total",
+    "Operator status writes that failed and were rescheduled.",
 )
 SCHEDULED = Gauge("kubestep_operator_scheduled", "Runs and leases the scheduler will look at again.")
 UNFINISHED = Gauge("kubestep_operator_unfinished_runs", "Unfinished runs in the operator's index.")
 BACKLOG = Gauge(
-    "kubestep_operator_backlog", "Runs with a decided status write waiting for a writer, by urgency.", ["urgency"],
+    "kubestep_operator_backlog",
+    "Runs with a decided status write waiting for a writer, by urgency.",
+    ["urgency"],
 )
 WRITES_IN_FLIGHT = Gauge("kubestep_operator_writes_in_flight", "Status writes being made now.")
 WRITE_SECONDS = Histogram(
-    "kubestep_operator_write_seconds", "Latency of the operator's successful status writes, by urgency.",
-    ["urgency"], buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "kubestep_operator_write_seconds",
+    "Latency of the operator's successful status writes, by urgency.",
+    ["urgency"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 EVENTS_QUEUED = Gauge("kubestep_operator_events_queued", "Events waiting to be posted.")
 EVENTS_DROPPED = Counter(
-    "kubestep_operator_events_dropped_total", "Events not posted because the event queue was full.",
+    "kubestep_operator_events_dropped_total",
+    "Events not posted because the event queue was full.",
 )

@@ -123,22 +123,22 @@ WorkerLookup = Callable[[str, str], Liveness | None]  # (namespace, worker) -> l
 
 
 def _cond(s: Snapshot, type_: str, ok: bool, reason: str, message: str, at: dt.datetime) -> list[dict[str, Any]]:
-    conditions = api.merge_conditions(
-        s.condition_list(), api.condition(type_, ok, reason, message, at, s.generation)
-    )
+    conditions = api.merge_conditions(s.condition_list(), api.condition(type_, ok, reason, message, at, s.generation))
     return conditions
 
 
-def _finish_cancelled(s: Snapshot, reason: str, message: str, at: dt.datetime, *,
-                      status_reason: str | None = None) -> Decision:
+def _finish_cancelled(
+    s: Snapshot, reason: str, message: str, at: dt.datetime, *, status_reason: str | None = None
+) -> Decision:
     """Cancelled, acknowledged by the operator. ``status_reason`` overrides the status's reason (the
     cancellation keeps why the run was told to stop)."""
     canc = dict(s.cancellation or {})
     if not canc.get("reason"):
         canc = {**s.cancel_note, "reason": reason, "requestedAt": api.fmt_time(at)}
     canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=OPERATOR)
-    status = api.finished_status({"conditions": s.condition_list()}, api.CANCELLED, status_reason or canc["reason"],
-                                 message, at, s.generation)
+    status = api.finished_status(
+        {"conditions": s.condition_list()}, api.CANCELLED, status_reason or canc["reason"], message, at, s.generation
+    )
     return Decision(
         patch={**status, "cancellation": canc, "observedGeneration": s.generation},
         event=("Warning" if status_reason else "Normal", api.CANCELLED, message),
@@ -147,8 +147,14 @@ def _finish_cancelled(s: Snapshot, reason: str, message: str, at: dt.datetime, *
 
 def _requeue(s: Snapshot, reason: str, message: str, at: dt.datetime, **clear: None) -> dict[str, Any]:
     """Back to Queued: the queue timeout counts again from now."""
-    return {"phase": api.QUEUED, "reason": reason, "message": message, "queuedAt": api.fmt_time(at), **clear,
-            "observedGeneration": s.generation}
+    return {
+        "phase": api.QUEUED,
+        "reason": reason,
+        "message": message,
+        "queuedAt": api.fmt_time(at),
+        **clear,
+        "observedGeneration": s.generation,
+    }
 
 
 def served_by(s: Snapshot, live_workflows: frozenset[str] | None) -> bool:
@@ -182,7 +188,8 @@ def decide(
                 "conditions": _cond(s, api.COND_SCHEDULED, False, "Pending" if served else "NoWorker", message, now),
             },
             event=("Normal", api.QUEUED, f"queued for workflow {s.workflow!r}")
-            if served else ("Warning", "NoWorker", _no_worker(s)),
+            if served
+            else ("Warning", "NoWorker", _no_worker(s)),
         )
 
     if s.cancel_requested and phase in (api.QUEUED, api.WAITING):
@@ -195,14 +202,17 @@ def decide(
     if phase == api.WAITING:
         if s.event_ready:
             return Decision(
-                patch=_requeue(s, "EventArrived", f"event {s.waiting_for_topic!r} arrived; waiting for a worker",
-                               now, wakeAt=None),
+                patch=_requeue(
+                    s, "EventArrived", f"event {s.waiting_for_topic!r} arrived; waiting for a worker", now, wakeAt=None
+                ),
                 event=("Normal", "EventArrived", f"event {s.waiting_for_topic!r} arrived; re-queued for a worker"),
             )
         if s.wake_at is None and s.waiting_for_topic is not None:
             return Decision()  # waits for its event with no timeout
         if s.wake_at is None or now >= s.wake_at:
-            what = "wait for event " + repr(s.waiting_for_topic) + " timed out" if s.waiting_for_topic else "wait is over"
+            what = (
+                "wait for event " + repr(s.waiting_for_topic) + " timed out" if s.waiting_for_topic else "wait is over"
+            )
             return Decision(
                 patch=_requeue(s, "WaitOver", f"{what}; waiting for a worker", now, wakeAt=None),
                 event=("Normal", "WaitOver", f"{what}; re-queued for a worker"),
@@ -214,16 +224,23 @@ def decide(
             give_up = s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds)
             if now >= give_up:
                 return _finish_cancelled(
-                    s, api.QUEUE_TIMEOUT, f"no worker claimed the run within queueTimeoutSeconds="
-                                          f"{s.queue_timeout_seconds}", now)
+                    s,
+                    api.QUEUE_TIMEOUT,
+                    f"no worker claimed the run within queueTimeoutSeconds={s.queue_timeout_seconds}",
+                    now,
+                )
         served = served_by(s, live_workflows)
         current = next((c for c in s.conditions if c.get("type") == api.COND_SCHEDULED), None)
         want = ("False", "Pending" if served else "NoWorker")
         if current is None or (current.get("status"), current.get("reason")) != want:
             message = "waiting for a worker" if served else _no_worker(s)
             return Decision(
-                patch={"reason": want[1], "message": message, "observedGeneration": s.generation,
-                       "conditions": _cond(s, api.COND_SCHEDULED, False, want[1], message, now)},
+                patch={
+                    "reason": want[1],
+                    "message": message,
+                    "observedGeneration": s.generation,
+                    "conditions": _cond(s, api.COND_SCHEDULED, False, want[1], message, now),
+                },
                 event=None if served else ("Warning", "NoWorker", message),
             )
         if s.queue_timeout_seconds and s.queued_since is not None:
@@ -231,8 +248,9 @@ def decide(
     return Decision()
 
 
-def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grace: dt.datetime,
-                 lease_seconds: float) -> Decision:
+def _decide_held(
+    s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grace: dt.datetime, lease_seconds: float
+) -> Decision:
     """A worker holds the run (Running or Cancelling)."""
     holder = worker(s.namespace, s.worker or "")
     expires = holder.expires if holder else lease_grace
@@ -240,12 +258,18 @@ def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grac
         who = f"worker {s.worker!r} is gone (its lease expired)"
         timed_out = s.deadline is not None and now >= s.deadline
         if s.cancellation or s.cancel_requested or timed_out:
-            reason = (s.cancellation or {}).get("reason") or (
-                api.REQUESTED if s.cancel_requested else api.RUN_TIMEOUT)
+            reason = (s.cancellation or {}).get("reason") or (api.REQUESTED if s.cancel_requested else api.RUN_TIMEOUT)
             return _finish_cancelled(s, reason, f"{who}; finished the cancellation ({reason})", now)
         return Decision(
-            patch=_requeue(s, "WorkerLost", f"{who}; the run resumes by replay", now,
-                           worker=None, deadline=None, segmentStartedAt=None),
+            patch=_requeue(
+                s,
+                "WorkerLost",
+                f"{who}; the run resumes by replay",
+                now,
+                worker=None,
+                deadline=None,
+                segmentStartedAt=None,
+            ),
             event=("Warning", "WorkerLost", f"{who}; re-queued, a worker resumes it by replay"),
         )
     if s.phase == api.RUNNING and not s.cancellation:
@@ -257,25 +281,37 @@ def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grac
             return Decision(next_due=min(expires, s.cancel_time + HEAD_START))
         if s.cancel_requested:
             return Decision(
-                patch={"phase": api.CANCELLING, "reason": api.REQUESTED,
-                       "message": f"cancellation requested{_said(s.cancel_note)}; worker {s.worker} lets the step "
-                                  f"in flight finish (grace period {s.grace_seconds:g} s)",
-                       "cancellation": {**s.cancel_note, "requestedAt": api.fmt_time(now)},
-                       "observedGeneration": s.generation},
+                patch={
+                    "phase": api.CANCELLING,
+                    "reason": api.REQUESTED,
+                    "message": f"cancellation requested{_said(s.cancel_note)}; worker {s.worker} lets the step "
+                    f"in flight finish (grace period {s.grace_seconds:g} s)",
+                    "cancellation": {**s.cancel_note, "requestedAt": api.fmt_time(now)},
+                    "observedGeneration": s.generation,
+                },
                 guard={"phase": api.RUNNING, "worker": s.worker},
-                event=("Normal", "CancelRequested", f"signalled worker {s.worker}{_by(s.cancel_note)}; "
-                                                    f"grace period {s.grace_seconds:g} s"),
+                event=(
+                    "Normal",
+                    "CancelRequested",
+                    f"signalled worker {s.worker}{_by(s.cancel_note)}; grace period {s.grace_seconds:g} s",
+                ),
             )
         if s.deadline is not None and now >= s.deadline:
             return Decision(
-                patch={"phase": api.CANCELLING, "reason": api.RUN_TIMEOUT,
-                       "message": f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; worker {s.worker} lets "
-                                  f"the step in flight finish (grace period {s.grace_seconds:g} s)",
-                       "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
-                       "observedGeneration": s.generation},
+                patch={
+                    "phase": api.CANCELLING,
+                    "reason": api.RUN_TIMEOUT,
+                    "message": f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; worker {s.worker} lets "
+                    f"the step in flight finish (grace period {s.grace_seconds:g} s)",
+                    "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
+                    "observedGeneration": s.generation,
+                },
                 guard={"phase": api.RUNNING, "worker": s.worker},
-                event=("Warning", api.RUN_TIMEOUT,
-                       f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}"),
+                event=(
+                    "Warning",
+                    api.RUN_TIMEOUT,
+                    f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}",
+                ),
             )
     due = [expires]
     if s.phase == api.RUNNING and s.deadline is not None and not s.cancellation:
@@ -287,10 +323,13 @@ def _decide_held(s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grac
         bound = requested + dt.timedelta(seconds=s.grace_seconds + lease_seconds)
         if now >= bound:
             return _finish_cancelled(
-                s, str((s.cancellation or {}).get("reason") or api.REQUESTED),
+                s,
+                str((s.cancellation or {}).get("reason") or api.REQUESTED),
                 f"worker {s.worker} did not end the run within the grace period ({s.grace_seconds:g} s) plus one "
-                f"lease ({lease_seconds:g} s); ended by the operator", now,
-                status_reason=api.GRACE_EXPIRED)  # on its resourceVersion: the holder is not writing
+                f"lease ({lease_seconds:g} s); ended by the operator",
+                now,
+                status_reason=api.GRACE_EXPIRED,
+            )  # on its resourceVersion: the holder is not writing
         due.append(bound)
     return Decision(next_due=min(due))
 

@@ -15,12 +15,20 @@ def run(settings: OperatorSettings) -> None:
 
     from . import handlers  # noqa: F401  (registers start-up, clean-up and the probe)
 
-    logging.basicConfig(level=logging.DEBUG if settings.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if settings.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not settings.all_namespaces and not settings.namespaces:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
     serve_metrics(settings.metrics_port)
     # No resource handlers are registered with kopf, so it watches nothing itself: no namespace or
     # CRD discovery, no peering. ``standalone``: a single replica (docs/install.md).
-    asyncio.run(kopf.operator(standalone=True, clusterwide=True, liveness_endpoint=settings.liveness_endpoint,
-                              memo=kopf.Memo(settings=settings)))
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=True,
+            liveness_endpoint=settings.liveness_endpoint,
+            memo=kopf.Memo(settings=settings),
+        )
+    )

@@ -73,4 +73,3 @@ class Scheduler:
                 await asyncio.wait_for(self._changed.wait(), timeout)
             except TimeoutError:
                 pass
-

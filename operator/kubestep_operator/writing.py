@@ -51,7 +51,8 @@ class Backlog(Generic[K]):
 
     def count(self, urgency: int) -> int:
         return sum(1 for u, _ in self._pending.values() if u == urgency) + sum(
-            1 for u in self._again.values() if u == urgency)
+            1 for u in self._again.values() if u == urgency
+        )
 
     @property
     def busy(self) -> int:

@@ -1,16 +1,16 @@
 """Kubestep: durable Python workflows on Kubernetes that can be cancelled and timed out safely.
 
-    from kubestep import workflow, WorkflowContext, KubestepClient
+from kubestep import workflow, WorkflowContext, KubestepClient
 
-    @workflow
-    async def risky_workflow(ctx: WorkflowContext, input: dict):
-        data = await ctx.step.run("process", process_data, input)
-        await ctx.step.wait_for("wait", hours=1)
-        return await ctx.step.run("finalize", finalize_data, data)
+@workflow
+async def risky_workflow(ctx: WorkflowContext, input: dict):
+    data = await ctx.step.run("process", process_data, input)
+    await ctx.step.wait_for("wait", hours=1)
+    return await ctx.step.run("finalize", finalize_data, data)
 
-    client = KubestepClient(namespace="default")
-    handle = await risky_workflow.invoke(client, payload={...}, run_timeout_seconds=1800)
-    cancelled = await client.cancel_execution(handle.id)
+client = KubestepClient(namespace="default")
+handle = await risky_workflow.invoke(client, payload={...}, run_timeout_seconds=1800)
+cancelled = await client.cancel_execution(handle.id)
 """
 
 from ._client import ExecutionHandle, KubestepClient

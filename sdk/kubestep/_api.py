@@ -47,6 +47,7 @@ STEP_FAILED: Final = "Failed"
 STEP_INTERRUPTED: Final = "Interrupted"  # cut off by a hard stop or its own timeout: runs again on resume
 STEP_WAITING: Final = "Waiting"
 
+
 def grace_seconds(spec: dict[str, Any], default: float) -> float:
     """The run's grace period: its own (``spec.cancelGracePeriodSeconds``), else the installation's
     (``KUBESTEP_CANCEL_GRACE_SECONDS``: ``_settings``)."""
@@ -64,7 +65,7 @@ def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
     who: dict[str, str] = {}
     latest = ""
     for entry in meta.get("managedFields") or []:
-        spec_fields = ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        spec_fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
         if "f:cancelRequested" in spec_fields and entry.get("manager") and str(entry.get("time") or "") >= latest:
             latest = str(entry.get("time") or "")
             who["requestedBy"] = str(entry["manager"])
@@ -77,8 +78,11 @@ def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
 def cancel_time(meta: dict[str, Any]) -> dt.datetime | None:
     """When the apiserver recorded the request that set ``spec.cancelRequested`` (managedFields keep
     whole seconds), or None."""
-    times = [parse_time(e.get("time")) for e in meta.get("managedFields") or []
-             if "f:cancelRequested" in ((e.get("fieldsV1") or {}).get("f:spec") or {})]
+    times = [
+        parse_time(e.get("time"))
+        for e in meta.get("managedFields") or []
+        if "f:cancelRequested" in ((e.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
     return max((t for t in times if t is not None), default=None)
 
 
@@ -101,6 +105,7 @@ def events_pending(spec: dict[str, Any], status: dict[str, Any], topic: str) -> 
     """Events of ``topic`` sent to the run (``spec.events``) and not yet consumed by a wait."""
     consumed = set(status.get("eventsConsumed") or [])
     return sum(1 for e in spec.get("events") or [] if e.get("topic") == topic and e.get("name") not in consumed)
+
 
 # Condition types: `kubectl wait --for=condition=Finished wfx/NAME`.
 COND_FINISHED: Final = "Finished"

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=10, help="runs executed at once (default 10)")
     w.add_argument("--namespace", help="namespace to serve (default: $POD_NAMESPACE, then kubeconfig's)")
     w.add_argument("--lease-seconds", type=int, help="liveness lease duration (default $KUBESTEP_LEASE_SECONDS or 15)")
-    w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)")
+    w.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)"
+    )
 
     # Commands of other packages (the operator's): found by entry point, so the SDK imports none of them.
     for entry in importlib.metadata.entry_points(group="kubestep.commands"):
@@ -48,8 +50,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ._settings import WorkerSettings
         from ._worker.main import run as run_worker
 
-        run_worker(WorkerSettings.load(args.module, concurrency=args.concurrency, namespace=args.namespace,
-                                       lease_seconds=args.lease_seconds, metrics_port=args.metrics_port))
+        run_worker(
+            WorkerSettings.load(
+                args.module,
+                concurrency=args.concurrency,
+                namespace=args.namespace,
+                lease_seconds=args.lease_seconds,
+                metrics_port=args.metrics_port,
+            )
+        )
     else:
         sys.exit(args.func(args))
 

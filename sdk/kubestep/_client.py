@@ -42,7 +42,11 @@ class KubestepClient:
     asked (``status.cancellation.requestedBy``)."""
 
     def __init__(
-        self, namespace: str | None = None, *, kubeconfig: str | None = None, context: str | None = None,
+        self,
+        namespace: str | None = None,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
         field_manager: str = FIELD_MANAGER,
     ) -> None:
         self._kube = Kube(kubeconfig, context)
@@ -114,8 +118,9 @@ class KubestepClient:
         except NotFoundError:
             raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
 
-    async def cancel_execution(self, execution_id: str, reason: str | None = None,
-                               grace_period_seconds: int | None = None) -> bool:
+    async def cancel_execution(
+        self, execution_id: str, reason: str | None = None, grace_period_seconds: int | None = None
+    ) -> bool:
         """Requests cancellation. True if the run was queued, running or waiting; False if it
         had already finished or does not exist.
 
@@ -137,8 +142,9 @@ class KubestepClient:
                 spec["cancelReason"] = reason[:1024]
             if grace_period_seconds is not None:
                 current = (obj.get("spec") or {}).get("cancelGracePeriodSeconds")
-                spec["cancelGracePeriodSeconds"] = grace_period_seconds if current is None else \
-                    min(current, grace_period_seconds)
+                spec["cancelGracePeriodSeconds"] = (
+                    grace_period_seconds if current is None else min(current, grace_period_seconds)
+                )
             obj = await self._kube.merge_patch(path, {"spec": spec}, params=self._manager)
         except NotFoundError:
             return False
@@ -152,8 +158,12 @@ class KubestepClient:
         event = {"name": name, "topic": topic, "data": data}
         try:
             await self._kube.request(
-                "PATCH", self._path(execution_id), content_type="application/json-patch+json", params=self._manager,
-                json_body=[{"op": "add", "path": "/spec/events/-", "value": event}])
+                "PATCH",
+                self._path(execution_id),
+                content_type="application/json-patch+json",
+                params=self._manager,
+                json_body=[{"op": "add", "path": "/spec/events/-", "value": event}],
+            )
         except NotFoundError:
             raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
         return name
@@ -219,8 +229,13 @@ class ExecutionHandle:
         """Every step record of the run, archived ones included."""
         return await self._client.step_history(self.id)
 
-    async def cancel(self, client: KubestepClient | None = None, *, reason: str | None = None,
-                     grace_period_seconds: int | None = None) -> bool:
+    async def cancel(
+        self,
+        client: KubestepClient | None = None,
+        *,
+        reason: str | None = None,
+        grace_period_seconds: int | None = None,
+    ) -> bool:
         return await (client or self._client).cancel_execution(self.id, reason, grace_period_seconds)
 
     async def send_event(self, topic: str, data: Any = None, *, name: str | None = None) -> str:

@@ -28,8 +28,14 @@ class _Runtime(Protocol):
 
     def cleanup(self) -> AbstractAsyncContextManager[None]: ...
 
-    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                       timeout: float | None = None) -> Any: ...
+    async def run_step(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+    ) -> Any: ...
 
     async def wait(self, key: str, duration: dt.timedelta) -> None: ...
 
@@ -52,8 +58,9 @@ class Step:
     def __init__(self, runtime: _Runtime) -> None:
         self._runtime = runtime
 
-    async def run(self, key: str, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
-                  **kwargs: Any) -> Any:
+    async def run(
+        self, key: str, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Runs ``fn(*args, **kwargs)`` once per execution and returns its (JSON) output.
 
         On replay a completed step is not run again: its recorded output is returned. A cancel

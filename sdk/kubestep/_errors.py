@@ -69,9 +69,7 @@ class ExecutionFailedError(KubestepError):
 
     def __init__(self, execution_id: str, error: dict[str, Any] | None) -> None:
         err = error or {}
-        super().__init__(
-            f"execution {execution_id} failed: {err.get('type', 'Error')}: {err.get('message', '')}"
-        )
+        super().__init__(f"execution {execution_id} failed: {err.get('type', 'Error')}: {err.get('message', '')}")
         self.execution_id = execution_id
         self.error = err
 
@@ -126,8 +124,11 @@ class EventTimeoutError(KubestepError):
     """``wait_for_event`` saw no event of its topic within its ``timeout``."""
 
     def __init__(self, key: str, topic: str, timeout: float | None) -> None:
-        super().__init__(f"wait {key!r} received no event {topic!r} within {timeout:g} s" if timeout is not None
-                         else f"wait {key!r} received no event {topic!r}")
+        super().__init__(
+            f"wait {key!r} received no event {topic!r} within {timeout:g} s"
+            if timeout is not None
+            else f"wait {key!r} received no event {topic!r}"
+        )
         self.key = key
         self.topic = topic
         self.timeout = timeout

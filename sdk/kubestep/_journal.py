@@ -68,13 +68,14 @@ def merge_plan(refs: list[dict[str, Any]]) -> tuple[int, int, int] | None:
     """The oldest run of FANOUT consecutive chunks of one level, as (first, end, level), if any."""
     for first in range(len(refs) - FANOUT + 1):
         level = refs[first].get("level", 0)
-        if all(r.get("level", 0) == level for r in refs[first:first + FANOUT]):
+        if all(r.get("level", 0) == level for r in refs[first : first + FANOUT]):
             return first, first + FANOUT, level
     return None
 
 
-async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str, Any]],
-                  level: int = 0) -> list[dict[str, Any]]:
+async def archive(
+    kube: Kube, execution: dict[str, Any], records: list[dict[str, Any]], level: int = 0
+) -> list[dict[str, Any]]:
     """Writes ``records`` into new ConfigMaps; returns their ``status.journal`` entries, in order."""
     meta = execution["metadata"]
     refs = []
@@ -87,14 +88,16 @@ async def archive(kube: Kube, execution: dict[str, Any], records: list[dict[str,
                 "generateName": f"{meta['name'][:200]}-steps-",
                 "namespace": meta["namespace"],
                 "labels": {api.LABEL_EXECUTION_UID: meta["uid"]},
-                "ownerReferences": [{"apiVersion": api.API_VERSION, "kind": api.KIND,
-                                     "name": meta["name"], "uid": meta["uid"]}],
+                "ownerReferences": [
+                    {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"], "uid": meta["uid"]}
+                ],
             },
             "data": {DATA_KEY: json.dumps(chunk, separators=(",", ":"))},
         }
         created = await kube.create(_path(meta["namespace"]), body)
-        refs.append({"configMap": created["metadata"]["name"], "steps": len(chunk),
-                     **({"level": level} if level else {})})
+        refs.append(
+            {"configMap": created["metadata"]["name"], "steps": len(chunk), **({"level": level} if level else {})}
+        )
     return refs
 
 
@@ -110,8 +113,9 @@ async def load(kube: Kube, namespace: str, refs: list[dict[str, Any]]) -> list[d
             raise JournalError(f"journal ConfigMap {ref['configMap']} is missing") from None
         records: list[dict[str, Any]] = json.loads((cm.get("data") or {}).get(DATA_KEY) or "[]")
         if len(records) != ref["steps"]:
-            raise JournalError(f"journal ConfigMap {ref['configMap']} holds {len(records)} records, "
-                               f"status.journal says {ref['steps']}")
+            raise JournalError(
+                f"journal ConfigMap {ref['configMap']} holds {len(records)} records, status.journal says {ref['steps']}"
+            )
         return records
 
     out: list[dict[str, Any]] = []

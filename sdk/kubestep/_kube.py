@@ -94,8 +94,9 @@ REQUEST_TIMEOUT = 30.0
 class Kube:
     """Async access to one cluster: JSON requests, merge patches, streaming watches."""
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None,
-                 connections: int | None = None) -> None:
+    def __init__(
+        self, kubeconfig: str | None = None, context: str | None = None, connections: int | None = None
+    ) -> None:
         """``connections``: the pool size (default 24). A caller that bounds its own requests in flight
         sizes the pool to match, so no request waits for a connection."""
         self._connections = connections or POOL_SIZE
@@ -116,8 +117,11 @@ class Kube:
             # and a 2-core apiserver serves no more requests at once anyway.
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections, keepalive_timeout=300)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": "kubestep"},
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), skip_auto_headers=("Accept-Encoding",))
+                connector=connector,
+                headers={"User-Agent": "kubestep"},
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                skip_auto_headers=("Accept-Encoding",),
+            )
         return self._session
 
     def _auth(self) -> dict[str, str]:
@@ -196,13 +200,19 @@ class Kube:
     async def delete(self, path: str) -> Any:
         return await self.request("DELETE", path)
 
-    async def merge_patch(self, path: str, patch: dict[str, Any], resource_version: str | None = None,
-                          params: dict[str, Any] | None = None) -> Any:
+    async def merge_patch(
+        self,
+        path: str,
+        patch: dict[str, Any],
+        resource_version: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         """JSON merge patch; with ``resource_version`` the write is conditional (409 if stale)."""
         if resource_version is not None:
             patch = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
-        return await self.request("PATCH", path, json_body=patch, content_type="application/merge-patch+json",
-                                  params=params)
+        return await self.request(
+            "PATCH", path, json_body=patch, content_type="application/merge-patch+json", params=params
+        )
 
     async def update_status(self, obj: dict[str, Any], status_patch: dict[str, Any]) -> Any:
         """PUT the status of ``obj`` with ``status_patch`` merged in (JSON merge-patch rules: None
@@ -213,14 +223,22 @@ class Kube:
         apiserver's Priority and Fairness (the chart's FlowSchemas), so it does not queue behind
         step data when the apiserver is saturated."""
         meta = obj["metadata"]
-        body = {"apiVersion": obj.get("apiVersion", "kubestep.io/v1alpha1"), "kind": obj.get("kind", "WorkflowExecution"),
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                             "resourceVersion": meta["resourceVersion"]},
-                "status": merge(obj.get("status") or {}, status_patch)}
+        body = {
+            "apiVersion": obj.get("apiVersion", "kubestep.io/v1alpha1"),
+            "kind": obj.get("kind", "WorkflowExecution"),
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "status": merge(obj.get("status") or {}, status_patch),
+        }
         path = f"/apis/{body['apiVersion']}/namespaces/{meta['namespace']}/workflowexecutions/{meta['name']}/status"
         return await self.request("PUT", path, json_body=body)
 
-    async def guarded_patch(self, path: str, fields: dict[str, Any], guard: dict[str, Any], root: str = "status") -> Any:
+    async def guarded_patch(
+        self, path: str, fields: dict[str, Any], guard: dict[str, Any], root: str = "status"
+    ) -> Any:
         """Sets ``root.fields`` only if ``root.guard`` still holds: a JSON patch with "test" operations.
 
         Unlike a resourceVersion precondition it does not fail because some
@@ -249,8 +267,9 @@ class Kube:
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=timeout_seconds + 30)
         try:
-            async with self._client().get(self._base + path, params=query, headers=self._auth(),
-                                          timeout=timeout) as response:
+            async with self._client().get(
+                self._base + path, params=query, headers=self._auth(), timeout=timeout
+            ) as response:
                 if response.status >= 400:
                     self._raise_for(response.status, await response.read())
                 # Split lines ourselves: an event is one line and may be far longer than

@@ -30,15 +30,19 @@ STEPS = Counter(
     ["workflow", "state"],
 )
 STEP_SECONDS = Histogram(
-    "kubestep_worker_step_seconds", "Time inside ctx.step.run functions that ran here.", ["workflow"],
+    "kubestep_worker_step_seconds",
+    "Time inside ctx.step.run functions that ran here.",
+    ["workflow"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 WATCH_EVENTS = Counter(
     "kubestep_worker_watch_events_total",
-    "Watch events this worker received (listed objects included): what each write fans out to.", ["stream"],
+    "Watch events this worker received (listed objects included): what each write fans out to.",
+    ["stream"],
 )
 STATUS_WRITE_SECONDS = Histogram(
-    "kubestep_worker_status_write_seconds", "Latency of the worker's status writes, by kind: claim, steps, end.",
+    "kubestep_worker_status_write_seconds",
+    "Latency of the worker's status writes, by kind: claim, steps, end.",
     ["kind"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

@@ -58,9 +58,16 @@ class WorkerSettings:
     log_level: str = "INFO"
 
     @classmethod
-    def load(cls, module: str, *, env: Mapping[str, str] = os.environ, concurrency: int | None = None,
-             namespace: str | None = None, lease_seconds: int | None = None,
-             metrics_port: int | None = None) -> WorkerSettings:
+    def load(
+        cls,
+        module: str,
+        *,
+        env: Mapping[str, str] = os.environ,
+        concurrency: int | None = None,
+        namespace: str | None = None,
+        lease_seconds: int | None = None,
+        metrics_port: int | None = None,
+    ) -> WorkerSettings:
         return cls(
             module=module,
             namespace=namespace or env.get("POD_NAMESPACE") or None,
@@ -89,9 +96,16 @@ class OperatorSettings:
     verbose: bool = False
 
     @classmethod
-    def load(cls, *, env: Mapping[str, str] = os.environ, namespaces: tuple[str, ...] = (),
-             all_namespaces: bool = False, metrics_port: int | None = None, liveness_endpoint: str | None = None,
-             verbose: bool = False) -> OperatorSettings:
+    def load(
+        cls,
+        *,
+        env: Mapping[str, str] = os.environ,
+        namespaces: tuple[str, ...] = (),
+        all_namespaces: bool = False,
+        metrics_port: int | None = None,
+        liveness_endpoint: str | None = None,
+        verbose: bool = False,
+    ) -> OperatorSettings:
         return cls(
             namespaces=tuple(namespaces),
             all_namespaces=all_namespaces,

@@ -98,8 +98,7 @@ def run_handler(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> KubestepClient:
-    return KubestepClient(args.namespace, kubeconfig=args.kubeconfig, context=args.context,
-                          field_manager=FIELD_MANAGER)
+    return KubestepClient(args.namespace, kubeconfig=args.kubeconfig, context=args.context, field_manager=FIELD_MANAGER)
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -118,9 +117,15 @@ async def _run(args: argparse.Namespace) -> int:
     payload = _json_arg(args.input, "--input")
     labels = dict(kv.split("=", 1) for kv in args.label)
     async with _client(args) as client:
-        handle = await client.start(args.workflow, payload, run_timeout_seconds=args.timeout, name=args.name,
-                                    queue_timeout_seconds=args.queue_timeout, cancel_grace_period_seconds=args.grace,
-                                    labels=labels)
+        handle = await client.start(
+            args.workflow,
+            payload,
+            run_timeout_seconds=args.timeout,
+            name=args.name,
+            queue_timeout_seconds=args.queue_timeout,
+            cancel_grace_period_seconds=args.grace,
+            labels=labels,
+        )
         if not args.wait:
             obj = await client._get_object(handle.id)
             _print_objects(args.output, [obj], client.namespace, single=True)
@@ -142,8 +147,9 @@ async def _cancel(args: argparse.Namespace) -> int:
         names = list(args.names)
         if not names:
             items = await _list(client, client.namespace, args.selector)
-            names = [o["metadata"]["name"] for o in items
-                     if (o.get("status") or {}).get("phase") not in api.TERMINAL_PHASES]
+            names = [
+                o["metadata"]["name"] for o in items if (o.get("status") or {}).get("phase") not in api.TERMINAL_PHASES
+            ]
         results = []
         for name in names:
             try:
@@ -153,8 +159,13 @@ async def _cancel(args: argparse.Namespace) -> int:
                 continue
             cancelled = await client.cancel_execution(name, args.reason, args.grace)
             phase = (before.get("status") or {}).get("phase")
-            results.append({"name": name, "cancelled": cancelled,
-                            "result": "cancel requested" if cancelled else f"already {phase or 'gone'}"})
+            results.append(
+                {
+                    "name": name,
+                    "cancelled": cancelled,
+                    "result": "cancel requested" if cancelled else f"already {phase or 'gone'}",
+                }
+            )
     if args.output in ("json", "yaml"):
         _dump(args.output, results)
     else:
@@ -191,13 +202,15 @@ async def _get(args: argparse.Namespace) -> int:
                     return 1
         else:
             objs = await _list(client, None if args.all_namespaces else client.namespace, args.selector)
-        _print_objects(args.output, objs, client.namespace, single=len(args.names) == 1,
-                       all_namespaces=args.all_namespaces)
+        _print_objects(
+            args.output, objs, client.namespace, single=len(args.names) == 1, all_namespaces=args.all_namespaces
+        )
     return 0
 
 
-def _print_objects(output: str, objs: list[dict[str, Any]], namespace: str, *, single: bool = False,
-                   all_namespaces: bool = False) -> None:
+def _print_objects(
+    output: str, objs: list[dict[str, Any]], namespace: str, *, single: bool = False, all_namespaces: bool = False
+) -> None:
     if output in ("json", "yaml"):
         for o in objs:
             o.setdefault("apiVersion", api.API_VERSION)
@@ -208,16 +221,29 @@ def _print_objects(output: str, objs: list[dict[str, Any]], namespace: str, *, s
         for o in objs:
             print(f"workflowexecution.kubestep.io/{o['metadata']['name']}")
         return
-    headers = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "WORKFLOW", "PHASE", "REASON", "STEPS", "WORKER",
-                                                           "AGE"]
+    headers = (["NAMESPACE"] if all_namespaces else []) + [
+        "NAME",
+        "WORKFLOW",
+        "PHASE",
+        "REASON",
+        "STEPS",
+        "WORKER",
+        "AGE",
+    ]
     if output == "wide":
         headers += ["CANCELLED-BY", "MESSAGE"]
     rows = []
     for o in objs:
         meta, spec, status = o["metadata"], o.get("spec") or {}, o.get("status") or {}
         row = ([meta["namespace"]] if all_namespaces else []) + [
-            meta["name"], spec.get("workflow", ""), status.get("phase") or "", status.get("reason") or "",
-            str(status.get("stepsCompleted") or 0), status.get("worker") or "", _age(meta.get("creationTimestamp"))]
+            meta["name"],
+            spec.get("workflow", ""),
+            status.get("phase") or "",
+            status.get("reason") or "",
+            str(status.get("stepsCompleted") or 0),
+            status.get("worker") or "",
+            _age(meta.get("creationTimestamp")),
+        ]
         if output == "wide":
             c = status.get("cancellation") or {}
             row += [c.get("requestedByUser") or c.get("requestedBy") or "", (status.get("message") or "")[:80]]
@@ -263,8 +289,12 @@ async def _describe(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         obj = await client._get_object(args.name)
         history = await client.step_history(args.name)
-        events = (await client._kube.get(f"/api/v1/namespaces/{client.namespace}/events", {
-            "fieldSelector": f"involvedObject.name={args.name},involvedObject.kind={api.KIND}"})).get("items") or []
+        events = (
+            await client._kube.get(
+                f"/api/v1/namespaces/{client.namespace}/events",
+                {"fieldSelector": f"involvedObject.name={args.name},involvedObject.kind={api.KIND}"},
+            )
+        ).get("items") or []
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     field = "{:<22}{}"
     print(field.format("Name:", meta["name"]))
@@ -273,13 +303,22 @@ async def _describe(args: argparse.Namespace) -> int:
     print(field.format("Phase:", f"{status.get('phase') or '-'}  ({status.get('reason') or '-'})"))
     if status.get("message"):
         print(field.format("Message:", status["message"]))
-    limits = [f"runTimeoutSeconds={spec['runTimeoutSeconds']}" if spec.get("runTimeoutSeconds") else "",
-              f"queueTimeoutSeconds={spec['queueTimeoutSeconds']}" if spec.get("queueTimeoutSeconds") else "",
-              f"cancelGracePeriodSeconds={spec['cancelGracePeriodSeconds']}"
-              if spec.get("cancelGracePeriodSeconds") is not None else ""]
+    limits = [
+        f"runTimeoutSeconds={spec['runTimeoutSeconds']}" if spec.get("runTimeoutSeconds") else "",
+        f"queueTimeoutSeconds={spec['queueTimeoutSeconds']}" if spec.get("queueTimeoutSeconds") else "",
+        f"cancelGracePeriodSeconds={spec['cancelGracePeriodSeconds']}"
+        if spec.get("cancelGracePeriodSeconds") is not None
+        else "",
+    ]
     print(field.format("Limits:", ", ".join(x for x in limits if x) or "none"))
-    for label, key in (("Created:", None), ("Started:", "startedAt"), ("Queued:", "queuedAt"),
-                       ("Deadline:", "deadline"), ("Wakes:", "wakeAt"), ("Finished:", "finishedAt")):
+    for label, key in (
+        ("Created:", None),
+        ("Started:", "startedAt"),
+        ("Queued:", "queuedAt"),
+        ("Deadline:", "deadline"),
+        ("Wakes:", "wakeAt"),
+        ("Finished:", "finishedAt"),
+    ):
         value = meta.get("creationTimestamp") if key is None else status.get(key)
         if value:
             print(field.format(label, value))
@@ -291,23 +330,33 @@ async def _describe(args: argparse.Namespace) -> int:
     if c or spec.get("cancelRequested"):
         print("Cancellation:")
         c = c or {"reason": api.REQUESTED, **api.cancel_note(obj)}
-        for label, key in (("Reason:", "reason"), ("Message:", "message"), ("Requested by:", "requestedBy"),
-                           ("Requested by user:", "requestedByUser"), ("Requested at:", "requestedAt"),
-                           ("Acknowledged by:", "acknowledgedBy"), ("Acknowledged at:", "acknowledgedAt")):
+        for label, key in (
+            ("Reason:", "reason"),
+            ("Message:", "message"),
+            ("Requested by:", "requestedBy"),
+            ("Requested by user:", "requestedByUser"),
+            ("Requested at:", "requestedAt"),
+            ("Acknowledged by:", "acknowledgedBy"),
+            ("Acknowledged at:", "acknowledgedAt"),
+        ):
             if c.get(key):
                 print(f"  {label:<20}{c[key]}")
     if status.get("error"):
         print(field.format("Error:", f"{status['error'].get('type')}: {status['error'].get('message')}"))
     print(f"Steps ({len(history)}):")
     if history:
-        _table(["  KEY", "KIND", "STATE", "DURATION", "NOTE"], [
-            [f"  {s.key}", s.kind, s.state, _step_duration(s), _step_note(s)] for s in history])
+        _table(
+            ["  KEY", "KIND", "STATE", "DURATION", "NOTE"],
+            [[f"  {s.key}", s.kind, s.state, _step_duration(s), _step_note(s)] for s in history],
+        )
     print("Events:")
     if not events:
         print("  <none>")
     for ev in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
-        print(f"  {ev.get('lastTimestamp') or ''}  {ev.get('type', ''):<8} {ev.get('reason', ''):<16} "
-              f"{ev.get('source', {}).get('component', '')}: {ev.get('message', '')}")
+        print(
+            f"  {ev.get('lastTimestamp') or ''}  {ev.get('type', ''):<8} {ev.get('reason', ''):<16} "
+            f"{ev.get('source', {}).get('component', '')}: {ev.get('message', '')}"
+        )
     return 0
 
 
@@ -324,8 +373,9 @@ def _step_note(s: Any) -> str:
     if s.error:
         notes.append(f"{s.error.get('type')}: {s.error.get('message')}")
     if s.kind == "Event":
-        notes.append(f"topic {s.topic}" + (f", event {s.event}" if s.event else "") + (", timed out" if s.timed_out
-                                                                                     else ""))
+        notes.append(
+            f"topic {s.topic}" + (f", event {s.event}" if s.event else "") + (", timed out" if s.timed_out else "")
+        )
     if s.wake_at and s.state == "Waiting":
         notes.append(f"until {api.fmt_time(s.wake_at)}")
     return "; ".join(notes)[:100]
@@ -337,9 +387,20 @@ async def _steps(args: argparse.Namespace) -> int:
     if args.output in ("json", "yaml"):
         _dump(args.output, [s.model_dump(by_alias=True, exclude_none=True, mode="json") for s in history])
         return 0
-    _table(["KEY", "KIND", "STATE", "STARTED", "DURATION", "NOTE"], [
-        [s.key, s.kind, s.state, api.fmt_time(s.started_at)[11:23] if s.started_at else "", _step_duration(s),
-         _step_note(s)] for s in history])
+    _table(
+        ["KEY", "KIND", "STATE", "STARTED", "DURATION", "NOTE"],
+        [
+            [
+                s.key,
+                s.kind,
+                s.state,
+                api.fmt_time(s.started_at)[11:23] if s.started_at else "",
+                _step_duration(s),
+                _step_note(s),
+            ]
+            for s in history
+        ],
+    )
     return 0
 
 
@@ -444,10 +505,16 @@ class _Display:
         status = self.obj.get("status") or {}
         spec = self.obj.get("spec") or {}
         phase = status.get("phase") or "Pending"
-        colour = {"Completed": "green", "Failed": "red", "Cancelled": "yellow", "Cancelling": "yellow"}.get(phase,
-                                                                                                          "cyan")
-        head = Text.assemble((f"{self.name}", "bold"), f"  {spec.get('workflow', '')}  ", (phase, f"bold {colour}"),
-                             f"  {status.get('reason') or ''}  ", (status.get("message") or "", "dim"))
+        colour = {"Completed": "green", "Failed": "red", "Cancelled": "yellow", "Cancelling": "yellow"}.get(
+            phase, "cyan"
+        )
+        head = Text.assemble(
+            (f"{self.name}", "bold"),
+            f"  {spec.get('workflow', '')}  ",
+            (phase, f"bold {colour}"),
+            f"  {status.get('reason') or ''}  ",
+            (status.get("message") or "", "dim"),
+        )
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in ("step", "state", "duration", "note"):
             table.add_column(col)
@@ -455,7 +522,8 @@ class _Display:
             start, end = api.parse_time(s.get("startedAt")), api.parse_time(s.get("finishedAt"))
             took = f"{(end - start).total_seconds():.2f}s" if start and end else ""
             state_colour = {"Completed": "green", "Failed": "red", "Interrupted": "red", "Waiting": "cyan"}.get(
-                s["state"], "white")
+                s["state"], "white"
+            )
             note = (s.get("error") or {}).get("message") or ("cleanup" if s.get("cleanup") else "")
             table.add_row(s["key"], Text(s["state"], style=state_colour), took, str(note)[:60])
         parts: list[Any] = [head, table]

@@ -54,9 +54,14 @@ class Workflow:
         cancel_grace_period_seconds: int | None = None,
     ) -> ExecutionHandle:
         """Creates a WorkflowExecution for this workflow and returns its handle."""
-        return await client.start(self.id, payload, run_timeout_seconds=run_timeout_seconds, name=name,
-                                  queue_timeout_seconds=queue_timeout_seconds,
-                                  cancel_grace_period_seconds=cancel_grace_period_seconds)
+        return await client.start(
+            self.id,
+            payload,
+            run_timeout_seconds=run_timeout_seconds,
+            name=name,
+            queue_timeout_seconds=queue_timeout_seconds,
+            cancel_grace_period_seconds=cancel_grace_period_seconds,
+        )
 
 
 @overload

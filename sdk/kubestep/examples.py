@@ -161,8 +161,12 @@ async def hang(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
             await ctx.step.run("hang", _forever)
     finally:
         if ctx.stop is not None and cfg.get("cleanup", True):
-            stop = {"reason": ctx.stop.reason, "grace_expired": ctx.stop.grace_expired,
-                    "message": ctx.stop.message, "requested_by": ctx.stop.requested_by}
+            stop = {
+                "reason": ctx.stop.reason,
+                "grace_expired": ctx.stop.grace_expired,
+                "message": ctx.stop.message,
+                "requested_by": ctx.stop.requested_by,
+            }
             async with ctx.cleanup():
                 await ctx.step.run("release", _release, "lock", stop)
     return "unreachable"
@@ -178,8 +182,9 @@ async def slow_step_cleanup(ctx: WorkflowContext, input: dict[str, Any] | None) 
     finally:
         if ctx.stop is not None:
             async with ctx.cleanup():
-                await ctx.step.run("release", _release, "job", {"reason": ctx.stop.reason,
-                                                                "grace_expired": ctx.stop.grace_expired})
+                await ctx.step.run(
+                    "release", _release, "job", {"reason": ctx.stop.reason, "grace_expired": ctx.stop.grace_expired}
+                )
     return "unreachable"
 
 

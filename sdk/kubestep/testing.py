@@ -81,8 +81,15 @@ class _Suspended(BaseException):
 class _Plan:
     """What the test injects, checked at every step boundary."""
 
-    def __init__(self, cancel_before: str | None, cancel_after_steps: int | None, timeout_before: str | None,
-                 timeout_after_steps: int | None, hard_stop_at: str | None, reason: str | None) -> None:
+    def __init__(
+        self,
+        cancel_before: str | None,
+        cancel_after_steps: int | None,
+        timeout_before: str | None,
+        timeout_after_steps: int | None,
+        hard_stop_at: str | None,
+        reason: str | None,
+    ) -> None:
         self.cancel_before, self.cancel_after_steps = cancel_before, cancel_after_steps
         self.timeout_before, self.timeout_after_steps = timeout_before, timeout_after_steps
         self.hard_stop_at, self.reason = hard_stop_at, reason
@@ -121,8 +128,14 @@ class _MemoryRun:
         finally:
             self._cleanup -= 1
 
-    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                       timeout: float | None = None) -> Any:
+    async def run_step(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+    ) -> Any:
         self._boundary(key)
         rec = self._recorded(key, "Run")
         if rec is not None and rec["state"] == api.STEP_COMPLETED:
@@ -133,8 +146,13 @@ class _MemoryRun:
         if self.plan.hard_stop_at == key:
             self.hard = True
             self.stop = dataclasses.replace(self.stop, grace_expired=True) if self.stop else None
-            self._record(key, "Run", api.STEP_INTERRUPTED, started, error={
-                "type": api.GRACE_EXPIRED, "message": "the grace period ran out (injected)"})
+            self._record(
+                key,
+                "Run",
+                api.STEP_INTERRUPTED,
+                started,
+                error={"type": api.GRACE_EXPIRED, "message": "the grace period ran out (injected)"},
+            )
             raise GracePeriodExpired(f"step {key!r} was interrupted: the grace period ran out")
         call = fn(*args, **kwargs) if inspect.iscoroutinefunction(fn) else asyncio.to_thread(fn, *args, **kwargs)
         try:
@@ -143,12 +161,16 @@ class _MemoryRun:
                 out = await out
             output = json.loads(json.dumps(out))
         except TimeoutError:
-            self._record(key, "Run", api.STEP_INTERRUPTED, started,
-                         error={"type": "StepTimeout", "message": f"did not finish within {timeout:g} s"})
+            self._record(
+                key,
+                "Run",
+                api.STEP_INTERRUPTED,
+                started,
+                error={"type": "StepTimeout", "message": f"did not finish within {timeout:g} s"},
+            )
             raise StepTimeoutError(key, timeout or 0) from None
         except Exception as exc:
-            self._record(key, "Run", api.STEP_FAILED, started,
-                         error={"type": type(exc).__name__, "message": str(exc)})
+            self._record(key, "Run", api.STEP_FAILED, started, error={"type": type(exc).__name__, "message": str(exc)})
             raise
         self._record(key, "Run", api.STEP_COMPLETED, started, output=output)
         self._ran += 1
@@ -176,15 +198,28 @@ class _MemoryRun:
         event = next((e for e in self.env.events if e["topic"] == topic and e["name"] not in self.consumed), None)
         if event is not None:
             self.consumed.append(event["name"])
-            self._record(key, "Event", api.STEP_COMPLETED, self.env.now(), topic=topic, event=event["name"],
-                         output=event.get("data"))
+            self._record(
+                key,
+                "Event",
+                api.STEP_COMPLETED,
+                self.env.now(),
+                topic=topic,
+                event=event["name"],
+                output=event.get("data"),
+            )
             return event.get("data")
         if rec is not None:  # resumed with no event: its timeout passed
             rec.update(state=api.STEP_COMPLETED, timedOut=True, finishedAt=api.fmt_time(self.env.now()))
             raise EventTimeoutError(key, topic, timeout)
         wake = self.env.now() + dt.timedelta(seconds=timeout) if timeout is not None else None
-        self._record(key, "Event", api.STEP_WAITING, self.env.now(), topic=topic,
-                     **({"wakeAt": api.fmt_time(wake)} if wake else {}))
+        self._record(
+            key,
+            "Event",
+            api.STEP_WAITING,
+            self.env.now(),
+            topic=topic,
+            **({"wakeAt": api.fmt_time(wake)} if wake else {}),
+        )
         raise _Suspended(key, wake, topic)
 
     # ----- the rules ----------------------------------------------------------------------------
@@ -196,11 +231,13 @@ class _MemoryRun:
     def _boundary(self, next_key: str | None) -> None:
         p = self.plan
         if self.stop is None:
-            if (next_key is not None and next_key == p.cancel_before) or \
-                    (p.cancel_after_steps is not None and self._ran >= p.cancel_after_steps):
+            if (next_key is not None and next_key == p.cancel_before) or (
+                p.cancel_after_steps is not None and self._ran >= p.cancel_after_steps
+            ):
                 self._note(api.REQUESTED, p.reason)
-            elif (next_key is not None and next_key == p.timeout_before) or \
-                    (p.timeout_after_steps is not None and self._ran >= p.timeout_after_steps):
+            elif (next_key is not None and next_key == p.timeout_before) or (
+                p.timeout_after_steps is not None and self._ran >= p.timeout_after_steps
+            ):
                 self._note(api.RUN_TIMEOUT, None)
         if self.stop is None or (self._cleanup and not self.hard):
             return
@@ -273,12 +310,15 @@ class WorkflowEnvironment:
                 run._boundary(None)  # returning is a boundary too
                 return self._ended(run, api.COMPLETED, "Succeeded", segment, result=json.loads(json.dumps(result)))
             except _Suspended as s:
-                if s.topic is not None and any(e["topic"] == s.topic and e["name"] not in run.consumed
-                                               for e in self.events):
+                if s.topic is not None and any(
+                    e["topic"] == s.topic and e["name"] not in run.consumed for e in self.events
+                ):
                     continue  # its event is already here: resume at once
                 if s.wake is None:
-                    raise RuntimeError(f"the run waits for event {s.topic!r} with no timeout, and none was sent: "
-                                       "send it with env.send_event() before run()") from None
+                    raise RuntimeError(
+                        f"the run waits for event {s.topic!r} with no timeout, and none was sent: "
+                        "send it with env.send_event() before run()"
+                    ) from None
                 self._now = max(self._now, s.wake)  # time skipping
             except StopExecution as e:
                 reason_ = api.GRACE_EXPIRED if run.hard else (run.stop.reason if run.stop else api.REQUESTED)
@@ -289,6 +329,14 @@ class WorkflowEnvironment:
                 return self._ended(run, api.FAILED, "WorkflowError", segment, error=e)
         raise RuntimeError(f"the run did not end within {max_segments} segments")
 
-    def _ended(self, run: _MemoryRun, phase: str, reason: str, segments: int, *, result: Any = None,
-               error: BaseException | None = None) -> TestRun:
+    def _ended(
+        self,
+        run: _MemoryRun,
+        phase: str,
+        reason: str,
+        segments: int,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> TestRun:
         return TestRun(phase, reason, result, error, list(run.records.values()), segments, self._now)

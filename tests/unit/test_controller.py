@@ -15,23 +15,36 @@ from kubestep_operator.watching import Scope, scopes
 
 def controller(*scope: Scope) -> Controller:
     offline = cast(Kube, object())  # the stores never touch the network; start() would
-    return Controller(kube=offline, watch=offline, scopes=list(scope) or [Scope(None)],
-                      lease_grace=api.now() + dt.timedelta(seconds=15))
+    return Controller(
+        kube=offline,
+        watch=offline,
+        scopes=list(scope) or [Scope(None)],
+        lease_grace=api.now() + dt.timedelta(seconds=15),
+    )
 
 
-def run(ns: str, name: str, phase: str | None = None, cancel: bool = False, worker: str | None = None,
-        rv: str = "1") -> dict[str, Any]:
+def run(
+    ns: str, name: str, phase: str | None = None, cancel: bool = False, worker: str | None = None, rv: str = "1"
+) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase} if phase else {}
     if worker:
         status["worker"] = worker
-    return {"metadata": {"namespace": ns, "name": name, "uid": f"u-{name}", "resourceVersion": rv, "generation": 1},
-            "spec": {"workflow": "wf", "cancelRequested": cancel}, "status": status}
+    return {
+        "metadata": {"namespace": ns, "name": name, "uid": f"u-{name}", "resourceVersion": rv, "generation": 1},
+        "spec": {"workflow": "wf", "cancelRequested": cancel},
+        "status": status,
+    }
 
 
 def lease(ns: str, holder: str, renewed: dt.datetime, workflows: str = "wf") -> dict[str, Any]:
-    return {"metadata": {"namespace": ns, "name": f"kubestep-worker-{holder}",
-                         "annotations": {api.ANNOTATION_WORKFLOWS: workflows}},
-            "spec": {"holderIdentity": holder, "renewTime": api.fmt_time(renewed), "leaseDurationSeconds": 15}}
+    return {
+        "metadata": {
+            "namespace": ns,
+            "name": f"kubestep-worker-{holder}",
+            "annotations": {api.ANNOTATION_WORKFLOWS: workflows},
+        },
+        "spec": {"holderIdentity": holder, "renewTime": api.fmt_time(renewed), "leaseDurationSeconds": 15},
+    }
 
 
 def test_a_new_run_is_offered_for_admission_and_a_cancel_overtakes_it() -> None:

@@ -9,8 +9,11 @@ from kubestep._worker.running import let_go
 
 
 def obj(status: dict[str, Any], cancel: bool = False) -> dict[str, Any]:
-    return {"metadata": {"name": "r", "generation": 3}, "spec": {"workflow": "wf", "cancelRequested": cancel},
-            "status": {"phase": api.RUNNING, "worker": "w", **status}}
+    return {
+        "metadata": {"name": "r", "generation": 3},
+        "spec": {"workflow": "wf", "cancelRequested": cancel},
+        "status": {"phase": api.RUNNING, "worker": "w", **status},
+    }
 
 
 def test_a_run_nobody_stopped_is_requeued_for_replay() -> None:

@@ -11,10 +11,18 @@ from kubestep_operator.reconciling import Liveness, Snapshot, decide
 T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
 
-def snap(phase: str | None, *, cancel: bool = False, worker: str | None = None, deadline: dt.datetime | None = None,
-         wake_at: dt.datetime | None = None, cancellation: dict[str, Any] | None = None,
-         spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None,
-         meta: dict[str, Any] | None = None) -> Snapshot:
+def snap(
+    phase: str | None,
+    *,
+    cancel: bool = False,
+    worker: str | None = None,
+    deadline: dt.datetime | None = None,
+    wake_at: dt.datetime | None = None,
+    cancellation: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Snapshot:
     extra_status = status or {}
     status = {}
     if phase:
@@ -27,10 +35,19 @@ def snap(phase: str | None, *, cancel: bool = False, worker: str | None = None, 
         status["wakeAt"] = api.fmt_time(wake_at)
     if cancellation:
         status["cancellation"] = cancellation
-    body = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "7", "generation": 1,
-                         "creationTimestamp": "2026-11-25T11:59:00Z", **(meta or {})},
-            "spec": {"workflow": "wf", "cancelRequested": cancel, "runTimeoutSeconds": 2, **(spec or {})},
-            "status": {**status, **extra_status}}
+    body = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "r",
+            "uid": "u",
+            "resourceVersion": "7",
+            "generation": 1,
+            "creationTimestamp": "2026-11-25T11:59:00Z",
+            **(meta or {}),
+        },
+        "spec": {"workflow": "wf", "cancelRequested": cancel, "runTimeoutSeconds": 2, **(spec or {})},
+        "status": {**status, **extra_status},
+    }
     return Snapshot.from_body(body)
 
 
@@ -88,8 +105,15 @@ def test_cancelling_with_live_worker_waits_for_the_step_boundary() -> None:
 
 
 def test_gone_worker_after_deadline_ends_run_timeout() -> None:
-    d = run(snap(api.CANCELLING, worker="w1", deadline=T0 - dt.timedelta(seconds=5),
-                 cancellation={"reason": api.RUN_TIMEOUT, "requestedAt": "x"}), live=GONE)
+    d = run(
+        snap(
+            api.CANCELLING,
+            worker="w1",
+            deadline=T0 - dt.timedelta(seconds=5),
+            cancellation={"reason": api.RUN_TIMEOUT, "requestedAt": "x"},
+        ),
+        live=GONE,
+    )
     assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.RUN_TIMEOUT
 
 
@@ -125,29 +149,52 @@ def test_queued_condition_flips_when_workers_come_and_go() -> None:
 
 # ----- stopping runaway work (issue 8) ------------------------------------------------------------
 
-KUBECTL_CANCEL = {"managedFields": [
-    {"manager": "kubestep-sdk", "operation": "Update", "time": "2026-11-25T11:00:00Z",
-     "fieldsV1": {"f:spec": {"f:workflow": {}, "f:input": {}}}},
-    {"manager": "kubectl-patch", "operation": "Update", "time": "2026-11-25T11:59:30Z",
-     "fieldsV1": {"f:spec": {"f:cancelRequested": {}, "f:cancelReason": {}}}},
-]}
+KUBECTL_CANCEL = {
+    "managedFields": [
+        {
+            "manager": "kubestep-sdk",
+            "operation": "Update",
+            "time": "2026-11-25T11:00:00Z",
+            "fieldsV1": {"f:spec": {"f:workflow": {}, "f:input": {}}},
+        },
+        {
+            "manager": "kubectl-patch",
+            "operation": "Update",
+            "time": "2026-11-25T11:59:30Z",
+            "fieldsV1": {"f:spec": {"f:cancelRequested": {}, "f:cancelReason": {}}},
+        },
+    ]
+}
 
 
 def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
     s = snap(api.RUNNING, cancel=True, worker="w1", spec={"cancelReason": "wrong input"}, meta=KUBECTL_CANCEL)
     d = run(s)
-    assert d.patch and d.patch["cancellation"] == {"reason": api.REQUESTED, "message": "wrong input",
-                                                   "requestedBy": "kubectl-patch", "requestedAt": api.fmt_time(T0)}
+    assert d.patch and d.patch["cancellation"] == {
+        "reason": api.REQUESTED,
+        "message": "wrong input",
+        "requestedBy": "kubectl-patch",
+        "requestedAt": api.fmt_time(T0),
+    }
     assert d.event and "kubectl-patch" in d.event[2]
-    d = run(snap(api.QUEUED, cancel=True, meta={**KUBECTL_CANCEL, "annotations": {
-        api.ANNOTATION_CANCELLED_BY: "alice@example.com"}}))
+    d = run(
+        snap(
+            api.QUEUED,
+            cancel=True,
+            meta={**KUBECTL_CANCEL, "annotations": {api.ANNOTATION_CANCELLED_BY: "alice@example.com"}},
+        )
+    )
     assert d.patch and d.patch["cancellation"]["requestedByUser"] == "alice@example.com"
 
 
 def test_cancelling_never_outlasts_the_grace_period_plus_one_lease() -> None:
     requested = T0 - dt.timedelta(seconds=10)
-    s = snap(api.CANCELLING, worker="w1", spec={"cancelGracePeriodSeconds": 5},
-             cancellation={"reason": api.REQUESTED, "requestedAt": api.fmt_time(requested)})
+    s = snap(
+        api.CANCELLING,
+        worker="w1",
+        spec={"cancelGracePeriodSeconds": 5},
+        cancellation={"reason": api.REQUESTED, "requestedAt": api.fmt_time(requested)},
+    )
     bound = requested + dt.timedelta(seconds=5 + 15)
     live = Liveness(T0 + dt.timedelta(hours=1), frozenset({"wf"}))  # a live worker that does not end it
     assert run(s, live=live).next_due == bound
@@ -158,8 +205,14 @@ def test_cancelling_never_outlasts_the_grace_period_plus_one_lease() -> None:
 
 def test_queue_timeout_counts_from_the_last_time_the_run_was_queued() -> None:
     queued = T0 - dt.timedelta(seconds=30)
-    s = snap(api.QUEUED, spec={"queueTimeoutSeconds": 60}, status={"queuedAt": api.fmt_time(queued), "conditions": [
-        api.condition(api.COND_SCHEDULED, False, "Pending", "waiting", queued, 1)]})
+    s = snap(
+        api.QUEUED,
+        spec={"queueTimeoutSeconds": 60},
+        status={
+            "queuedAt": api.fmt_time(queued),
+            "conditions": [api.condition(api.COND_SCHEDULED, False, "Pending", "waiting", queued, 1)],
+        },
+    )
     assert run(s).next_due == queued + dt.timedelta(seconds=60)
     d = run(s, now=queued + dt.timedelta(seconds=60))
     assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.QUEUE_TIMEOUT
@@ -169,8 +222,11 @@ def test_queue_timeout_counts_from_the_last_time_the_run_was_queued() -> None:
 
 
 def test_every_return_to_queued_restarts_the_queue_clock() -> None:
-    for d in (run(snap(None)), run(snap(api.WAITING, wake_at=T0), now=T0),
-              run(snap(api.RUNNING, worker="w1"), live=GONE)):
+    for d in (
+        run(snap(None)),
+        run(snap(api.WAITING, wake_at=T0), now=T0),
+        run(snap(api.RUNNING, worker="w1"), live=GONE),
+    ):
         assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["queuedAt"] == api.fmt_time(T0)
 
 
@@ -193,8 +249,11 @@ def test_a_live_holder_gets_a_head_start_before_the_operator_writes_cancelling()
     """The holder ends a cancelled run itself; the operator records Cancelling only if it has not
     done so within the head start (counted from the apiserver's time of the cancel)."""
     asked = T0 - dt.timedelta(seconds=1)
-    meta = {"managedFields": [{"manager": "kubectl-patch", "time": api.fmt_time(asked),
-                               "fieldsV1": {"f:spec": {"f:cancelRequested": {}}}}]}
+    meta = {
+        "managedFields": [
+            {"manager": "kubectl-patch", "time": api.fmt_time(asked), "fieldsV1": {"f:spec": {"f:cancelRequested": {}}}}
+        ]
+    }
     s = snap(api.RUNNING, cancel=True, worker="w1", meta=meta)
     d = run(s)
     assert d.patch is None and d.next_due == asked + dt.timedelta(seconds=2)

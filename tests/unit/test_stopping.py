@@ -36,9 +36,15 @@ def test_the_grace_period_can_only_shrink() -> None:
 
 
 def test_cancel_requester_takes_the_manager_that_set_the_flag() -> None:
-    meta = {"managedFields": [
-        {"manager": "kubestep-sdk", "time": "2026-11-25T10:00:00Z", "fieldsV1": {"f:spec": {"f:workflow": {}}}},
-        {"manager": "kubestep-cli", "time": "2026-11-25T10:00:05Z", "fieldsV1": {"f:spec": {"f:cancelRequested": {}}}},
-    ]}
+    meta = {
+        "managedFields": [
+            {"manager": "kubestep-sdk", "time": "2026-11-25T10:00:00Z", "fieldsV1": {"f:spec": {"f:workflow": {}}}},
+            {
+                "manager": "kubestep-cli",
+                "time": "2026-11-25T10:00:05Z",
+                "fieldsV1": {"f:spec": {"f:cancelRequested": {}}},
+            },
+        ]
+    }
     assert api.cancel_requester(meta) == {"requestedBy": "kubestep-cli"}
     assert api.cancel_requester({}) == {}

@@ -38,13 +38,17 @@ async def test_a_wait_skips_time_and_the_run_resumes_by_replay() -> None:
 
 
 async def test_a_cancel_at_a_boundary_records_the_step_in_flight_and_starts_no_other() -> None:
-    run = await WorkflowEnvironment().run(examples.steps, {"count": 5, "seconds": 0}, cancel_after_steps=2,
-                                          reason="changed my mind")
+    run = await WorkflowEnvironment().run(
+        examples.steps, {"count": 5, "seconds": 0}, cancel_after_steps=2, reason="changed my mind"
+    )
     assert (run.phase, run.reason) == (api.CANCELLED, api.REQUESTED)
     assert run.completed_steps() == ["step-0", "step-1"]
     run = await WorkflowEnvironment().run(examples.steps, {"count": 5, "seconds": 0}, timeout_before="step-3")
-    assert (run.phase, run.reason, run.completed_steps()) == (api.CANCELLED, api.RUN_TIMEOUT,
-                                                              ["step-0", "step-1", "step-2"])
+    assert (run.phase, run.reason, run.completed_steps()) == (
+        api.CANCELLED,
+        api.RUN_TIMEOUT,
+        ["step-0", "step-1", "step-2"],
+    )
 
 
 async def test_cleanup_runs_after_a_stop_and_not_after_the_grace_period() -> None:

@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mypy_strict() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "sdk/kubestep", "operator/kubestep_operator"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "sdk/kubestep", "operator/kubestep_operator"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

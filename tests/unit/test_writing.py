@@ -88,14 +88,17 @@ def test_retry_delay_grows_exponentially_with_jitter_and_a_cap() -> None:
         assert max(delays) - min(delays) > ceiling / 4, "retries that failed together must spread out"
 
 
-@pytest.mark.parametrize(("phase", "patch", "want"), [
-    (None, {"phase": api.QUEUED}, Urgency.ADMIT),
-    (None, {"phase": api.CANCELLED}, Urgency.STOP),
-    (api.QUEUED, {"reason": "NoWorker"}, Urgency.ADMIT),
-    (api.QUEUED, {"phase": api.CANCELLED}, Urgency.STOP),
-    (api.RUNNING, {"phase": api.CANCELLING}, Urgency.STOP),
-    (api.RUNNING, {"phase": api.QUEUED, "reason": "WorkerLost"}, Urgency.PROGRESS),
-    (api.WAITING, {"phase": api.QUEUED, "reason": "WaitOver"}, Urgency.PROGRESS),
-])
+@pytest.mark.parametrize(
+    ("phase", "patch", "want"),
+    [
+        (None, {"phase": api.QUEUED}, Urgency.ADMIT),
+        (None, {"phase": api.CANCELLED}, Urgency.STOP),
+        (api.QUEUED, {"reason": "NoWorker"}, Urgency.ADMIT),
+        (api.QUEUED, {"phase": api.CANCELLED}, Urgency.STOP),
+        (api.RUNNING, {"phase": api.CANCELLING}, Urgency.STOP),
+        (api.RUNNING, {"phase": api.QUEUED, "reason": "WorkerLost"}, Urgency.PROGRESS),
+        (api.WAITING, {"phase": api.QUEUED, "reason": "WaitOver"}, Urgency.PROGRESS),
+    ],
+)
 def test_stopping_is_the_most_urgent_write(phase: str | None, patch: dict[str, str], want: Urgency) -> None:
     assert urgency(snap(phase), Decision(patch=patch)) == want

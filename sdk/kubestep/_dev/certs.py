@@ -217,9 +217,7 @@ def _ensure_ca(pki: Pki) -> tuple[x509.Certificate, EllipticCurvePrivateKey, boo
     return cert, key, True
 
 
-def _leaf_is_current(
-    cert: x509.Certificate, spec: LeafSpec, ca_cert: x509.Certificate
-) -> bool:
+def _leaf_is_current(cert: x509.Certificate, spec: LeafSpec, ca_cert: x509.Certificate) -> bool:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -323,9 +321,7 @@ def _ensure_sa_keys(pki: Pki) -> None:
     if not isinstance(key, rsa.RSAPrivateKey):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write(pki.sa_key, _key_pem(key), private=True)
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         current = pki.sa_pub.read_bytes()
     except OSError:

@@ -39,14 +39,11 @@ def add_dev_parser(
     group.add_argument("--apiserver-port", type=int, help="$KUBESTEP_DEV_APISERVER_PORT")
     group.add_argument("--etcd-client-port", type=int, help="$KUBESTEP_DEV_ETCD_CLIENT_PORT")
     group.add_argument("--etcd-peer-port", type=int, help="$KUBESTEP_DEV_ETCD_PEER_PORT")
-    group.add_argument(
-        "--controller-manager-port", type=int, help="$KUBESTEP_DEV_CONTROLLER_MANAGER_PORT"
-    )
+    group.add_argument("--controller-manager-port", type=int, help="$KUBESTEP_DEV_CONTROLLER_MANAGER_PORT")
 
     dev = subparsers.add_parser(
         "dev",
-        help="run a local Kubernetes control plane (etcd, kube-apiserver, "
-        "kube-controller-manager) for development",
+        help="run a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) for development",
         description="A local Kubernetes control plane for development and tests. "
         "No kubelet: pods never run, but the API server, CRD validation, RBAC and "
         "garbage collection are real. Build the binaries first with `make tools`.",
@@ -140,10 +137,7 @@ def _up(args: argparse.Namespace) -> int:
     if result.was_running:
         print(f"kubestep dev: control plane already running ({result.seconds:.2f} s to check)")
     else:
-        print(
-            f"kubestep dev: control plane up in {result.seconds:.1f} s "
-            f"(started {', '.join(result.started)})"
-        )
+        print(f"kubestep dev: control plane up in {result.seconds:.1f} s (started {', '.join(result.started)})")
     print(f"  API server:  {plane.server}")
     print(f"  state dir:   {plane.state_dir}")
     print(f"  kubeconfig:  {plane.kubeconfig}")

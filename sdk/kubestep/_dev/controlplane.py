@@ -91,12 +91,8 @@ class MissingBinaryError(ControlPlaneError):
 class KubectlError(ControlPlaneError):
     """kubectl exited non-zero; carries its exit code and output."""
 
-    def __init__(
-        self, args: Sequence[str], returncode: int, stdout: str, stderr: str
-    ) -> None:
-        super().__init__(
-            f"`kubectl {' '.join(args)}` failed with exit code {returncode}:\n{stderr.strip()}"
-        )
+    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        super().__init__(f"`kubectl {' '.join(args)}` failed with exit code {returncode}:\n{stderr.strip()}")
         self.kubectl_args = list(args)
         self.returncode = returncode
         self.stdout = stdout
@@ -280,9 +276,7 @@ def _proc_cmdline(pid: int) -> list[str] | None:
         if Path("/proc/self").exists():
             return None
         # No procfs (macOS): ask ps. Good enough for the checks below.
-        out = subprocess.run(
-            ["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True
-        )
+        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
         return out.stdout.split() if out.returncode == 0 and out.stdout.strip() else None
     except OSError:
         return None
@@ -517,9 +511,7 @@ class ControlPlane:
         writes it with the cluster CA. The context's namespace is `namespace`.
         """
         target = (
-            Path(path)
-            if path is not None
-            else self.state_dir / "kubeconfigs" / f"sa-{namespace}-{name}.kubeconfig"
+            Path(path) if path is not None else self.state_dir / "kubeconfigs" / f"sa-{namespace}-{name}.kubeconfig"
         )
         body = {
             "apiVersion": "authentication.k8s.io/v1",
@@ -554,8 +546,7 @@ class ControlPlane:
             import cryptography  # noqa: F401  (certs imports it lazily)
         except ImportError as e:
             raise ControlPlaneError(
-                f"generating the control plane's certificates needs the dev extra: "
-                f"pip install 'kubestep[dev]' ({e})"
+                f"generating the control plane's certificates needs the dev extra: pip install 'kubestep[dev]' ({e})"
             ) from e
 
         (self.state_dir / _MARKER).touch()
@@ -882,9 +873,7 @@ class ControlPlane:
             return []
         if not self.crds_dir.is_dir():
             raise ControlPlaneError(f"CRD directory {self.crds_dir} does not exist")
-        return sorted(
-            p for p in self.crds_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
-        )
+        return sorted(p for p in self.crds_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
     def _ensure_crds(self, kubectl: Path) -> bool:
         """Apply the CRDs unless this exact set is already installed; wait until Established.
@@ -949,11 +938,7 @@ class ControlPlane:
                     return None
                 # A brand-new CRD can have `status: {conditions: null}`.
                 conditions = (r.json().get("status") or {}).get("conditions") or []
-                established = [
-                    c
-                    for c in conditions
-                    if c.get("type") == "Established" and c.get("status") == "True"
-                ]
+                established = [c for c in conditions if c.get("type") == "Established" and c.get("status") == "True"]
                 if not established:
                     return None
                 with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -995,9 +980,7 @@ def run_kubectl(
     if cache_dir is not None:
         env["KUBECACHEDIR"] = str(cache_dir)
     argv = [str(kubectl), f"--kubeconfig={kubeconfig}", *args]
-    proc = subprocess.run(
-        argv, input=input, capture_output=True, text=True, env=env, timeout=timeout
-    )
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
     return proc
@@ -1013,9 +996,7 @@ def write_token_kubeconfig(
     namespace: str | None = None,
 ) -> Path:
     """Write a kubeconfig that authenticates with a bearer token."""
-    _write_kubeconfig(
-        path, server=server, ca_pem=ca_pem, user=user, credentials={"token": token}, namespace=namespace
-    )
+    _write_kubeconfig(path, server=server, ca_pem=ca_pem, user=user, credentials={"token": token}, namespace=namespace)
     return path
 
 

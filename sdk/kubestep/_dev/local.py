@@ -25,8 +25,9 @@ class Proc:
         self.env = env
         log.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(log, "ab")
-        self.popen = subprocess.Popen(list(args), env=env, stdout=self._file, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            list(args), env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -64,8 +65,13 @@ def _env(kubeconfig: Path, lease_seconds: int | None, extra: dict[str, str] | No
     return env
 
 
-def start_operator(kubeconfig: Path, logs: Path, namespaces: Sequence[str] | None = None,
-                   lease_seconds: int | None = None, env: dict[str, str] | None = None) -> Proc:
+def start_operator(
+    kubeconfig: Path,
+    logs: Path,
+    namespaces: Sequence[str] | None = None,
+    lease_seconds: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
     """``kubestep operator`` watching ``namespaces`` (kopf globs allowed), or all of them."""
     args = [sys.executable, "-m", "kubestep._cli", "operator"]
     args += [f"--namespace={n}" for n in namespaces] if namespaces else ["--all-namespaces"]
@@ -73,9 +79,16 @@ def start_operator(kubeconfig: Path, logs: Path, namespaces: Sequence[str] | Non
     return Proc(name, args, _env(kubeconfig, lease_seconds, env), logs / f"{name}.log")
 
 
-def start_worker(kubeconfig: Path, logs: Path, namespace: str, name: str | None = None,
-                 module: str = "kubestep.examples", concurrency: int = 10,
-                 lease_seconds: int | None = None, env: dict[str, str] | None = None) -> Proc:
+def start_worker(
+    kubeconfig: Path,
+    logs: Path,
+    namespace: str,
+    name: str | None = None,
+    module: str = "kubestep.examples",
+    concurrency: int = 10,
+    lease_seconds: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
     """``kubestep worker MODULE`` posing as pod ``name`` in ``namespace``."""
     name = name or f"worker-{uuid.uuid4().hex[:6]}"
     env = _env(kubeconfig, lease_seconds, {"POD_NAME": name, "POD_NAMESPACE": namespace, **(env or {})})

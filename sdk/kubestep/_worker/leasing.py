@@ -54,9 +54,7 @@ class WorkerLease:
             "annotations": {api.ANNOTATION_WORKFLOWS: ",".join(self.workflows)},
         }
         if self.pod_uid:
-            meta["ownerReferences"] = [
-                {"apiVersion": "v1", "kind": "Pod", "name": self.worker, "uid": self.pod_uid}
-            ]
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": self.worker, "uid": self.pod_uid}]
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -95,9 +93,7 @@ class WorkerLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.kube.merge_patch(
-                    f"{self._path}/{self.name}", {"spec": {"renewTime": micro_time(api.now())}}
-                )
+                await self.kube.merge_patch(f"{self._path}/{self.name}", {"spec": {"renewTime": micro_time(api.now())}})
             except NotFoundError:
                 try:
                     await self.acquire()

@@ -28,8 +28,11 @@ def run(settings: WorkerSettings) -> None:
     async def main() -> None:
         # Synchronous steps run in threads: one per run it may hold, and a few to spare (asyncio's
         # default is min(32, CPUs + 4), fewer than the runs a 2-CPU worker holds).
-        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.concurrency + 4, thread_name_prefix="kubestep-step"))
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=settings.concurrency + 4, thread_name_prefix="kubestep-step"
+            )
+        )
         kube = Kube(connections=settings.http_connections)
         control = Kube()
         namespace = settings.namespace or kube.default_namespace or "default"

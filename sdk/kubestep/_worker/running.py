@@ -101,14 +101,27 @@ def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] |
     if cancellation:
         return {
             "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": holder},
-            **api.finished_status(status, api.CANCELLED, cancellation.get("reason", api.REQUESTED),
-                                  f"{why} while the run was stopping", at, generation),
+            **api.finished_status(
+                status,
+                api.CANCELLED,
+                cancellation.get("reason", api.REQUESTED),
+                f"{why} while the run was stopping",
+                at,
+                generation,
+            ),
         }
     if failure is not None:
         message = f"{why}: {failure['type']}: {failure['message']}"[:1000]
         return {"error": failure, **api.finished_status(status, api.FAILED, "WorkerError", message, at, generation)}
-    return {"phase": api.QUEUED, "reason": "Requeued", "message": f"{why}; the run resumes by replay",
-            "worker": None, "deadline": None, "segmentStartedAt": None, "queuedAt": api.fmt_time(at)}
+    return {
+        "phase": api.QUEUED,
+        "reason": "Requeued",
+        "message": f"{why}; the run resumes by replay",
+        "worker": None,
+        "deadline": None,
+        "segmentStartedAt": None,
+        "queuedAt": api.fmt_time(at),
+    }
 
 
 def _transient(exc: BaseException) -> bool:
@@ -152,8 +165,15 @@ def _error(exc: BaseException, step: str | None = None, with_traceback: bool = T
 class Run:
     """The worker-side state of one execution while this worker holds it."""
 
-    def __init__(self, kube: Kube, workflow: Workflow, obj: dict[str, Any], worker: str,
-                 settings: WorkerSettings, control: Kube | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        workflow: Workflow,
+        obj: dict[str, Any],
+        worker: str,
+        settings: WorkerSettings,
+        control: Kube | None = None,
+    ) -> None:
         self.kube = kube  # step records and the journal: the busy lane
         # Claims and endings (a cancel's Cancelled write above all) on connections of their own,
         # so they never wait behind other runs' step writes in the pool.
@@ -221,8 +241,9 @@ class Run:
 
     def _note_stop(self, obj: dict[str, Any]) -> None:
         status, spec = obj.get("status") or {}, obj.get("spec") or {}
-        if spec.get("cancelGracePeriodSeconds") is not None and \
-                self.rules.shorten_grace(float(spec["cancelGracePeriodSeconds"])):
+        if spec.get("cancelGracePeriodSeconds") is not None and self.rules.shorten_grace(
+            float(spec["cancelGracePeriodSeconds"])
+        ):
             self._arm_hard_stop()  # the user shortened the grace period (0: stop now)
         reason = (status.get("cancellation") or {}).get("reason")
         if reason is None and spec.get("cancelRequested"):
@@ -251,8 +272,9 @@ class Run:
         if reason is None:
             return None
         note = api.cancel_note(self.obj) if reason == api.REQUESTED else {}
-        return Stop(reason, self.hard_stopped, note.get("message"),
-                    note.get("requestedByUser") or note.get("requestedBy"))
+        return Stop(
+            reason, self.hard_stopped, note.get("message"), note.get("requestedByUser") or note.get("requestedBy")
+        )
 
     def _stop(self, reason: str, at: float) -> None:
         if self.rules.note(reason, at):
@@ -343,7 +365,7 @@ class Run:
         )
 
     def _steps_patch(self) -> dict[str, Any]:
-        patch: dict[str, Any] = {"steps": self.steps[self._archived:], "stepsCompleted": self._completed_count()}
+        patch: dict[str, Any] = {"steps": self.steps[self._archived :], "stepsCompleted": self._completed_count()}
         if self.journal:
             patch["journal"] = self.journal
         if self._consumed:
@@ -391,7 +413,11 @@ class Run:
             "conditions": api.merge_conditions(
                 status.get("conditions"),
                 api.condition(
-                    api.COND_SCHEDULED, True, "Claimed", f"held by worker {self.worker}", wall,
+                    api.COND_SCHEDULED,
+                    True,
+                    "Claimed",
+                    f"held by worker {self.worker}",
+                    wall,
                     self.obj["metadata"].get("generation"),
                 ),
             ),
@@ -441,8 +467,9 @@ class Run:
         if self.lost:
             raise _Release("lost")
         if self.hard_stopped:
-            raise GracePeriodExpired(f"execution {self.name}: the grace period of "
-                                     f"{self.rules.grace_seconds:g} s is over")
+            raise GracePeriodExpired(
+                f"execution {self.name}: the grace period of {self.rules.grace_seconds:g} s is over"
+            )
         if self.stop_reason == api.REQUESTED:
             raise ExecutionCancelled(f"execution {self.name} was cancelled")
         if self.stop_reason == api.RUN_TIMEOUT:
@@ -500,8 +527,9 @@ class Run:
         self._index[rec["key"]] = len(self.steps)
         self.steps.append(rec)
 
-    def _steps_written(self, upto: int | None = None, dirty: set[int] | None = None,
-                       archived: int | None = None) -> None:
+    def _steps_written(
+        self, upto: int | None = None, dirty: set[int] | None = None, archived: int | None = None
+    ) -> None:
         """The server now has our first ``upto`` records (all, by default) as they were when
         sent: the dirty ones sent are clean. A record put while the write was in flight
         stays unsent (index ≥ upto) or dirty (put again after the send)."""
@@ -513,8 +541,11 @@ class Run:
         """Keys whose last record among the first ``upto`` is Completed: the running count, less the
         few records not yet sent (kept incrementally: a long run must not rescan its history)."""
         unsent = range(len(self.steps) if upto is None else upto, len(self.steps))
-        return self._n_completed - sum(1 for i in unsent if self._index.get(self.steps[i]["key"]) == i
-                                       and self.steps[i]["state"] == api.STEP_COMPLETED)
+        return self._n_completed - sum(
+            1
+            for i in unsent
+            if self._index.get(self.steps[i]["key"]) == i and self.steps[i]["state"] == api.STEP_COMPLETED
+        )
 
     async def _archive(self) -> None:
         """Moves the oldest final records into journal ConfigMaps once status holds more
@@ -545,8 +576,14 @@ class Run:
                 refs = refs[:first] + merged + refs[last:]
             self.journal = refs
 
-    async def run_step(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                       timeout: float | None = None) -> Any:
+    async def run_step(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+    ) -> Any:
         self._boundary()
         rec = self._recorded(key, "Run")
         if rec is not None and rec["state"] == api.STEP_COMPLETED:
@@ -568,22 +605,36 @@ class Run:
         # Its own task (or thread), so that a hard stop or its timeout can cut it off while the
         # workflow's await on it is interrupted. A thread keeps the event loop (watch, lease
         # renewals) alive during sync steps.
-        step: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.to_thread(in_thread) if sync else fn(*args, **kwargs))
+        step: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(in_thread) if sync else fn(*args, **kwargs))
         try:
             done, _ = await asyncio.wait({step}, timeout=timeout)
         except asyncio.CancelledError:
             if not self.hard_stopped:
                 step.cancel()
                 raise  # not ours (the worker itself is being torn down)
-            await self._interrupt(key, step, thread_done if sync else None, started, cleanup, api.GRACE_EXPIRED,
-                                  f"the grace period of {self.rules.grace_seconds:g} s ran out")
-            raise GracePeriodExpired(f"step {key!r} was interrupted: the grace period of "
-                                     f"{self.rules.grace_seconds:g} s ran out") from None
+            await self._interrupt(
+                key,
+                step,
+                thread_done if sync else None,
+                started,
+                cleanup,
+                api.GRACE_EXPIRED,
+                f"the grace period of {self.rules.grace_seconds:g} s ran out",
+            )
+            raise GracePeriodExpired(
+                f"step {key!r} was interrupted: the grace period of {self.rules.grace_seconds:g} s ran out"
+            ) from None
         if not done:
             assert timeout is not None
-            await self._interrupt(key, step, thread_done if sync else None, started, cleanup, "StepTimeout",
-                                  f"it did not finish within its timeout of {timeout:g} s")
+            await self._interrupt(
+                key,
+                step,
+                thread_done if sync else None,
+                started,
+                cleanup,
+                "StepTimeout",
+                f"it did not finish within its timeout of {timeout:g} s",
+            )
             if not self._stopping():
                 await self._append_steps()
             raise StepTimeoutError(key, timeout)
@@ -595,16 +646,32 @@ class Run:
         except Exception as exc:
             STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
             STEPS.labels(self.workflow.id, "Failed").inc()
-            failed = {"key": key, "kind": "Run", "state": api.STEP_FAILED, "startedAt": api.fmt_time(started),
-                      "finishedAt": api.fmt_time(api.now()), "error": _error(exc, with_traceback=False), **cleanup}
+            failed = {
+                "key": key,
+                "kind": "Run",
+                "state": api.STEP_FAILED,
+                "startedAt": api.fmt_time(started),
+                "finishedAt": api.fmt_time(api.now()),
+                "error": _error(exc, with_traceback=False),
+                **cleanup,
+            }
             self._put(failed)
             if not self._stopping():
                 await self._append_steps()
             raise
         STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
         STEPS.labels(self.workflow.id, "Completed").inc()
-        self._put({"key": key, "kind": "Run", "state": api.STEP_COMPLETED, "startedAt": api.fmt_time(started),
-                   "finishedAt": api.fmt_time(api.now()), "output": output, **cleanup})
+        self._put(
+            {
+                "key": key,
+                "kind": "Run",
+                "state": api.STEP_COMPLETED,
+                "startedAt": api.fmt_time(started),
+                "finishedAt": api.fmt_time(api.now()),
+                "output": output,
+                **cleanup,
+            }
+        )
         if not cleanup:
             self._last_key = key  # "stopped after step X" names the work, not the cleanup
         if not self._stopping() or self._cleanup_depth:
@@ -614,8 +681,16 @@ class Run:
         self._boundary()
         return output
 
-    async def _interrupt(self, key: str, step: asyncio.Future[Any], thread_done: threading.Event | None,
-                         started: dt.datetime, extra: dict[str, Any], why: str, message: str) -> None:
+    async def _interrupt(
+        self,
+        key: str,
+        step: asyncio.Future[Any],
+        thread_done: threading.Event | None,
+        started: dt.datetime,
+        extra: dict[str, Any],
+        why: str,
+        message: str,
+    ) -> None:
         """Cuts a step off and records it Interrupted (not Completed: it runs again on resume)."""
         step.cancel()  # an async step: cancelled at its current await; a thread: only no longer awaited
         with contextlib.suppress(asyncio.CancelledError):
@@ -631,8 +706,17 @@ class Run:
             self._abandoned(f"async step {key!r}")
         STEPS.labels(self.workflow.id, "Interrupted").inc()
         self.interrupted.append(key)
-        self._put({"key": key, "kind": "Run", "state": api.STEP_INTERRUPTED, "startedAt": api.fmt_time(started),
-                   "finishedAt": api.fmt_time(api.now()), "error": {"type": why, "message": message}, **extra})
+        self._put(
+            {
+                "key": key,
+                "kind": "Run",
+                "state": api.STEP_INTERRUPTED,
+                "startedAt": api.fmt_time(started),
+                "finishedAt": api.fmt_time(api.now()),
+                "error": {"type": why, "message": message},
+                **extra,
+            }
+        )
 
     async def _checkpoint(self) -> None:
         """Records completed steps. By default (interval 0) every step is durable before the
@@ -702,17 +786,22 @@ class Run:
                 if self.journal:
                     ops.append({"op": "add", "path": "/status/journal", "value": self.journal})
             else:
-                ops += [{"op": "replace", "path": f"/status/steps/{i - archived}", "value": self.steps[i]}
-                        for i in sorted(dirty) if i < self._flushed]
-                ops += [{"op": "add", "path": "/status/steps/-", "value": rec}
-                        for rec in self.steps[self._flushed:upto]]
+                ops += [
+                    {"op": "replace", "path": f"/status/steps/{i - archived}", "value": self.steps[i]}
+                    for i in sorted(dirty)
+                    if i < self._flushed
+                ]
+                ops += [
+                    {"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.steps[self._flushed : upto]
+                ]
             ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count(upto)})
             if self._consumed and list(status.get("eventsConsumed") or []) != self._consumed:
                 ops.append({"op": "add", "path": "/status/eventsConsumed", "value": list(self._consumed)})
             try:
                 with STATUS_WRITE_SECONDS.labels("steps").time():
-                    obj = await self.kube.request("PATCH", self._path + "/status", json_body=ops,
-                                                  content_type="application/json-patch+json")
+                    obj = await self.kube.request(
+                        "PATCH", self._path + "/status", json_body=ops, content_type="application/json-patch+json"
+                    )
                 self.obj, self.rv = obj, _rv(obj)
                 self._steps_written(upto, dirty, archived)
                 # The response may carry a cancel whose watch event is now older
@@ -752,9 +841,18 @@ class Run:
         event = self._next_event(topic)
         if event is not None:
             self._consumed.append(event["name"])
-            self._put({"key": key, "kind": "Event", "state": api.STEP_COMPLETED, "topic": topic,
-                       "event": event["name"], "startedAt": (rec or {}).get("startedAt") or api.fmt_time(now),
-                       "finishedAt": api.fmt_time(now), "output": event.get("data")})
+            self._put(
+                {
+                    "key": key,
+                    "kind": "Event",
+                    "state": api.STEP_COMPLETED,
+                    "topic": topic,
+                    "event": event["name"],
+                    "startedAt": (rec or {}).get("startedAt") or api.fmt_time(now),
+                    "finishedAt": api.fmt_time(now),
+                    "output": event.get("data"),
+                }
+            )
             self._last_key = key
             await self._append_steps()
             self._boundary()
@@ -767,7 +865,8 @@ class Run:
             await self._append_steps()
             raise EventTimeoutError(key, topic, timeout)
         wake = api.parse_time((rec or {}).get("wakeAt")) or (
-            now + dt.timedelta(seconds=timeout) if timeout is not None else None)
+            now + dt.timedelta(seconds=timeout) if timeout is not None else None
+        )
         raise _Suspend(key, wake, topic)
 
     def _next_event(self, topic: str) -> dict[str, Any] | None:
@@ -870,9 +969,13 @@ class Run:
         at = api.now()
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            return {**self._steps_patch(), "result": result,
-                    **api.finished_status(s, api.COMPLETED, "Succeeded", "workflow returned", at,
-                                          self.obj["metadata"].get("generation"))}
+            return {
+                **self._steps_patch(),
+                "result": result,
+                **api.finished_status(
+                    s, api.COMPLETED, "Succeeded", "workflow returned", at, self.obj["metadata"].get("generation")
+                ),
+            }
 
         await self._write(build, stoppable=True)
         self._event(api.COMPLETED, f"workflow completed after {len(self._index)} step(s)")
@@ -883,9 +986,18 @@ class Run:
         err = _error(exc, step)
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            return {**self._steps_patch(), "error": err,
-                    **api.finished_status(s, api.FAILED, "WorkflowError", f"{err['type']}: {err['message']}"[:1000],
-                                          at, self.obj["metadata"].get("generation"))}
+            return {
+                **self._steps_patch(),
+                "error": err,
+                **api.finished_status(
+                    s,
+                    api.FAILED,
+                    "WorkflowError",
+                    f"{err['type']}: {err['message']}"[:1000],
+                    at,
+                    self.obj["metadata"].get("generation"),
+                ),
+            }
 
         await self._write(build, stoppable=True)
         self._event(api.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
@@ -896,8 +1008,10 @@ class Run:
         after = f" after step {self._last_key!r}" if self._last_key else " before its first step"
         if self.hard_stopped:
             cut = ", ".join(repr(k) for k in self.interrupted) or "the workflow"
-            after = f"; {cut} did not finish within the grace period of {self.rules.grace_seconds:g} s " \
-                    f"and {'was' if len(self.interrupted) <= 1 else 'were'} interrupted"
+            after = (
+                f"; {cut} did not finish within the grace period of {self.rules.grace_seconds:g} s "
+                f"and {'was' if len(self.interrupted) <= 1 else 'were'} interrupted"
+            )
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
             canc = dict(s.get("cancellation") or {})
@@ -912,12 +1026,19 @@ class Run:
                 message = f"run exceeded runTimeoutSeconds={budget} of continuous running time; stopped{after}"
             else:
                 said = f" ({canc['message']})" if canc.get("message") else ""
-                message = f"cancellation requested{said}; stopped{after}" if self.hard_stopped else \
-                    f"cancellation requested{said}; stopped at the step boundary{after}"
+                message = (
+                    f"cancellation requested{said}; stopped{after}"
+                    if self.hard_stopped
+                    else f"cancellation requested{said}; stopped at the step boundary{after}"
+                )
             status_reason = api.GRACE_EXPIRED if self.hard_stopped else canc["reason"]
-            return {**self._steps_patch(), "cancellation": canc,
-                    **api.finished_status(s, api.CANCELLED, status_reason, message[:1000], at,
-                                          self.obj["metadata"].get("generation"))}
+            return {
+                **self._steps_patch(),
+                "cancellation": canc,
+                **api.finished_status(
+                    s, api.CANCELLED, status_reason, message[:1000], at, self.obj["metadata"].get("generation")
+                ),
+            }
 
         await self._write(build)
         self._event(api.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
@@ -926,8 +1047,12 @@ class Run:
         at = api.now()
         until = f" until {api.fmt_time(s.wake_at)}" if s.wake_at else ""
         what = f"event {s.topic!r}" if s.topic else repr(s.key)
-        record: dict[str, Any] = {"key": s.key, "kind": "Event" if s.topic else "Wait", "state": api.STEP_WAITING,
-                                  "startedAt": api.fmt_time(at)}
+        record: dict[str, Any] = {
+            "key": s.key,
+            "kind": "Event" if s.topic else "Wait",
+            "state": api.STEP_WAITING,
+            "startedAt": api.fmt_time(at),
+        }
         if s.wake_at:
             record["wakeAt"] = api.fmt_time(s.wake_at)
         if s.topic:
@@ -935,21 +1060,33 @@ class Run:
         self._put(record)
 
         def build(_s: dict[str, Any]) -> dict[str, Any]:
-            return {**self._steps_patch(), "phase": api.WAITING, "reason": "WaitingFor",
-                    "message": f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}",
-                    "worker": None, "deadline": None, "segmentStartedAt": None,
-                    "waitingFor": {"key": s.key, **({"topic": s.topic} if s.topic else {})},
-                    "wakeAt": api.fmt_time(s.wake_at) if s.wake_at else None}
+            return {
+                **self._steps_patch(),
+                "phase": api.WAITING,
+                "reason": "WaitingFor",
+                "message": f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}",
+                "worker": None,
+                "deadline": None,
+                "segmentStartedAt": None,
+                "waitingFor": {"key": s.key, **({"topic": s.topic} if s.topic else {})},
+                "wakeAt": api.fmt_time(s.wake_at) if s.wake_at else None,
+            }
 
         await self._write(build, stoppable=True)
         self._event(api.WAITING, f"waiting on {what}{until}; worker released")
 
     async def _hand_back(self) -> None:
         def build(_s: dict[str, Any]) -> dict[str, Any]:
-            return {**self._steps_patch(), "phase": api.QUEUED, "reason": "HandedBack",
-                    "message": f"worker {self.worker} shut down; the run resumes by replay",
-                    "worker": None, "deadline": None, "segmentStartedAt": None,
-                    "queuedAt": api.fmt_time(api.now())}
+            return {
+                **self._steps_patch(),
+                "phase": api.QUEUED,
+                "reason": "HandedBack",
+                "message": f"worker {self.worker} shut down; the run resumes by replay",
+                "worker": None,
+                "deadline": None,
+                "segmentStartedAt": None,
+                "queuedAt": api.fmt_time(api.now()),
+            }
 
         try:
             await self._write(build, stoppable=True)
@@ -969,14 +1106,17 @@ class Run:
             exc = exc.cause
         failure = None if _transient(exc) else _error(exc, with_traceback=False)
         if isinstance(exc, TooLargeError) and failure is not None:
-            failure["message"] = (f"the run's status would outgrow what the apiserver stores ({exc.message}); "
-                                  "keep step outputs and results well under 1 MiB, or store them elsewhere")
+            failure["message"] = (
+                f"the run's status would outgrow what the apiserver stores ({exc.message}); "
+                "keep step outputs and results well under 1 MiB, or store them elsewhere"
+            )
         for delay in (0.5, 1.0, 2.0, 4.0, 8.0):
             try:
                 fresh = await self.control.get(self._path)
                 status = fresh.get("status") or {}
-                if (status.get("worker"), status.get("attempt")) != (self.worker, self.attempt) or \
-                        status.get("phase") not in api.HELD_PHASES:
+                if (status.get("worker"), status.get("attempt")) != (self.worker, self.attempt) or status.get(
+                    "phase"
+                ) not in api.HELD_PHASES:
                     return
                 patch = let_go(fresh, self.worker, why, failure)
                 await self.control.update_status(fresh, patch)
@@ -989,5 +1129,6 @@ class Run:
             except Exception as e:
                 logger.warning("run %s: letting go failed (%r); retrying in %.1fs", self.name, e, delay)
                 await asyncio.sleep(delay)
-        logger.error("run %s: could not let go of the run; the operator re-queues it once this worker is gone",
-                     self.name)
+        logger.error(
+            "run %s: could not let go of the run; the operator re-queues it once this worker is gone", self.name
+        )

@@ -61,8 +61,9 @@ class Worker:
         self.name = name = settings.name
         self.concurrency = settings.concurrency
         self.settings = settings
-        self.lease = WorkerLease(self.control, namespace, name, sorted(workflows), settings.lease_seconds,
-                                 settings.pod_uid)
+        self.lease = WorkerLease(
+            self.control, namespace, name, sorted(workflows), settings.lease_seconds, settings.pod_uid
+        )
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
@@ -115,13 +116,15 @@ class Worker:
         terminal = ",".join(f"status.phase!={p}" for p in sorted(api.TERMINAL_PHASES))
         streams = {"held": f"status.worker={self.name},{terminal}", "queued": f"status.phase={api.QUEUED}"}
         try:
-            await self.control.get(api.execution_path(self.namespace),
-                                   {"fieldSelector": streams["held"], "limit": "1"})
+            await self.control.get(api.execution_path(self.namespace), {"fieldSelector": streams["held"], "limit": "1"})
         except ApiError as e:
             if e.status_code != 400:
                 raise
-            logger.warning("the WorkflowExecution CRD has no selectableFields (apply crds/ again); "
-                           "watching every run of the namespace: %s", e.message)
+            logger.warning(
+                "the WorkflowExecution CRD has no selectableFields (apply crds/ again); "
+                "watching every run of the namespace: %s",
+                e.message,
+            )
             streams = {"all": ""}
         listed = {name: asyncio.Event() for name in streams}
         tasks = [asyncio.create_task(self._follow(name, selector, listed[name])) for name, selector in streams.items()]
@@ -162,8 +165,14 @@ class Worker:
     def _on_event(self, kind: str, obj: dict[str, Any], stream: str = "all", listed: bool = False) -> None:
         name = obj["metadata"]["name"]
         WATCH_EVENTS.labels(stream).inc()
-        logger.debug("%s event %s %s phase=%s rv=%s", stream, kind, name, (obj.get("status") or {}).get("phase"),
-                     obj["metadata"].get("resourceVersion"))
+        logger.debug(
+            "%s event %s %s phase=%s rv=%s",
+            stream,
+            kind,
+            name,
+            (obj.get("status") or {}).get("phase"),
+            obj["metadata"].get("resourceVersion"),
+        )
         run = self.runs.get(name)
         if kind == "DELETED":
             # On a filtered stream DELETED may only mean "left the selection" (and carries the
@@ -204,8 +213,9 @@ class Worker:
     def _start(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         self._queued.pop(name, None)
-        run = Run(self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, self.settings,
-                  control=self.control)
+        run = Run(
+            self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, self.settings, control=self.control
+        )
         run.on_abandoned = self.on_abandoned
         self.runs[name] = run
         self._spawn(self._drive(run))
