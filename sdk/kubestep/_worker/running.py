@@ -57,6 +57,7 @@ from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
+from .ledger import Ledger
 from .stopping import StopRules
 
 logger = logging.getLogger("kubestep.worker")
@@ -82,7 +83,6 @@ class _Release(BaseException):
 
 
 _CONTENDED = "too many write conflicts"
-_FINAL = frozenset({api.STEP_COMPLETED, api.STEP_FAILED, api.STEP_INTERRUPTED})  # records that never change
 
 
 def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -185,15 +185,7 @@ class Run:
         self.namespace: str = obj["metadata"]["namespace"]
         self.rv = _rv(obj)
         status = obj.get("status") or {}
-        # Step records as the server lays them out: the journal's (archived, a prefix) then
-        # status.steps. A key may repeat (a failed step run again after it was archived):
-        # its last record counts, and _index finds it.
-        self.steps: list[dict[str, Any]] = [dict(s) for s in status.get("steps") or []]
-        self._reindex()
-        self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
-        self._archived = 0  # records of self.steps in journal ConfigMaps
-        self._server_archived = 0  # ... as status.journal on the server lists them
-        self.window = settings.status_steps
+        self.ledger = Ledger(status, settings.status_steps)  # the step records (ledger.py)
         self.attempt: int = int(status.get("attempt") or 0)
         self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}, settings.grace_seconds))
         self.handback = False
@@ -208,10 +200,7 @@ class Run:
         self._cleanup_depth = 0  # inside ctx.cleanup(): steps may run although the run is stopping
         self._stop_noted = asyncio.Event()
         self._noticed: dt.datetime | None = None  # when this worker learned of a user's cancel
-        self._consumed: list[str] = list(status.get("eventsConsumed") or [])  # events delivered to waits
         self._seen: set[str] = set()
-        self._flushed = len(self.steps)  # records the server has, as a prefix of self.steps
-        self._dirty: set[int] = set()  # indices below _flushed replaced since
         self.checkpoint_seconds = settings.checkpoint_seconds
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
@@ -333,7 +322,7 @@ class Run:
                 with STATUS_WRITE_SECONDS.labels("end").time():
                     obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
                 self.obj, self.rv = obj, _rv(obj)
-                self._steps_written()
+                self.ledger.written()
                 return
             except ConflictError:
                 await self._reread()
@@ -365,12 +354,7 @@ class Run:
         )
 
     def _steps_patch(self) -> dict[str, Any]:
-        patch: dict[str, Any] = {"steps": self.steps[self._archived :], "stepsCompleted": self._completed_count()}
-        if self.journal:
-            patch["journal"] = self.journal
-        if self._consumed:
-            patch["eventsConsumed"] = list(self._consumed)
-        return patch
+        return self.ledger.status_fields()
 
     # ----- claim ------------------------------------------------------------------------------
 
@@ -439,18 +423,13 @@ class Run:
         if budget:
             self.rules.budget_deadline = mono + budget
             self._budget_timer = asyncio.get_running_loop().call_at(mono + budget, self._budget_out)
-        self._consumed = list((obj.get("status") or {}).get("eventsConsumed") or [])
         self._note_stop(obj)  # a cancel that arrived with the claim's answer
         verb = "Resumed" if resumed else "Started"
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
         status = obj.get("status") or {}
-        self.journal = list(status.get("journal") or [])
-        archived = await journal.load(self.kube, self.namespace, self.journal)
-        self.steps = archived + [dict(r) for r in status.get("steps") or []]
-        self._reindex()
-        self._archived = len(archived)
-        self._steps_written()
+        archived = await journal.load(self.kube, self.namespace, list(status.get("journal") or []))
+        self.ledger.load(archived, status)
         return True
 
     # ----- boundaries and steps (called through WorkflowContext) ------------------------------
@@ -501,80 +480,35 @@ class Run:
         if key in self._seen:
             raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
         self._seen.add(key)
-        i = self._index.get(key)
-        if i is None:
-            return None
-        rec = self.steps[i]
-        if rec["kind"] != kind:
-            raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
-        return rec
-
-    def _reindex(self) -> None:
-        self._index = {rec["key"]: i for i, rec in enumerate(self.steps)}
-        self._n_completed = sum(1 for i in self._index.values() if self.steps[i]["state"] == api.STEP_COMPLETED)
+        return self.ledger.lookup(key, kind)
 
     def _put(self, rec: dict[str, Any]) -> None:
-        i = self._index.get(rec["key"])
-        if i is not None and self.steps[i]["state"] == api.STEP_COMPLETED:
-            self._n_completed -= 1
-        if rec["state"] == api.STEP_COMPLETED:
-            self._n_completed += 1
-        if i is not None and i >= self._archived:
-            self.steps[i] = rec
-            self._dirty.add(i)  # even if unflushed: an append of it may be in flight
-            return
-        # New, or its earlier record is archived (immutable): append; the last one counts.
-        self._index[rec["key"]] = len(self.steps)
-        self.steps.append(rec)
-
-    def _steps_written(
-        self, upto: int | None = None, dirty: set[int] | None = None, archived: int | None = None
-    ) -> None:
-        """The server now has our first ``upto`` records (all, by default) as they were when
-        sent: the dirty ones sent are clean. A record put while the write was in flight
-        stays unsent (index ≥ upto) or dirty (put again after the send)."""
-        self._flushed = len(self.steps) if upto is None else upto
-        self._dirty = set() if dirty is None else self._dirty - dirty
-        self._server_archived = self._archived if archived is None else archived
-
-    def _completed_count(self, upto: int | None = None) -> int:
-        """Keys whose last record among the first ``upto`` is Completed: the running count, less the
-        few records not yet sent (kept incrementally: a long run must not rescan its history)."""
-        unsent = range(len(self.steps) if upto is None else upto, len(self.steps))
-        return self._n_completed - sum(
-            1
-            for i in unsent
-            if self._index.get(self.steps[i]["key"]) == i and self.steps[i]["state"] == api.STEP_COMPLETED
-        )
+        self.ledger.put(rec)
 
     async def _archive(self) -> None:
-        """Moves the oldest final records into journal ConfigMaps once status holds more
-        than ``window`` (KUBESTEP_STATUS_STEPS; 0 never archives), down to half of it.
-        The next status write lists them and drops them from status.steps."""
-        if self.window <= 0 or len(self.steps) - self._archived <= self.window:
+        """Moves the oldest final records into journal ConfigMaps (``Ledger.to_archive``); the next
+        status write lists them and drops them from status.steps."""
+        span = self.ledger.to_archive()
+        if span is None:
             return
-        end, i = len(self.steps) - self.window // 2, self._archived
-        while i < end and self.steps[i]["state"] in _FINAL:
-            i += 1
-        if i > self._archived:
-            # Move the boundary first: a concurrent step that puts a record of one of these
-            # keys while the ConfigMaps are written must append it, not change the copy.
-            start, self._archived = self._archived, i
-            try:
-                refs = self.journal + await journal.archive(self.kube, self.obj, self.steps[start:i])
-            except BaseException:
-                self._archived = start
-                raise
-            # Keep status.journal short however long the run: merge the oldest run of
-            # FANOUT chunks of a level into one chunk of the next (journal.merge_plan).
-            plan = journal.merge_plan(refs)
-            if plan is not None:
-                first, last, level = plan
-                a = sum(r["steps"] for r in refs[:first])
-                b = a + sum(r["steps"] for r in refs[first:last])
-                merged = await journal.archive(self.kube, self.obj, self.steps[a:b], level=level + 1)
-                refs = refs[:first] + merged + refs[last:]
-            self.journal = refs
+        start, end = span
+        ledger = self.ledger
+        # Move the boundary first: a concurrent step that puts a record of one of these
+        # keys while the ConfigMaps are written must append it, not change the copy.
+        ledger.archived = end
+        try:
+            refs = ledger.journal + await journal.archive(self.kube, self.obj, ledger.records[start:end])
+        except BaseException:
+            ledger.archived = start
+            raise
+        # Keep status.journal short however long the run: merge the oldest run of FANOUT chunks
+        # of a level into one chunk of the next (journal.merge_plan).
+        merge = ledger.merge_span(refs)
+        if merge is not None:
+            first, last, level, a, b = merge
+            merged = await journal.archive(self.kube, self.obj, ledger.records[a:b], level=level + 1)
+            refs = refs[:first] + merged + refs[last:]
+        ledger.journal = refs
 
     async def run_step(
         self,
@@ -772,38 +706,20 @@ class Run:
         """
         for _ in range(10):
             status = self.obj.get("status") or {}
+            appended, sent = self.ledger.append_ops(status)
             ops: list[dict[str, Any]] = [
                 {"op": "test", "path": "/status/worker", "value": self.worker},
                 {"op": "test", "path": "/status/attempt", "value": self.attempt},
                 {"op": "test", "path": "/status/phase", "value": status.get("phase")},
+                *appended,
             ]
-            # What this write sends, fixed now: steps of the same run running concurrently
-            # may put records while it is in flight.
-            upto, dirty, archived = len(self.steps), set(self._dirty), self._archived
-            if "steps" not in status or archived != self._server_archived:
-                # First records, or some just archived: status.steps anew, with the journal.
-                ops.append({"op": "add", "path": "/status/steps", "value": self.steps[archived:upto]})
-                if self.journal:
-                    ops.append({"op": "add", "path": "/status/journal", "value": self.journal})
-            else:
-                ops += [
-                    {"op": "replace", "path": f"/status/steps/{i - archived}", "value": self.steps[i]}
-                    for i in sorted(dirty)
-                    if i < self._flushed
-                ]
-                ops += [
-                    {"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.steps[self._flushed : upto]
-                ]
-            ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self._completed_count(upto)})
-            if self._consumed and list(status.get("eventsConsumed") or []) != self._consumed:
-                ops.append({"op": "add", "path": "/status/eventsConsumed", "value": list(self._consumed)})
             try:
                 with STATUS_WRITE_SECONDS.labels("steps").time():
                     obj = await self.kube.request(
                         "PATCH", self._path + "/status", json_body=ops, content_type="application/json-patch+json"
                     )
                 self.obj, self.rv = obj, _rv(obj)
-                self._steps_written(upto, dirty, archived)
+                self.ledger.written(sent)
                 # The response may carry a cancel whose watch event is now older
                 # than what we hold (and so will be dropped): learn it here.
                 self._note_stop(obj)
@@ -838,9 +754,9 @@ class Run:
                 raise EventTimeoutError(key, topic, timeout)
             return rec.get("output")
         now = api.now()
-        event = self._next_event(topic)
+        event = self.ledger.next_event((self.obj.get("spec") or {}).get("events") or [], topic)
         if event is not None:
-            self._consumed.append(event["name"])
+            self.ledger.consumed.append(event["name"])
             self._put(
                 {
                     "key": key,
@@ -868,12 +784,6 @@ class Run:
             now + dt.timedelta(seconds=timeout) if timeout is not None else None
         )
         raise _Suspend(key, wake, topic)
-
-    def _next_event(self, topic: str) -> dict[str, Any] | None:
-        for event in (self.obj.get("spec") or {}).get("events") or []:
-            if event.get("topic") == topic and event.get("name") not in self._consumed:
-                return dict(event)
-        return None
 
     # ----- the whole run ----------------------------------------------------------------------
 
@@ -978,11 +888,12 @@ class Run:
             }
 
         await self._write(build, stoppable=True)
-        self._event(api.COMPLETED, f"workflow completed after {len(self._index)} step(s)")
+        self._event(api.COMPLETED, f"workflow completed after {len(self.ledger.index)} step(s)")
 
     async def _finish_failed(self, exc: Exception) -> None:
         at = api.now()
-        step = self.steps[-1]["key"] if self.steps and self.steps[-1]["state"] == "Failed" else None
+        records = self.ledger.records
+        step = records[-1]["key"] if records and records[-1]["state"] == api.STEP_FAILED else None
         err = _error(exc, step)
 
         def build(s: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""A held run's step records, and what the server has of them: pure, no I/O, no clock.
+
+The records are laid out as the server keeps them: the journal's (archived in ConfigMaps, a prefix),
+then ``status.steps``. A key may appear more than once (a failed step run again after its record was
+archived): its last record counts, and ``index`` finds it.
+
+What was sent is tracked so that steps of one run running concurrently (``asyncio.gather``) never lose
+a record: an append fixes what it sends when it is built (``append_ops``), and when it lands
+(``written``) only that becomes clean; a record put while it was in flight stays unsent or dirty and goes
+with the next write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _api as api
+from .. import _journal as journal
+from .._errors import WorkflowDefinitionError
+
+FINAL = frozenset({api.STEP_COMPLETED, api.STEP_FAILED, api.STEP_INTERRUPTED})  # records that never change
+
+Sent = tuple[int, dict[int, int], int]  # (records up to, dirty indices sent with their versions, archived)
+
+
+class Ledger:
+    def __init__(self, status: dict[str, Any], window: int) -> None:
+        self.window = window  # records kept in status.steps (0: never archive)
+        self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
+        self.consumed: list[str] = list(status.get("eventsConsumed") or [])  # events delivered to waits
+        self.load([], status)
+
+    def load(self, archived: list[dict[str, Any]], status: dict[str, Any]) -> None:
+        """The whole history at a claim: the journal's records, then status.steps."""
+        self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
+        self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
+        self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.STEP_COMPLETED)
+        self.journal = list(status.get("journal") or [])
+        self.consumed = list(status.get("eventsConsumed") or [])
+        self.archived = len(archived)  # records in journal ConfigMaps
+        self.server_archived = self.archived  # ... as status.journal on the server lists them
+        self.flushed = len(self.records)  # records the server has, as a prefix
+        # Indices below ``flushed`` replaced since, each with a version that every put increments, so that
+        # a record replaced again while its replacement is in flight stays dirty.
+        self.dirty: dict[int, int] = {}
+
+    # ----- reading ----------------------------------------------------------------------------
+
+    def lookup(self, key: str, kind: str) -> dict[str, Any] | None:
+        i = self.index.get(key)
+        if i is None:
+            return None
+        rec = self.records[i]
+        if rec["kind"] != kind:
+            raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
+        return rec
+
+    def completed_count(self, upto: int | None = None) -> int:
+        """Keys whose last record among the first ``upto`` is Completed: the running count, less the
+        few records not yet sent (kept incrementally: a long run must not rescan its history)."""
+        unsent = range(len(self.records) if upto is None else upto, len(self.records))
+        return self.completed - sum(
+            1
+            for i in unsent
+            if self.index.get(self.records[i]["key"]) == i and self.records[i]["state"] == api.STEP_COMPLETED
+        )
+
+    def next_event(self, events: list[dict[str, Any]], topic: str) -> dict[str, Any] | None:
+        """The oldest event of ``topic`` not yet delivered to a wait."""
+        for event in events:
+            if event.get("topic") == topic and event.get("name") not in self.consumed:
+                return dict(event)
+        return None
+
+    # ----- recording --------------------------------------------------------------------------
+
+    def put(self, rec: dict[str, Any]) -> None:
+        i = self.index.get(rec["key"])
+        if i is not None and self.records[i]["state"] == api.STEP_COMPLETED:
+            self.completed -= 1
+        if rec["state"] == api.STEP_COMPLETED:
+            self.completed += 1
+        if i is not None and i >= self.archived:
+            self.records[i] = rec
+            self.dirty[i] = self.dirty.get(i, 0) + 1  # even if unflushed: an append of it may be in flight
+            return
+        # New, or its earlier record is archived (immutable): append; the last one counts.
+        self.index[rec["key"]] = len(self.records)
+        self.records.append(rec)
+
+    # ----- what goes to the server ------------------------------------------------------------
+
+    def status_fields(self) -> dict[str, Any]:
+        """Every record and count, for a write of the whole status (endings, waits, hand-backs)."""
+        fields: dict[str, Any] = {
+            "steps": self.records[self.archived :],
+            "stepsCompleted": self.completed_count(),
+        }
+        if self.journal:
+            fields["journal"] = self.journal
+        if self.consumed:
+            fields["eventsConsumed"] = list(self.consumed)
+        return fields
+
+    def append_ops(self, status: dict[str, Any]) -> tuple[list[dict[str, Any]], Sent]:
+        """JSON-patch operations that bring the server's ``status`` up to date by appending (the request
+        stays small however long the history), and what they send, fixed now."""
+        upto, dirty, archived = len(self.records), dict(self.dirty), self.archived
+        ops: list[dict[str, Any]] = []
+        if "steps" not in status or archived != self.server_archived:
+            # First records, or some just archived: status.steps anew, with the journal.
+            ops.append({"op": "add", "path": "/status/steps", "value": self.records[archived:upto]})
+            if self.journal:
+                ops.append({"op": "add", "path": "/status/journal", "value": self.journal})
+        else:
+            ops += [
+                {"op": "replace", "path": f"/status/steps/{i - archived}", "value": self.records[i]}
+                for i in sorted(dirty)
+                if i < self.flushed
+            ]
+            ops += [{"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.records[self.flushed : upto]]
+        ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self.completed_count(upto)})
+        if self.consumed and list(status.get("eventsConsumed") or []) != self.consumed:
+            ops.append({"op": "add", "path": "/status/eventsConsumed", "value": list(self.consumed)})
+        return ops, (upto, dirty, archived)
+
+    def written(self, sent: Sent | None = None) -> None:
+        """The server now has what ``sent`` describes (everything, by default): what was sent is clean;
+        a record put while the write was in flight stays unsent (index ≥ upto) or dirty."""
+        if sent is None:
+            self.flushed, self.dirty, self.server_archived = len(self.records), {}, self.archived
+            return
+        upto, dirty, archived = sent
+        self.flushed, self.server_archived = upto, archived
+        for i, version in dirty.items():
+            if self.dirty.get(i) == version:  # not replaced again since it was sent
+                del self.dirty[i]
+
+    # ----- archiving --------------------------------------------------------------------------
+
+    def to_archive(self) -> tuple[int, int] | None:
+        """The oldest final records to move into the journal once status holds more than ``window``
+        (down to half of it), as (start, end), or None."""
+        if self.window <= 0 or len(self.records) - self.archived <= self.window:
+            return None
+        end, i = len(self.records) - self.window // 2, self.archived
+        while i < end and self.records[i]["state"] in FINAL:
+            i += 1
+        return (self.archived, i) if i > self.archived else None
+
+    def merge_span(self, refs: list[dict[str, Any]]) -> tuple[int, int, int, int, int] | None:
+        """If ``refs`` call for a merge (``journal.merge_plan``): (first ref, end ref, level, first record,
+        end record) of the chunks to write as one."""
+        plan = journal.merge_plan(refs)
+        if plan is None:
+            return None
+        first, last, level = plan
+        a = sum(r["steps"] for r in refs[:first])
+        return first, last, level, a, a + sum(r["steps"] for r in refs[first:last])

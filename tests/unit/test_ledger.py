@@ -1,0 +1,119 @@
+"""The worker's step ledger: what is recorded, what is sent, and what stays to send (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubestep import _api as api
+from kubestep._errors import WorkflowDefinitionError
+from kubestep._worker.ledger import Ledger
+
+
+def rec(key: str, state: str = api.STEP_COMPLETED, kind: str = "Run") -> dict[str, Any]:
+    return {"key": key, "kind": kind, "state": state}
+
+
+def status_after(ledger: Ledger, ops: list[dict[str, Any]], before: dict[str, Any]) -> dict[str, Any]:
+    """Applies the ops the way the apiserver would (only the operations the ledger emits)."""
+    status = {k: (list(v) if isinstance(v, list) else v) for k, v in before.items()}
+    for op in ops:
+        path = op["path"].split("/")[2:]
+        if path == ["steps"]:
+            status["steps"] = list(op["value"])
+        elif path == ["steps", "-"]:
+            status["steps"].append(op["value"])
+        elif path[0] == "steps":
+            status["steps"][int(path[1])] = op["value"]
+        else:
+            status[path[0]] = op["value"]
+    return status
+
+
+def test_a_record_put_while_an_append_is_in_flight_goes_with_the_next_one() -> None:
+    ledger, server = Ledger({}, window=0), {}
+    ledger.put(rec("a"))
+    ops, sent = ledger.append_ops(server)  # the append of "a" is built and sent
+    ledger.put(rec("b", api.STEP_FAILED))  # a concurrent step records "b" meanwhile
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    assert [r["key"] for r in server["steps"]] == ["a"] and server["stepsCompleted"] == 1
+    ops, sent = ledger.append_ops(server)
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    assert [r["key"] for r in server["steps"]] == ["a", "b"]
+    # "b" is run again and now completes: its record is replaced in place, not appended.
+    ledger.put(rec("b"))
+    ops, sent = ledger.append_ops(server)
+    assert ops[0] == {"op": "replace", "path": "/status/steps/1", "value": rec("b")}
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    assert server["steps"][1]["state"] == api.STEP_COMPLETED and server["stepsCompleted"] == 2
+    assert ledger.append_ops(server)[0] == [{"op": "add", "path": "/status/stepsCompleted", "value": 2}]
+
+
+def test_a_record_replaced_while_its_append_is_in_flight_stays_dirty() -> None:
+    """A bug this test found: the dirty mark of a record replaced again while its replacement was in
+    flight was cleared when that write landed, so the newer record was never sent."""
+    ledger, server = Ledger({}, window=0), {}
+    ledger.put(rec("a"))
+    ops, sent = ledger.append_ops(server)
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    ledger.put(rec("a", api.STEP_FAILED))
+    ops, sent = ledger.append_ops(server)
+    ledger.put(rec("a"))  # changed again after the replace was built
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    assert 0 in ledger.dirty, "the second change was not sent yet"
+    ops, sent = ledger.append_ops(server)
+    server = status_after(ledger, ops, server)
+    ledger.written(sent)
+    assert server["steps"][0]["state"] == api.STEP_COMPLETED and not ledger.dirty
+
+
+def test_the_completed_count_counts_last_records_and_not_unsent_ones() -> None:
+    ledger = Ledger({}, window=0)
+    for key in ("a", "b", "c"):
+        ledger.put(rec(key))
+    ledger.put(rec("b", api.STEP_INTERRUPTED))
+    assert ledger.completed_count() == 2
+    assert ledger.completed_count(upto=1) == 1
+
+
+def test_archiving_takes_the_oldest_final_records_down_to_half_the_window() -> None:
+    ledger = Ledger({}, window=4)
+    for key in "abcd":
+        ledger.put(rec(key))
+    assert ledger.to_archive() is None
+    ledger.put(rec("e", api.STEP_WAITING, "Wait"))
+    assert ledger.to_archive() == (0, 3)
+    ledger = Ledger({}, window=4)
+    ledger.put(rec("w", api.STEP_WAITING, "Wait"))  # a record that may still change is never archived
+    for key in "abcd":
+        ledger.put(rec(key))
+    assert ledger.to_archive() is None
+
+
+def test_a_claim_loads_the_journal_then_status_and_lookups_check_the_kind() -> None:
+    ledger = Ledger({}, window=8)
+    ledger.load(
+        [rec("a"), rec("b", api.STEP_FAILED)],
+        {
+            "steps": [rec("b"), rec("w", api.STEP_WAITING, "Wait")],
+            "journal": [{"configMap": "c", "steps": 2}],
+            "eventsConsumed": ["e1"],
+        },
+    )
+    assert ledger.archived == 2 and ledger.lookup("b", "Run") == rec("b") and ledger.completed_count() == 2
+    assert ledger.consumed == ["e1"] and ledger.status_fields()["steps"] == [
+        rec("b"),
+        rec("w", api.STEP_WAITING, "Wait"),
+    ]
+    with pytest.raises(WorkflowDefinitionError, match="was a Wait step"):
+        ledger.lookup("w", "Run")
+    assert ledger.next_event([{"name": "e1", "topic": "t"}, {"name": "e2", "topic": "t"}], "t") == {
+        "name": "e2",
+        "topic": "t",
+    }
