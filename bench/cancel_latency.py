@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev import find_binary
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import start_operator, start_worker
@@ -173,7 +173,7 @@ async def cancel_one(client: KubestepClient, watcher: Watcher, name: str) -> flo
             f"reason {st.reason}",
             file=sys.stderr,
         )
-    if phase != api.CANCELLED:
+    if phase != api.Phase.CANCELLED:
         return None
     return (t1 - t0) * 1000
 
@@ -202,7 +202,7 @@ async def cancel_latency(
         return [
             n
             for n in pool
-            if _phase(watcher.latest.get(n)) == api.RUNNING
+            if _phase(watcher.latest.get(n)) == api.Phase.RUNNING
             and ((watcher.latest[n].get("status") or {}).get("stepsCompleted") or 0) < steps_per_run // 2
         ]
 
@@ -227,7 +227,7 @@ async def cancel_latency(
     stop.set()
     await refiller
     await asyncio.gather(*(client.cancel_execution(x) for x in pool))
-    await asyncio.gather(*(watcher.expect(x, api.CANCELLED, api.COMPLETED) for x in pool))
+    await asyncio.gather(*(watcher.expect(x, api.Phase.CANCELLED, api.Phase.COMPLETED) for x in pool))
     if skipped:
         print(f"  ({skipped} victims finished before their cancel landed; not counted)", file=sys.stderr)
     return out
@@ -239,21 +239,21 @@ async def timeout_overshoot(
     """``batch`` runs at a time with a 1 s budget; with ``beside`` > 0, while that many others step."""
     others = await asyncio.gather(*(client.start("until-cancelled", {"seconds": 0.01}) for _ in range(beside)))
     if others:
-        await asyncio.gather(*(watcher.expect(h.id, api.RUNNING) for h in others))
+        await asyncio.gather(*(watcher.expect(h.id, api.Phase.RUNNING) for h in others))
     out: list[float] = []
     while len(out) < samples:
         handles = await asyncio.gather(
             *(client.start("until-cancelled", {"seconds": 0.01}, run_timeout_seconds=1) for _ in range(batch))
         )
-        await asyncio.gather(*(watcher.expect(h.id, api.CANCELLED) for h in handles))
+        await asyncio.gather(*(watcher.expect(h.id, api.Phase.CANCELLED) for h in handles))
         for h in handles:
             e = await h.status()
-            assert e.status.reason == api.RUN_TIMEOUT, e.status
+            assert e.status.reason == api.StopReason.RUN_TIMEOUT, e.status
             # cancellation.requestedAt of a RunTimeout is the deadline itself.
             assert e.status.finished_at and e.status.cancellation and e.status.cancellation.requested_at
             out.append((e.status.finished_at - e.status.cancellation.requested_at).total_seconds() * 1000)
     await asyncio.gather(*(client.cancel_execution(h.id) for h in others))
-    await asyncio.gather(*(watcher.expect(h.id, api.CANCELLED) for h in others))
+    await asyncio.gather(*(watcher.expect(h.id, api.Phase.CANCELLED) for h in others))
     return out[:samples]
 
 

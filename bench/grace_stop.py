@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import Proc, start_operator, start_worker
 
@@ -51,7 +51,7 @@ async def measure(kubeconfig: Path, args: argparse.Namespace) -> None:
                     )
                     while True:
                         e = await client.get_execution(h.id)
-                        if e.status.phase == api.RUNNING and any(s.key == "first" for s in e.status.steps):
+                        if e.status.phase == api.Phase.RUNNING and any(s.key == "first" for s in e.status.steps):
                             break
                         await asyncio.sleep(0.05)
                     await asyncio.sleep(0.2)

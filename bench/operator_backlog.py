@@ -29,7 +29,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import start_operator
 
@@ -104,12 +104,12 @@ async def one(kubeconfig: Path, n: int, args: argparse.Namespace) -> dict[str, A
                         marks["cancel_wall"] = time.time()
                         await client.cancel_execution(last)
                         marks["cancel"] = time.monotonic()
-                    if name == last and phase == api.CANCELLED and "honoured" not in marks:
+                    if name == last and phase == api.Phase.CANCELLED and "honoured" not in marks:
                         marks["honoured"] = time.monotonic()
                         finished = api.parse_time((obj.get("status") or {}).get("finishedAt"))
                         if finished is not None:  # the operator's own clock: when it decided
                             marks["decided_after"] = finished.timestamp() - marks["cancel_wall"]
-                        queued_before_cancel = sum(1 for p in phases.values() if p == api.QUEUED)
+                        queued_before_cancel = sum(1 for p in phases.values() if p == api.Phase.QUEUED)
                     if all(phases.values()):
                         return
 

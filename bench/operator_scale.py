@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import Proc, start_operator, start_worker
 
@@ -69,13 +69,13 @@ async def populate(client: KubestepClient, n: int) -> list[str]:
             obj = await kube.get(api.execution_path(ns, name))
             status: dict[str, Any] = (
                 {
-                    "phase": api.WAITING,
+                    "phase": api.Phase.WAITING,
                     "wakeAt": api.fmt_time(now + dt.timedelta(hours=1)),
                     "waitingFor": {"key": "pause"},
                 }
                 if kind == 1
                 else {
-                    "phase": api.RUNNING,
+                    "phase": api.Phase.RUNNING,
                     "worker": GHOST,
                     "attempt": 1,
                     "startedAt": api.fmt_time(now),
@@ -146,7 +146,7 @@ async def operator_at(plane: ControlPlane, n: int, idle: float) -> dict[str, Any
             t1 = time.monotonic()
             queued = [x for i, x in enumerate(names) if i % 3 == 0][-1]
             await client.cancel_execution(queued)
-            while (await client.get_execution(queued)).status.phase != api.CANCELLED:
+            while (await client.get_execution(queued)).status.phase != api.Phase.CANCELLED:
                 if time.monotonic() - t1 > 600:
                     raise TimeoutError("the cancel was not honoured within 600 s of the restart")
                 await asyncio.sleep(0.1)

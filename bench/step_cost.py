@@ -33,7 +33,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import Proc, start_operator, start_worker
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev.controlplane import ControlPlane, Ports
 from kubestep._dev.local import start_operator, start_worker
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 
 from .harness import E2E, Proc, start_operator
 
@@ -90,7 +90,7 @@ async def test_an_operator_started_on_a_backlog_queues_every_run(
 
     async def all_queued() -> bool:
         nonlocal queued
-        queued = (await phases(client)).count(api.QUEUED)
+        queued = (await phases(client)).count(api.Phase.QUEUED)
         return queued == RUNS
 
     try:
@@ -119,18 +119,18 @@ async def test_a_cancel_issued_during_the_drain_is_honoured_before_the_drain_end
     assert await client.cancel_execution(last)
 
     async def cancelled() -> bool:
-        return await phase_of(client, last) == api.CANCELLED
+        return await phase_of(client, last) == api.Phase.CANCELLED
 
     await until(cancelled, 30, f"the cancel of {last} to be honoured")
     seen = await phases(client)
-    queued = seen.count(api.QUEUED)
+    queued = seen.count(api.Phase.QUEUED)
     # Before the drain ends, and well before: a cancel overtakes the queue, it does not merely
     # beat its last entry.
     assert queued < RUNS // 2, f"the cancel waited behind the drain ({queued} of {RUNS - 1} runs queued first)"
     print(f"cancel honoured with {queued} of {RUNS - 1} other runs queued")
 
     async def all_done() -> bool:
-        return all(p in (api.QUEUED, api.CANCELLED) for p in await phases(client))
+        return all(p in (api.Phase.QUEUED, api.Phase.CANCELLED) for p in await phases(client))
 
     await until(all_done, 120, "the drain to end", interval=1)
 
@@ -149,7 +149,7 @@ async def test_sigterm_during_the_drain_stops_the_operator_promptly(
 
     with contextlib.suppress(AssertionError):  # an operator that never starts draining is busy too
         await until(draining, 30, "the drain to start")
-    queued_at_sigterm = (await phases(client)).count(api.QUEUED)
+    queued_at_sigterm = (await phases(client)).count(api.Phase.QUEUED)
     assert queued_at_sigterm < RUNS, "the drain ended before SIGTERM: the test proves nothing"
     sent = time.monotonic()
     op.signal(signal.SIGTERM)

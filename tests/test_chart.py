@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 import kubestep
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._dev import find_binary
 
 from .harness import start_operator, start_worker, wait_until
@@ -254,6 +254,7 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm:
             roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
             assert roles == {
                 (ns, "kubestep-operator"),
+                (ns, "kubestep-operator-leader-election"),
                 (other, "kubestep-operator"),
                 (ns, "kubestep-worker"),
                 (other, "kubestep-worker"),
@@ -383,16 +384,30 @@ def _names(cluster: Cluster, kind: str, namespace: str | None = None) -> set[str
 def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: Path, release: str) -> None:
     assert _names(control_plane, "deployments", release) == {"kubestep-operator", "kubestep-worker-examples"}
     assert _names(control_plane, "serviceaccounts", release) == {OPERATOR_SA, WORKER_SA}
-    assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA}
-    assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA}
-    assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples"}
+    leader_role = f"{OPERATOR_SA}-leader-election"
+    assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA, leader_role}
+    assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA, leader_role}
+    assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples", "kubestep-operator"}
     assert _names(control_plane, "clusterroles") == set()  # least privilege: nothing cluster-scoped
     assert _names(control_plane, "clusterrolebindings") == set()
 
     op = json.loads(control_plane.kubectl("get", "deploy", "kubestep-operator", "-n", release, "-o", "json").stdout)
-    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas with leader election: a rollout never takes the last one away.
+    assert op["spec"]["replicas"] == 2 and op["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert op["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     c = op["spec"]["template"]["spec"]["containers"][0]
-    assert c["args"] == ["operator", f"--namespace={release}", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["args"] == [
+        "operator",
+        f"--namespace={release}",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--leader-elect",
+        "--leader-election-id=kubestep-operator",
+    ]
+    op_env = {
+        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") or e.get("value") for e in c["env"]
+    }
+    assert op_env["POD_NAME"] == "metadata.name" and op_env["POD_NAMESPACE"] == "metadata.namespace"
+    assert (op_env["KUBESTEP_LEADER_LEASE_SECONDS"], op_env["KUBESTEP_LEADER_RENEW_DEADLINE"]) == ("15", "10")
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}, c[probe]
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
@@ -444,7 +459,11 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "create", WFX, OWN, False),
     ("namespaced", "operator", "delete", WFX, OWN, False),
     ("namespaced", "operator", "update", STATUS, OWN, False),
-    ("namespaced", "operator", "create", LEASES, OWN, False),
+    ("namespaced", "operator", "create", LEASES, OWN, True),  # its leader Lease (create takes no name)
+    ("namespaced", "operator", "update", LEASES + "#kubestep-operator", OWN, True),
+    ("namespaced", "operator", "update", LEASES + "#kubestep-worker-x", OWN, False),  # never a worker's
+    ("namespaced", "operator", "delete", LEASES + "#kubestep-operator", OWN, False),
+    ("namespaced", "operator", "create", LEASES, OTHER, False),
     ("namespaced", "operator", "patch", LEASES, OWN, False),
     ("namespaced", "operator", "get", "secrets", OWN, False),
     ("namespaced", "operator", "list", "pods", OWN, False),
@@ -505,7 +524,8 @@ RBAC_MATRIX = [
         pytest.param(
             *row,
             id=f"{row[0]}-{row[1]}-{'can' if row[5] else 'cannot'}-{row[2]}-"
-            f"{row[3].split('.')[0]}{'/status' if row[3].endswith('/status') else ''}-"
+            f"{row[3].split('.')[0]}{'/status' if row[3].endswith('/status') else ''}"
+            f"{'-' + row[3].split('#')[1] if '#' in row[3] else ''}-"
             f"{row[4].split()[0]}",
         )
         for row in RBAC_MATRIX
@@ -524,6 +544,7 @@ def test_rbac_matrix(
     ns = request.getfixturevalue("release" if install == "namespaced" else "clusterwide_release")
     sa = {"operator": OPERATOR_SA, "worker": WORKER_SA}[who]
     resource, _, subresource = resource.partition("/")
+    resource = resource.replace("#", "/")  # TYPE#NAME: one object by name
     args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{ns}:{sa}"]
     args += [f"--subresource={subresource}"] if subresource else []
     if where == OWN:
@@ -552,7 +573,14 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
     ).stdout
     assert whoami == f"system:serviceaccount:{release}:{OPERATOR_SA}"
 
-    operator = start_operator(op_kubeconfig, logs, namespaces=[release])
+    # With leader election, as the chart runs it: the token must also be allowed its Lease.
+    operator = start_operator(
+        op_kubeconfig,
+        logs,
+        namespaces=[release],
+        env={"POD_NAME": "chart-operator", "POD_NAMESPACE": release},
+        extra_args=["--leader-elect", "--leader-election-id=kubestep-operator"],
+    )
     # A tiny status window, so the run below also archives step records (journal
     # ConfigMaps) with the worker's own token.
     worker = start_worker(worker_kubeconfig, logs, release, name="chart-worker", env={"KUBESTEP_STATUS_STEPS": "2"})
@@ -560,19 +588,23 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
         async with kubestep.KubestepClient(namespace=release, kubeconfig=str(control_plane.kubeconfig)) as client:
             done = await client.start("steps", {"count": 4, "seconds": 0.05})
             e = await done.wait(timeout=30)
-            assert e.status.phase == api.COMPLETED, (e.status, operator.tail(), worker.tail())
+            assert e.status.phase == api.Phase.COMPLETED, (e.status, operator.tail(), worker.tail())
             assert e.status.journal and len(e.status.steps) < 4, e.status
             assert [s.output["worker"] for s in await done.steps()] == ["chart-worker"] * 4
+            lease = json.loads(
+                control_plane.kubectl("-n", release, "get", "lease", "kubestep-operator", "-o", "json").stdout
+            )
+            assert lease["spec"]["holderIdentity"] == "chart-operator"  # it leads, with the chart's RBAC
 
             h = await client.start("until-cancelled", {"seconds": 0.05})
             loop = asyncio.get_running_loop()
             end = loop.time() + 30
-            while (await client.get_execution(h.id)).status.phase != api.RUNNING:
+            while (await client.get_execution(h.id)).status.phase != api.Phase.RUNNING:
                 assert loop.time() < end, (operator.tail(), worker.tail())
                 await asyncio.sleep(0.05)
             assert await client.cancel_execution(h.id) is True
             e = await h.wait(timeout=30)
-            assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED, e.status
+            assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED, e.status
             assert e.status.cancellation and e.status.cancellation.acknowledged_by == "chart-worker"
     finally:
         operator_exit = operator.stop()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._kube import load_configuration
 
 from .harness import E2E
@@ -53,7 +53,7 @@ def test_run_and_wait_exit_with_the_runs_outcome(control_plane: Any, run_namespa
     )
     assert done.returncode == 0, done.stderr
     obj = json.loads(done.stdout)
-    assert obj["status"]["phase"] == api.COMPLETED and obj["spec"]["runTimeoutSeconds"] == 60
+    assert obj["status"]["phase"] == api.Phase.COMPLETED and obj["spec"]["runTimeoutSeconds"] == 60
     assert obj["metadata"]["labels"]["team"] == "data"
     failed = kubestep(control_plane, run_namespace, "run", "fails", "--wait")
     assert failed.returncode == 1 and "Failed" in failed.stdout

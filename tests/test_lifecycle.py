@@ -17,7 +17,7 @@ import pytest
 
 import kubestep
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 
 from .harness import (
     E2E,
@@ -42,8 +42,8 @@ async def test_a_timeout_ends_cancelled_at_first_boundary_after_deadline(client:
     workers()
     h = await client.start("steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=2)
     e = await h.wait(timeout=30)
-    assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT, e.status
-    assert e.status.cancellation and e.status.cancellation.reason == api.RUN_TIMEOUT
+    assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.RUN_TIMEOUT, e.status
+    assert e.status.cancellation and e.status.cancellation.reason == api.StopReason.RUN_TIMEOUT
     deadline = e.status.cancellation.requested_at
     assert deadline is not None
     done = completed_steps(e)
@@ -54,25 +54,27 @@ async def test_a_timeout_ends_cancelled_at_first_boundary_after_deadline(client:
     assert e.status.finished_at and (e.status.finished_at - deadline).total_seconds() < 1.0
     with pytest.raises(kubestep.ExecutionCancelledError) as info:
         await h.result(timeout=5)
-    assert info.value.reason == api.RUN_TIMEOUT
+    assert info.value.reason == api.StopReason.RUN_TIMEOUT
 
 
 @local_only
-async def test_d_operator_enforces_timeout_when_worker_is_hung(client: KubestepClient, workers: Any) -> None:
+async def test_the_operator_enforces_the_budget_when_the_worker_is_hung(client: KubestepClient, workers: Any) -> None:
     w = workers()
     h = await client.start("steps", {"count": 3, "seconds": 60}, run_timeout_seconds=1)
     # The operator signals the time-out while the worker is inside a 60 s step ...
-    e = await until_phase(client, h.id, api.CANCELLING, timeout=20)
-    assert e.status.reason == api.RUN_TIMEOUT and e.status.worker == w.name
+    e = await until_phase(client, h.id, api.Phase.CANCELLING, timeout=20)
+    assert e.status.reason == api.StopReason.RUN_TIMEOUT and e.status.worker == w.name
     w.signal(signal.SIGSTOP)  # ... then the worker hangs: no lease renewals, no step boundary.
     e = await h.wait(timeout=30)
-    assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT
+    assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.RUN_TIMEOUT
     assert e.status.cancellation and e.status.cancellation.acknowledged_by == "kubestep-operator"
     assert not completed_steps(e)
 
 
 @local_only
-async def test_d_worker_lost_before_deadline_is_requeued_and_resumed(client: KubestepClient, workers: Any) -> None:
+async def test_a_run_whose_worker_is_lost_before_its_deadline_is_requeued_and_resumed(
+    client: KubestepClient, workers: Any
+) -> None:
     w = workers(name="doomed")
     h = await client.start("steps", {"count": 4, "seconds": 0.5})
 
@@ -81,7 +83,7 @@ async def test_d_worker_lost_before_deadline_is_requeued_and_resumed(client: Kub
 
     await until(one_done, what="a step")
     w.signal(signal.SIGKILL)
-    e = await until_phase(client, h.id, api.QUEUED, timeout=20)
+    e = await until_phase(client, h.id, api.Phase.QUEUED, timeout=20)
     # The operator re-queued it (WorkerLost) and may already say no worker is left (NoWorker).
     assert e.status.reason in ("WorkerLost", "NoWorker") and e.status.worker is None
     workers(name="rescuer")
@@ -94,7 +96,7 @@ async def test_d_worker_lost_before_deadline_is_requeued_and_resumed(client: Kub
 # ----- b, c: waiting does not count; the budget resets --------------------------------------
 
 
-async def test_b_waiting_does_not_count(client: KubestepClient, workers: Any) -> None:
+async def test_time_spent_waiting_does_not_count_against_the_budget(client: KubestepClient, workers: Any) -> None:
     workers()
     h = await client.start("wait-then-finish", {"seconds": 1, "wait_seconds": 3}, run_timeout_seconds=2)
     assert await h.result(timeout=30) == "done"
@@ -104,7 +106,7 @@ async def test_b_waiting_does_not_count(client: KubestepClient, workers: Any) ->
 
 
 @local_only
-async def test_c_budget_resets_after_each_wait_and_queue_time_does_not_count(
+async def test_the_budget_resets_after_each_wait_and_queue_time_does_not_count(
     client: KubestepClient, workers: Any
 ) -> None:
     # 3.6 s of running in two 1.8 s segments, each under the 2 s budget ...
@@ -113,7 +115,7 @@ async def test_c_budget_resets_after_each_wait_and_queue_time_does_not_count(
     )
     # ... and 3 s queued before any worker exists.
     await asyncio.sleep(3)
-    assert await phase_of(client, h.id) == api.QUEUED
+    assert await phase_of(client, h.id) == api.Phase.QUEUED
     workers()
     result = await h.result(timeout=30)
     assert result["steps"] == 6
@@ -122,7 +124,7 @@ async def test_c_budget_resets_after_each_wait_and_queue_time_does_not_count(
 # ----- e: cancel while running ---------------------------------------------------------------
 
 
-async def test_e_cancel_running_lets_step_in_flight_finish_and_starts_no_other(
+async def test_a_cancel_lets_the_step_in_flight_finish_and_starts_no_other(
     client: KubestepClient, workers: Any
 ) -> None:
     workers()
@@ -134,7 +136,7 @@ async def test_e_cancel_running_lets_step_in_flight_finish_and_starts_no_other(
     await until(two_done, what="two steps")
     assert await h.cancel(client) is True
     e = await h.wait(timeout=15)
-    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED
+    assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED
     assert e.status.cancellation and e.status.cancellation.acknowledged_by  # the worker acknowledged
     requested = e.status.cancellation.requested_at
     assert requested is not None
@@ -144,40 +146,40 @@ async def test_e_cancel_running_lets_step_in_flight_finish_and_starts_no_other(
     assert sum(1 for s in e.status.steps if s.started_at and s.started_at > requested) == 0
 
 
-async def test_e_workflow_cannot_swallow_cancellation(client: KubestepClient, workers: Any) -> None:
+async def test_a_workflow_cannot_swallow_its_cancellation(client: KubestepClient, workers: Any) -> None:
     workers()
     h = await client.start("swallow")
-    await until_phase(client, h.id, api.RUNNING)
+    await until_phase(client, h.id, api.Phase.RUNNING)
     await asyncio.sleep(0.3)
     assert await client.cancel_execution(h.id) is True
     e = await h.wait(timeout=15)
-    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED
+    assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED
 
 
 # ----- f, g: cancel queued / waiting / finished / unknown ------------------------------------
 
 
-async def test_f_cancel_queued_without_worker(client: KubestepClient) -> None:
+async def test_a_queued_run_with_no_worker_is_cancelled_at_once(client: KubestepClient) -> None:
     h = await client.start("nobody-serves-this", {"x": 1})
-    e = await until_phase(client, h.id, api.QUEUED)
-    cond = {c.type: c for c in e.status.conditions}[api.COND_SCHEDULED]
+    e = await until_phase(client, h.id, api.Phase.QUEUED)
+    cond = {c.type: c for c in e.status.conditions}[api.ConditionType.SCHEDULED]
     assert cond.status == "False" and cond.reason == "NoWorker", cond
     assert "nobody-serves-this" in (cond.message or "")
     assert await client.cancel_execution(h.id) is True
     e = await h.wait(timeout=10)
-    assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED and not e.status.steps
+    assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED and not e.status.steps
 
 
-async def test_f_cancel_waiting_at_once(client: KubestepClient, workers: Any) -> None:
+async def test_a_waiting_run_is_cancelled_at_once(client: KubestepClient, workers: Any) -> None:
     workers()
     h = await client.start("steps", {"count": 2, "seconds": 0.01, "wait_after": 0, "wait_seconds": 3600})
-    await until_phase(client, h.id, api.WAITING, timeout=20)
+    await until_phase(client, h.id, api.Phase.WAITING, timeout=20)
     assert await h.cancel(client) is True
     e = await h.wait(timeout=5)  # not an hour
-    assert e.status.phase == api.CANCELLED and [s.key for s in completed_steps(e)] == ["step-0"]
+    assert e.status.phase == api.Phase.CANCELLED and [s.key for s in completed_steps(e)] == ["step-0"]
 
 
-async def test_g_cancel_of_finished_runs_changes_nothing(
+async def test_a_cancel_of_a_finished_run_changes_nothing(
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
 ) -> None:
     workers()
@@ -212,7 +214,7 @@ async def test_g_cancel_of_finished_runs_changes_nothing(
     assert await client.cancel_execution("no-such-run") is False
 
 
-async def test_e_cancel_while_a_wait_unwinds_still_ends_the_run(client: KubestepClient, workers: Any) -> None:
+async def test_a_cancel_while_a_wait_unwinds_still_ends_the_run(client: KubestepClient, workers: Any) -> None:
     # The workflow's finally block awaits while wait_for unwinds it: the cancel lands then.
     workers()
     h = await client.start("wait-with-cleanup", {"wait_seconds": 30, "cleanup_seconds": 2})
@@ -222,8 +224,8 @@ async def test_e_cancel_while_a_wait_unwinds_still_ends_the_run(client: Kubestep
 
     await until(first_step_recorded, 20, "the first step's record")
     assert await h.cancel(client) is True
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=15)
-    assert e.status.reason == api.REQUESTED, e.status
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=15)
+    assert e.status.reason == api.StopReason.REQUESTED, e.status
     assert [s.key for s in completed_steps(e)] == ["before"]
 
 
@@ -245,7 +247,7 @@ async def test_a_result_too_large_for_the_object_fails_with_a_clear_reason(
 # ----- h: kubectl patch, kubectl apply and the SDK all cancel --------------------------------
 
 
-async def test_h_three_ways_to_cancel(
+async def test_kubectl_the_sdk_and_the_cli_all_cancel(
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
 ) -> None:
     workers()
@@ -260,7 +262,7 @@ async def test_h_three_ways_to_cancel(
     }
     control_plane.kubectl("-n", run_namespace, "apply", "-f", "-", input=json.dumps(manifest))
     for n in (via_patch.id, via_sdk.id, name):
-        await until_phase(client, n, api.RUNNING)
+        await until_phase(client, n, api.Phase.RUNNING)
 
     control_plane.kubectl(
         "-n", run_namespace, "patch", "wfx", via_patch.id, "--type", "merge", "-p", '{"spec":{"cancelRequested":true}}'
@@ -271,7 +273,7 @@ async def test_h_three_ways_to_cancel(
 
     for n in (via_patch.id, via_sdk.id, name):
         e = await client.wait(n, timeout=15)
-        assert e.status.phase == api.CANCELLED and e.status.reason == api.REQUESTED, (n, e.status)
+        assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED, (n, e.status)
     # kubectl wait works on the Finished condition.
     control_plane.kubectl("-n", run_namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=10s")
     # The Events tell the story: a cancel that took effect is never reported as ignored.
@@ -282,13 +284,13 @@ async def test_h_three_ways_to_cancel(
         for ev in json.loads(control_plane.kubectl("-n", run_namespace, "get", "events", "-o", "json").stdout)["items"]
     }
     for n in (via_patch.id, via_sdk.id, name):
-        assert (n, api.CANCELLED) in reasons and (n, "CancelIgnored") not in reasons, sorted(reasons)
+        assert (n, api.Phase.CANCELLED) in reasons and (n, "CancelIgnored") not in reasons, sorted(reasons)
 
 
 # ----- i: validation, unserved workflows, failures --------------------------------------------
 
 
-async def test_i_apiserver_rejects_bad_specs(client: KubestepClient) -> None:
+async def test_the_apiserver_rejects_bad_specs(client: KubestepClient) -> None:
     with pytest.raises(kubestep.InvalidError, match="runTimeoutSeconds"):
         await client.start("steps", run_timeout_seconds=0)
     with pytest.raises(kubestep.InvalidError, match="workflow"):
@@ -307,7 +309,7 @@ async def test_i_apiserver_rejects_bad_specs(client: KubestepClient) -> None:
         await client._kube.merge_patch(api.execution_path(client.namespace, h.id), {"spec": {"cancelRequested": False}})
 
 
-async def test_i_failing_workflow_records_error(client: KubestepClient, workers: Any) -> None:
+async def test_a_failing_workflow_records_its_error(client: KubestepClient, workers: Any) -> None:
     workers()
     h = await client.start("fails", {"message": "bad input 42"})
     with pytest.raises(kubestep.ExecutionFailedError) as info:
@@ -322,10 +324,10 @@ async def test_i_failing_workflow_records_error(client: KubestepClient, workers:
 
 
 @local_only
-async def test_j_wait_releases_worker_and_another_resumes_by_replay(client: KubestepClient, workers: Any) -> None:
+async def test_a_wait_releases_the_worker_and_another_resumes_by_replay(client: KubestepClient, workers: Any) -> None:
     first = workers(name="first")
     h = await client.start("steps", {"count": 2, "seconds": 0.01, "wait_after": 0, "wait_seconds": 2})
-    e = await until_phase(client, h.id, api.WAITING)
+    e = await until_phase(client, h.id, api.Phase.WAITING)
     assert e.status.worker is None
     first.stop()
     workers(name="second")
@@ -338,7 +340,7 @@ async def test_j_wait_releases_worker_and_another_resumes_by_replay(client: Kube
 
 
 @local_only
-async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClient, workers: Any) -> None:
+async def test_sigterm_hands_runs_back_and_no_step_runs_twice(client: KubestepClient, workers: Any) -> None:
     first = workers(name="first")
     h = await client.start("steps", {"count": 6, "seconds": 0.4})
 
@@ -349,7 +351,7 @@ async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClien
     assert first.stop() == 0
     e = await h.status()
     # Handed back; the operator may already say that no worker is left to take it.
-    assert e.status.phase == api.QUEUED and e.status.reason in ("HandedBack", "NoWorker"), e.status
+    assert e.status.phase == api.Phase.QUEUED and e.status.reason in ("HandedBack", "NoWorker"), e.status
     assert e.status.worker is None and all(s.state == "Completed" for s in e.status.steps)
     handed_back = {s.key: s.output["token"] for s in completed_steps(e)}
     workers(name="second")
@@ -363,7 +365,7 @@ async def test_j_sigterm_hands_back_and_nothing_runs_twice(client: KubestepClien
 
 
 @local_only
-async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(client: KubestepClient, workers: Any) -> None:
+async def test_a_worker_restarted_under_its_pod_name_resumes_what_it_held(client: KubestepClient, workers: Any) -> None:
     # A long lease: the operator will not call the worker lost, so only the restarted
     # worker's own recovery (a run listed as held by its name) can get the run going again.
     w = workers(name="phoenix", lease_seconds=60)
@@ -385,14 +387,14 @@ async def test_j_worker_restarted_under_its_pod_name_resumes_what_it_held(client
 
 
 @local_only
-async def test_j_long_history_is_archived_and_replayed_from_the_journal(
+async def test_a_long_history_is_archived_and_replayed_from_the_journal(
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
 ) -> None:
     # A status window of 4 records: the rest of the history moves to journal ConfigMaps.
     small = {"KUBESTEP_STATUS_STEPS": "4"}
     first = workers(name="archivist", env=small)
     h = await client.start("steps", {"count": 12, "seconds": 0.01, "wait_after": 5, "wait_seconds": 1})
-    e = await until_phase(client, h.id, api.WAITING, timeout=20)
+    e = await until_phase(client, h.id, api.Phase.WAITING, timeout=20)
     assert e.status.journal and len(e.status.steps) <= 4, e.status
     before = {s.key: s.output["token"] for s in await h.steps() if s.kind == "Run"}
     assert sorted(before) == [f"step-{i}" for i in range(6)]
@@ -426,12 +428,12 @@ async def test_j_long_history_is_archived_and_replayed_from_the_journal(
     await until(collected, 30, "the journal ConfigMaps to be garbage-collected")
 
 
-async def test_j_a_long_journal_stays_short_in_status_by_merging_chunks(client: KubestepClient, workers: Any) -> None:
+async def test_a_long_journal_stays_short_in_status_by_merging_chunks(client: KubestepClient, workers: Any) -> None:
     """A window of 2 records archives one record per chunk; every 16 chunks of a level are merged into
     one of the next, so status.journal stays short, and replay and the history still see every step."""
     first = workers(name="merger", env={"KUBESTEP_STATUS_STEPS": "2"})
     h = await client.start("steps", {"count": 40, "seconds": 0.005, "wait_after": 35, "wait_seconds": 1})
-    await until_phase(client, h.id, api.WAITING, timeout=60)
+    await until_phase(client, h.id, api.Phase.WAITING, timeout=60)
     assert first is not None
     first.stop()
     workers(name="heir", env={"KUBESTEP_STATUS_STEPS": "2"})
@@ -474,13 +476,13 @@ async def test_a_journal_the_worker_cannot_write_fails_the_run_as_a_worker_error
     h = await client.start("steps", {"count": 5, "seconds": 0.01})
     e = await h.wait(timeout=30)
     # Not the workflow's failure (workflow code never saw the error), and not retried for ever.
-    assert e.status.phase == api.FAILED and e.status.reason == "WorkerError", e.status
+    assert e.status.phase == api.Phase.FAILED and e.status.reason == "WorkerError", e.status
     assert e.status.error and "quota" in e.status.error["message"], e.status.error
     assert e.status.attempt == 1
 
 
 @local_only
-async def test_j_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
+async def test_two_workers_never_both_execute_a_run(client: KubestepClient, workers: Any) -> None:
     workers(name="a")
     workers(name="b")
     handles = [await client.start("steps", {"count": 3, "seconds": 0.05}) for _ in range(16)]
@@ -505,9 +507,9 @@ async def test_worker_alone_enforces_the_budget_on_its_own_clock(control_plane: 
         async with KubestepClient(namespace=ns, kubeconfig=str(control_plane.kubeconfig)) as c:
             h = await c.start("steps", {"count": 20, "seconds": 0.5}, run_timeout_seconds=1)
             # No operator here: queue it by hand, as the operator would.
-            await c._kube.merge_patch(api.execution_path(ns, h.id, "status"), {"status": {"phase": api.QUEUED}})
+            await c._kube.merge_patch(api.execution_path(ns, h.id, "status"), {"status": {"phase": api.Phase.QUEUED}})
             e = await h.wait(timeout=20)
-            assert e.status.phase == api.CANCELLED and e.status.reason == api.RUN_TIMEOUT
+            assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.RUN_TIMEOUT
             assert e.status.cancellation and e.status.cancellation.acknowledged_by == proc.name
             assert 2 <= len(completed_steps(e)) <= 3
     finally:
@@ -551,7 +553,7 @@ async def test_worker_and_operator_metrics_count_what_happened(
     done = await client.start("steps", {"count": 3, "seconds": 0.01})
     await done.result(timeout=20)
     cancelled = await client.start("until-cancelled", {"seconds": 0.05})
-    await until_phase(client, cancelled.id, api.RUNNING)
+    await until_phase(client, cancelled.id, api.Phase.RUNNING)
     assert await cancelled.cancel(client) is True
     await cancelled.wait(timeout=15)
 

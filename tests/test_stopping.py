@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kubestep import KubestepClient
-from kubestep import _api as api
+from kubestep import _protocol as api
 
 from .harness import E2E, LEASE_SECONDS, until, until_phase
 
@@ -47,15 +47,15 @@ async def test_an_async_step_that_never_returns_is_interrupted_when_the_grace_pe
     await until(lambda: _step_started(client, h.id, "hang"), 20, "the hanging step to start")
     asked = time.time()
     assert await client.cancel_execution(h.id, reason="stuck")
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=GRACE + 15)
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=GRACE + 15)
     took = e.status.finished_at.timestamp() - asked  # type: ignore[union-attr]
     assert GRACE - 0.2 <= took <= GRACE + SLACK, f"ended {took:.2f} s after the cancel"
-    assert e.status.reason == api.GRACE_EXPIRED and "grace period" in (e.status.message or "")
-    assert e.status.cancellation and e.status.cancellation.reason == api.REQUESTED
+    assert e.status.reason == api.Reason.GRACE_EXPIRED and "grace period" in (e.status.message or "")
+    assert e.status.cancellation and e.status.cancellation.reason == api.StopReason.REQUESTED
     steps = await steps_of(client, h.id)
     assert steps["first"].state == "Completed"
     assert steps["hang"].state == "Interrupted" and steps["hang"].error == {
-        "type": api.GRACE_EXPIRED,
+        "type": api.Reason.GRACE_EXPIRED,
         "message": f"the grace period of {GRACE} s ran out",
     }
     assert "release" not in steps  # cleanup comes within the grace period, not after it
@@ -64,7 +64,7 @@ async def test_an_async_step_that_never_returns_is_interrupted_when_the_grace_pe
 async def _step_started(client: KubestepClient, name: str, key: str) -> bool:
     e = await client.get_execution(name)
     return (
-        e.status.phase == api.RUNNING
+        e.status.phase == api.Phase.RUNNING
         and key not in {s.key for s in e.status.steps}
         and "first" in {s.key for s in e.status.steps}
     )
@@ -73,9 +73,9 @@ async def _step_started(client: KubestepClient, name: str, key: str) -> bool:
 async def test_an_exhausted_budget_interrupts_a_step_that_never_returns(client: KubestepClient, workers: Any) -> None:
     workers()
     h = await client.start("hang", {"kind": "async"}, run_timeout_seconds=2, cancel_grace_period_seconds=1)
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=20)
-    assert e.status.cancellation and e.status.cancellation.reason == api.RUN_TIMEOUT
-    assert e.status.reason == api.GRACE_EXPIRED
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=20)
+    assert e.status.cancellation and e.status.cancellation.reason == api.StopReason.RUN_TIMEOUT
+    assert e.status.reason == api.Reason.GRACE_EXPIRED
     # Bounded by the budget plus the grace period, counted from the deadline.
     over = seconds_between(e.status.cancellation.requested_at, e.status.finished_at)
     assert 1 - 0.2 <= over <= 1 + SLACK, f"ended {over:.2f} s after the deadline"
@@ -94,9 +94,9 @@ async def test_a_step_that_cannot_be_interrupted_is_abandoned_and_the_worker_res
     await until(lambda: _step_started(client, h.id, "hang"), 20, "the hanging step to start")
     asked = time.time()
     await client.cancel_execution(h.id)
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=20)
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=20)
     assert e.status.finished_at.timestamp() - asked <= 1 + SLACK  # type: ignore[union-attr]
-    assert e.status.reason == api.GRACE_EXPIRED
+    assert e.status.reason == api.Reason.GRACE_EXPIRED
     assert (await steps_of(client, h.id))["hang"].state == "Interrupted"
     assert proc is not None
     await until(lambda: _exited(proc), 20, "the worker to restart itself")
@@ -113,16 +113,16 @@ async def test_a_step_finishing_within_the_grace_period_is_recorded_and_cleanup_
 ) -> None:
     workers()
     h = await client.start("slow-step-cleanup", {"seconds": 1.5}, cancel_grace_period_seconds=10)
-    await until(lambda: _phase_is(client, h.id, api.RUNNING), 20, "the run to start")
+    await until(lambda: _phase_is(client, h.id, api.Phase.RUNNING), 20, "the run to start")
     await asyncio.sleep(0.5)
     await client.cancel_execution(h.id, reason="changed my mind")
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=20)
-    assert e.status.reason == api.REQUESTED, e.status
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=20)
+    assert e.status.reason == api.StopReason.REQUESTED, e.status
     assert "after step 'slow'" in (e.status.message or "")
     steps = await steps_of(client, h.id)
     assert steps["slow"].state == "Completed" and "never" not in steps
     assert steps["release"].state == "Completed" and steps["release"].cleanup
-    assert steps["release"].output["stop"] == {"reason": api.REQUESTED, "grace_expired": False}
+    assert steps["release"].output["stop"] == {"reason": api.StopReason.REQUESTED, "grace_expired": False}
 
 
 async def _phase_is(client: KubestepClient, name: str, phase: str) -> bool:
@@ -137,9 +137,9 @@ async def test_a_shorter_grace_period_given_with_the_cancel_stops_the_step_now(
     await until(lambda: _step_started(client, h.id, "hang"), 20, "the hanging step to start")
     asked = time.time()
     await client.cancel_execution(h.id, grace_period_seconds=0)
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=15)
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=15)
     assert e.status.finished_at.timestamp() - asked <= SLACK  # type: ignore[union-attr]
-    assert e.status.reason == api.GRACE_EXPIRED
+    assert e.status.reason == api.Reason.GRACE_EXPIRED
     assert (await client.get_execution(h.id)).cancel_grace_period_seconds == 0
 
 
@@ -147,10 +147,10 @@ async def test_a_step_timeout_fails_the_step_the_same_way(client: KubestepClient
     workers()
     uncaught = await client.start("step-timeout", {"seconds": 60, "timeout": 1})
     caught = await client.start("step-timeout", {"seconds": 60, "timeout": 1, "catch": True})
-    e = await until_phase(client, uncaught.id, api.FAILED, timeout=20)
+    e = await until_phase(client, uncaught.id, api.Phase.FAILED, timeout=20)
     assert e.status.error and e.status.error["type"] == "StepTimeoutError"
     assert (await steps_of(client, uncaught.id))["slow"].state == "Interrupted"
-    e = await until_phase(client, caught.id, api.COMPLETED, timeout=20)
+    e = await until_phase(client, caught.id, api.Phase.COMPLETED, timeout=20)
     assert e.status.result["timed_out"] == "slow"
     steps = await steps_of(client, caught.id)
     assert steps["slow"].state == "Interrupted" and steps["slow"].error["type"] == "StepTimeout"
@@ -168,19 +168,26 @@ async def test_cancelling_never_outlasts_the_grace_period_plus_one_lease(
     renew = asyncio.create_task(_renew_forever(client, run_namespace, lease))
     try:
         h = await client.start("hang", None, cancel_grace_period_seconds=1)
-        e = await until_phase(client, h.id, api.QUEUED, timeout=15)
+        e = await until_phase(client, h.id, api.Phase.QUEUED, timeout=15)
         path = api.execution_path(run_namespace, h.id, "status")
         await client._kube.merge_patch(
             path,
-            {"status": {"phase": api.RUNNING, "worker": holder, "attempt": 1, "startedAt": api.fmt_time(api.now())}},
+            {
+                "status": {
+                    "phase": api.Phase.RUNNING,
+                    "worker": holder,
+                    "attempt": 1,
+                    "startedAt": api.fmt_time(api.now()),
+                }
+            },
         )
         await client.cancel_execution(h.id)
-        e = await until_phase(client, h.id, api.CANCELLING, timeout=15)
+        e = await until_phase(client, h.id, api.Phase.CANCELLING, timeout=15)
         assert e.status.cancellation is not None
-        e = await until_phase(client, h.id, api.CANCELLED, timeout=1 + LEASE_SECONDS + 15)
+        e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=1 + LEASE_SECONDS + 15)
         took = seconds_between(e.status.cancellation.requested_at, e.status.finished_at)  # type: ignore[union-attr]
         assert 1 + LEASE_SECONDS - 0.2 <= took <= 1 + LEASE_SECONDS + SLACK, took
-        assert e.status.reason == api.GRACE_EXPIRED and "plus one lease" in (e.status.message or "")
+        assert e.status.reason == api.Reason.GRACE_EXPIRED and "plus one lease" in (e.status.message or "")
     finally:
         renew.cancel()
 
@@ -227,7 +234,7 @@ async def test_the_cancellation_records_the_reason_and_who_asked(
     by_kubectl = await client.start("until-cancelled", {"seconds": 0.05})
     queued = await client.start("nobody-serves-this", None)
     for h in (by_sdk, by_kubectl):
-        await until_phase(client, h.id, api.RUNNING, timeout=20)
+        await until_phase(client, h.id, api.Phase.RUNNING, timeout=20)
     await client.cancel_execution(by_sdk.id, reason="budget cut")
     control_plane.kubectl(
         "-n",
@@ -245,9 +252,9 @@ async def test_the_cancellation_records_the_reason_and_who_asked(
         (by_kubectl, "kubectl-patch", "wrong input"),
         (queued, "kubestep-sdk", "not needed"),
     ):
-        e = await until_phase(client, h.id, api.CANCELLED, timeout=20)
+        e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=20)
         c = e.status.cancellation
-        assert c and (c.reason, c.message, c.requested_by) == (api.REQUESTED, said, manager), c
+        assert c and (c.reason, c.message, c.requested_by) == (api.StopReason.REQUESTED, said, manager), c
         assert said in (e.status.message or "")
     described = control_plane.kubectl("-n", run_namespace, "describe", "wfx", by_kubectl.id).stdout
     assert "Requested By:" in described and "kubectl-patch" in described and "wrong input" in described
@@ -276,9 +283,9 @@ async def test_cancel_reason_cannot_be_given_without_cancelling(
 
 async def test_a_run_no_worker_claims_in_time_ends_with_queue_timeout(client: KubestepClient) -> None:
     h = await client.start("nobody-serves-this", None, queue_timeout_seconds=2)
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=15)
-    assert e.status.reason == api.QUEUE_TIMEOUT and e.status.cancellation
-    assert e.status.cancellation.reason == api.QUEUE_TIMEOUT
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=15)
+    assert e.status.reason == api.StopReason.QUEUE_TIMEOUT and e.status.cancellation
+    assert e.status.cancellation.reason == api.StopReason.QUEUE_TIMEOUT
     waited = seconds_between(e.status.queued_at, e.status.finished_at)
     assert 2 - 0.2 <= waited <= 2 + SLACK, waited
 
@@ -287,11 +294,11 @@ async def test_a_run_no_worker_claims_in_time_ends_with_queue_timeout(client: Ku
 async def test_the_queue_timeout_counts_again_from_each_wake_up(client: KubestepClient, workers: Any) -> None:
     proc = workers()
     h = await client.start("wait-then-finish", {"seconds": 0.01, "wait_seconds": 4}, queue_timeout_seconds=2)
-    await until_phase(client, h.id, api.WAITING, timeout=20)  # claimed in time, then waits 4 s
+    await until_phase(client, h.id, api.Phase.WAITING, timeout=20)  # claimed in time, then waits 4 s
     assert proc is not None
     proc.stop()  # nobody left to claim it after the wake-up
-    e = await until_phase(client, h.id, api.CANCELLED, timeout=25)
-    assert e.status.reason == api.QUEUE_TIMEOUT
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=25)
+    assert e.status.reason == api.StopReason.QUEUE_TIMEOUT
     created = (await client.get_execution(h.id)).status.started_at
     since_wake = seconds_between(e.status.queued_at, e.status.finished_at)
     assert seconds_between(created, e.status.queued_at) >= 3.5, "the clock restarted at the wake-up"
@@ -331,7 +338,7 @@ async def test_events_are_delivered_once_each_in_order_whenever_they_are_sent(
             ]
         ),
     )
-    e = await until_phase(client, h.id, api.COMPLETED, timeout=20)
+    e = await until_phase(client, h.id, api.Phase.COMPLETED, timeout=20)
     assert e.status.result["events"] == [{"by": "alice"}, {"by": "bob"}, {"by": "carol"}]
     steps = await steps_of(client, h.id)
     assert [steps[f"approval-{i}"].event for i in range(3)][2] == "from-kubectl"
@@ -352,7 +359,7 @@ async def test_events_are_delivered_once_each_in_order_whenever_they_are_sent(
 
 async def _waiting_on(client: KubestepClient, name: str, key: str) -> Any:
     e = await client.get_execution(name)
-    return e if e.status.phase == api.WAITING and (e.status.waiting_for or {}).get("key") == key else None
+    return e if e.status.phase == api.Phase.WAITING and (e.status.waiting_for or {}).get("key") == key else None
 
 
 async def test_a_wait_for_event_frees_the_worker_times_out_and_can_be_cancelled(
@@ -361,16 +368,16 @@ async def test_a_wait_for_event_frees_the_worker_times_out_and_can_be_cancelled(
     workers()
     timed = await client.start("approval", {"count": 1, "timeout": 2})
     cancelled = await client.start("approval", {"count": 1}, run_timeout_seconds=1)
-    e = await until_phase(client, timed.id, api.FAILED, timeout=20)
+    e = await until_phase(client, timed.id, api.Phase.FAILED, timeout=20)
     assert e.status.error and e.status.error["type"] == "EventTimeoutError"
     assert (await steps_of(client, timed.id))["approval-0"].timed_out
-    e = await until_phase(client, cancelled.id, api.WAITING, timeout=20)
+    e = await until_phase(client, cancelled.id, api.Phase.WAITING, timeout=20)
     assert e.status.worker is None and e.status.deadline is None  # freed; the budget does not run
     await asyncio.sleep(1.5)  # longer than its budget: waiting does not count
-    assert (await client.get_execution(cancelled.id)).status.phase == api.WAITING
+    assert (await client.get_execution(cancelled.id)).status.phase == api.Phase.WAITING
     await client.cancel_execution(cancelled.id)
-    e = await until_phase(client, cancelled.id, api.CANCELLED, timeout=15)
-    assert e.status.reason == api.REQUESTED
+    e = await until_phase(client, cancelled.id, api.Phase.CANCELLED, timeout=15)
+    assert e.status.reason == api.StopReason.REQUESTED
 
 
 @local_only
@@ -385,9 +392,9 @@ async def test_a_received_event_is_replayed_when_the_run_resumes_elsewhere(
     first.stop()
     await client.send_event(h.id, "approved", {"n": 2})
     await asyncio.sleep(0.5)
-    assert (await client.get_execution(h.id)).status.phase == api.QUEUED  # re-queued: the event arrived
+    assert (await client.get_execution(h.id)).status.phase == api.Phase.QUEUED  # re-queued: the event arrived
     workers()
-    e = await until_phase(client, h.id, api.COMPLETED, timeout=20)
+    e = await until_phase(client, h.id, api.Phase.COMPLETED, timeout=20)
     assert e.status.result["events"] == [{"n": 1}, {"n": 2}]
     steps = await steps_of(client, h.id)
     assert steps["before"].output["token"] == e.status.result["tokens"][0]  # replayed, not run again

@@ -22,6 +22,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     o.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)"
     )
+    o.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run several replicas: the one holding a coordination.k8s.io Lease acts, the others stand by",
+    )
+    o.add_argument("--leader-election-namespace", help="the Lease's namespace (default $POD_NAMESPACE)")
+    o.add_argument("--leader-election-id", help="the Lease's name (default kubestep-operator)")
     o.add_argument("--verbose", "-v", action="store_true")
     o.set_defaults(func=main)
 
@@ -40,6 +47,9 @@ def main(args: Any) -> int:
             metrics_port=args.metrics_port,
             liveness_endpoint=args.liveness,
             verbose=args.verbose,
+            leader_election=args.leader_elect,
+            leader_namespace=args.leader_election_namespace,
+            leader_lease_name=args.leader_election_id,
         )
     )
     return 0

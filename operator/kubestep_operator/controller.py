@@ -22,7 +22,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError, TransportError
 from kubestep._kube import Kube
 
@@ -141,7 +141,9 @@ class Controller:
         s = Snapshot.from_body(body, self.grace_seconds)
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
-            ended_by_it = s.phase == api.CANCELLED and (s.cancellation or {}).get("reason") == api.REQUESTED
+            ended_by_it = (
+                s.phase == api.Phase.CANCELLED and (s.cancellation or {}).get("reason") == api.StopReason.REQUESTED
+            )
             if s.cancel_requested and not ended_by_it and (s.uid, s.generation) not in self.ignored:
                 # Not a transition: status stays as it is. Said once per request (per generation).
                 self.ignored.add((s.uid, s.generation))
@@ -278,7 +280,9 @@ class Controller:
     def recheck(self, namespace: str, held_by: str | None = None) -> None:
         """Re-decides the queued runs of a namespace (and the runs ``held_by`` holds)."""
         for s in list(self.executions.values()):
-            if s.namespace == namespace and (s.phase == api.QUEUED or (held_by is not None and s.worker == held_by)):
+            if s.namespace == namespace and (
+                s.phase == api.Phase.QUEUED or (held_by is not None and s.worker == held_by)
+            ):
                 self.consider(s)
 
 

@@ -43,3 +43,4 @@ EVENTS_DROPPED = Counter(
     "kubestep_operator_events_dropped_total",
     "Events not posted because the event queue was full.",
 )
+LEADER = Gauge("kubestep_operator_leader", "1 while this replica holds the leader Lease (or runs without election).")

@@ -19,7 +19,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 
 from .keys import RunKey
 
@@ -45,11 +45,11 @@ class Snapshot:
     worker: str | None
     deadline: dt.datetime | None
     wake_at: dt.datetime | None
-    cancellation: dict[str, Any] | None
+    cancellation: api.Cancellation | None
     conditions: tuple[dict[str, Any], ...]
     body_ref: dict[str, Any]  # apiVersion/kind/metadata for events
     # What a user's cancel says (``spec.cancelReason``) and who asked: ``api.cancel_note``.
-    cancel_note: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cancel_note: api.Cancellation = dataclasses.field(default_factory=lambda: api.Cancellation())
     cancel_time: dt.datetime | None = None  # when the apiserver took the cancel (whole seconds)
     grace_seconds: float = 30.0
     queue_timeout_seconds: int | None = None
@@ -64,7 +64,7 @@ class Snapshot:
     @classmethod
     def from_body(cls, body: Any, default_grace: float = 30.0) -> Snapshot:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-        topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.WAITING else None
+        topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.Phase.WAITING else None
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -78,7 +78,7 @@ class Snapshot:
             worker=status.get("worker"),
             deadline=api.parse_time(status.get("deadline")),
             wake_at=api.parse_time(status.get("wakeAt")),
-            cancellation=dict(status["cancellation"]) if status.get("cancellation") else None,
+            cancellation=_cancellation(status.get("cancellation")),
             conditions=tuple(dict(c) for c in status.get("conditions") or []),
             body_ref={
                 "apiVersion": body.get("apiVersion", api.API_VERSION),
@@ -122,39 +122,28 @@ class Decision:
 WorkerLookup = Callable[[str, str], Liveness | None]  # (namespace, worker) -> liveness
 
 
-def _cond(s: Snapshot, type_: str, ok: bool, reason: str, message: str, at: dt.datetime) -> list[dict[str, Any]]:
-    conditions = api.merge_conditions(s.condition_list(), api.condition(type_, ok, reason, message, at, s.generation))
-    return conditions
+def _stop(s: Snapshot, reason: api.StopReason, at: dt.datetime) -> api.Cancellation:
+    """The run's recorded cancellation, else the stop the operator notes now."""
+    if s.cancellation and s.cancellation.get("reason"):
+        return s.cancellation
+    note = s.cancel_note if reason == api.StopReason.REQUESTED else None
+    return api.stop_record(reason, at, deadline=s.deadline, note=note)
 
 
 def _finish_cancelled(
-    s: Snapshot, reason: str, message: str, at: dt.datetime, *, status_reason: str | None = None
+    s: Snapshot, stop: api.Cancellation, message: str, at: dt.datetime, *, hard_stop: bool = False
 ) -> Decision:
-    """Cancelled, acknowledged by the operator. ``status_reason`` overrides the status's reason (the
-    cancellation keeps why the run was told to stop)."""
-    canc = dict(s.cancellation or {})
-    if not canc.get("reason"):
-        canc = {**s.cancel_note, "reason": reason, "requestedAt": api.fmt_time(at)}
-    canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=OPERATOR)
-    status = api.finished_status(
-        {"conditions": s.condition_list()}, api.CANCELLED, status_reason or canc["reason"], message, at, s.generation
+    """Cancelled, acknowledged by the operator."""
+    patch = api.cancelled(
+        s.condition_list(),  # type: ignore[arg-type]
+        stop,
+        by=OPERATOR,
+        message=message,
+        at=at,
+        generation=s.generation,
+        hard_stop=hard_stop,
     )
-    return Decision(
-        patch={**status, "cancellation": canc, "observedGeneration": s.generation},
-        event=("Warning" if status_reason else "Normal", api.CANCELLED, message),
-    )
-
-
-def _requeue(s: Snapshot, reason: str, message: str, at: dt.datetime, **clear: None) -> dict[str, Any]:
-    """Back to Queued: the queue timeout counts again from now."""
-    return {
-        "phase": api.QUEUED,
-        "reason": reason,
-        "message": message,
-        "queuedAt": api.fmt_time(at),
-        **clear,
-        "observedGeneration": s.generation,
-    }
+    return Decision(patch=patch, event=("Warning" if hard_stop else "Normal", api.Phase.CANCELLED, message))
 
 
 def served_by(s: Snapshot, live_workflows: frozenset[str] | None) -> bool:
@@ -179,33 +168,45 @@ def decide(
 
     if phase is None:  # just created
         if s.cancel_requested:
-            return _finish_cancelled(s, api.REQUESTED, "cancelled before it started; no step ran", now)
+            stop = _stop(s, api.StopReason.REQUESTED, now)
+            return _finish_cancelled(s, stop, "cancelled before it started; no step ran", now)
         served = served_by(s, live_workflows)
         message = "waiting for a worker" if served else _no_worker(s)
         return Decision(
-            patch={
-                **_requeue(s, "Pending" if served else "NoWorker", message, now),
-                "conditions": _cond(s, api.COND_SCHEDULED, False, "Pending" if served else "NoWorker", message, now),
-            },
-            event=("Normal", api.QUEUED, f"queued for workflow {s.workflow!r}")
+            patch=api.queued(
+                s.condition_list(),  # type: ignore[arg-type]
+                served=served,
+                message=message,
+                at=now,
+                generation=s.generation,
+            ),
+            event=("Normal", api.Phase.QUEUED, f"queued for workflow {s.workflow!r}")
             if served
-            else ("Warning", "NoWorker", _no_worker(s)),
+            else ("Warning", api.Reason.NO_WORKER, _no_worker(s)),
         )
 
-    if s.cancel_requested and phase in (api.QUEUED, api.WAITING):
-        where = "while queued; no step ran" if phase == api.QUEUED and not s.worker else f"while {phase.lower()}"
-        return _finish_cancelled(s, api.REQUESTED, f"cancelled {where}{_said(s.cancel_note)}", now)
+    if s.cancel_requested and phase in (api.Phase.QUEUED, api.Phase.WAITING):
+        where = "while queued; no step ran" if phase == api.Phase.QUEUED and not s.worker else f"while {phase.lower()}"
+        stop = _stop(s, api.StopReason.REQUESTED, now)
+        return _finish_cancelled(s, stop, f"cancelled {where}{_said(s.cancel_note)}", now)
 
     if phase in api.HELD_PHASES:
         return _decide_held(s, now, worker, lease_grace, lease_seconds)
 
-    if phase == api.WAITING:
+    if phase == api.Phase.WAITING:
         if s.event_ready:
             return Decision(
-                patch=_requeue(
-                    s, "EventArrived", f"event {s.waiting_for_topic!r} arrived; waiting for a worker", now, wakeAt=None
+                patch=api.woken(
+                    api.Reason.EVENT_ARRIVED,
+                    f"event {s.waiting_for_topic!r} arrived; waiting for a worker",
+                    now,
+                    s.generation,
                 ),
-                event=("Normal", "EventArrived", f"event {s.waiting_for_topic!r} arrived; re-queued for a worker"),
+                event=(
+                    "Normal",
+                    api.Reason.EVENT_ARRIVED,
+                    f"event {s.waiting_for_topic!r} arrived; re-queued for a worker",
+                ),
             )
         if s.wake_at is None and s.waiting_for_topic is not None:
             return Decision()  # waits for its event with no timeout
@@ -214,34 +215,35 @@ def decide(
                 "wait for event " + repr(s.waiting_for_topic) + " timed out" if s.waiting_for_topic else "wait is over"
             )
             return Decision(
-                patch=_requeue(s, "WaitOver", f"{what}; waiting for a worker", now, wakeAt=None),
-                event=("Normal", "WaitOver", f"{what}; re-queued for a worker"),
+                patch=api.woken(api.Reason.WAIT_OVER, f"{what}; waiting for a worker", now, s.generation),
+                event=("Normal", api.Reason.WAIT_OVER, f"{what}; re-queued for a worker"),
             )
         return Decision(next_due=s.wake_at)
 
-    if phase == api.QUEUED:
+    if phase == api.Phase.QUEUED:
         if s.queue_timeout_seconds and s.queued_since is not None:
             give_up = s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds)
             if now >= give_up:
                 return _finish_cancelled(
                     s,
-                    api.QUEUE_TIMEOUT,
+                    _stop(s, api.StopReason.QUEUE_TIMEOUT, now),
                     f"no worker claimed the run within queueTimeoutSeconds={s.queue_timeout_seconds}",
                     now,
                 )
         served = served_by(s, live_workflows)
-        current = next((c for c in s.conditions if c.get("type") == api.COND_SCHEDULED), None)
-        want = ("False", "Pending" if served else "NoWorker")
+        current = next((c for c in s.conditions if c.get("type") == api.ConditionType.SCHEDULED), None)
+        want = ("False", api.Reason.PENDING if served else api.Reason.NO_WORKER)
         if current is None or (current.get("status"), current.get("reason")) != want:
             message = "waiting for a worker" if served else _no_worker(s)
             return Decision(
-                patch={
-                    "reason": want[1],
-                    "message": message,
-                    "observedGeneration": s.generation,
-                    "conditions": _cond(s, api.COND_SCHEDULED, False, want[1], message, now),
-                },
-                event=None if served else ("Warning", "NoWorker", message),
+                patch=api.queue_refreshed(
+                    s.condition_list(),  # type: ignore[arg-type]
+                    served=served,
+                    message=message,
+                    at=now,
+                    generation=s.generation,
+                ),
+                event=None if served else ("Warning", api.Reason.NO_WORKER, message),
             )
         if s.queue_timeout_seconds and s.queued_since is not None:
             return Decision(next_due=s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds))
@@ -258,21 +260,20 @@ def _decide_held(
         who = f"worker {s.worker!r} is gone (its lease expired)"
         timed_out = s.deadline is not None and now >= s.deadline
         if s.cancellation or s.cancel_requested or timed_out:
-            reason = (s.cancellation or {}).get("reason") or (api.REQUESTED if s.cancel_requested else api.RUN_TIMEOUT)
-            return _finish_cancelled(s, reason, f"{who}; finished the cancellation ({reason})", now)
+            # The same rule as a worker letting go (``api.pending_stop``): never re-queue a stop.
+            stop = _stop(s, api.StopReason.REQUESTED if s.cancel_requested else api.StopReason.RUN_TIMEOUT, now)
+            return _finish_cancelled(s, stop, f"{who}; finished the cancellation ({stop['reason']})", now)
         return Decision(
-            patch=_requeue(
-                s,
-                "WorkerLost",
+            patch=api.requeued(
+                api.Reason.WORKER_LOST,
                 f"{who}; the run resumes by replay",
                 now,
-                worker=None,
-                deadline=None,
-                segmentStartedAt=None,
+                deadline=s.deadline,
+                generation=s.generation,
             ),
-            event=("Warning", "WorkerLost", f"{who}; re-queued, a worker resumes it by replay"),
+            event=("Warning", api.Reason.WORKER_LOST, f"{who}; re-queued, a worker resumes it by replay"),
         )
-    if s.phase == api.RUNNING and not s.cancellation:
+    if s.phase == api.Phase.RUNNING and not s.cancellation:
         if s.cancel_requested and s.cancel_time is not None and now < s.cancel_time + HEAD_START:
             # The holder acts on the irrevocable flag itself and usually ends the run at once; a
             # Cancelling write now would only race its ending write (a conflict, a re-read and a
@@ -281,15 +282,13 @@ def _decide_held(
             return Decision(next_due=min(expires, s.cancel_time + HEAD_START))
         if s.cancel_requested:
             return Decision(
-                patch={
-                    "phase": api.CANCELLING,
-                    "reason": api.REQUESTED,
-                    "message": f"cancellation requested{_said(s.cancel_note)}; worker {s.worker} lets the step "
+                patch=api.cancelling(
+                    _stop(s, api.StopReason.REQUESTED, now),
+                    f"cancellation requested{_said(s.cancel_note)}; worker {s.worker} lets the step "
                     f"in flight finish (grace period {s.grace_seconds:g} s)",
-                    "cancellation": {**s.cancel_note, "requestedAt": api.fmt_time(now)},
-                    "observedGeneration": s.generation,
-                },
-                guard={"phase": api.RUNNING, "worker": s.worker},
+                    s.generation,
+                ),
+                guard={"phase": api.Phase.RUNNING, "worker": s.worker},
                 event=(
                     "Normal",
                     "CancelRequested",
@@ -298,47 +297,49 @@ def _decide_held(
             )
         if s.deadline is not None and now >= s.deadline:
             return Decision(
-                patch={
-                    "phase": api.CANCELLING,
-                    "reason": api.RUN_TIMEOUT,
-                    "message": f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; worker {s.worker} lets "
+                patch=api.cancelling(
+                    _stop(s, api.StopReason.RUN_TIMEOUT, now),
+                    f"runTimeoutSeconds={s.run_timeout_seconds} exhausted; worker {s.worker} lets "
                     f"the step in flight finish (grace period {s.grace_seconds:g} s)",
-                    "cancellation": {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(s.deadline)},
-                    "observedGeneration": s.generation,
-                },
-                guard={"phase": api.RUNNING, "worker": s.worker},
+                    s.generation,
+                ),
+                guard={"phase": api.Phase.RUNNING, "worker": s.worker},
                 event=(
                     "Warning",
-                    api.RUN_TIMEOUT,
+                    api.StopReason.RUN_TIMEOUT,
                     f"run budget of {s.run_timeout_seconds}s exhausted; signalled worker {s.worker}",
                 ),
             )
     due = [expires]
-    if s.phase == api.RUNNING and s.deadline is not None and not s.cancellation:
+    if s.phase == api.Phase.RUNNING and s.deadline is not None and not s.cancellation:
         due.append(s.deadline)
     requested = api.parse_time((s.cancellation or {}).get("requestedAt"))
-    if s.phase == api.CANCELLING and requested is not None:
+    if s.phase == api.Phase.CANCELLING and requested is not None:
         # Cancelling never outlasts the grace period plus one lease, even under a live worker
         # that cannot end the run (a step that ignores interruption, a write that keeps failing).
         bound = requested + dt.timedelta(seconds=s.grace_seconds + lease_seconds)
         if now >= bound:
             return _finish_cancelled(
                 s,
-                str((s.cancellation or {}).get("reason") or api.REQUESTED),
+                _stop(s, api.StopReason.REQUESTED, now),
                 f"worker {s.worker} did not end the run within the grace period ({s.grace_seconds:g} s) plus one "
                 f"lease ({lease_seconds:g} s); ended by the operator",
                 now,
-                status_reason=api.GRACE_EXPIRED,
+                hard_stop=True,
             )  # on its resourceVersion: the holder is not writing
         due.append(bound)
     return Decision(next_due=min(due))
 
 
-def _said(note: dict[str, Any]) -> str:
+def _cancellation(record: Any) -> api.Cancellation | None:
+    return api.Cancellation(**record) if record else None  # type: ignore[typeddict-item]
+
+
+def _said(note: api.Cancellation) -> str:
     return f" ({note['message']})" if note.get("message") else ""
 
 
-def _by(note: dict[str, Any]) -> str:
+def _by(note: api.Cancellation) -> str:
     who = note.get("requestedByUser") or note.get("requestedBy")
     return f" (asked by {who})" if who else ""
 
@@ -353,9 +354,9 @@ class Urgency(enum.IntEnum):
 
 def urgency(s: Snapshot, d: Decision) -> Urgency:
     """Stopping runaway work comes first, even behind thousands of admissions."""
-    if (d.patch or {}).get("phase") in (api.CANCELLING, api.CANCELLED):
+    if (d.patch or {}).get("phase") in (api.Phase.CANCELLING, api.Phase.CANCELLED):
         return Urgency.STOP
-    if s.phase is None or s.phase == api.QUEUED:
+    if s.phase is None or s.phase == api.Phase.QUEUED:
         return Urgency.ADMIT
     return Urgency.PROGRESS
 

@@ -1,4 +1,5 @@
-"""Starts the operator: kopf runs the process, the ``Controller`` does the work. One replica."""
+"""Starts the operator: kopf runs the process, the ``Controller`` does the work; with
+``--leader-elect``, only in the replica holding the leader Lease (``electing.py``)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def run(settings: OperatorSettings) -> None:
     )
     if not settings.all_namespaces and not settings.namespaces:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
+    if settings.leader_election and not settings.leader_namespace:
+        raise SystemExit("kubestep operator: --leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)")
     serve_metrics(settings.metrics_port)
     # No resource handlers are registered with kopf, so it watches nothing itself: no namespace or
-    # CRD discovery, no peering. ``standalone``: a single replica (docs/install.md).
+    # CRD discovery, no peering. ``standalone``: kopf's peering stays off (our own election decides).
     asyncio.run(
         kopf.operator(
             standalone=True,

@@ -19,7 +19,7 @@ import heapq
 import logging
 from collections.abc import Callable, Hashable
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 
 logger = logging.getLogger("kubestep.operator")
 

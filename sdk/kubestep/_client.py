@@ -12,8 +12,8 @@ import re
 import uuid
 from typing import Any
 
-from . import _api as api
 from . import _journal as journal
+from . import _protocol as api
 from ._errors import (
     ApiError,
     ExecutionCancelledError,
@@ -219,9 +219,9 @@ class ExecutionHandle:
     async def result(self, timeout: float | None = None) -> Any:
         """The workflow's return value; raises ``ExecutionFailedError`` or ``ExecutionCancelledError``."""
         execution = await self._client.wait(self.id, timeout)
-        if execution.status.phase == api.FAILED:
+        if execution.status.phase == api.Phase.FAILED.value:
             raise ExecutionFailedError(self.id, execution.status.error)
-        if execution.status.phase == api.CANCELLED:
+        if execution.status.phase == api.Phase.CANCELLED.value:
             raise ExecutionCancelledError(self.id, execution.status.reason, execution.status.message)
         return execution.status.result
 

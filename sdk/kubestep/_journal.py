@@ -35,7 +35,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from . import _api as api
+from . import _protocol as api
 from ._errors import JournalError, NotFoundError
 from ._kube import Kube
 

@@ -297,7 +297,7 @@ class Kube:
         instance: str | None = None,
     ) -> None:
         """Posts a core/v1 Event about ``obj``; failures are logged, never raised."""
-        from ._api import fmt_time, now
+        from ._protocol import fmt_time, now
 
         meta = obj["metadata"]
         at = fmt_time(now())

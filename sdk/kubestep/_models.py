@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._api import TERMINAL_PHASES
+from ._protocol import TERMINAL_PHASES
 
 Phase = Literal["Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled"]
 

@@ -13,6 +13,10 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
 | worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
+| operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
+| operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
+| operator: leader's lease / renew deadline / retry (s) | | ``KUBESTEP_LEADER_LEASE_SECONDS``, ``..._RENEW_DEADLINE``, ``..._RETRY_PERIOD`` | 15 / 10 / 2 |
+| operator: identity | | ``POD_NAME`` | host name and process id |
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ class OperatorSettings:
     metrics_port: int | None = None
     liveness_endpoint: str | None = None
     verbose: bool = False
+    leader_election: bool = False
+    leader_namespace: str | None = None
+    leader_lease_name: str = "kubestep-operator"
+    identity: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    leader_lease_seconds: float = 15.0
+    leader_renew_deadline: float = 10.0
+    leader_retry_period: float = 2.0
 
     @classmethod
     def load(
@@ -105,7 +116,14 @@ class OperatorSettings:
         metrics_port: int | None = None,
         liveness_endpoint: str | None = None,
         verbose: bool = False,
+        leader_election: bool = False,
+        leader_namespace: str | None = None,
+        leader_lease_name: str | None = None,
     ) -> OperatorSettings:
+        lease = _pick(None, env, "KUBESTEP_LEADER_LEASE_SECONDS", 15.0, float)
+        renew = _pick(None, env, "KUBESTEP_LEADER_RENEW_DEADLINE", min(10.0, lease * 2 / 3), float)
+        if leader_election and not renew < lease:
+            raise SystemExit(f"the leader's renew deadline ({renew:g} s) must be shorter than its lease ({lease:g} s)")
         return cls(
             namespaces=tuple(namespaces),
             all_namespaces=all_namespaces,
@@ -115,4 +133,11 @@ class OperatorSettings:
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
             liveness_endpoint=liveness_endpoint,
             verbose=verbose,
+            leader_election=leader_election,
+            leader_namespace=leader_namespace or env.get("POD_NAMESPACE") or None,
+            leader_lease_name=leader_lease_name or "kubestep-operator",
+            identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            leader_lease_seconds=lease,
+            leader_renew_deadline=renew,
+            leader_retry_period=_pick(None, env, "KUBESTEP_LEADER_RETRY_PERIOD", min(2.0, lease / 5), float),
         )

@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from . import _api as api
+from . import _protocol as api
 from ._client import KubestepClient
 from ._errors import ApiError, ExecutionNotFoundError, KubestepError, ResultTimeoutError
 
 FIELD_MANAGER = "kubestep-cli"
-EXIT_BY_PHASE = {api.COMPLETED: 0, api.FAILED: 1, api.CANCELLED: 2}
+EXIT_BY_PHASE: dict[str, int] = {api.Phase.COMPLETED: 0, api.Phase.FAILED: 1, api.Phase.CANCELLED: 2}
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -329,7 +329,7 @@ async def _describe(args: argparse.Namespace) -> int:
     c = status.get("cancellation")
     if c or spec.get("cancelRequested"):
         print("Cancellation:")
-        c = c or {"reason": api.REQUESTED, **api.cancel_note(obj)}
+        c = c or {"reason": api.StopReason.REQUESTED, **api.cancel_note(obj)}
         for label, key in (
             ("Reason:", "reason"),
             ("Message:", "message"),
@@ -527,10 +527,10 @@ class _Display:
             note = (s.get("error") or {}).get("message") or ("cleanup" if s.get("cleanup") else "")
             table.add_row(s["key"], Text(s["state"], style=state_colour), took, str(note)[:60])
         parts: list[Any] = [head, table]
-        if phase in (api.RUNNING, api.CANCELLING):
+        if phase in (api.Phase.RUNNING, api.Phase.CANCELLING):
             done = status.get("stepsCompleted") or 0
             parts.append(Spinner("dots", text=f" next step running on {status.get('worker')} ({done} done)"))
-        elif phase in (api.QUEUED, api.WAITING):
+        elif phase in (api.Phase.QUEUED, api.Phase.WAITING):
             parts.append(Text(f"  {phase.lower()}…", style="dim"))
         return Group(*parts)
 

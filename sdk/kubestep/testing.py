@@ -34,7 +34,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from . import _api as api
+from . import _protocol as api
 from ._context import Stop, WorkflowContext
 from ._errors import (
     EventTimeoutError,
@@ -67,7 +67,7 @@ class TestRun:
     clock: dt.datetime = START  # the virtual time when it ended
 
     def completed_steps(self) -> list[str]:
-        return [s["key"] for s in self.steps if s["state"] == api.STEP_COMPLETED and s["kind"] == "Run"]
+        return [s["key"] for s in self.steps if s["state"] == api.StepState.COMPLETED and s["kind"] == "Run"]
 
     def step(self, key: str) -> dict[str, Any]:
         return next(s for s in self.steps if s["key"] == key)
@@ -138,20 +138,20 @@ class _MemoryRun:
     ) -> Any:
         self._boundary(key)
         rec = self._recorded(key, "Run")
-        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
             return rec.get("output")
         started = self.env.now()
         if self.plan.hard_stop_at == key and self.stop is None:
-            self._note(api.REQUESTED, self.plan.reason)
+            self._note(api.StopReason.REQUESTED, self.plan.reason)
         if self.plan.hard_stop_at == key:
             self.hard = True
             self.stop = dataclasses.replace(self.stop, grace_expired=True) if self.stop else None
             self._record(
                 key,
                 "Run",
-                api.STEP_INTERRUPTED,
+                api.StepState.INTERRUPTED,
                 started,
-                error={"type": api.GRACE_EXPIRED, "message": "the grace period ran out (injected)"},
+                error={"type": api.Reason.GRACE_EXPIRED, "message": "the grace period ran out (injected)"},
             )
             raise GracePeriodExpired(f"step {key!r} was interrupted: the grace period ran out")
         call = fn(*args, **kwargs) if inspect.iscoroutinefunction(fn) else asyncio.to_thread(fn, *args, **kwargs)
@@ -164,15 +164,17 @@ class _MemoryRun:
             self._record(
                 key,
                 "Run",
-                api.STEP_INTERRUPTED,
+                api.StepState.INTERRUPTED,
                 started,
                 error={"type": "StepTimeout", "message": f"did not finish within {timeout:g} s"},
             )
             raise StepTimeoutError(key, timeout or 0) from None
         except Exception as exc:
-            self._record(key, "Run", api.STEP_FAILED, started, error={"type": type(exc).__name__, "message": str(exc)})
+            self._record(
+                key, "Run", api.StepState.FAILED, started, error={"type": type(exc).__name__, "message": str(exc)}
+            )
             raise
-        self._record(key, "Run", api.STEP_COMPLETED, started, output=output)
+        self._record(key, "Run", api.StepState.COMPLETED, started, output=output)
         self._ran += 1
         self._boundary(None)
         return output
@@ -181,17 +183,17 @@ class _MemoryRun:
         self._boundary(key)
         rec = self._recorded(key, "Wait")
         if rec is not None:
-            if rec["state"] != api.STEP_COMPLETED:
-                rec.update(state=api.STEP_COMPLETED, finishedAt=api.fmt_time(self.env.now()))
+            if rec["state"] != api.StepState.COMPLETED:
+                rec.update(state=api.StepState.COMPLETED, finishedAt=api.fmt_time(self.env.now()))
             return
         wake = self.env.now() + duration
-        self._record(key, "Wait", api.STEP_WAITING, self.env.now(), wakeAt=api.fmt_time(wake))
+        self._record(key, "Wait", api.StepState.WAITING, self.env.now(), wakeAt=api.fmt_time(wake))
         raise _Suspended(key, wake, None)
 
     async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any:
         self._boundary(key)
         rec = self._recorded(key, "Event")
-        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
             if rec.get("timedOut"):
                 raise EventTimeoutError(key, topic, timeout)
             return rec.get("output")
@@ -201,7 +203,7 @@ class _MemoryRun:
             self._record(
                 key,
                 "Event",
-                api.STEP_COMPLETED,
+                api.StepState.COMPLETED,
                 self.env.now(),
                 topic=topic,
                 event=event["name"],
@@ -209,13 +211,13 @@ class _MemoryRun:
             )
             return event.get("data")
         if rec is not None:  # resumed with no event: its timeout passed
-            rec.update(state=api.STEP_COMPLETED, timedOut=True, finishedAt=api.fmt_time(self.env.now()))
+            rec.update(state=api.StepState.COMPLETED, timedOut=True, finishedAt=api.fmt_time(self.env.now()))
             raise EventTimeoutError(key, topic, timeout)
         wake = self.env.now() + dt.timedelta(seconds=timeout) if timeout is not None else None
         self._record(
             key,
             "Event",
-            api.STEP_WAITING,
+            api.StepState.WAITING,
             self.env.now(),
             topic=topic,
             **({"wakeAt": api.fmt_time(wake)} if wake else {}),
@@ -234,16 +236,16 @@ class _MemoryRun:
             if (next_key is not None and next_key == p.cancel_before) or (
                 p.cancel_after_steps is not None and self._ran >= p.cancel_after_steps
             ):
-                self._note(api.REQUESTED, p.reason)
+                self._note(api.StopReason.REQUESTED, p.reason)
             elif (next_key is not None and next_key == p.timeout_before) or (
                 p.timeout_after_steps is not None and self._ran >= p.timeout_after_steps
             ):
-                self._note(api.RUN_TIMEOUT, None)
+                self._note(api.StopReason.RUN_TIMEOUT, None)
         if self.stop is None or (self._cleanup and not self.hard):
             return
         if self.hard:
             raise GracePeriodExpired("the grace period ran out")
-        if self.stop.reason == api.RUN_TIMEOUT:
+        if self.stop.reason == api.StopReason.RUN_TIMEOUT:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
         raise ExecutionCancelled(f"execution {self.name} was cancelled")
 
@@ -258,7 +260,7 @@ class _MemoryRun:
 
     def _record(self, key: str, kind: str, state: str, started: dt.datetime, **fields: Any) -> None:
         rec = {"key": key, "kind": kind, "state": state, "startedAt": api.fmt_time(started), **fields}
-        if state != api.STEP_WAITING:
+        if state != api.StepState.WAITING:
             rec["finishedAt"] = api.fmt_time(self.env.now())
         if self._cleanup and self.stop is not None:
             rec["cleanup"] = True
@@ -308,7 +310,9 @@ class WorkflowEnvironment:
             try:
                 result = await workflow.fn(WorkflowContext(run), payload)
                 run._boundary(None)  # returning is a boundary too
-                return self._ended(run, api.COMPLETED, "Succeeded", segment, result=json.loads(json.dumps(result)))
+                return self._ended(
+                    run, api.Phase.COMPLETED, api.Reason.SUCCEEDED, segment, result=json.loads(json.dumps(result))
+                )
             except _Suspended as s:
                 if s.topic is not None and any(
                     e["topic"] == s.topic and e["name"] not in run.consumed for e in self.events
@@ -321,12 +325,16 @@ class WorkflowEnvironment:
                     ) from None
                 self._now = max(self._now, s.wake)  # time skipping
             except StopExecution as e:
-                reason_ = api.GRACE_EXPIRED if run.hard else (run.stop.reason if run.stop else api.REQUESTED)
-                return self._ended(run, api.CANCELLED, reason_, segment, error=e)
+                reason_ = (
+                    api.Reason.GRACE_EXPIRED
+                    if run.hard
+                    else (run.stop.reason if run.stop else api.StopReason.REQUESTED)
+                )
+                return self._ended(run, api.Phase.CANCELLED, reason_, segment, error=e)
             except Exception as e:
                 if run.stop is not None:
-                    return self._ended(run, api.CANCELLED, run.stop.reason, segment, error=e)
-                return self._ended(run, api.FAILED, "WorkflowError", segment, error=e)
+                    return self._ended(run, api.Phase.CANCELLED, run.stop.reason, segment, error=e)
+                return self._ended(run, api.Phase.FAILED, api.Reason.WORKFLOW_ERROR, segment, error=e)
         raise RuntimeError(f"the run did not end within {max_segments} segments")
 
     def _ended(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._kube import Kube
 from kubestep_operator.controller import Controller
 from kubestep_operator.keys import LeaseKey, RunKey
@@ -60,7 +60,7 @@ def test_a_finished_or_deleted_run_is_forgotten_everywhere() -> None:
     c = controller()
     c.on_execution("ADDED", run("ns", "done"))
     c.on_execution("ADDED", run("ns", "gone"))
-    c.on_execution("MODIFIED", run("ns", "done", phase=api.COMPLETED, rv="2"))
+    c.on_execution("MODIFIED", run("ns", "done", phase=api.Phase.COMPLETED, rv="2"))
     c.on_execution("DELETED", run("ns", "gone", rv="3"))
     assert c.executions == {} and len(c.backlog) == 0 and len(c.scheduler) == 0
 
@@ -80,7 +80,7 @@ def test_names_that_look_internal_are_just_data() -> None:
     c = controller()
     now = api.now()
     c.on_lease("ADDED", lease("lease", "lease", now))
-    c.on_execution("ADDED", run("lease", "lease", phase=api.RUNNING, worker="lease"))
+    c.on_execution("ADDED", run("lease", "lease", phase=api.Phase.RUNNING, worker="lease"))
     assert LeaseKey("lease", "lease") in c.workers and RunKey("lease", "lease") in c.executions
     assert RunKey("lease", "lease") != LeaseKey("lease", "lease")
     assert c.scheduler.due(LeaseKey("lease", "lease")) is not None
@@ -92,7 +92,7 @@ def test_a_lease_that_expired_is_dropped_when_it_fires_and_its_runs_are_requeued
     c = controller()
     c.lease_grace = api.now() - dt.timedelta(seconds=1)
     c.on_lease("ADDED", lease("ns", "w1", api.now() - dt.timedelta(seconds=60)))
-    c.on_execution("ADDED", run("ns", "held", phase=api.RUNNING, worker="w1"))
+    c.on_execution("ADDED", run("ns", "held", phase=api.Phase.RUNNING, worker="w1"))
     assert c.backlog.count(Urgency.PROGRESS) == 1  # the holder's lease has expired: WorkerLost
     c.fire(LeaseKey("ns", "w1"))
     assert LeaseKey("ns", "w1") not in c.workers
@@ -100,8 +100,10 @@ def test_a_lease_that_expired_is_dropped_when_it_fires_and_its_runs_are_requeued
 
 def test_a_worker_serving_a_new_workflow_rechecks_the_queued_runs() -> None:
     c = controller()
-    queued = run("ns", "r", phase=api.QUEUED)
-    queued["status"]["conditions"] = [api.condition(api.COND_SCHEDULED, False, "NoWorker", "none", api.now(), 1)]
+    queued = run("ns", "r", phase=api.Phase.QUEUED)
+    queued["status"]["conditions"] = [
+        api.condition(api.ConditionType.SCHEDULED, False, "NoWorker", "none", api.now(), 1)
+    ]
     c.on_execution("ADDED", queued)
     assert len(c.backlog) == 0  # already says NoWorker: nothing to write
     c.on_lease("ADDED", lease("ns", "w1", api.now()))

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep._errors import WorkflowDefinitionError
 from kubestep._worker.ledger import Ledger
 
 
-def rec(key: str, state: str = api.STEP_COMPLETED, kind: str = "Run") -> dict[str, Any]:
+def rec(key: str, state: str = api.StepState.COMPLETED, kind: str = "Run") -> dict[str, Any]:
     return {"key": key, "kind": kind, "state": state}
 
 
@@ -35,7 +35,7 @@ def test_a_record_put_while_an_append_is_in_flight_goes_with_the_next_one() -> N
     ledger, server = Ledger({}, window=0), {}
     ledger.put(rec("a"))
     ops, sent = ledger.append_ops(server)  # the append of "a" is built and sent
-    ledger.put(rec("b", api.STEP_FAILED))  # a concurrent step records "b" meanwhile
+    ledger.put(rec("b", api.StepState.FAILED))  # a concurrent step records "b" meanwhile
     server = status_after(ledger, ops, server)
     ledger.written(sent)
     assert [r["key"] for r in server["steps"]] == ["a"] and server["stepsCompleted"] == 1
@@ -49,7 +49,7 @@ def test_a_record_put_while_an_append_is_in_flight_goes_with_the_next_one() -> N
     assert ops[0] == {"op": "replace", "path": "/status/steps/1", "value": rec("b")}
     server = status_after(ledger, ops, server)
     ledger.written(sent)
-    assert server["steps"][1]["state"] == api.STEP_COMPLETED and server["stepsCompleted"] == 2
+    assert server["steps"][1]["state"] == api.StepState.COMPLETED and server["stepsCompleted"] == 2
     assert ledger.append_ops(server)[0] == [{"op": "add", "path": "/status/stepsCompleted", "value": 2}]
 
 
@@ -61,7 +61,7 @@ def test_a_record_replaced_while_its_append_is_in_flight_stays_dirty() -> None:
     ops, sent = ledger.append_ops(server)
     server = status_after(ledger, ops, server)
     ledger.written(sent)
-    ledger.put(rec("a", api.STEP_FAILED))
+    ledger.put(rec("a", api.StepState.FAILED))
     ops, sent = ledger.append_ops(server)
     ledger.put(rec("a"))  # changed again after the replace was built
     server = status_after(ledger, ops, server)
@@ -70,14 +70,14 @@ def test_a_record_replaced_while_its_append_is_in_flight_stays_dirty() -> None:
     ops, sent = ledger.append_ops(server)
     server = status_after(ledger, ops, server)
     ledger.written(sent)
-    assert server["steps"][0]["state"] == api.STEP_COMPLETED and not ledger.dirty
+    assert server["steps"][0]["state"] == api.StepState.COMPLETED and not ledger.dirty
 
 
 def test_the_completed_count_counts_last_records_and_not_unsent_ones() -> None:
     ledger = Ledger({}, window=0)
     for key in ("a", "b", "c"):
         ledger.put(rec(key))
-    ledger.put(rec("b", api.STEP_INTERRUPTED))
+    ledger.put(rec("b", api.StepState.INTERRUPTED))
     assert ledger.completed_count() == 2
     assert ledger.completed_count(upto=1) == 1
 
@@ -87,10 +87,10 @@ def test_archiving_takes_the_oldest_final_records_down_to_half_the_window() -> N
     for key in "abcd":
         ledger.put(rec(key))
     assert ledger.to_archive() is None
-    ledger.put(rec("e", api.STEP_WAITING, "Wait"))
+    ledger.put(rec("e", api.StepState.WAITING, "Wait"))
     assert ledger.to_archive() == (0, 3)
     ledger = Ledger({}, window=4)
-    ledger.put(rec("w", api.STEP_WAITING, "Wait"))  # a record that may still change is never archived
+    ledger.put(rec("w", api.StepState.WAITING, "Wait"))  # a record that may still change is never archived
     for key in "abcd":
         ledger.put(rec(key))
     assert ledger.to_archive() is None
@@ -99,9 +99,9 @@ def test_archiving_takes_the_oldest_final_records_down_to_half_the_window() -> N
 def test_a_claim_loads_the_journal_then_status_and_lookups_check_the_kind() -> None:
     ledger = Ledger({}, window=8)
     ledger.load(
-        [rec("a"), rec("b", api.STEP_FAILED)],
+        [rec("a"), rec("b", api.StepState.FAILED)],
         {
-            "steps": [rec("b"), rec("w", api.STEP_WAITING, "Wait")],
+            "steps": [rec("b"), rec("w", api.StepState.WAITING, "Wait")],
             "journal": [{"configMap": "c", "steps": 2}],
             "eventsConsumed": ["e1"],
         },
@@ -109,7 +109,7 @@ def test_a_claim_loads_the_journal_then_status_and_lookups_check_the_kind() -> N
     assert ledger.archived == 2 and ledger.lookup("b", "Run") == rec("b") and ledger.completed_count() == 2
     assert ledger.consumed == ["e1"] and ledger.status_fields()["steps"] == [
         rec("b"),
-        rec("w", api.STEP_WAITING, "Wait"),
+        rec("w", api.StepState.WAITING, "Wait"),
     ]
     with pytest.raises(WorkflowDefinitionError, match="was a Wait step"):
         ledger.lookup("w", "Run")

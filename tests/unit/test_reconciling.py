@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep_operator.reconciling import Liveness, Snapshot, decide
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
@@ -62,79 +62,79 @@ def run(s: Snapshot, now: dt.datetime = T0, live: Liveness | None = ALIVE, serve
 
 def test_new_run_is_queued() -> None:
     d = run(snap(None))
-    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["reason"] == "Pending"
+    assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["reason"] == "Pending"
 
 
 def test_new_run_for_unserved_workflow_is_queued_with_no_worker_condition() -> None:
     d = run(snap(None), served=frozenset({"other"}))
-    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["reason"] == "NoWorker"
-    cond = {c["type"]: c for c in d.patch["conditions"]}[api.COND_SCHEDULED]
+    assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["reason"] == "NoWorker"
+    cond = {c["type"]: c for c in d.patch["conditions"]}[api.ConditionType.SCHEDULED]
     assert cond["status"] == "False" and "no live worker serves workflow 'wf'" in cond["message"]
 
 
 def test_cancel_queued_and_waiting_finishes_at_once() -> None:
-    for phase in (api.QUEUED, api.WAITING):
+    for phase in (api.Phase.QUEUED, api.Phase.WAITING):
         d = run(snap(phase, cancel=True, wake_at=T0 + dt.timedelta(hours=1)))
-        assert d.patch and d.patch["phase"] == api.CANCELLED
-        assert d.patch["cancellation"]["reason"] == api.REQUESTED
+        assert d.patch and d.patch["phase"] == api.Phase.CANCELLED
+        assert d.patch["cancellation"]["reason"] == api.StopReason.REQUESTED
         assert d.patch["cancellation"]["acknowledgedAt"]
 
 
 def test_cancel_running_signals_the_worker_and_keeps_it_holding() -> None:
-    d = run(snap(api.RUNNING, cancel=True, worker="w1"))
-    assert d.patch and d.patch["phase"] == api.CANCELLING
-    assert d.patch["cancellation"]["reason"] == api.REQUESTED
+    d = run(snap(api.Phase.RUNNING, cancel=True, worker="w1"))
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLING
+    assert d.patch["cancellation"]["reason"] == api.StopReason.REQUESTED
     assert "worker" not in d.patch
 
 
 def test_deadline_turns_into_run_timeout_cancellation() -> None:
-    d = run(snap(api.RUNNING, worker="w1", deadline=T0))
-    assert d.patch and d.patch["phase"] == api.CANCELLING
-    assert d.patch["cancellation"] == {"reason": api.RUN_TIMEOUT, "requestedAt": api.fmt_time(T0)}
+    d = run(snap(api.Phase.RUNNING, worker="w1", deadline=T0))
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLING
+    assert d.patch["cancellation"] == {"reason": api.StopReason.RUN_TIMEOUT, "requestedAt": api.fmt_time(T0)}
 
 
 def test_before_deadline_sleeps_until_deadline() -> None:
     deadline = T0 + dt.timedelta(seconds=2)
-    d = run(snap(api.RUNNING, worker="w1", deadline=deadline))
+    d = run(snap(api.Phase.RUNNING, worker="w1", deadline=deadline))
     assert d.patch is None and d.next_due == deadline
 
 
 def test_cancelling_with_live_worker_waits_for_the_step_boundary() -> None:
-    d = run(snap(api.CANCELLING, worker="w1", cancellation={"reason": api.REQUESTED}))
+    d = run(snap(api.Phase.CANCELLING, worker="w1", cancellation={"reason": api.StopReason.REQUESTED}))
     assert d.patch is None and d.next_due == ALIVE.expires
 
 
 def test_gone_worker_after_deadline_ends_run_timeout() -> None:
     d = run(
         snap(
-            api.CANCELLING,
+            api.Phase.CANCELLING,
             worker="w1",
             deadline=T0 - dt.timedelta(seconds=5),
-            cancellation={"reason": api.RUN_TIMEOUT, "requestedAt": "x"},
+            cancellation={"reason": api.StopReason.RUN_TIMEOUT, "requestedAt": "x"},
         ),
         live=GONE,
     )
-    assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.RUN_TIMEOUT
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLED and d.patch["reason"] == api.StopReason.RUN_TIMEOUT
 
 
 def test_gone_worker_before_deadline_requeues_for_replay() -> None:
-    d = run(snap(api.RUNNING, worker="w1", deadline=T0 + dt.timedelta(seconds=5)), live=GONE)
-    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["worker"] is None
+    d = run(snap(api.Phase.RUNNING, worker="w1", deadline=T0 + dt.timedelta(seconds=5)), live=GONE)
+    assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["worker"] is None
     assert d.event and d.event[1] == "WorkerLost"
 
 
 def test_unknown_worker_is_given_one_lease_of_grace() -> None:
-    s = snap(api.RUNNING, worker="w1")
+    s = snap(api.Phase.RUNNING, worker="w1")
     assert run(s, live=None).next_due == GRACE
     later = decide(s, GRACE, lambda ns, w: None, frozenset(), GRACE)
-    assert later.patch and later.patch["phase"] == api.QUEUED
+    assert later.patch and later.patch["phase"] == api.Phase.QUEUED
 
 
 def test_wait_over_requeues_and_not_before() -> None:
     wake = T0 + dt.timedelta(seconds=3)
-    assert run(snap(api.WAITING, wake_at=wake)).next_due == wake
-    d = run(snap(api.WAITING, wake_at=wake), now=wake)
-    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["wakeAt"] is None
+    assert run(snap(api.Phase.WAITING, wake_at=wake)).next_due == wake
+    d = run(snap(api.Phase.WAITING, wake_at=wake), now=wake)
+    assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["wakeAt"] is None
 
 
 def test_terminal_runs_are_left_alone_even_when_cancelled() -> None:
@@ -143,7 +143,7 @@ def test_terminal_runs_are_left_alone_even_when_cancelled() -> None:
 
 
 def test_queued_condition_flips_when_workers_come_and_go() -> None:
-    d = run(snap(api.QUEUED), served=frozenset())
+    d = run(snap(api.Phase.QUEUED), served=frozenset())
     assert d.patch and d.patch["reason"] == "NoWorker"
 
 
@@ -168,10 +168,10 @@ KUBECTL_CANCEL = {
 
 
 def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
-    s = snap(api.RUNNING, cancel=True, worker="w1", spec={"cancelReason": "wrong input"}, meta=KUBECTL_CANCEL)
+    s = snap(api.Phase.RUNNING, cancel=True, worker="w1", spec={"cancelReason": "wrong input"}, meta=KUBECTL_CANCEL)
     d = run(s)
     assert d.patch and d.patch["cancellation"] == {
-        "reason": api.REQUESTED,
+        "reason": api.StopReason.REQUESTED,
         "message": "wrong input",
         "requestedBy": "kubectl-patch",
         "requestedAt": api.fmt_time(T0),
@@ -179,7 +179,7 @@ def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
     assert d.event and "kubectl-patch" in d.event[2]
     d = run(
         snap(
-            api.QUEUED,
+            api.Phase.QUEUED,
             cancel=True,
             meta={**KUBECTL_CANCEL, "annotations": {api.ANNOTATION_CANCELLED_BY: "alice@example.com"}},
         )
@@ -190,56 +190,56 @@ def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
 def test_cancelling_never_outlasts_the_grace_period_plus_one_lease() -> None:
     requested = T0 - dt.timedelta(seconds=10)
     s = snap(
-        api.CANCELLING,
+        api.Phase.CANCELLING,
         worker="w1",
         spec={"cancelGracePeriodSeconds": 5},
-        cancellation={"reason": api.REQUESTED, "requestedAt": api.fmt_time(requested)},
+        cancellation={"reason": api.StopReason.REQUESTED, "requestedAt": api.fmt_time(requested)},
     )
     bound = requested + dt.timedelta(seconds=5 + 15)
     live = Liveness(T0 + dt.timedelta(hours=1), frozenset({"wf"}))  # a live worker that does not end it
     assert run(s, live=live).next_due == bound
     d = run(s, now=bound, live=live)
-    assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.GRACE_EXPIRED
-    assert d.patch["cancellation"]["reason"] == api.REQUESTED and d.guard is None
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLED and d.patch["reason"] == api.Reason.GRACE_EXPIRED
+    assert d.patch["cancellation"]["reason"] == api.StopReason.REQUESTED and d.guard is None
 
 
 def test_queue_timeout_counts_from_the_last_time_the_run_was_queued() -> None:
     queued = T0 - dt.timedelta(seconds=30)
     s = snap(
-        api.QUEUED,
+        api.Phase.QUEUED,
         spec={"queueTimeoutSeconds": 60},
         status={
             "queuedAt": api.fmt_time(queued),
-            "conditions": [api.condition(api.COND_SCHEDULED, False, "Pending", "waiting", queued, 1)],
+            "conditions": [api.condition(api.ConditionType.SCHEDULED, False, "Pending", "waiting", queued, 1)],
         },
     )
     assert run(s).next_due == queued + dt.timedelta(seconds=60)
     d = run(s, now=queued + dt.timedelta(seconds=60))
-    assert d.patch and d.patch["phase"] == api.CANCELLED and d.patch["reason"] == api.QUEUE_TIMEOUT
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLED and d.patch["reason"] == api.StopReason.QUEUE_TIMEOUT
     # Without queuedAt (written before this field existed): from creation.
-    old = snap(api.QUEUED, spec={"queueTimeoutSeconds": 60})
+    old = snap(api.Phase.QUEUED, spec={"queueTimeoutSeconds": 60})
     assert old.queued_since == dt.datetime(2026, 11, 25, 11, 59, tzinfo=dt.UTC)
 
 
 def test_every_return_to_queued_restarts_the_queue_clock() -> None:
     for d in (
         run(snap(None)),
-        run(snap(api.WAITING, wake_at=T0), now=T0),
-        run(snap(api.RUNNING, worker="w1"), live=GONE),
+        run(snap(api.Phase.WAITING, wake_at=T0), now=T0),
+        run(snap(api.Phase.RUNNING, worker="w1"), live=GONE),
     ):
-        assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["queuedAt"] == api.fmt_time(T0)
+        assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["queuedAt"] == api.fmt_time(T0)
 
 
 def test_a_run_waiting_for_an_event_is_requeued_when_it_arrives_and_not_for_a_consumed_one() -> None:
     waiting = {"waitingFor": {"key": "k", "topic": "approved"}, "eventsConsumed": ["e1"]}
     events = [{"name": "e1", "topic": "approved"}, {"name": "x", "topic": "other"}]
-    s = snap(api.WAITING, spec={"events": events}, status=waiting)
+    s = snap(api.Phase.WAITING, spec={"events": events}, status=waiting)
     assert run(s).patch is None  # no timeout and nothing new: it waits
-    s = snap(api.WAITING, spec={"events": [*events, {"name": "e2", "topic": "approved"}]}, status=waiting)
+    s = snap(api.Phase.WAITING, spec={"events": [*events, {"name": "e2", "topic": "approved"}]}, status=waiting)
     d = run(s)
-    assert d.patch and d.patch["phase"] == api.QUEUED and d.patch["reason"] == "EventArrived"
+    assert d.patch and d.patch["phase"] == api.Phase.QUEUED and d.patch["reason"] == "EventArrived"
     timeout = T0 + dt.timedelta(seconds=5)
-    s = snap(api.WAITING, wake_at=timeout, spec={"events": events}, status=waiting)
+    s = snap(api.Phase.WAITING, wake_at=timeout, spec={"events": events}, status=waiting)
     assert run(s).next_due == timeout
     d = run(s, now=timeout)
     assert d.patch and d.patch["reason"] == "WaitOver" and "timed out" in d.patch["message"]
@@ -254,8 +254,8 @@ def test_a_live_holder_gets_a_head_start_before_the_operator_writes_cancelling()
             {"manager": "kubectl-patch", "time": api.fmt_time(asked), "fieldsV1": {"f:spec": {"f:cancelRequested": {}}}}
         ]
     }
-    s = snap(api.RUNNING, cancel=True, worker="w1", meta=meta)
+    s = snap(api.Phase.RUNNING, cancel=True, worker="w1", meta=meta)
     d = run(s)
     assert d.patch is None and d.next_due == asked + dt.timedelta(seconds=2)
     d = run(s, now=asked + dt.timedelta(seconds=2))
-    assert d.patch and d.patch["phase"] == api.CANCELLING
+    assert d.patch and d.patch["phase"] == api.Phase.CANCELLING

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Hashable
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep_operator.scheduling import Scheduler
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubestep import WorkflowContext, examples, workflow
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep.testing import WorkflowEnvironment
 
 CALLS: list[str] = []
@@ -31,7 +31,7 @@ async def test_a_wait_skips_time_and_the_run_resumes_by_replay() -> None:
     CALLS.clear()
     env = WorkflowEnvironment()
     run = await env.run(replayed)
-    assert run.phase == api.COMPLETED and run.result == ["a", "b"]
+    assert run.phase == api.Phase.COMPLETED and run.result == ["a", "b"]
     assert CALLS == ["a", "b"], "a completed step is never run twice"
     assert run.segments == 2 and run.clock == env.now()
     assert env.now() >= dt.datetime(2026, 1, 1, 6, tzinfo=dt.UTC)
@@ -41,23 +41,23 @@ async def test_a_cancel_at_a_boundary_records_the_step_in_flight_and_starts_no_o
     run = await WorkflowEnvironment().run(
         examples.steps, {"count": 5, "seconds": 0}, cancel_after_steps=2, reason="changed my mind"
     )
-    assert (run.phase, run.reason) == (api.CANCELLED, api.REQUESTED)
+    assert (run.phase, run.reason) == (api.Phase.CANCELLED, api.StopReason.REQUESTED)
     assert run.completed_steps() == ["step-0", "step-1"]
     run = await WorkflowEnvironment().run(examples.steps, {"count": 5, "seconds": 0}, timeout_before="step-3")
     assert (run.phase, run.reason, run.completed_steps()) == (
-        api.CANCELLED,
-        api.RUN_TIMEOUT,
+        api.Phase.CANCELLED,
+        api.StopReason.RUN_TIMEOUT,
         ["step-0", "step-1", "step-2"],
     )
 
 
 async def test_cleanup_runs_after_a_stop_and_not_after_the_grace_period() -> None:
     run = await WorkflowEnvironment().run(examples.slow_step_cleanup, {"seconds": 0}, cancel_before="never")
-    assert run.phase == api.CANCELLED and run.step("release")["cleanup"] is True
-    assert run.step("release")["output"]["stop"] == {"reason": api.REQUESTED, "grace_expired": False}
+    assert run.phase == api.Phase.CANCELLED and run.step("release")["cleanup"] is True
+    assert run.step("release")["output"]["stop"] == {"reason": api.StopReason.REQUESTED, "grace_expired": False}
     run = await WorkflowEnvironment().run(examples.hang, {"kind": "async"}, hard_stop_at="hang")
-    assert (run.phase, run.reason) == (api.CANCELLED, api.GRACE_EXPIRED)
-    assert run.step("hang")["state"] == api.STEP_INTERRUPTED and "release" not in {s["key"] for s in run.steps}
+    assert (run.phase, run.reason) == (api.Phase.CANCELLED, api.Reason.GRACE_EXPIRED)
+    assert run.step("hang")["state"] == api.StepState.INTERRUPTED and "release" not in {s["key"] for s in run.steps}
 
 
 async def test_events_are_delivered_once_each_and_a_missing_one_times_out() -> None:
@@ -65,16 +65,16 @@ async def test_events_are_delivered_once_each_and_a_missing_one_times_out() -> N
     env.send_event("approved", {"by": "alice"})
     env.send_event("approved", {"by": "bob"})
     run = await env.run(examples.approval, {"count": 2})
-    assert run.phase == api.COMPLETED and run.result["events"] == [{"by": "alice"}, {"by": "bob"}]
+    assert run.phase == api.Phase.COMPLETED and run.result["events"] == [{"by": "alice"}, {"by": "bob"}]
     run = await WorkflowEnvironment().run(examples.approval, {"count": 1, "timeout": 3600})
-    assert run.phase == api.FAILED and type(run.error).__name__ == "EventTimeoutError"
+    assert run.phase == api.Phase.FAILED and type(run.error).__name__ == "EventTimeoutError"
     with pytest.raises(ValueError, match="already sent"):
         env.send_event("approved", name="approved-0")
 
 
 async def test_step_timeouts_and_failures_look_as_they_do_on_a_cluster() -> None:
     run = await WorkflowEnvironment().run(examples.step_timeout, {"seconds": 5, "timeout": 0.05, "catch": True})
-    assert run.phase == api.COMPLETED and run.step("slow")["state"] == api.STEP_INTERRUPTED
+    assert run.phase == api.Phase.COMPLETED and run.step("slow")["state"] == api.StepState.INTERRUPTED
     run = await WorkflowEnvironment().run(examples.fails, {"message": "no"})
-    assert (run.phase, run.reason, str(run.error)) == (api.FAILED, "WorkflowError", "no")
-    assert run.step("boom")["state"] == api.STEP_FAILED
+    assert (run.phase, run.reason, str(run.error)) == (api.Phase.FAILED, "WorkflowError", "no")
+    assert run.step("boom")["state"] == api.StepState.FAILED

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kubestep import _api as api
+from kubestep import _protocol as api
 from kubestep_operator.reconciling import Decision, Urgency, urgency
 from kubestep_operator.writing import Backlog, retry_delay
 
@@ -91,13 +91,13 @@ def test_retry_delay_grows_exponentially_with_jitter_and_a_cap() -> None:
 @pytest.mark.parametrize(
     ("phase", "patch", "want"),
     [
-        (None, {"phase": api.QUEUED}, Urgency.ADMIT),
-        (None, {"phase": api.CANCELLED}, Urgency.STOP),
-        (api.QUEUED, {"reason": "NoWorker"}, Urgency.ADMIT),
-        (api.QUEUED, {"phase": api.CANCELLED}, Urgency.STOP),
-        (api.RUNNING, {"phase": api.CANCELLING}, Urgency.STOP),
-        (api.RUNNING, {"phase": api.QUEUED, "reason": "WorkerLost"}, Urgency.PROGRESS),
-        (api.WAITING, {"phase": api.QUEUED, "reason": "WaitOver"}, Urgency.PROGRESS),
+        (None, {"phase": api.Phase.QUEUED}, Urgency.ADMIT),
+        (None, {"phase": api.Phase.CANCELLED}, Urgency.STOP),
+        (api.Phase.QUEUED, {"reason": "NoWorker"}, Urgency.ADMIT),
+        (api.Phase.QUEUED, {"phase": api.Phase.CANCELLED}, Urgency.STOP),
+        (api.Phase.RUNNING, {"phase": api.Phase.CANCELLING}, Urgency.STOP),
+        (api.Phase.RUNNING, {"phase": api.Phase.QUEUED, "reason": "WorkerLost"}, Urgency.PROGRESS),
+        (api.Phase.WAITING, {"phase": api.Phase.QUEUED, "reason": "WaitOver"}, Urgency.PROGRESS),
     ],
 )
 def test_stopping_is_the_most_urgent_write(phase: str | None, patch: dict[str, str], want: Urgency) -> None:

@@ -130,6 +130,13 @@ Checks that fail the render with a clear message rather than deploying
 something that cannot work.
 */}}
 {{- define "kubestep.validate" -}}
+{{- $op := .Values.operator }}
+{{- if and (gt (int $op.replicas) 1) (not $op.leaderElection.enabled) }}
+{{- fail (printf "operator.replicas is %d: more than one replica needs operator.leaderElection.enabled (or they would all act)" (int $op.replicas)) }}
+{{- end }}
+{{- if and $op.leaderElection.enabled (ge (float64 $op.leaderElection.renewDeadlineSeconds) (float64 $op.leaderElection.leaseSeconds)) }}
+{{- fail "operator.leaderElection.renewDeadlineSeconds must be shorter than leaseSeconds" }}
+{{- end }}
 {{- $names := dict }}
 {{- range .Values.workers }}
 {{- if hasKey $names .name }}

@@ -71,9 +71,10 @@ def start_operator(
     namespaces: Sequence[str] | None = None,
     lease_seconds: int | None = None,
     env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Proc:
     """``kubestep operator`` watching ``namespaces`` (kopf globs allowed), or all of them."""
-    args = [sys.executable, "-m", "kubestep._cli", "operator"]
+    args = [sys.executable, "-m", "kubestep._cli", "operator", *extra_args]
     args += [f"--namespace={n}" for n in namespaces] if namespaces else ["--all-namespaces"]
     name = f"operator-{uuid.uuid4().hex[:6]}"
     return Proc(name, args, _env(kubeconfig, lease_seconds, env), logs / f"{name}.log")

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from .. import _api as api
+from .. import _protocol as api
 from .._errors import ApiError, ConflictError, NotFoundError
 from .._kube import Kube
 

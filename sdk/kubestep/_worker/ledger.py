@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _api as api
 from .. import _journal as journal
+from .. import _protocol as api
 from .._errors import WorkflowDefinitionError
 
-FINAL = frozenset({api.STEP_COMPLETED, api.STEP_FAILED, api.STEP_INTERRUPTED})  # records that never change
+FINAL = frozenset(
+    {api.StepState.COMPLETED, api.StepState.FAILED, api.StepState.INTERRUPTED}
+)  # records that never change
 
 Sent = tuple[int, dict[int, int], int]  # (records up to, dirty indices sent with their versions, archived)
 
@@ -34,7 +36,7 @@ class Ledger:
         """The whole history at a claim: the journal's records, then status.steps."""
         self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
         self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
-        self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.STEP_COMPLETED)
+        self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.StepState.COMPLETED)
         self.journal = list(status.get("journal") or [])
         self.consumed = list(status.get("eventsConsumed") or [])
         self.archived = len(archived)  # records in journal ConfigMaps
@@ -62,7 +64,7 @@ class Ledger:
         return self.completed - sum(
             1
             for i in unsent
-            if self.index.get(self.records[i]["key"]) == i and self.records[i]["state"] == api.STEP_COMPLETED
+            if self.index.get(self.records[i]["key"]) == i and self.records[i]["state"] == api.StepState.COMPLETED
         )
 
     def next_event(self, events: list[dict[str, Any]], topic: str) -> dict[str, Any] | None:
@@ -76,9 +78,9 @@ class Ledger:
 
     def put(self, rec: dict[str, Any]) -> None:
         i = self.index.get(rec["key"])
-        if i is not None and self.records[i]["state"] == api.STEP_COMPLETED:
+        if i is not None and self.records[i]["state"] == api.StepState.COMPLETED:
             self.completed -= 1
-        if rec["state"] == api.STEP_COMPLETED:
+        if rec["state"] == api.StepState.COMPLETED:
             self.completed += 1
         if i is not None and i >= self.archived:
             self.records[i] = rec

@@ -35,8 +35,8 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .. import _api as api
 from .. import _journal as journal
+from .. import _protocol as api
 from .._context import Stop, WorkflowContext
 from .._errors import (
     ApiError,
@@ -88,40 +88,32 @@ _CONTENDED = "too many write conflicts"
 def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status patch for a run its holder lets go of without finishing it.
 
-    A run told to stop (by the operator, or by the user's irrevocable
-    ``spec.cancelRequested``) ends Cancelled, acknowledged by ``holder``;
-    otherwise ``failure`` (an error that replay would only repeat) fails it,
-    and anything else re-queues it to resume by replay.
+    A run with a stop pending (told to stop, by the operator or by the user's irrevocable
+    ``spec.cancelRequested``, or past its budget: ``api.pending_stop``) ends Cancelled, acknowledged
+    by ``holder``; otherwise ``failure`` (an error that replay would only repeat) fails it, and
+    anything else re-queues it to resume by replay, with what is left of its budget.
     """
     at = api.now()
     status, generation = obj.get("status") or {}, obj["metadata"].get("generation")
-    cancellation = status.get("cancellation")
-    if not cancellation and (obj.get("spec") or {}).get("cancelRequested"):
-        cancellation = api.cancel_request(obj, at)
-    if cancellation:
-        return {
-            "cancellation": {**cancellation, "acknowledgedAt": api.fmt_time(at), "acknowledgedBy": holder},
-            **api.finished_status(
-                status,
-                api.CANCELLED,
-                cancellation.get("reason", api.REQUESTED),
-                f"{why} while the run was stopping",
-                at,
-                generation,
-            ),
-        }
+    stop = api.pending_stop(obj, at)
+    if stop is not None:
+        return api.cancelled(
+            status.get("conditions"),
+            stop,
+            by=holder,
+            message=f"{why} while the run was stopping",
+            at=at,
+            generation=generation,
+        )
     if failure is not None:
-        message = f"{why}: {failure['type']}: {failure['message']}"[:1000]
-        return {"error": failure, **api.finished_status(status, api.FAILED, "WorkerError", message, at, generation)}
-    return {
-        "phase": api.QUEUED,
-        "reason": "Requeued",
-        "message": f"{why}; the run resumes by replay",
-        "worker": None,
-        "deadline": None,
-        "segmentStartedAt": None,
-        "queuedAt": api.fmt_time(at),
-    }
+        message = f"{why}: {failure['type']}: {failure['message']}"
+        return api.failed(status.get("conditions"), failure, api.Reason.WORKER_ERROR, message, at, generation)
+    return api.requeued(
+        api.Reason.REQUEUED,
+        f"{why}; the run resumes by replay",
+        at,
+        deadline=api.parse_time(status.get("deadline")),
+    )
 
 
 def _transient(exc: BaseException) -> bool:
@@ -240,7 +232,7 @@ class Run:
             # so the holder may act on it at once; the operator's Cancelling
             # write says the same a moment later. This keeps the operator's
             # hop off the cancel path.
-            reason = api.REQUESTED
+            reason = api.StopReason.REQUESTED
         if reason:
             self._stop(reason, time.monotonic())
 
@@ -260,7 +252,7 @@ class Run:
         reason = self.rules.reason
         if reason is None:
             return None
-        note = api.cancel_note(self.obj) if reason == api.REQUESTED else {}
+        note = api.cancel_note(self.obj) if reason == api.StopReason.REQUESTED else {}
         return Stop(
             reason, self.hard_stopped, note.get("message"), note.get("requestedByUser") or note.get("requestedBy")
         )
@@ -378,34 +370,18 @@ class Run:
 
     async def _claim_once(self) -> bool:
         spec, status = self.obj.get("spec") or {}, self.obj.get("status") or {}
-        if status.get("phase") != api.QUEUED or spec.get("cancelRequested"):
+        if status.get("phase") != api.Phase.QUEUED or spec.get("cancelRequested"):
             return False
         wall, mono = api.now(), time.monotonic()
-        budget = spec.get("runTimeoutSeconds")
-        resumed = bool(status.get("startedAt"))
-        patch: dict[str, Any] = {
-            "phase": api.RUNNING,
-            "reason": "Resumed" if resumed else "Started",
-            "message": f"running on {self.worker}",
-            "worker": self.worker,
-            "attempt": self.attempt + 1,
-            "startedAt": status.get("startedAt") or api.fmt_time(wall),
-            "segmentStartedAt": api.fmt_time(wall),
-            "deadline": api.fmt_time(wall + dt.timedelta(seconds=budget)) if budget else None,
-            "wakeAt": None,
-            "waitingFor": None,
-            "conditions": api.merge_conditions(
-                status.get("conditions"),
-                api.condition(
-                    api.COND_SCHEDULED,
-                    True,
-                    "Claimed",
-                    f"held by worker {self.worker}",
-                    wall,
-                    self.obj["metadata"].get("generation"),
-                ),
-            ),
-        }
+        budget = api.segment_budget(spec, status)
+        patch = api.claimed(
+            spec,
+            status,
+            worker=self.worker,
+            attempt=self.attempt + 1,
+            at=wall,
+            generation=self.obj["metadata"].get("generation"),
+        )
         try:
             with STATUS_WRITE_SECONDS.labels("claim").time():
                 obj = await self.control.update_status(self.obj, patch)
@@ -420,11 +396,11 @@ class Run:
         self.obj, self.rv = obj, _rv(obj)
         self.claimed = True
         self.attempt += 1
-        if budget:
+        if budget is not None:
             self.rules.budget_deadline = mono + budget
             self._budget_timer = asyncio.get_running_loop().call_at(mono + budget, self._budget_out)
         self._note_stop(obj)  # a cancel that arrived with the claim's answer
-        verb = "Resumed" if resumed else "Started"
+        verb = str(patch["reason"])
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
         status = obj.get("status") or {}
@@ -449,9 +425,9 @@ class Run:
             raise GracePeriodExpired(
                 f"execution {self.name}: the grace period of {self.rules.grace_seconds:g} s is over"
             )
-        if self.stop_reason == api.REQUESTED:
+        if self.stop_reason == api.StopReason.REQUESTED:
             raise ExecutionCancelled(f"execution {self.name} was cancelled")
-        if self.stop_reason == api.RUN_TIMEOUT:
+        if self.stop_reason == api.StopReason.RUN_TIMEOUT:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
 
     def _boundary(self) -> None:
@@ -520,7 +496,7 @@ class Run:
     ) -> Any:
         self._boundary()
         rec = self._recorded(key, "Run")
-        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             STEPS.labels(self.workflow.id, "Replayed").inc()
             return rec.get("output")  # replay: never run a completed step twice
@@ -552,7 +528,7 @@ class Run:
                 thread_done if sync else None,
                 started,
                 cleanup,
-                api.GRACE_EXPIRED,
+                api.Reason.GRACE_EXPIRED,
                 f"the grace period of {self.rules.grace_seconds:g} s ran out",
             )
             raise GracePeriodExpired(
@@ -583,7 +559,7 @@ class Run:
             failed = {
                 "key": key,
                 "kind": "Run",
-                "state": api.STEP_FAILED,
+                "state": api.StepState.FAILED,
                 "startedAt": api.fmt_time(started),
                 "finishedAt": api.fmt_time(api.now()),
                 "error": _error(exc, with_traceback=False),
@@ -599,7 +575,7 @@ class Run:
             {
                 "key": key,
                 "kind": "Run",
-                "state": api.STEP_COMPLETED,
+                "state": api.StepState.COMPLETED,
                 "startedAt": api.fmt_time(started),
                 "finishedAt": api.fmt_time(api.now()),
                 "output": output,
@@ -644,7 +620,7 @@ class Run:
             {
                 "key": key,
                 "kind": "Run",
-                "state": api.STEP_INTERRUPTED,
+                "state": api.StepState.INTERRUPTED,
                 "startedAt": api.fmt_time(started),
                 "finishedAt": api.fmt_time(api.now()),
                 "error": {"type": why, "message": message},
@@ -731,14 +707,14 @@ class Run:
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()
         rec = self._recorded(key, "Wait")
-        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             return
         if rec is not None:
             # A recorded wait only leaves Waiting when the operator, whose clock
             # rules waits, re-queues the run at wakeAt: it is over. Recorded done
             # with the next status write of this segment.
-            self._put({**rec, "state": api.STEP_COMPLETED, "finishedAt": api.fmt_time(api.now())})
+            self._put({**rec, "state": api.StepState.COMPLETED, "finishedAt": api.fmt_time(api.now())})
             self._last_key = key
             return
         raise _Suspend(key, api.now() + duration)
@@ -748,7 +724,7 @@ class Run:
         name is recorded (``status.eventsConsumed``) with the step before the workflow sees it."""
         self._boundary()
         rec = self._recorded(key, "Event")
-        if rec is not None and rec["state"] == api.STEP_COMPLETED:
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             if rec.get("timedOut"):
                 raise EventTimeoutError(key, topic, timeout)
@@ -761,7 +737,7 @@ class Run:
                 {
                     "key": key,
                     "kind": "Event",
-                    "state": api.STEP_COMPLETED,
+                    "state": api.StepState.COMPLETED,
                     "topic": topic,
                     "event": event["name"],
                     "startedAt": (rec or {}).get("startedAt") or api.fmt_time(now),
@@ -776,7 +752,7 @@ class Run:
         if rec is not None and rec.get("wakeAt"):
             # Resumed from this wait with no event: only the operator's clock re-queues a waiting
             # run before its event, at wakeAt. The wait timed out.
-            self._put({**rec, "state": api.STEP_COMPLETED, "finishedAt": api.fmt_time(now), "timedOut": True})
+            self._put({**rec, "state": api.StepState.COMPLETED, "finishedAt": api.fmt_time(now), "timedOut": True})
             self._last_key = key
             await self._append_steps()
             raise EventTimeoutError(key, topic, timeout)
@@ -797,7 +773,7 @@ class Run:
                 except StopExecution:
                     # Told to stop while writing another ending (a write conflict
                     # showed us the cancellation): the stop wins.
-                    outcome = (api.CANCELLED, None)
+                    outcome = (api.Phase.CANCELLED, None)
                 except _Release as r:
                     if r.held:
                         await self.give_up(r)
@@ -819,10 +795,10 @@ class Run:
                 await asyncio.wait({task}, timeout=SETTLE_SECONDS)
                 if not task.done():
                     self._abandoned("the workflow code")
-                    return (api.CANCELLED, None)
+                    return (api.Phase.CANCELLED, None)
         if task.cancelled():
             if self.hard_stopped:
-                return (api.CANCELLED, None)  # interrupted outside any step
+                return (api.Phase.CANCELLED, None)  # interrupted outside any step
             raise asyncio.CancelledError()
         return task.result()
 
@@ -833,37 +809,37 @@ class Run:
             try:
                 result = await self.workflow.fn(ctx, payload)
                 self._check_stop()  # returning is a boundary too
-                return (api.COMPLETED, _to_json(result))
+                return (api.Phase.COMPLETED, _to_json(result))
             except (_Suspend, _Release):
                 raise
             except StopExecution:
-                return (api.CANCELLED, None)
+                return (api.Phase.CANCELLED, None)
             except Exception as exc:
                 # Workflow code that swallowed the stop and raised something
                 # else still ends as a stop, never as a failure.
                 self._check_stop()
-                return (api.FAILED, exc)
+                return (api.Phase.FAILED, exc)
         except _Suspend as s:
             # A stop learned while the workflow unwound (its finally blocks may await).
             try:
                 self._check_stop()
             except StopExecution:
-                return (api.CANCELLED, None)
-            return (api.WAITING, s)
+                return (api.Phase.CANCELLED, None)
+            return (api.Phase.WAITING, s)
         except _Release as r:
             return ("release", r)
         except StopExecution:
-            return (api.CANCELLED, None)
+            return (api.Phase.CANCELLED, None)
 
     async def _conclude(self, outcome: tuple[str, Any]) -> str:
         kind, value = outcome
-        if kind == api.COMPLETED:
+        if kind == api.Phase.COMPLETED:
             await self._finish_completed(value)
-        elif kind == api.FAILED:
+        elif kind == api.Phase.FAILED:
             await self._finish_failed(value)
-        elif kind == api.WAITING:
+        elif kind == api.Phase.WAITING:
             await self._finish_wait(value)
-        elif kind == api.CANCELLED:
+        elif kind == api.Phase.CANCELLED:
             await self._finish_cancelled()
         elif value.why == "handback":
             await self._hand_back()
@@ -879,43 +855,37 @@ class Run:
         at = api.now()
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            return {
-                **self._steps_patch(),
-                "result": result,
-                **api.finished_status(
-                    s, api.COMPLETED, "Succeeded", "workflow returned", at, self.obj["metadata"].get("generation")
-                ),
-            }
+            generation = self.obj["metadata"].get("generation")
+            return {**self._steps_patch(), **api.completed(s.get("conditions"), result, at, generation)}
 
         await self._write(build, stoppable=True)
-        self._event(api.COMPLETED, f"workflow completed after {len(self.ledger.index)} step(s)")
+        self._event(api.Phase.COMPLETED, f"workflow completed after {len(self.ledger.index)} step(s)")
 
     async def _finish_failed(self, exc: Exception) -> None:
         at = api.now()
         records = self.ledger.records
-        step = records[-1]["key"] if records and records[-1]["state"] == api.STEP_FAILED else None
+        step = records[-1]["key"] if records and records[-1]["state"] == api.StepState.FAILED else None
         err = _error(exc, step)
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
             return {
                 **self._steps_patch(),
-                "error": err,
-                **api.finished_status(
-                    s,
-                    api.FAILED,
-                    "WorkflowError",
-                    f"{err['type']}: {err['message']}"[:1000],
+                **api.failed(
+                    s.get("conditions"),
+                    err,
+                    api.Reason.WORKFLOW_ERROR,
+                    f"{err['type']}: {err['message']}",
                     at,
                     self.obj["metadata"].get("generation"),
                 ),
             }
 
         await self._write(build, stoppable=True)
-        self._event(api.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
+        self._event(api.Phase.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
 
     async def _finish_cancelled(self) -> None:
         at = api.now()
-        reason = self.stop_reason or api.REQUESTED
+        reason = self.stop_reason or api.StopReason.REQUESTED
         after = f" after step {self._last_key!r}" if self._last_key else " before its first step"
         if self.hard_stopped:
             cut = ", ".join(repr(k) for k in self.interrupted) or "the workflow"
@@ -925,14 +895,15 @@ class Run:
             )
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            canc = dict(s.get("cancellation") or {})
+            canc: api.Cancellation = dict(s.get("cancellation") or {})  # type: ignore[assignment]
             if not canc.get("reason"):
-                if reason == api.RUN_TIMEOUT:
-                    canc = {"reason": reason, "requestedAt": s.get("deadline") or api.fmt_time(at)}
-                else:
-                    canc = api.cancel_request(self.obj, self._noticed or at)
-            canc.update(acknowledgedAt=api.fmt_time(at), acknowledgedBy=self.worker)
-            if canc["reason"] == api.RUN_TIMEOUT:
+                canc = api.stop_record(
+                    reason,
+                    self._noticed or at,
+                    deadline=api.parse_time(s.get("deadline")),
+                    note=api.cancel_note(self.obj),
+                )
+            if canc["reason"] == api.StopReason.RUN_TIMEOUT:
                 budget = (self.obj.get("spec") or {}).get("runTimeoutSeconds")
                 message = f"run exceeded runTimeoutSeconds={budget} of continuous running time; stopped{after}"
             else:
@@ -942,17 +913,21 @@ class Run:
                     if self.hard_stopped
                     else f"cancellation requested{said}; stopped at the step boundary{after}"
                 )
-            status_reason = api.GRACE_EXPIRED if self.hard_stopped else canc["reason"]
             return {
                 **self._steps_patch(),
-                "cancellation": canc,
-                **api.finished_status(
-                    s, api.CANCELLED, status_reason, message[:1000], at, self.obj["metadata"].get("generation")
+                **api.cancelled(
+                    s.get("conditions"),
+                    canc,
+                    by=self.worker,
+                    message=message,
+                    at=at,
+                    generation=self.obj["metadata"].get("generation"),
+                    hard_stop=self.hard_stopped,
                 ),
             }
 
         await self._write(build)
-        self._event(api.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
+        self._event(api.Phase.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
 
     async def _finish_wait(self, s: _Suspend) -> None:
         at = api.now()
@@ -961,7 +936,7 @@ class Run:
         record: dict[str, Any] = {
             "key": s.key,
             "kind": "Event" if s.topic else "Wait",
-            "state": api.STEP_WAITING,
+            "state": api.StepState.WAITING,
             "startedAt": api.fmt_time(at),
         }
         if s.wake_at:
@@ -971,39 +946,39 @@ class Run:
         self._put(record)
 
         def build(_s: dict[str, Any]) -> dict[str, Any]:
-            return {
-                **self._steps_patch(),
-                "phase": api.WAITING,
-                "reason": "WaitingFor",
-                "message": f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}",
-                "worker": None,
-                "deadline": None,
-                "segmentStartedAt": None,
-                "waitingFor": {"key": s.key, **({"topic": s.topic} if s.topic else {})},
-                "wakeAt": api.fmt_time(s.wake_at) if s.wake_at else None,
-            }
+            message = f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}"
+            return {**self._steps_patch(), **api.waiting(s.key, message, wake_at=s.wake_at, topic=s.topic)}
 
         await self._write(build, stoppable=True)
-        self._event(api.WAITING, f"waiting on {what}{until}; worker released")
+        self._event(api.Phase.WAITING, f"waiting on {what}{until}; worker released")
 
     async def _hand_back(self) -> None:
-        def build(_s: dict[str, Any]) -> dict[str, Any]:
-            return {
-                **self._steps_patch(),
-                "phase": api.QUEUED,
-                "reason": "HandedBack",
-                "message": f"worker {self.worker} shut down; the run resumes by replay",
-                "worker": None,
-                "deadline": None,
-                "segmentStartedAt": None,
-                "queuedAt": api.fmt_time(api.now()),
-            }
+        def build(s: dict[str, Any]) -> dict[str, Any]:
+            at = api.now()
+            if api.budget_spent(s, at):  # the wall clock ran out before this worker's own clock noticed
+                stop = api.stop_record(api.StopReason.RUN_TIMEOUT, at, deadline=api.parse_time(s.get("deadline")))
+                patch = api.cancelled(
+                    s.get("conditions"),
+                    stop,
+                    by=self.worker,
+                    message=f"worker {self.worker} shut down after the run's budget ran out",
+                    at=at,
+                    generation=self.obj["metadata"].get("generation"),
+                )
+            else:
+                patch = api.requeued(
+                    api.Reason.HANDED_BACK,
+                    f"worker {self.worker} shut down; the run resumes by replay",
+                    at,
+                    deadline=api.parse_time(s.get("deadline")),
+                )
+            return {**self._steps_patch(), **patch}
 
         try:
             await self._write(build, stoppable=True)
         except _Release:
             return
-        self._event("HandedBack", f"worker {self.worker} is shutting down; run re-queued")
+        self._event(api.Reason.HANDED_BACK, f"worker {self.worker} is shutting down; run re-queued")
 
     async def give_up(self, exc: BaseException) -> None:
         """Last resort after an unexpected error on a run this worker still holds.
@@ -1032,7 +1007,7 @@ class Run:
                 patch = let_go(fresh, self.worker, why, failure)
                 await self.control.update_status(fresh, patch)
                 self.obj, self.rv = fresh, _rv(fresh)
-                reason = "Requeued" if patch["phase"] == api.QUEUED else str(patch["phase"])
+                reason = str(patch["reason"]) if patch["phase"] == api.Phase.QUEUED else str(patch["phase"])
                 self._event(reason, f"{why}: {type(exc).__name__}: {exc}"[:1000], warning=True)
                 return
             except NotFoundError:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import _api as api
+from .. import _protocol as api
 
 
 @dataclasses.dataclass
 class StopRules:
     grace_seconds: float
     budget_deadline: float | None = None  # when the running segment's budget runs out
-    reason: str | None = None  # why the run must stop: api.REQUESTED or api.RUN_TIMEOUT
+    reason: str | None = None  # why the run must stop: api.StopReason.REQUESTED or api.StopReason.RUN_TIMEOUT
     stopped_at: float | None = None  # when the grace period started
 
     def note(self, reason: str, at: float) -> bool:
@@ -35,7 +35,7 @@ class StopRules:
     def check(self, now: float) -> str | None:
         """The reason to stop at ``now``, noting an exhausted budget (as of its deadline)."""
         if self.reason is None and self.budget_deadline is not None and now >= self.budget_deadline:
-            self.note(api.RUN_TIMEOUT, self.budget_deadline)
+            self.note(api.StopReason.RUN_TIMEOUT, self.budget_deadline)
         return self.reason
 
     def shorten_grace(self, seconds: float) -> bool:

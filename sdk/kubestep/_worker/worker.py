@@ -26,7 +26,7 @@ import logging
 import signal
 from typing import Any
 
-from .. import _api as api
+from .. import _protocol as api
 from .._errors import ApiError, NotFoundError, TransportError
 from .._kube import Kube
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
@@ -114,7 +114,7 @@ class Worker:
         operator) only, not every worker of the namespace (the CRD's selectableFields). Against a
         CRD without them (an older install) the apiserver refuses the selector: one unfiltered watch."""
         terminal = ",".join(f"status.phase!={p}" for p in sorted(api.TERMINAL_PHASES))
-        streams = {"held": f"status.worker={self.name},{terminal}", "queued": f"status.phase={api.QUEUED}"}
+        streams = {"held": f"status.worker={self.name},{terminal}", "queued": f"status.phase={api.Phase.QUEUED}"}
         try:
             await self.control.get(api.execution_path(self.namespace), {"fieldSelector": streams["held"], "limit": "1"})
         except ApiError as e:
@@ -200,7 +200,7 @@ class Worker:
             if listed:
                 self._spawn(self._recover(obj))
             return
-        if phase != api.QUEUED or (obj.get("spec") or {}).get("cancelRequested"):
+        if phase != api.Phase.QUEUED or (obj.get("spec") or {}).get("cancelRequested"):
             self._queued.pop(name, None)
             return
         if obj["spec"].get("workflow") not in self.workflows:
@@ -274,7 +274,9 @@ class Worker:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
 
 
-_OUTCOMES = frozenset({api.COMPLETED, api.FAILED, api.CANCELLED, api.WAITING, "handback", "lost", "deleted"})
+_OUTCOMES = frozenset(
+    {api.Phase.COMPLETED, api.Phase.FAILED, api.Phase.CANCELLED, api.Phase.WAITING, "handback", "lost", "deleted"}
+)
 
 
 class _Relist(Exception):
