@@ -92,6 +92,13 @@ class WorkflowDefinitionError(KubestepError):
     """A workflow or one of its steps is used incorrectly (e.g. a duplicate step key)."""
 
 
+class ReplayMismatch(BaseException):
+    """The workflow's code no longer matches the run's recorded history (it changed between attempts,
+    or it branches on something other than its input and step outputs). The run ends Failed
+    (reason ``ReplayMismatch``); not catchable by ``except Exception``, so no record is ever handed to
+    the wrong step."""
+
+
 class StopExecution(BaseException):
     """Raised at a step boundary to stop a run; not catchable by ``except Exception``."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kubestep import _protocol as api
-from kubestep._errors import WorkflowDefinitionError
+from kubestep._errors import ReplayMismatch
 from kubestep._worker.ledger import Ledger
 
 
@@ -111,9 +111,47 @@ def test_a_claim_loads_the_journal_then_status_and_lookups_check_the_kind() -> N
         rec("b"),
         rec("w", api.StepState.WAITING, "Wait"),
     ]
-    with pytest.raises(WorkflowDefinitionError, match="was a Wait step"):
+    with pytest.raises(ReplayMismatch, match="recorded as a wait"):
         ledger.lookup("w", "Run")
     assert ledger.next_event([{"name": "e1", "topic": "t"}, {"name": "e2", "topic": "t"}], "t") == {
         "name": "e2",
         "topic": "t",
     }
+
+
+# ----- the replay rule --------------------------------------------------------------------------
+
+
+def test_replay_reaches_every_recorded_step_in_any_order_before_a_new_one() -> None:
+    ledger = Ledger({"steps": [rec("a"), rec("b"), rec("w", api.StepState.WAITING, "Wait")]}, window=0)
+    assert ledger.lookup("b", "Run") is not None  # reached out of order (started together with a)
+    assert ledger.mismatch("starts step 'c'") is not None  # a and w are still unreached
+    assert ledger.lookup("a", "Run") is not None and ledger.lookup("w", "Wait") is not None
+    assert ledger.first_unreached() is None and ledger.mismatch("starts step 'c'") is None
+
+
+def test_a_renamed_step_is_named_with_what_the_code_did_instead() -> None:
+    ledger = Ledger({"steps": [rec("fetch"), rec("store")]}, window=0)
+    error = ledger.mismatch("starts step 'fetch-v2'")
+    assert isinstance(error, ReplayMismatch)
+    assert "step 'fetch' (Completed) next, but the code starts step 'fetch-v2' instead" in str(error)
+    assert not isinstance(error, Exception)  # workflow code cannot swallow it
+
+
+def test_a_step_recorded_as_another_kind_is_a_mismatch() -> None:
+    ledger = Ledger({"steps": [rec("pause", api.StepState.WAITING, "Wait")]}, window=0)
+    with pytest.raises(ReplayMismatch, match="'pause' is recorded as a wait, but the code now makes it a step"):
+        ledger.lookup("pause", "Run")
+
+
+def test_a_recorded_wait_the_code_never_reaches_is_a_mismatch_when_it_returns() -> None:
+    ledger = Ledger({"steps": [rec("a"), rec("w", api.StepState.COMPLETED, "Wait")]}, window=0)
+    ledger.lookup("a", "Run")
+    error = ledger.mismatch("returns")
+    assert error is not None and "records wait 'w' (Completed) next, but the code returns instead" in str(error)
+
+
+def test_records_of_this_claim_are_not_replay_obligations() -> None:
+    ledger = Ledger({}, window=0)
+    ledger.put(rec("a"))
+    assert ledger.mismatch("starts step 'b'") is None

@@ -325,7 +325,7 @@ def completed(conditions: list[Condition] | None, result: Any, at: dt.datetime, 
     }
 
 
-@_transition(Phase.FAILED, {Writer.WORKER}, {Reason.WORKFLOW_ERROR, Reason.WORKER_ERROR})
+@_transition(Phase.FAILED, {Writer.WORKER}, {Reason.WORKFLOW_ERROR, Reason.WORKER_ERROR, Reason.REPLAY_MISMATCH})
 def failed(
     conditions: list[Condition] | None,
     error: dict[str, Any],
@@ -334,6 +334,7 @@ def failed(
     at: dt.datetime,
     generation: int | None,
 ) -> Patch:
-    """The workflow raised (``WorkflowError``), or the worker cannot record it in a way replay would
-    not repeat (``WorkerError``: a status too large to store)."""
+    """The workflow raised (``WorkflowError``), its code no longer matches its history
+    (``ReplayMismatch``), or the worker cannot record it in a way replay would not repeat
+    (``WorkerError``: a status too large to store)."""
     return {"error": error, **_finished(conditions, Phase.FAILED, reason, message[:1000], at, generation)}

@@ -57,6 +57,7 @@ class Reason(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     WORKFLOW_ERROR = "WorkflowError"  # the workflow raised
     WORKER_ERROR = "WorkerError"  # the worker could not record the run (replay would only repeat it)
+    REPLAY_MISMATCH = "ReplayMismatch"  # the code no longer matches the recorded history
 
 
 class StepState(enum.StrEnum):

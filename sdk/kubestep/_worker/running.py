@@ -46,6 +46,7 @@ from .._errors import (
     GracePeriodExpired,
     InvalidError,
     NotFoundError,
+    ReplayMismatch,
     RunTimedOut,
     StepTimeoutError,
     StopExecution,
@@ -64,6 +65,8 @@ logger = logging.getLogger("kubestep.worker")
 
 # After interrupting a step, how long to wait for it to end before calling it abandoned.
 SETTLE_SECONDS = 0.5
+# Turns of the event loop a new step waits, during replay, for steps started with it to reach theirs.
+SIBLING_TURNS = 3
 
 
 class _Suspend(BaseException):
@@ -452,11 +455,22 @@ class Run:
         finally:
             self._cleanup_depth -= 1
 
-    def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
+    async def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
+        """The record replay hands to this call, or None for a new step. Never a record of another
+        step: a new step may start only once every recorded one is reached again (``Ledger``)."""
         if key in self._seen:
             raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
         self._seen.add(key)
-        return self.ledger.lookup(key, kind)
+        verb = {"Run": "starts step", "Wait": "waits at", "Event": "waits for an event at"}[kind]
+        rec = self.ledger.lookup(key, kind, f"{verb} {key!r}")
+        if rec is None and self.ledger.unreached:
+            # Steps started together (asyncio.gather) reach their calls in the next turns of the loop.
+            for _ in range(SIBLING_TURNS):
+                await asyncio.sleep(0)
+            mismatch = self.ledger.mismatch(f"{verb} {key!r}")
+            if mismatch is not None:
+                raise mismatch
+        return rec
 
     def _put(self, rec: dict[str, Any]) -> None:
         self.ledger.put(rec)
@@ -495,7 +509,7 @@ class Run:
         timeout: float | None = None,
     ) -> Any:
         self._boundary()
-        rec = self._recorded(key, "Run")
+        rec = await self._recorded(key, "Run")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             STEPS.labels(self.workflow.id, "Replayed").inc()
@@ -706,7 +720,7 @@ class Run:
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()
-        rec = self._recorded(key, "Wait")
+        rec = await self._recorded(key, "Wait")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             return
@@ -723,7 +737,7 @@ class Run:
         """The next event of ``topic`` sent to this run, each delivered to exactly one wait: its
         name is recorded (``status.eventsConsumed``) with the step before the workflow sees it."""
         self._boundary()
-        rec = self._recorded(key, "Event")
+        rec = await self._recorded(key, "Event")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             if rec.get("timedOut"):
@@ -809,9 +823,14 @@ class Run:
             try:
                 result = await self.workflow.fn(ctx, payload)
                 self._check_stop()  # returning is a boundary too
+                mismatch = self.ledger.mismatch("returns")
+                if mismatch is not None:
+                    raise mismatch
                 return (api.Phase.COMPLETED, _to_json(result))
             except (_Suspend, _Release):
                 raise
+            except ReplayMismatch as m:
+                return (api.Phase.FAILED, m)
             except StopExecution:
                 return (api.Phase.CANCELLED, None)
             except Exception as exc:
@@ -830,6 +849,8 @@ class Run:
             return ("release", r)
         except StopExecution:
             return (api.Phase.CANCELLED, None)
+        except ReplayMismatch as m:  # raised while a wait unwound
+            return (api.Phase.FAILED, m)
 
     async def _conclude(self, outcome: tuple[str, Any]) -> str:
         kind, value = outcome
@@ -861,11 +882,13 @@ class Run:
         await self._write(build, stoppable=True)
         self._event(api.Phase.COMPLETED, f"workflow completed after {len(self.ledger.index)} step(s)")
 
-    async def _finish_failed(self, exc: Exception) -> None:
+    async def _finish_failed(self, exc: BaseException) -> None:
         at = api.now()
         records = self.ledger.records
         step = records[-1]["key"] if records and records[-1]["state"] == api.StepState.FAILED else None
-        err = _error(exc, step)
+        mismatch = isinstance(exc, ReplayMismatch)
+        err = _error(exc, step, with_traceback=not mismatch)  # a mismatch's traceback is the worker's own
+        message = err["message"] if mismatch else f"{err['type']}: {err['message']}"
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -873,15 +896,15 @@ class Run:
                 **api.failed(
                     s.get("conditions"),
                     err,
-                    api.Reason.WORKFLOW_ERROR,
-                    f"{err['type']}: {err['message']}",
+                    api.Reason.REPLAY_MISMATCH if mismatch else api.Reason.WORKFLOW_ERROR,
+                    message,
                     at,
                     self.obj["metadata"].get("generation"),
                 ),
             }
 
         await self._write(build, stoppable=True)
-        self._event(api.Phase.FAILED, f"workflow raised {err['type']}: {err['message']}"[:1000], warning=True)
+        self._event(api.Phase.FAILED, (message if mismatch else f"workflow raised {message}")[:1000], warning=True)
 
     async def _finish_cancelled(self) -> None:
         at = api.now()

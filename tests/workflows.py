@@ -1,0 +1,32 @@
+"""Workflows only the tests use (served by a worker started with ``module="tests.workflows"``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from kubestep import WorkflowContext, workflow
+
+
+async def _note(key: str, seconds: float, log: str) -> str:
+    with open(log, "a") as f:  # noqa: ASYNC230  (outside Kubestep: the test reads what really ran)
+        f.write(key + "\n")
+    await asyncio.sleep(seconds)
+    return key
+
+
+@workflow(id="versioned")
+async def versioned(ctx: WorkflowContext, input: dict[str, Any]) -> list[str]:
+    """Follows the plan in the file ``input["plan"]``: a list of ``["run", key, seconds]`` and
+    ``["wait", key, seconds]``. Rewriting the file between attempts is a change of the workflow's
+    code, as a redeploy would make it."""
+    plan = json.loads(Path(input["plan"]).read_text())  # noqa: ASYNC240  (tiny, local)
+    done = []
+    for kind, key, seconds in plan:
+        if kind == "run":
+            done.append(await ctx.step.run(key, _note, key, seconds, input["log"]))
+        else:
+            await ctx.step.wait_for(key, seconds=seconds)
+    return done
