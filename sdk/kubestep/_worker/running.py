@@ -131,6 +131,34 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and (exc.status_code >= 500 or exc.status_code == 429)
 
 
+class _Outage:
+    """Rides out an apiserver that is restarting or overloaded (connection refused, 5xx, 429) for
+    as long as this worker's Lease holds the run (one lease duration), instead of letting go of
+    the run at once: letting go would re-queue it, and replay would run the step in flight again
+    although it finished. A write guarded by the holder (``test`` operations or the
+    resourceVersion) that lands after the operator re-queued the run is refused, so waiting is safe.
+    The chaos soak found this (``tests/chaos/soak.py``: a step run twice by one worker)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+        self.delay = 0.1
+
+    async def wait_out(self, exc: BaseException) -> None:
+        """Returns after a pause if ``exc`` is worth another try within the bound; else re-raises."""
+        if not _transient(exc) or isinstance(exc, ConflictError) or time.monotonic() + self.delay > self.until:
+            raise exc
+        await asyncio.sleep(self.delay)
+        self.delay = min(2.0, self.delay * 2)
+
+    async def retrying(self, call: Callable[[], Any]) -> None:
+        while True:
+            try:
+                await call()
+                return
+            except Exception as exc:
+                await self.wait_out(exc)
+
+
 def _rv(obj: dict[str, Any]) -> str:
     return str(obj["metadata"]["resourceVersion"])
 
@@ -197,6 +225,7 @@ class Run:
         self._noticed: dt.datetime | None = None  # when this worker learned of a user's cancel
         self._seen: set[str] = set()
         self.checkpoint_seconds = settings.checkpoint_seconds
+        self.lease_seconds = settings.lease_seconds
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)
@@ -312,7 +341,9 @@ class Run:
         """
         async with self._append_lock:
             pass
-        for _ in range(10):
+        outage = _Outage(self.lease_seconds)
+        conflicts = 0
+        while conflicts < 10:
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
                     obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
@@ -320,9 +351,12 @@ class Run:
                 self.ledger.written()
                 return
             except ConflictError:
-                await self._reread()
+                conflicts += 1
+                await outage.retrying(self._reread)
                 if stoppable and self.stop_reason is not None:
                     self._check_stop()
+            except Exception as exc:
+                await outage.wait_out(exc)
         raise _Release(_CONTENDED, held=True)
 
     async def _reread(self) -> None:
@@ -694,7 +728,9 @@ class Run:
         attempt, phase) rather than on the resourceVersion, so an unrelated
         change (the operator updating a condition) is not a conflict.
         """
-        for _ in range(10):
+        outage = _Outage(self.lease_seconds)
+        conflicts = 0
+        while conflicts < 10:
             status = self.obj.get("status") or {}
             appended, sent = self.ledger.append_ops(status)
             ops: list[dict[str, Any]] = [
@@ -715,7 +751,10 @@ class Run:
                 self._note_stop(obj)
                 return
             except (ConflictError, InvalidError):
-                await self._reread()
+                conflicts += 1
+                await outage.retrying(self._reread)
+            except Exception as exc:
+                await outage.wait_out(exc)
         raise _Release(_CONTENDED, held=True)
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
