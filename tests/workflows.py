@@ -30,3 +30,27 @@ async def versioned(ctx: WorkflowContext, input: dict[str, Any]) -> list[str]:
         else:
             await ctx.step.wait_for(key, seconds=seconds)
     return done
+
+
+def _emit(kind: str) -> Any:
+    values: dict[str, Any] = {
+        "nan": float("nan"),
+        "infinity": [1.0, float("inf")],
+        "a set": {"tags": {1, 2}},
+        "deep": _nested(100),
+        "huge": "x" * (2 * 1024 * 1024),
+    }
+    return values[kind]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+@workflow(id="emits")
+async def emits(ctx: WorkflowContext, input: dict[str, Any]) -> Any:
+    """One step returning what ``input["kind"]`` names (see ``_emit``); the run returns it too."""
+    return await ctx.step.run("emit", _emit, input["kind"])

@@ -8,6 +8,7 @@ operator and workers own ``status``. That is why an SDK cancel, a
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ from ._errors import (
     ExecutionCancelledError,
     ExecutionFailedError,
     ExecutionNotFoundError,
+    InvalidInputError,
     NotFoundError,
     ResultTimeoutError,
     TransportError,
@@ -88,6 +90,7 @@ class KubestepClient:
             meta["name"] = name
         else:
             meta["generateName"] = _generate_name(workflow_id)
+        _check_payload("input", payload)
         spec: dict[str, Any] = {"workflow": workflow_id, "input": payload}
         if run_timeout_seconds is not None:
             spec["runTimeoutSeconds"] = run_timeout_seconds
@@ -154,6 +157,7 @@ class KubestepClient:
         """Sends an event to a run, for its ``ctx.step.wait_for_event(key, topic)``; returns the
         event's name. Each event is delivered to exactly one wait, in the order sent. Give a
         ``name`` to make a retried send safe: the same name twice is refused (``InvalidError``)."""
+        _check_payload("event data", data)
         name = name or f"{topic[:200]}-{uuid.uuid4().hex[:12]}"
         event = {"name": name, "topic": topic, "data": data}
         try:
@@ -240,3 +244,42 @@ class ExecutionHandle:
 
     async def send_event(self, topic: str, data: Any = None, *, name: str | None = None) -> str:
         return await self._client.send_event(self.id, topic, data, name=name)
+
+
+# A WorkflowExecution is stored whole in etcd, which refuses requests over 1.5 MiB (its default
+# --max-request-bytes), and its status (step outputs, the result) must fit beside the input.
+MAX_PAYLOAD_BYTES = 512 * 1024
+
+
+def _check_payload(what: str, value: Any) -> None:
+    """Refuses, before sending, what the apiserver could not store or would store differently."""
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidInputError(f"the {what} is not JSON: {e}") from None
+    big = _int_out_of_range(value)
+    if big is not None:
+        raise InvalidInputError(
+            f"the {what} holds the integer {big}, outside the 64-bit range the apiserver stores exactly "
+            "(it would keep a rounded float): send it as a string"
+        )
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        raise InvalidInputError(
+            f"the {what} is {len(encoded):,} bytes of JSON; the limit is {MAX_PAYLOAD_BYTES:,} bytes (a run is "
+            "stored whole in etcd, 1.5 MiB at most, with its status beside it): pass a reference instead"
+        )
+
+
+def _int_out_of_range(value: Any) -> int | None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and not -(2**63) <= v < 2**63:
+            return v
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None

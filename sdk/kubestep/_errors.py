@@ -60,6 +60,11 @@ class JournalError(KubestepError):
     """An archived chunk of a run's step records is missing or does not match status.journal."""
 
 
+class InvalidInputError(KubestepError, ValueError):
+    """A run's input or an event's data that cannot be stored: not JSON (NaN, infinities, objects
+    JSON cannot encode), or larger than ``MAX_PAYLOAD_BYTES``. Raised before anything is sent."""
+
+
 class ExecutionNotFoundError(KubestepError):
     """No WorkflowExecution has this id."""
 

@@ -22,6 +22,7 @@ PUBLIC = [
     "ForbiddenError",
     "GracePeriodExpired",
     "InvalidError",
+    "InvalidInputError",
     "JournalError",
     "JournalRef",
     "KubestepClient",

@@ -45,6 +45,7 @@ from .._errors import (
     ExecutionCancelled,
     GracePeriodExpired,
     InvalidError,
+    InvalidInputError,
     NotFoundError,
     ReplayMismatch,
     RunTimedOut,
@@ -173,7 +174,12 @@ def _newer(candidate: str, current: str) -> bool:
 
 
 def _to_json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
+    """What the apiserver will store of a step's output or a result: JSON, without NaN or infinities
+    (which JSON cannot carry); anything else fails the step (or the run) with a clear error."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidInputError(f"the value returned is not JSON: {e}") from None
 
 
 def _error(exc: BaseException, step: str | None = None, with_traceback: bool = True) -> dict[str, Any]:
@@ -1052,6 +1058,7 @@ class Run:
         why = f"worker {self.worker} could not go on"
         if isinstance(exc, _Release) and exc.cause is not None:
             exc = exc.cause
+        logger.warning("run %s: letting go after %r", self.name, exc)
         failure = None if _transient(exc) else _error(exc, with_traceback=False)
         if isinstance(exc, TooLargeError) and failure is not None:
             failure["message"] = (
