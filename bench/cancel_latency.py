@@ -38,8 +38,7 @@ from typing import Any
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import find_binary
-from kubestep._dev.controlplane import ControlPlane, Ports
+from kubestep._dev import ControlPlane, Ports, find_binary
 from kubestep._dev.local import start_operator, start_worker
 from kubestep._errors import TransportError
 

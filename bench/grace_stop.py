@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev.controlplane import ControlPlane, Ports
+from kubestep._dev import ControlPlane, Ports
 from kubestep._dev.local import Proc, start_operator, start_worker
 
 HERE = Path(__file__).resolve().parent

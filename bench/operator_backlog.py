@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev.controlplane import ControlPlane, Ports
+from kubestep._dev import ControlPlane, Ports
 from kubestep._dev.local import start_operator
 
 HERE = Path(__file__).resolve().parent

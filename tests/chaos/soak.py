@@ -39,8 +39,8 @@ from typing import Any
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import local
-from kubestep._dev.controlplane import APISERVER, ETCD, ControlPlane, Ports, cache_dir
+from kubestep._dev import ControlPlane, Ports, cache_dir, local
+from kubestep._dev.controlplane import APISERVER, ETCD
 from kubestep._errors import ApiError, NotFoundError, TransportError
 
 ROOT = Path(__file__).resolve().parents[2]

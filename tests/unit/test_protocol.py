@@ -15,7 +15,7 @@ import pytest
 
 from kubestep import _protocol as api
 from kubestep._protocol import Phase, Reason, StopReason, Writer
-from kubestep._worker.running import let_go
+from kubestep._worker.letting_go import let_go
 from kubestep_operator.reconciling import Liveness, Snapshot, decide
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)

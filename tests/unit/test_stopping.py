@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
+
 from kubestep import _protocol as api
-from kubestep._worker.stopping import StopRules
+from kubestep._worker.stopping import StopRules, Verdict, at_boundary
 
 
 def test_a_cancel_starts_the_grace_period_when_it_is_noted() -> None:
@@ -52,3 +56,39 @@ def test_cancel_requester_takes_the_manager_that_set_the_flag() -> None:
     }
     assert api.cancel_requester(meta) == {"requestedBy": "kubestep-cli"}
     assert api.cancel_requester({}) == {}
+
+
+# ----- the rule at a step boundary: cancel, deadline and hand-back in every order ---------------
+
+
+@pytest.mark.parametrize(
+    "events",
+    [order for n in range(4) for order in itertools.permutations(["cancel", "deadline", "handback"], n)],
+    ids=lambda order: "-".join(order) or "nothing",
+)
+def test_cancel_deadline_and_hand_back_in_every_order(events: tuple[str, ...]) -> None:
+    rules = StopRules(grace_seconds=30, budget_deadline=100.0)
+    now, handback = 50.0, False
+    for event in events:
+        now += 1
+        if event == "cancel":
+            rules.note(api.StopReason.REQUESTED, now)
+        elif event == "deadline":
+            now = max(now, 100.0)
+        else:
+            handback = True
+        rules.check(now)  # a boundary in between notes a budget that ran out
+    verdict = at_boundary(rules, now, lost=False, handback=handback, hard_stopped=False, in_cleanup=False)
+    stops = [e for e in events if e != "handback"]
+    if stops:
+        # The first stop noted wins, and a shutdown never turns a stop into a hand-back.
+        assert verdict is {"cancel": Verdict.CANCELLED, "deadline": Verdict.TIMED_OUT}[stops[0]]
+        if stops[0] == "deadline":
+            assert rules.stopped_at == 100.0  # the grace period runs from the deadline
+    else:
+        assert verdict is (Verdict.HAND_BACK if handback else Verdict.GO_ON)
+    # A lost run always just unwinds; inside a cleanup scope only the end of the grace period stops.
+    assert at_boundary(rules, now, lost=True, handback=handback, hard_stopped=False, in_cleanup=False) is Verdict.LOST
+    assert at_boundary(rules, now, lost=False, handback=handback, hard_stopped=False, in_cleanup=True) is Verdict.GO_ON
+    hard = at_boundary(rules, now, lost=False, handback=handback, hard_stopped=True, in_cleanup=True)
+    assert hard is Verdict.GRACE_EXPIRED

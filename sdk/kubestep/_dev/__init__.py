@@ -14,23 +14,11 @@ extra), so the `kubestep` CLI loads in an SDK-only install.
 
 from __future__ import annotations
 
-from kubestep._dev.controlplane import (
-    COMPONENTS,
-    PORT_ENV_VARS,
-    ComponentStatus,
-    ControlPlane,
-    ControlPlaneError,
-    KubectlError,
-    MissingBinaryError,
-    Ports,
-    UpResult,
-    cache_dir,
-    default_crds_dir,
-    default_state_dir,
-    find_binary,
-    run_kubectl,
-    write_token_kubeconfig,
-)
+from kubestep._dev.controlplane import COMPONENTS, ComponentStatus, ControlPlane, UpResult
+from kubestep._dev.errors import ControlPlaneError, KubectlError, MissingBinaryError
+from kubestep._dev.kubeconfigs import run_kubectl, write_token_kubeconfig
+from kubestep._dev.locations import cache_dir, default_crds_dir, default_state_dir, find_binary
+from kubestep._dev.ports import PORT_ENV_VARS, Ports
 
 __all__ = [
     "COMPONENTS",

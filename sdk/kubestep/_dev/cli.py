@@ -119,7 +119,7 @@ def _plane(args: argparse.Namespace) -> ControlPlane:
 
 def _guard(action: Handler) -> Handler:
     def guarded(args: argparse.Namespace) -> int:
-        from kubestep._dev.controlplane import ControlPlaneError
+        from kubestep._dev.errors import ControlPlaneError
 
         try:
             return action(args)

@@ -29,18 +29,23 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import yaml
+
+from .errors import ControlPlaneError, MissingBinaryError
+from .kubeconfigs import CLUSTER_NAME, b64, run_kubectl, sh_quote, write_kubeconfig, write_token_kubeconfig
+from .locations import default_crds_dir, default_state_dir, find_binary
+from .ports import PORT_ENV_VARS, Ports, env_port, port_in_use
+from .processes import pid_alive, proc_cmdline
 
 if TYPE_CHECKING:
     from kubestep._dev.certs import Pki
@@ -55,7 +60,6 @@ BINARIES: tuple[str, ...] = (*COMPONENTS, KUBECTL)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
-CLUSTER_NAME = "kubestep-dev"
 
 # The state directory carries this file so `down(purge=True)` never deletes a
 # directory it did not create.
@@ -78,152 +82,6 @@ _STATE_ENTRIES = (
     ".lock",
     _MARKER,
 )
-
-
-class ControlPlaneError(RuntimeError):
-    """The local control plane could not be started, reached or stopped."""
-
-
-class MissingBinaryError(ControlPlaneError):
-    """A control-plane binary is not installed."""
-
-
-class KubectlError(ControlPlaneError):
-    """kubectl exited non-zero; carries its exit code and output."""
-
-    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
-        super().__init__(f"`kubectl {' '.join(args)}` failed with exit code {returncode}:\n{stderr.strip()}")
-        self.kubectl_args = list(args)
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-
-
-# --------------------------------------------------------------------------
-# Locations
-
-
-def cache_dir() -> Path:
-    """`${KUBESTEP_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/kubestep}` (as build.sh)."""
-    explicit = os.environ.get("KUBESTEP_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "kubestep"
-
-
-def default_state_dir() -> Path:
-    """`$KUBESTEP_DEV_DIR`, else `<cache dir>/dev`."""
-    explicit = os.environ.get("KUBESTEP_DEV_DIR")
-    return Path(explicit).expanduser() if explicit else cache_dir() / "dev"
-
-
-def default_crds_dir() -> Path | None:
-    """`$KUBESTEP_CRDS_DIR`, else the repository's `crds/` next to `sdk/` (if present)."""
-    explicit = os.environ.get("KUBESTEP_CRDS_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    # sdk/kubestep/_dev/controlplane.py -> parents[3] is the repository root.
-    candidate = Path(__file__).resolve().parents[3] / "crds"
-    return candidate if candidate.is_dir() else None
-
-
-def find_binary(name: str) -> Path:
-    """Locate a control-plane binary.
-
-    `$KUBESTEP_BIN_DIR` if set (and then only there), else `<cache dir>/bin`
-    (where `make tools` puts them), else `$PATH`.
-    """
-    explicit = os.environ.get("KUBESTEP_BIN_DIR")
-    searched: list[str] = []
-    if explicit:
-        candidate = Path(explicit).expanduser() / name
-        if _is_executable(candidate):
-            return candidate
-        searched.append(f"$KUBESTEP_BIN_DIR ({explicit})")
-    else:
-        candidate = cache_dir() / "bin" / name
-        if _is_executable(candidate):
-            return candidate
-        on_path = shutil.which(name)
-        if on_path:
-            return Path(on_path)
-        searched += [str(candidate.parent), "$PATH"]
-    raise MissingBinaryError(
-        f"{name} not found (looked in {', '.join(searched)}). "
-        "Build the pinned control-plane tools with `make tools` "
-        "(runs hack/controlplane/build.sh; the first build takes several minutes)."
-    )
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-# --------------------------------------------------------------------------
-# Ports
-
-
-def _env_port(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        port = int(value)
-    except ValueError:
-        raise ControlPlaneError(f"${name} must be a port number, got {value!r}") from None
-    if not 0 < port < 65536:
-        raise ControlPlaneError(f"${name} must be a port number, got {value!r}")
-    return port
-
-
-#: Environment variable that overrides each `Ports` field.
-PORT_ENV_VARS: Mapping[str, str] = {
-    "apiserver": "KUBESTEP_DEV_APISERVER_PORT",
-    "etcd_client": "KUBESTEP_DEV_ETCD_CLIENT_PORT",
-    "etcd_peer": "KUBESTEP_DEV_ETCD_PEER_PORT",
-    "controller_manager": "KUBESTEP_DEV_CONTROLLER_MANAGER_PORT",
-}
-
-
-@dataclass(frozen=True)
-class Ports:
-    """TCP ports on 127.0.0.1 used by one control plane."""
-
-    apiserver: int = 6443
-    etcd_client: int = 2379
-    etcd_peer: int = 2380
-    controller_manager: int = 10257
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def free(cls) -> Ports:
-        """Four distinct ports the kernel reports free right now (for tests)."""
-        sockets: list[socket.socket] = []
-        try:
-            for _ in range(4):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.1", 0))
-                sockets.append(s)
-            a, b, c, d = (s.getsockname()[1] for s in sockets)
-        finally:
-            for s in sockets:
-                s.close()
-        return cls(apiserver=a, etcd_client=b, etcd_peer=c, controller_manager=d)
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Go listeners set SO_REUSEADDR too, so TIME_WAIT leftovers don't count.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------
@@ -263,41 +121,6 @@ class UpResult:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------
-# Process bookkeeping
-
-
-def _proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        if Path("/proc/self").exists():
-            return None
-        # No procfs (macOS): ask ps. Good enough for the checks below.
-        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
-        return out.stdout.split() if out.returncode == 0 and out.stdout.strip() else None
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # Field 3, after the parenthesised command name: Z is a zombie (exited,
-    # not yet reaped by its parent), X is dead.
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X")
 
 
 class ControlPlane:
@@ -391,7 +214,7 @@ class ControlPlane:
             saved = json.loads((self.state_dir / "ports.json").read_text())
             values.update({k: int(saved[k]) for k in values if k in saved})
         for key, env in PORT_ENV_VARS.items():
-            from_env = _env_port(env)
+            from_env = env_port(env)
             if from_env is not None:
                 values[key] = from_env
         values.update({k: v for k, v in explicit.items() if v is not None})
@@ -472,10 +295,10 @@ class ControlPlane:
 
     def env(self) -> str:
         """Shell lines that point kubectl (and Kubestep) at this plane."""
-        lines = [f"export KUBECONFIG={_sh_quote(str(self.kubeconfig))}"]
+        lines = [f"export KUBECONFIG={sh_quote(str(self.kubeconfig))}"]
         with contextlib.suppress(MissingBinaryError):
             bin_dir = find_binary(KUBECTL).parent
-            lines.append(f'export PATH={_sh_quote(str(bin_dir))}:"$PATH"')
+            lines.append(f'export PATH={sh_quote(str(bin_dir))}:"$PATH"')
         return "\n".join(lines) + "\n"
 
     def kubectl(
@@ -675,30 +498,30 @@ class ControlPlane:
 
     def _write_kubeconfigs(self, pki: Pki) -> None:
         ca = pki.ca_cert.read_bytes()
-        _write_kubeconfig(
+        write_kubeconfig(
             self.kubeconfig,
             server=self.server,
             ca_pem=ca,
             user="kubestep-admin",
             credentials={
-                "client-certificate-data": _b64(pki.cert("admin").read_bytes()),
-                "client-key-data": _b64(pki.key("admin").read_bytes()),
+                "client-certificate-data": b64(pki.cert("admin").read_bytes()),
+                "client-key-data": b64(pki.key("admin").read_bytes()),
             },
         )
-        _write_kubeconfig(
+        write_kubeconfig(
             self._controller_manager_kubeconfig,
             server=self.server,
             ca_pem=ca,
             user="system:kube-controller-manager",
             credentials={
-                "client-certificate-data": _b64(pki.cert("controller-manager").read_bytes()),
-                "client-key-data": _b64(pki.key("controller-manager").read_bytes()),
+                "client-certificate-data": b64(pki.cert("controller-manager").read_bytes()),
+                "client-key-data": b64(pki.key("controller-manager").read_bytes()),
             },
         )
 
     def _start(self, component: str, argv: Sequence[str], ports: Sequence[int]) -> None:
         for port in ports:
-            if _port_in_use(port):
+            if port_in_use(port):
                 raise ControlPlaneError(
                     f"cannot start {component}: 127.0.0.1:{port} is already in use "
                     "(another `kubestep dev` plane or a real cluster?). Pick other ports with "
@@ -826,9 +649,9 @@ class ControlPlane:
             pid = int(record["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return None
-        cmdline = _proc_cmdline(pid)
+        cmdline = proc_cmdline(pid)
         if not cmdline or Path(cmdline[0]).name != component:
             return None
         marker = str(self.state_dir) + os.sep
@@ -844,7 +667,7 @@ class ControlPlane:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=0.05)
                     return
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 return
             else:
                 time.sleep(0.05)
@@ -853,7 +676,7 @@ class ControlPlane:
         if proc is not None:
             proc.wait()
         else:
-            while _pid_alive(pid):
+            while pid_alive(pid):
                 time.sleep(0.05)
 
     @contextlib.contextmanager
@@ -960,88 +783,3 @@ class ControlPlane:
         remaining = self._crds_established_at + 2.05 - time.time()
         if 0 < remaining <= 3.0:
             time.sleep(remaining)
-
-
-# --------------------------------------------------------------------------
-# kubectl and kubeconfig helpers (also used by the tests for external clusters)
-
-
-def run_kubectl(
-    kubectl: Path,
-    kubeconfig: Path,
-    *args: str,
-    input: str | None = None,
-    check: bool = True,
-    timeout: float = 120.0,
-    cache_dir: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run kubectl with `kubeconfig`; raise KubectlError (with its stderr) if `check`."""
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
-    if cache_dir is not None:
-        env["KUBECACHEDIR"] = str(cache_dir)
-    argv = [str(kubectl), f"--kubeconfig={kubeconfig}", *args]
-    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
-    return proc
-
-
-def write_token_kubeconfig(
-    path: Path,
-    *,
-    server: str,
-    ca_pem: bytes,
-    token: str,
-    user: str,
-    namespace: str | None = None,
-) -> Path:
-    """Write a kubeconfig that authenticates with a bearer token."""
-    _write_kubeconfig(path, server=server, ca_pem=ca_pem, user=user, credentials={"token": token}, namespace=namespace)
-    return path
-
-
-def _write_kubeconfig(
-    path: Path,
-    *,
-    server: str,
-    ca_pem: bytes,
-    user: str,
-    credentials: Mapping[str, str],
-    namespace: str | None = None,
-) -> None:
-    context: dict[str, Any] = {"cluster": CLUSTER_NAME, "user": user}
-    if namespace:
-        context["namespace"] = namespace
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": CLUSTER_NAME,
-                "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
-            }
-        ],
-        "users": [{"name": user, "user": dict(credentials)}],
-        "contexts": [{"name": CLUSTER_NAME, "context": context}],
-        "current-context": CLUSTER_NAME,
-        "preferences": {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    f: IO[str]
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    os.replace(tmp, path)
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
-
-
-def _sh_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)

@@ -26,12 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
-import json
 import logging
-import threading
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -39,125 +35,34 @@ from .. import _journal as journal
 from .. import _protocol as api
 from .._context import Stop, WorkflowContext
 from .._errors import (
-    ApiError,
     ConflictError,
     EventTimeoutError,
     ExecutionCancelled,
     GracePeriodExpired,
     InvalidError,
-    InvalidInputError,
     NotFoundError,
     ReplayMismatch,
     RunTimedOut,
     StepTimeoutError,
     StopExecution,
     TooLargeError,
-    TransportError,
     WorkflowDefinitionError,
 )
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
+from . import stepping
 from .ledger import Ledger
-from .stopping import StopRules
+from .letting_go import Outage, error_record, let_go, to_json, transient
+from .stepping import SETTLE_SECONDS, StepCall
+from .stopping import StopRules, Verdict, at_boundary
+from .unwinding import CONTENDED, Release, Suspend
 
 logger = logging.getLogger("kubestep.worker")
 
-# After interrupting a step, how long to wait for it to end before calling it abandoned.
-SETTLE_SECONDS = 0.5
 # Turns of the event loop a new step waits, during replay, for steps started with it to reach theirs.
 SIBLING_TURNS = 3
-
-
-class _Suspend(BaseException):
-    """Unwinds the workflow at ``wait_for`` / ``wait_for_event``: the run is released until
-    ``wake_at`` (None: until its event arrives)."""
-
-    def __init__(self, key: str, wake_at: dt.datetime | None, topic: str | None = None) -> None:
-        self.key, self.wake_at, self.topic = key, wake_at, topic
-
-
-class _Release(BaseException):
-    """Unwinds the workflow without a terminal status: hand-back, lost run, or
-    (``held``) a status write that kept failing on a run we still hold."""
-
-    def __init__(self, why: str, held: bool = False, cause: BaseException | None = None) -> None:
-        self.why, self.held, self.cause = why, held, cause
-
-
-_CONTENDED = "too many write conflicts"
-
-
-def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The status patch for a run its holder lets go of without finishing it.
-
-    A run with a stop pending (told to stop, by the operator or by the user's irrevocable
-    ``spec.cancelRequested``, or past its budget: ``api.pending_stop``) ends Cancelled, acknowledged
-    by ``holder``; otherwise ``failure`` (an error that replay would only repeat) fails it, and
-    anything else re-queues it to resume by replay, with what is left of its budget.
-    """
-    at = api.now()
-    status, generation = obj.get("status") or {}, obj["metadata"].get("generation")
-    stop = api.pending_stop(obj, at)
-    if stop is not None:
-        return api.cancelled(
-            status.get("conditions"),
-            stop,
-            by=holder,
-            message=f"{why} while the run was stopping",
-            at=at,
-            generation=generation,
-        )
-    if failure is not None:
-        message = f"{why}: {failure['type']}: {failure['message']}"
-        return api.failed(status.get("conditions"), failure, api.Reason.WORKER_ERROR, message, at, generation)
-    return api.requeued(
-        api.Reason.REQUEUED,
-        f"{why}; the run resumes by replay",
-        at,
-        deadline=api.parse_time(status.get("deadline")),
-    )
-
-
-def _transient(exc: BaseException) -> bool:
-    """Worth another attempt by replay (network, server or contention), unlike, say, a
-    result too large for the object, which replay would only repeat."""
-    if isinstance(exc, _Release):
-        return exc.cause is None or _transient(exc.cause)
-    if isinstance(exc, (TransportError, ConflictError)):
-        return True
-    if isinstance(exc, TooLargeError):
-        return False
-    return isinstance(exc, ApiError) and (exc.status_code >= 500 or exc.status_code == 429)
-
-
-class _Outage:
-    """Rides out an apiserver that is restarting or overloaded (connection refused, 5xx, 429) for
-    as long as this worker's Lease holds the run (one lease duration), instead of letting go of
-    the run at once: letting go would re-queue it, and replay would run the step in flight again
-    although it finished. A write guarded by the holder (``test`` operations or the
-    resourceVersion) that lands after the operator re-queued the run is refused, so waiting is safe.
-    The chaos soak found this (``tests/chaos/soak.py``: a step run twice by one worker)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.until = time.monotonic() + seconds
-        self.delay = 0.1
-
-    async def wait_out(self, exc: BaseException) -> None:
-        """Returns after a pause if ``exc`` is worth another try within the bound; else re-raises."""
-        if not _transient(exc) or isinstance(exc, ConflictError) or time.monotonic() + self.delay > self.until:
-            raise exc
-        await asyncio.sleep(self.delay)
-        self.delay = min(2.0, self.delay * 2)
-
-    async def retrying(self, call: Callable[[], Any]) -> None:
-        while True:
-            try:
-                await call()
-                return
-            except Exception as exc:
-                await self.wait_out(exc)
 
 
 def _rv(obj: dict[str, Any]) -> str:
@@ -171,24 +76,6 @@ def _newer(candidate: str, current: str) -> bool:
         return int(candidate) > int(current)
     except ValueError:
         return candidate != current
-
-
-def _to_json(value: Any) -> Any:
-    """What the apiserver will store of a step's output or a result: JSON, without NaN or infinities
-    (which JSON cannot carry); anything else fails the step (or the run) with a clear error."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError, RecursionError) as e:
-        raise InvalidInputError(f"the value returned is not JSON: {e}") from None
-
-
-def _error(exc: BaseException, step: str | None = None, with_traceback: bool = True) -> dict[str, Any]:
-    err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:4000]}
-    if step is not None:
-        err["step"] = step
-    if with_traceback:
-        err["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
-    return err
 
 
 class Run:
@@ -347,7 +234,7 @@ class Run:
         """
         async with self._append_lock:
             pass
-        outage = _Outage(self.lease_seconds)
+        outage = Outage(self.lease_seconds)
         conflicts = 0
         while conflicts < 10:
             try:
@@ -363,18 +250,18 @@ class Run:
                     self._check_stop()
             except Exception as exc:
                 await outage.wait_out(exc)
-        raise _Release(_CONTENDED, held=True)
+        raise Release(CONTENDED, held=True)
 
     async def _reread(self) -> None:
         """After a lost write race: the current object, and whether the run is still ours."""
         try:
             fresh = await self.kube.get(self._path)
         except NotFoundError:
-            raise _Release("deleted") from None
+            raise Release("deleted") from None
         self.obj, self.rv = fresh, _rv(fresh)
         self._learn(fresh)
         if self.lost:
-            raise _Release("lost") from None
+            raise Release("lost") from None
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         background(
@@ -431,7 +318,7 @@ class Run:
         except NotFoundError:
             return False
         except Exception as exc:
-            if _transient(exc) and not isinstance(exc, ConflictError):
+            if transient(exc) and not isinstance(exc, ConflictError):
                 # The claim may have been applied with its answer lost: act as if it was,
                 # so the caller lets go of the run (a no-op if it is not ours).
                 self.claimed, self.attempt = True, self.attempt + 1
@@ -458,33 +345,45 @@ class Run:
             self._arm_hard_stop()
         return self.lost or self.stop_reason is not None or self.handback
 
-    def _check_stop(self) -> None:
-        """Raises if the run must stop: lost, cancelled or out of budget (not for hand-back)."""
-        if not self._stopping():
-            return
-        if self.lost:
-            raise _Release("lost")
-        if self.hard_stopped:
+    def _verdict(self, in_cleanup: bool) -> Verdict:
+        noted = self.rules.reason is not None
+        verdict = at_boundary(
+            self.rules,
+            time.monotonic(),
+            lost=self.lost,
+            handback=self.handback,
+            hard_stopped=self.hard_stopped,
+            in_cleanup=in_cleanup,
+        )
+        if not noted and self.rules.reason is not None:
+            self._arm_hard_stop()  # the budget ran out: its grace period runs from the deadline
+        return verdict
+
+    def _raise_for(self, verdict: Verdict) -> None:
+        if verdict is Verdict.LOST:
+            raise Release("lost")
+        if verdict is Verdict.GRACE_EXPIRED:
             raise GracePeriodExpired(
                 f"execution {self.name}: the grace period of {self.rules.grace_seconds:g} s is over"
             )
-        if self.stop_reason == api.StopReason.REQUESTED:
+        if verdict is Verdict.CANCELLED:
             raise ExecutionCancelled(f"execution {self.name} was cancelled")
-        if self.stop_reason == api.StopReason.RUN_TIMEOUT:
+        if verdict is Verdict.TIMED_OUT:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
+        if verdict is Verdict.HAND_BACK:
+            raise Release("handback")
+
+    def _check_stop(self) -> None:
+        """Raises if the run must stop: lost, cancelled or out of budget (not for hand-back)."""
+        verdict = self._verdict(in_cleanup=False)
+        if verdict is not Verdict.HAND_BACK:
+            self._raise_for(verdict)
 
     def _boundary(self) -> None:
-        """A step boundary: stop, or hand the run back if the worker is shutting down. Inside a
-        cleanup scope only a lost run or the end of the grace period stops the workflow."""
-        if self._cleanup_depth:
-            if self.lost:
-                raise _Release("lost")
-            if self.hard_stopped:
-                self._check_stop()
-            return
-        self._check_stop()
-        if self.handback:
-            raise _Release("handback")
+        """A step boundary (``stopping.at_boundary``): stop, or hand the run back if the worker is
+        shutting down. Inside a cleanup scope only a lost run or the end of the grace period stops
+        the workflow."""
+        self._raise_for(self._verdict(in_cleanup=bool(self._cleanup_depth)))
 
     @contextlib.asynccontextmanager
     async def cleanup(self) -> AsyncIterator[None]:
@@ -557,29 +456,16 @@ class Run:
         started = api.now()
         t0 = time.monotonic()
         cleanup = {"cleanup": True} if self._cleanup_depth and self.stop_reason else {}
-        sync = not inspect.iscoroutinefunction(fn)
-        thread_done = threading.Event()
-
-        def in_thread() -> Any:
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                thread_done.set()
-
-        # Its own task (or thread), so that a hard stop or its timeout can cut it off while the
-        # workflow's await on it is interrupted. A thread keeps the event loop (watch, lease
-        # renewals) alive during sync steps.
-        step: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(in_thread) if sync else fn(*args, **kwargs))
+        call = StepCall(fn, args, kwargs)
         try:
-            done, _ = await asyncio.wait({step}, timeout=timeout)
+            finished = await call.finished(timeout)
         except asyncio.CancelledError:
             if not self.hard_stopped:
-                step.cancel()
+                call.cancel()
                 raise  # not ours (the worker itself is being torn down)
             await self._interrupt(
                 key,
-                step,
-                thread_done if sync else None,
+                call,
                 started,
                 cleanup,
                 api.Reason.GRACE_EXPIRED,
@@ -588,54 +474,26 @@ class Run:
             raise GracePeriodExpired(
                 f"step {key!r} was interrupted: the grace period of {self.rules.grace_seconds:g} s ran out"
             ) from None
-        if not done:
+        if not finished:
             assert timeout is not None
             await self._interrupt(
-                key,
-                step,
-                thread_done if sync else None,
-                started,
-                cleanup,
-                "StepTimeout",
-                f"it did not finish within its timeout of {timeout:g} s",
+                key, call, started, cleanup, "StepTimeout", f"it did not finish within its timeout of {timeout:g} s"
             )
             if not self._stopping():
                 await self._append_steps()
             raise StepTimeoutError(key, timeout)
         try:
-            out = step.result()
-            if inspect.isawaitable(out):
-                out = await out
-            output = _to_json(out)
+            output = await call.output()
         except Exception as exc:
             STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
             STEPS.labels(self.workflow.id, "Failed").inc()
-            failed = {
-                "key": key,
-                "kind": "Run",
-                "state": api.StepState.FAILED,
-                "startedAt": api.fmt_time(started),
-                "finishedAt": api.fmt_time(api.now()),
-                "error": _error(exc, with_traceback=False),
-                **cleanup,
-            }
-            self._put(failed)
+            self._put(stepping.failed(key, started, exc, cleanup))
             if not self._stopping():
                 await self._append_steps()
             raise
         STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
         STEPS.labels(self.workflow.id, "Completed").inc()
-        self._put(
-            {
-                "key": key,
-                "kind": "Run",
-                "state": api.StepState.COMPLETED,
-                "startedAt": api.fmt_time(started),
-                "finishedAt": api.fmt_time(api.now()),
-                "output": output,
-                **cleanup,
-            }
-        )
+        self._put(stepping.completed(key, started, output, cleanup))
         if not cleanup:
             self._last_key = key  # "stopped after step X" names the work, not the cleanup
         if not self._stopping() or self._cleanup_depth:
@@ -646,41 +504,14 @@ class Run:
         return output
 
     async def _interrupt(
-        self,
-        key: str,
-        step: asyncio.Future[Any],
-        thread_done: threading.Event | None,
-        started: dt.datetime,
-        extra: dict[str, Any],
-        why: str,
-        message: str,
+        self, key: str, call: StepCall, started: dt.datetime, extra: dict[str, Any], why: str, message: str
     ) -> None:
         """Cuts a step off and records it Interrupted (not Completed: it runs again on resume)."""
-        step.cancel()  # an async step: cancelled at its current await; a thread: only no longer awaited
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({step}, timeout=SETTLE_SECONDS)
-        if thread_done is not None:
-            # Python cannot stop a thread: give it a moment to end on its own.
-            deadline = time.monotonic() + SETTLE_SECONDS
-            while not thread_done.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if not thread_done.is_set():
-                self._abandoned(f"synchronous step {key!r} (its thread)")
-        elif not step.done():
-            self._abandoned(f"async step {key!r}")
+        if not await call.cut_off():
+            self._abandoned(f"synchronous step {key!r} (its thread)" if call.sync else f"async step {key!r}")
         STEPS.labels(self.workflow.id, "Interrupted").inc()
         self.interrupted.append(key)
-        self._put(
-            {
-                "key": key,
-                "kind": "Run",
-                "state": api.StepState.INTERRUPTED,
-                "startedAt": api.fmt_time(started),
-                "finishedAt": api.fmt_time(api.now()),
-                "error": {"type": why, "message": message},
-                **extra,
-            }
-        )
+        self._put(stepping.interrupted(key, started, why, message, extra))
 
     async def _checkpoint(self) -> None:
         """Records completed steps. By default (interval 0) every step is durable before the
@@ -719,12 +550,12 @@ class Run:
             try:
                 await self._archive()
                 await self._append_steps_locked()
-            except (_Release, StopExecution):
+            except (Release, StopExecution):
                 raise
             except Exception as exc:
                 # Not the workflow's error, and not for workflow code to catch: let go of
                 # the run (re-queued for replay, or Failed if replay would only repeat it).
-                raise _Release(f"status write failed: {exc!r}", held=True, cause=exc) from exc
+                raise Release(f"status write failed: {exc!r}", held=True, cause=exc) from exc
 
     async def _append_steps_locked(self) -> None:
         """Writes the new step records as a JSON patch: appends, not the whole history.
@@ -734,7 +565,7 @@ class Run:
         attempt, phase) rather than on the resourceVersion, so an unrelated
         change (the operator updating a condition) is not a conflict.
         """
-        outage = _Outage(self.lease_seconds)
+        outage = Outage(self.lease_seconds)
         conflicts = 0
         while conflicts < 10:
             status = self.obj.get("status") or {}
@@ -761,7 +592,7 @@ class Run:
                 await outage.retrying(self._reread)
             except Exception as exc:
                 await outage.wait_out(exc)
-        raise _Release(_CONTENDED, held=True)
+        raise Release(CONTENDED, held=True)
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary()
@@ -776,7 +607,7 @@ class Run:
             self._put({**rec, "state": api.StepState.COMPLETED, "finishedAt": api.fmt_time(api.now())})
             self._last_key = key
             return
-        raise _Suspend(key, api.now() + duration)
+        raise Suspend(key, api.now() + duration)
 
     async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any:
         """The next event of ``topic`` sent to this run, each delivered to exactly one wait: its
@@ -818,7 +649,7 @@ class Run:
         wake = api.parse_time((rec or {}).get("wakeAt")) or (
             now + dt.timedelta(seconds=timeout) if timeout is not None else None
         )
-        raise _Suspend(key, wake, topic)
+        raise Suspend(key, wake, topic)
 
     # ----- the whole run ----------------------------------------------------------------------
 
@@ -833,7 +664,7 @@ class Run:
                     # Told to stop while writing another ending (a write conflict
                     # showed us the cancellation): the stop wins.
                     outcome = (api.Phase.CANCELLED, None)
-                except _Release as r:
+                except Release as r:
                     if r.held:
                         await self.give_up(r)
                     return r.why
@@ -871,8 +702,8 @@ class Run:
                 mismatch = self.ledger.mismatch("returns")
                 if mismatch is not None:
                     raise mismatch
-                return (api.Phase.COMPLETED, _to_json(result))
-            except (_Suspend, _Release):
+                return (api.Phase.COMPLETED, to_json(result))
+            except (Suspend, Release):
                 raise
             except ReplayMismatch as m:
                 return (api.Phase.FAILED, m)
@@ -883,14 +714,14 @@ class Run:
                 # else still ends as a stop, never as a failure.
                 self._check_stop()
                 return (api.Phase.FAILED, exc)
-        except _Suspend as s:
+        except Suspend as s:
             # A stop learned while the workflow unwound (its finally blocks may await).
             try:
                 self._check_stop()
             except StopExecution:
                 return (api.Phase.CANCELLED, None)
             return (api.Phase.WAITING, s)
-        except _Release as r:
+        except Release as r:
             return ("release", r)
         except StopExecution:
             return (api.Phase.CANCELLED, None)
@@ -932,7 +763,7 @@ class Run:
         records = self.ledger.records
         step = records[-1]["key"] if records and records[-1]["state"] == api.StepState.FAILED else None
         mismatch = isinstance(exc, ReplayMismatch)
-        err = _error(exc, step, with_traceback=not mismatch)  # a mismatch's traceback is the worker's own
+        err = error_record(exc, step, with_traceback=not mismatch)  # a mismatch's traceback is the worker's own
         message = err["message"] if mismatch else f"{err['type']}: {err['message']}"
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
@@ -997,7 +828,7 @@ class Run:
         await self._write(build)
         self._event(api.Phase.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
 
-    async def _finish_wait(self, s: _Suspend) -> None:
+    async def _finish_wait(self, s: Suspend) -> None:
         at = api.now()
         until = f" until {api.fmt_time(s.wake_at)}" if s.wake_at else ""
         what = f"event {s.topic!r}" if s.topic else repr(s.key)
@@ -1044,7 +875,7 @@ class Run:
 
         try:
             await self._write(build, stoppable=True)
-        except _Release:
+        except Release:
             return
         self._event(api.Reason.HANDED_BACK, f"worker {self.worker} is shutting down; run re-queued")
 
@@ -1056,10 +887,10 @@ class Run:
         writes only while it is still ours (same holder and attempt).
         """
         why = f"worker {self.worker} could not go on"
-        if isinstance(exc, _Release) and exc.cause is not None:
+        if isinstance(exc, Release) and exc.cause is not None:
             exc = exc.cause
         logger.warning("run %s: letting go after %r", self.name, exc)
-        failure = None if _transient(exc) else _error(exc, with_traceback=False)
+        failure = None if transient(exc) else error_record(exc, with_traceback=False)
         if isinstance(exc, TooLargeError) and failure is not None:
             failure["message"] = (
                 f"the run's status would outgrow what the apiserver stores ({exc.message}); "

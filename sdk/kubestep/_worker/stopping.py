@@ -14,6 +14,7 @@ Times are the event loop's monotonic seconds (``loop.time()``); nothing here rea
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 from .. import _protocol as api
 
@@ -53,3 +54,35 @@ class StopRules:
     def hard_stopped(self, now: float) -> bool:
         at = self.hard_stop_at
         return at is not None and now >= at
+
+
+class Verdict(enum.Enum):
+    """What a step boundary does."""
+
+    GO_ON = "go on"
+    LOST = "lost"  # another holder has the run: unwind without writing
+    GRACE_EXPIRED = "grace period expired"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed out"
+    HAND_BACK = "hand back"  # the worker is shutting down (SIGTERM)
+
+
+def at_boundary(
+    rules: StopRules, now: float, *, lost: bool, handback: bool, hard_stopped: bool, in_cleanup: bool
+) -> Verdict:
+    """The rule at a step boundary, in this order: a lost run unwinds (its new holder carries on);
+    after the grace period everything stops; inside a cleanup scope nothing else stops the cleanup;
+    a stop (the first reason noted, cancel or budget) ends the run; and only a run that is not
+    stopping is handed back, so a shutdown never turns a cancel or a timeout into a re-queue."""
+    rules.check(now)  # an exhausted budget is noted as of its deadline
+    if lost:
+        return Verdict.LOST
+    if hard_stopped:
+        return Verdict.GRACE_EXPIRED
+    if in_cleanup:
+        return Verdict.GO_ON
+    if rules.reason == api.StopReason.REQUESTED:
+        return Verdict.CANCELLED
+    if rules.reason == api.StopReason.RUN_TIMEOUT:
+        return Verdict.TIMED_OUT
+    return Verdict.HAND_BACK if handback else Verdict.GO_ON

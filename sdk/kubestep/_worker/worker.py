@@ -33,7 +33,9 @@ from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
 from .leasing import WorkerLease
-from .running import Run, _newer, _Release, let_go
+from .letting_go import let_go
+from .running import Run, _newer
+from .unwinding import Release
 
 logger = logging.getLogger("kubestep.worker")
 
@@ -234,7 +236,7 @@ class Worker:
             RUNS_ACTIVE.labels(run.workflow.id).inc()
             outcome = await run.execute()
             logger.info("run %s: %s", run.name, outcome)
-        except _Release as r:
+        except Release as r:
             outcome = r.why
             logger.info("run %s released: %s", run.name, r.why)
             if r.held:
