@@ -40,6 +40,7 @@ from ._errors import (
     EventTimeoutError,
     ExecutionCancelled,
     GracePeriodExpired,
+    ReplayMismatch,
     RunTimedOut,
     StepTimeoutError,
     StopExecution,
@@ -108,6 +109,7 @@ class _MemoryRun:
         self.stop: Stop | None = None
         self.hard = False
         self._seen: set[str] = set()
+        self.replay = api.replay.Replay([])
         self._cleanup = 0
         self._ran = 0  # steps completed in this run (for "after N steps")
 
@@ -137,7 +139,7 @@ class _MemoryRun:
         timeout: float | None = None,
     ) -> Any:
         self._boundary(key)
-        rec = self._recorded(key, "Run")
+        rec = await self._recorded(key, "Run")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             return rec.get("output")
         started = self.env.now()
@@ -181,7 +183,7 @@ class _MemoryRun:
 
     async def wait(self, key: str, duration: dt.timedelta) -> None:
         self._boundary(key)
-        rec = self._recorded(key, "Wait")
+        rec = await self._recorded(key, "Wait")
         if rec is not None:
             if rec["state"] != api.StepState.COMPLETED:
                 rec.update(state=api.StepState.COMPLETED, finishedAt=api.fmt_time(self.env.now()))
@@ -192,7 +194,7 @@ class _MemoryRun:
 
     async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any:
         self._boundary(key)
-        rec = self._recorded(key, "Event")
+        rec = await self._recorded(key, "Event")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             if rec.get("timedOut"):
                 raise EventTimeoutError(key, topic, timeout)
@@ -249,13 +251,22 @@ class _MemoryRun:
             raise RunTimedOut(f"execution {self.name} exceeded its run timeout")
         raise ExecutionCancelled(f"execution {self.name} was cancelled")
 
-    def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
+    async def _recorded(self, key: str, kind: str) -> dict[str, Any] | None:
+        """As the worker does: the record replay hands to this call, under the replay rule
+        (``_protocol/replay.py``), so a workflow's own tests catch non-determinism."""
         if key in self._seen:
             raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
         self._seen.add(key)
+        what = f"{api.replay.VERBS[kind]} {key!r}"
         rec = self.records.get(key)
-        if rec is not None and rec["kind"] != kind:
-            raise WorkflowDefinitionError(f"step {key!r} was a {rec['kind']} step when recorded")
+        if rec is not None:
+            self.replay.reach(key, kind, rec, what)
+        elif self.replay.unreached:
+            for _ in range(3):  # steps started together reach their calls in the next turns
+                await asyncio.sleep(0)
+            mismatch = self.replay.mismatch(what)
+            if mismatch is not None:
+                raise mismatch
         return rec
 
     def _record(self, key: str, kind: str, state: str, started: dt.datetime, **fields: Any) -> None:
@@ -307,9 +318,13 @@ class WorkflowEnvironment:
         run = _MemoryRun(self, workflow, plan)
         for segment in range(1, max_segments + 1):
             run.attempt, run._seen = segment, set()
+            run.replay = api.replay.Replay(run.records.values())
             try:
                 result = await workflow.fn(WorkflowContext(run), payload)
                 run._boundary(None)  # returning is a boundary too
+                mismatch = run.replay.mismatch("returns")
+                if mismatch is not None:
+                    raise mismatch
                 return self._ended(
                     run, api.Phase.COMPLETED, api.Reason.SUCCEEDED, segment, result=json.loads(json.dumps(result))
                 )
@@ -324,6 +339,8 @@ class WorkflowEnvironment:
                         "send it with env.send_event() before run()"
                     ) from None
                 self._now = max(self._now, s.wake)  # time skipping
+            except ReplayMismatch as e:
+                return self._ended(run, api.Phase.FAILED, api.Reason.REPLAY_MISMATCH, segment, error=e)
             except StopExecution as e:
                 reason_ = (
                     api.Reason.GRACE_EXPIRED

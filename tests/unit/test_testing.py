@@ -78,3 +78,42 @@ async def test_step_timeouts_and_failures_look_as_they_do_on_a_cluster() -> None
     run = await WorkflowEnvironment().run(examples.fails, {"message": "no"})
     assert (run.phase, run.reason, str(run.error)) == (api.Phase.FAILED, "WorkflowError", "no")
     assert run.step("boom")["state"] == api.StepState.FAILED
+
+
+async def test_the_replay_rule_catches_a_workflow_that_branches_on_something_else() -> None:
+    # Non-deterministic code (here: a module-level flag flipped between segments, as a redeploy
+    # or a read of the clock would) is caught in the workflow's own unit test, as in production.
+    flip = {"renamed": False}
+
+    async def noop() -> str:
+        return "ok"
+
+    @workflow(id="test-flaky-branch")
+    async def flaky(ctx: WorkflowContext, _: Any) -> str:
+        await ctx.step.run("fetch-v2" if flip["renamed"] else "fetch", noop)
+        flip["renamed"] = True
+        await ctx.step.wait_for("pause", seconds=60)
+        return await ctx.step.run("store", noop)
+
+    run = await WorkflowEnvironment().run(flaky)
+    assert run.phase == "Failed" and run.reason == "ReplayMismatch"
+    assert "step 'fetch' (Completed) next, but the code starts step 'fetch-v2' instead" in str(run.error)
+
+
+async def test_steps_started_together_replay_in_any_order_in_memory_too() -> None:
+    import asyncio
+
+    order: list[str] = []
+
+    async def note(k: str) -> str:
+        order.append(k)
+        return k
+
+    @workflow(id="test-gather-replay")
+    async def together(ctx: WorkflowContext, _: Any) -> list[str]:
+        got = list(await asyncio.gather(ctx.step.run("a", note, "a"), ctx.step.run("b", note, "b")))
+        await ctx.step.wait_for("w", seconds=1)
+        return [*got, await ctx.step.run("c", note, "c")]
+
+    run = await WorkflowEnvironment().run(together)
+    assert run.phase == "Completed" and run.result == ["a", "b", "c"] and order == ["a", "b", "c"]

@@ -5,6 +5,7 @@ A leaf: it imports nothing of Kubestep. Names (``names``), words (``vocabulary``
 (``transitions``). Who writes what: ``docs/design.md``.
 """
 
+from . import replay
 from .cancels import cancel_note, cancel_request, cancel_requester, cancel_time, events_pending, grace_seconds
 from .clock import fmt_time, now, parse_time
 from .names import (
@@ -97,6 +98,7 @@ __all__ = [
     "pending_stop",
     "queue_refreshed",
     "queued",
+    "replay",
     "requeued",
     "segment_budget",
     "stop_record",

@@ -17,19 +17,9 @@ from typing import Any
 from .. import _journal as journal
 from .. import _protocol as api
 from .._errors import ReplayMismatch
+from .._protocol.replay import Replay
 
-_KINDS = {"Run": "step", "Wait": "wait", "Event": "wait for an event"}
-
-
-def _ended(rec: dict[str, Any]) -> str:
-    """When a record's step ended (a wait: when it began), as written (one RFC 3339 format, so the
-    strings compare as the times do)."""
-    return str(rec.get("finishedAt") or rec.get("startedAt") or "~")
-
-
-FINAL = frozenset(
-    {api.StepState.COMPLETED, api.StepState.FAILED, api.StepState.INTERRUPTED}
-)  # records that never change
+FINAL = frozenset({api.StepState.COMPLETED, api.StepState.FAILED, api.StepState.INTERRUPTED})  # never change
 
 Sent = tuple[int, dict[int, int], int]  # (records up to, dirty indices sent with their versions, archived)
 
@@ -54,51 +44,30 @@ class Ledger:
         # Indices below ``flushed`` replaced since, each with a version that every put increments, so that
         # a record replaced again while its replacement is in flight stays dirty.
         self.dirty: dict[int, int] = {}
-        # Keys recorded before this claim that the code has not reached again yet, in record order
-        # (the replay rule: ``reach``).
-        self.unreached: dict[str, None] = dict.fromkeys(rec["key"] for rec in self.records)
+        # What the code must reach again before it starts a new step (the replay rule).
+        self.replay = Replay(self.records)
 
     # ----- reading ----------------------------------------------------------------------------
 
     def lookup(self, key: str, kind: str, what: str = "") -> dict[str, Any] | None:
-        """The record of ``key``, reached now by the code doing ``what``; None if the key is new. A
-        key recorded as another kind of step, or reached before a step that was recorded as done
-        before it started (a reorder), is a replay mismatch."""
+        """The record of ``key``, reached now by the code doing ``what``; None if the key is new.
+        Raises ``ReplayMismatch`` on a breach of the replay rule (``_protocol/replay.py``)."""
         i = self.index.get(key)
         if i is None:
             return None
         rec = self.records[i]
-        if rec["kind"] != kind:
-            raise ReplayMismatch(
-                f"replay mismatch: {key!r} is recorded as a {_KINDS.get(rec['kind'], rec['kind'])}, but the code "
-                f"now makes it a {_KINDS.get(kind, kind)}"
-            )
-        first = self.first_unreached()
-        if first is not None and first["key"] != key and _ended(first) <= str(rec.get("startedAt") or ""):
-            # Records are in the order steps ended; the oldest unreached one ended before this one
-            # started, so the code ran them in sequence then, and reaches them out of order now.
-            raise self.mismatch(what or f"reaches {key!r}")  # type: ignore[misc]
-        self.unreached.pop(key, None)
+        self.replay.reach(key, kind, rec, what or f"reaches {key!r}")
         return rec
 
+    @property
+    def unreached(self) -> dict[str, dict[str, Any]]:
+        return self.replay.unreached
+
     def first_unreached(self) -> dict[str, Any] | None:
-        """The replay rule: the code reaches every recorded step again before it starts a new one
-        (steps started together, as by ``asyncio.gather``, in any order). The oldest recorded step
-        not reached yet, or None."""
-        key = next(iter(self.unreached), None)
-        return None if key is None else self.records[self.index[key]]
+        return self.replay.first_unreached()
 
     def mismatch(self, what: str) -> ReplayMismatch | None:
-        """The error for the code doing ``what`` (e.g. "starts step 'b'") while a recorded step is
-        unreached, or None."""
-        rec = self.first_unreached()
-        if rec is None:
-            return None
-        return ReplayMismatch(
-            f"replay mismatch: the history records {_KINDS.get(rec['kind'], rec['kind'])} {rec['key']!r} "
-            f"({rec['state']}) next, but the code {what} instead; the workflow's code changed since the run "
-            "started, or it branches on something other than its input and step outputs"
-        )
+        return self.replay.mismatch(what)
 
     def completed_count(self, upto: int | None = None) -> int:
         """Keys whose last record among the first ``upto`` is Completed: the running count, less the

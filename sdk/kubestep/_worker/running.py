@@ -400,7 +400,7 @@ class Run:
         if key in self._seen:
             raise WorkflowDefinitionError(f"step key {key!r} is used twice in one execution")
         self._seen.add(key)
-        verb = {"Run": "starts step", "Wait": "waits at", "Event": "waits for an event at"}[kind]
+        verb = api.replay.VERBS[kind]
         rec = self.ledger.lookup(key, kind, f"{verb} {key!r}")
         if rec is None and self.ledger.unreached:
             # Steps started together (asyncio.gather) reach their calls in the next turns of the loop.
