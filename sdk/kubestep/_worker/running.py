@@ -52,7 +52,7 @@ from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
-from . import stepping
+from . import endings, stepping
 from .ledger import Ledger
 from .letting_go import Outage, error_record, let_go, to_json, transient
 from .stepping import SETTLE_SECONDS, StepCall
@@ -782,96 +782,40 @@ class Run:
         await self._write(build, stoppable=True)
         self._event(api.Phase.FAILED, (message if mismatch else f"workflow raised {message}")[:1000], warning=True)
 
+    def _holder(self) -> endings.Holder:
+        return endings.Holder(
+            self.worker,
+            self.obj,
+            self._last_key,
+            self.hard_stopped,
+            tuple(self.interrupted),
+            self.rules.grace_seconds,
+        )
+
     async def _finish_cancelled(self) -> None:
         at = api.now()
         reason = self.stop_reason or api.StopReason.REQUESTED
-        after = f" after step {self._last_key!r}" if self._last_key else " before its first step"
-        if self.hard_stopped:
-            cut = ", ".join(repr(k) for k in self.interrupted) or "the workflow"
-            after = (
-                f"; {cut} did not finish within the grace period of {self.rules.grace_seconds:g} s "
-                f"and {'was' if len(self.interrupted) <= 1 else 'were'} interrupted"
-            )
 
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            canc: api.Cancellation = dict(s.get("cancellation") or {})  # type: ignore[assignment]
-            if not canc.get("reason"):
-                canc = api.stop_record(
-                    reason,
-                    self._noticed or at,
-                    deadline=api.parse_time(s.get("deadline")),
-                    note=api.cancel_note(self.obj),
-                )
-            if canc["reason"] == api.StopReason.RUN_TIMEOUT:
-                budget = (self.obj.get("spec") or {}).get("runTimeoutSeconds")
-                message = f"run exceeded runTimeoutSeconds={budget} of continuous running time; stopped{after}"
-            else:
-                said = f" ({canc['message']})" if canc.get("message") else ""
-                message = (
-                    f"cancellation requested{said}; stopped{after}"
-                    if self.hard_stopped
-                    else f"cancellation requested{said}; stopped at the step boundary{after}"
-                )
-            return {
-                **self._steps_patch(),
-                **api.cancelled(
-                    s.get("conditions"),
-                    canc,
-                    by=self.worker,
-                    message=message,
-                    at=at,
-                    generation=self.obj["metadata"].get("generation"),
-                    hard_stop=self.hard_stopped,
-                ),
-            }
+            return {**self._steps_patch(), **endings.cancelled(s, self._holder(), reason, self._noticed, at)}
 
         await self._write(build)
+        after = self._holder().stopped_after()
         self._event(api.Phase.CANCELLED, f"{reason}: stopped{after}"[:1000], warning=self.hard_stopped)
 
     async def _finish_wait(self, s: Suspend) -> None:
-        at = api.now()
-        until = f" until {api.fmt_time(s.wake_at)}" if s.wake_at else ""
-        what = f"event {s.topic!r}" if s.topic else repr(s.key)
-        record: dict[str, Any] = {
-            "key": s.key,
-            "kind": "Event" if s.topic else "Wait",
-            "state": api.StepState.WAITING,
-            "startedAt": api.fmt_time(at),
-        }
-        if s.wake_at:
-            record["wakeAt"] = api.fmt_time(s.wake_at)
-        if s.topic:
-            record["topic"] = s.topic
-        self._put(record)
+        self._put(endings.wait_record(s.key, s.wake_at, s.topic, api.now()))
+        message = endings.waiting_message(s.key, s.wake_at, s.topic)
 
         def build(_s: dict[str, Any]) -> dict[str, Any]:
-            message = f"waiting on {what}{until}" if s.topic else f"waiting on {s.key!r}{until}"
             return {**self._steps_patch(), **api.waiting(s.key, message, wake_at=s.wake_at, topic=s.topic)}
 
         await self._write(build, stoppable=True)
-        self._event(api.Phase.WAITING, f"waiting on {what}{until}; worker released")
+        self._event(api.Phase.WAITING, f"{message}; worker released")
 
     async def _hand_back(self) -> None:
         def build(s: dict[str, Any]) -> dict[str, Any]:
-            at = api.now()
-            if api.budget_spent(s, at):  # the wall clock ran out before this worker's own clock noticed
-                stop = api.stop_record(api.StopReason.RUN_TIMEOUT, at, deadline=api.parse_time(s.get("deadline")))
-                patch = api.cancelled(
-                    s.get("conditions"),
-                    stop,
-                    by=self.worker,
-                    message=f"worker {self.worker} shut down after the run's budget ran out",
-                    at=at,
-                    generation=self.obj["metadata"].get("generation"),
-                )
-            else:
-                patch = api.requeued(
-                    api.Reason.HANDED_BACK,
-                    f"worker {self.worker} shut down; the run resumes by replay",
-                    at,
-                    deadline=api.parse_time(s.get("deadline")),
-                )
-            return {**self._steps_patch(), **patch}
+            return {**self._steps_patch(), **endings.handed_back(s, self._holder(), api.now())}
 
         try:
             await self._write(build, stoppable=True)
