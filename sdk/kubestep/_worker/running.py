@@ -237,6 +237,12 @@ class Run:
         outage = Outage(self.lease_seconds)
         conflicts = 0
         while conflicts < 10:
+            if stoppable and self.stop_reason == api.StopReason.REQUESTED:
+                # A cancel learned since the workflow ended (from the watch, while this write waited
+                # out an outage, say) wins over the ending, as one learned from a conflict does: the
+                # chaos soak found a cancel accepted before the run ended Failed. (A budget that runs
+                # out while a finished run's ending is being written does not undo the finish.)
+                self._check_stop()
             try:
                 with STATUS_WRITE_SECONDS.labels("end").time():
                     obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
