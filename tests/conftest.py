@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -40,6 +41,7 @@ from kubestep._dev import (
     run_kubectl,
     write_token_kubeconfig,
 )
+from kubestep._dev.processes import pid_alive
 
 from .harness import E2E, Proc, free_port, start_operator, start_worker, wait_until
 
@@ -119,16 +121,6 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _reap_stale_test_planes(root: Path) -> None:
     """Stop planes left behind by test sessions that died (SIGKILL, timeout)."""
     for state_dir in root.glob("test-*"):
@@ -138,7 +130,7 @@ def _reap_stale_test_planes(root: Path) -> None:
             owner = int((state_dir / _OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner):
+        if pid_alive(owner):
             continue  # another live session's plane
         with contextlib.suppress(ControlPlaneError, OSError):
             ControlPlane(state_dir, progress=None).down(purge=True)
@@ -279,3 +271,13 @@ def workers(control_plane: Any, run_namespace: str, logs: Path, operator: Any) -
 async def client(control_plane: Any, run_namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
     async with KubestepClient(namespace=run_namespace, kubeconfig=str(control_plane.kubeconfig)) as c:
         yield c
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test starts itself (operators, workers): killed after the test, whatever happened."""
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.signal(signal.SIGKILL)
+        p.stop(timeout=5)

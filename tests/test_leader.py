@@ -47,15 +47,6 @@ async def client(control_plane: Any, ns: str) -> AsyncIterator[KubestepClient]:
         yield c
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.signal(signal.SIGKILL)
-        p.stop(timeout=5)
-
-
 def replica(control_plane: Any, tmp_path: Path, ns: str, identity: str) -> Proc:
     return start_operator(
         control_plane.kubeconfig,
@@ -82,14 +73,20 @@ async def until_holder(control_plane: Any, ns: str, identity: str, timeout: floa
     raise AssertionError(f"{identity} did not take the Lease within {timeout} s (holder: {holder(control_plane, ns)})")
 
 
-async def test_the_standby_takes_over_a_killed_leaders_deadlines_wakeups_and_cancels(
-    control_plane: Any, ns: str, client: KubestepClient, procs: list[Proc], tmp_path: Path
-) -> None:
+async def leader_and_standby(control_plane: Any, tmp_path: Path, ns: str, procs: list[Proc]) -> tuple[Proc, Proc]:
+    """op-a leads (it started first), op-b stands by."""
     a = replica(control_plane, tmp_path, ns, "op-a")
     procs.append(a)
     await until_holder(control_plane, ns, "op-a", 30)
     b = replica(control_plane, tmp_path, ns, "op-b")
     procs.append(b)
+    return a, b
+
+
+async def test_the_standby_takes_over_a_killed_leaders_deadlines_wakeups_and_cancels(
+    control_plane: Any, ns: str, client: KubestepClient, procs: list[Proc], tmp_path: Path
+) -> None:
+    a, b = await leader_and_standby(control_plane, tmp_path, ns, procs)
     worker = start_worker(control_plane.kubeconfig, tmp_path, ns)
     procs.append(worker)
     wait_until(
@@ -133,12 +130,8 @@ async def test_the_standby_takes_over_a_killed_leaders_deadlines_wakeups_and_can
 async def test_a_leader_stopping_cleanly_hands_over_within_one_retry(
     control_plane: Any, ns: str, client: KubestepClient, procs: list[Proc], tmp_path: Path
 ) -> None:
-    a = replica(control_plane, tmp_path, ns, "op-a")
-    procs.append(a)
-    await until_holder(control_plane, ns, "op-a", 30)
-    b = replica(control_plane, tmp_path, ns, "op-b")
-    procs.append(b)
-    await asyncio.sleep(1)  # b is up and standing by
+    a, _ = await leader_and_standby(control_plane, tmp_path, ns, procs)
+    await asyncio.sleep(1)  # op-b is up and standing by
     stopped = time.monotonic()
     a.stop(timeout=10)
     took = await until_holder(control_plane, ns, "op-b", LEASE)

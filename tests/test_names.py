@@ -7,7 +7,6 @@ whole system with such names on the real plane."""
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,6 @@ def internal_namespaces(control_plane: Any) -> Iterator[list[str]]:
     yield NAMESPACES
     for ns in NAMESPACES:
         control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.signal(signal.SIGKILL)
-        p.stop(timeout=5)
 
 
 async def test_runs_and_workers_named_after_internal_words(

@@ -73,38 +73,26 @@ class StepCall:
         return self.future.done()
 
 
-def completed(key: str, started: dt.datetime, output: Any, extra: dict[str, Any]) -> dict[str, Any]:
+def _record(key: str, started: dt.datetime, state: str, extra: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {
         "key": key,
         "kind": "Run",
-        "state": api.StepState.COMPLETED,
+        "state": state,
         "startedAt": api.fmt_time(started),
         "finishedAt": api.fmt_time(api.now()),
-        "output": output,
+        **fields,
         **extra,
     }
+
+
+def completed(key: str, started: dt.datetime, output: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    return _record(key, started, api.StepState.COMPLETED, extra, output=output)
 
 
 def failed(key: str, started: dt.datetime, exc: BaseException, extra: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "key": key,
-        "kind": "Run",
-        "state": api.StepState.FAILED,
-        "startedAt": api.fmt_time(started),
-        "finishedAt": api.fmt_time(api.now()),
-        "error": error_record(exc, with_traceback=False),
-        **extra,
-    }
+    return _record(key, started, api.StepState.FAILED, extra, error=error_record(exc, with_traceback=False))
 
 
 def interrupted(key: str, started: dt.datetime, why: str, message: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Not Completed: an interrupted step runs again on resume."""
-    return {
-        "key": key,
-        "kind": "Run",
-        "state": api.StepState.INTERRUPTED,
-        "startedAt": api.fmt_time(started),
-        "finishedAt": api.fmt_time(api.now()),
-        "error": {"type": why, "message": message},
-        **extra,
-    }
+    return _record(key, started, api.StepState.INTERRUPTED, extra, error={"type": why, "message": message})
