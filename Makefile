@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools test unit demo bench bench-peer chaos kind-e2e lint clean
+.PHONY: help venv tools test unit demo bench bench-peer chaos image kind-e2e lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
 	@echo "make demo      set up and run the demo on the local control plane"
 	@echo "make bench     cancel-latency and timeout-overshoot benchmark (writes bench/results/; BENCH_ARGS=... passes options)"
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
+	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
 	@echo "make kind-e2e  the same suite against a kind cluster (needs docker + kind)"
 
@@ -38,6 +39,10 @@ demo: venv tools
 
 bench: venv tools
 	$(BIN)/python bench/cancel_latency.py $(BENCH_ARGS)
+
+# The project image without Docker or a registry (needs root, buildah, podman, mmdebstrap, runc).
+image:
+	IMAGE=$(IMAGE) hack/image/build.sh
 
 # The chaos soak (tests/chaos/soak.py) on a control plane of its own; the suite runs a short one.
 chaos: venv tools
