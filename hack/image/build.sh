@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project image without Docker or a registry (issue 11, first step): a base image built here from
+# The project image and the pod sandbox (pause) image without Docker or a registry (issue 11, first step):
+# a base image built here from
 # Debian packages (mmdebstrap; bookworm's Python is 3.11), then the repository's Dockerfile with buildah,
 # passed that base as PYTHON_IMAGE. With Docker and the default base the same Dockerfile builds unchanged.
 #
@@ -38,6 +39,19 @@ if ! podman image exists "$BASE"; then
     --customize-hook='chroot "$1" update-ca-certificates' \
     "$SUITE" "$work/base.tar"
   podman import --change 'CMD ["python3"]' "$work/base.tar" "$BASE" >/dev/null
+fi
+
+# The runtime's sandbox image, for a kubelet here (nothing may be pulled): a static pause, alone.
+PAUSE=${PAUSE_IMAGE:-localhost/kubestep-pause:1}
+if ! podman image exists "$PAUSE"; then
+  command -v gcc >/dev/null || { echo "image: gcc is missing (the pause image is built from hack/image/pause.c)" >&2; exit 1; }
+  work_pause=$(mktemp -d)
+  gcc -Os -static -o "$work_pause/pause" hack/image/pause.c
+  strip "$work_pause/pause"
+  tar -C "$work_pause" -cf "$work_pause/pause.tar" pause
+  podman import --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' "$work_pause/pause.tar" "$PAUSE" >/dev/null
+  rm -rf "$work_pause"
+  echo "image: built the sandbox image $PAUSE" >&2
 fi
 
 echo "image: building $IMAGE from the Dockerfile on $BASE" >&2
