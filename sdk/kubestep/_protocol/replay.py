@@ -10,11 +10,14 @@ a breach non-determinism. Both runtimes apply it: the worker (``_worker/ledger.p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from .._errors import ReplayMismatch
 
+# Turns of the event loop a new step waits for steps started with it (asyncio.gather) to reach theirs.
+SIBLING_TURNS = 3
 KINDS = {"Run": "step", "Wait": "wait", "Event": "wait for an event"}
 VERBS = {"Run": "starts step", "Wait": "waits at", "Event": "waits for an event at"}
 
@@ -62,3 +65,15 @@ class Replay:
             f"({rec['state']}) next, but the code {what} instead; the workflow's code changed since the run "
             "started, or it branches on something other than its input and step outputs"
         )
+
+
+async def before_new_step(replay: Replay, what: str) -> None:
+    """A call of a key with no record is about to start a new step: first let steps started
+    together with it reach their calls, then raise if a recorded step is still unreached."""
+    if not replay.unreached:
+        return
+    for _ in range(SIBLING_TURNS):
+        await asyncio.sleep(0)
+    mismatch = replay.mismatch(what)
+    if mismatch is not None:
+        raise mismatch

@@ -61,9 +61,6 @@ from .unwinding import CONTENDED, Release, Suspend
 
 logger = logging.getLogger("kubestep.worker")
 
-# Turns of the event loop a new step waits, during replay, for steps started with it to reach theirs.
-SIBLING_TURNS = 3
-
 
 def _rv(obj: dict[str, Any]) -> str:
     return str(obj["metadata"]["resourceVersion"])
@@ -408,13 +405,8 @@ class Run:
         self._seen.add(key)
         verb = api.replay.VERBS[kind]
         rec = self.ledger.lookup(key, kind, f"{verb} {key!r}")
-        if rec is None and self.ledger.unreached:
-            # Steps started together (asyncio.gather) reach their calls in the next turns of the loop.
-            for _ in range(SIBLING_TURNS):
-                await asyncio.sleep(0)
-            mismatch = self.ledger.mismatch(f"{verb} {key!r}")
-            if mismatch is not None:
-                raise mismatch
+        if rec is None:
+            await api.replay.before_new_step(self.ledger.replay, f"{verb} {key!r}")
         return rec
 
     def _put(self, rec: dict[str, Any]) -> None:
