@@ -140,12 +140,18 @@ class Elector:
             await asyncio.sleep(self.timing.retry_period)
             if await self._attempt():
                 renewed = time.monotonic()
-            elif time.monotonic() - renewed >= self.timing.renew_deadline:
+            elif time.monotonic() - renewed >= self.timing.renew_deadline or lease_spec(self._lease).get(
+                "holderIdentity"
+            ) not in (
+                "",
+                self.identity,
+            ):  # could not renew in time, or another replica already holds the Lease: stop acting now
                 self.leading = False
                 logger.error(
-                    "leader election: %s could not renew the Lease for %g s; stepping down",
+                    "leader election: %s lost the Lease (not renewed for %g s, or held by %r); stepping down",
                     self.identity,
                     self.timing.renew_deadline,
+                    lease_spec(self._lease).get("holderIdentity"),
                 )
                 stepped_down()
                 return
