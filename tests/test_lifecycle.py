@@ -93,6 +93,31 @@ async def test_a_run_whose_worker_is_lost_before_its_deadline_is_requeued_and_re
     assert {s.output["worker"] for s in e.status.steps} == {"doomed", "rescuer"}
 
 
+async def test_a_run_requeued_mid_segment_keeps_what_is_left_of_its_budget(
+    client: KubestepClient, workers: Any
+) -> None:
+    # Losing a worker is not a wait: the segment goes on, so the next holder gets what was left of
+    # the budget, not a fresh runTimeoutSeconds (a run that kills its workers cannot run forever).
+    w = workers(name="doomed")
+    h = await client.start("steps", {"count": 60, "seconds": 0.5}, run_timeout_seconds=8)
+
+    async def two_done() -> bool:
+        return len(completed_steps(await h.status())) >= 2
+
+    await until(two_done, what="two steps")
+    w.signal(signal.SIGKILL)
+    await until_phase(client, h.id, api.Phase.QUEUED, timeout=20)
+    left = float((await client._get_object(h.id))["status"]["budgetRemainingSeconds"])
+    assert 0 < left < 8 - 1, left  # at least a second of running and the lease's wait are spent
+    workers(name="rescuer")
+    e = await until_phase(client, h.id, api.Phase.CANCELLED, timeout=30)
+    assert e.status.cancellation and e.status.cancellation.reason == api.StopReason.RUN_TIMEOUT
+    history = await client.step_history(h.id)
+    rescued = [s for s in history if s.state == "Completed" and s.output["worker"] == "rescuer"]
+    # The rescuer's segment lasted what was left (a fresh budget would have allowed 16 steps).
+    assert 1 <= len(rescued) <= left / 0.5 + 1, (len(rescued), left)
+
+
 # ----- b, c: waiting does not count; the budget resets --------------------------------------
 
 
