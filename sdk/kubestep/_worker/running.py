@@ -546,7 +546,11 @@ class Run:
     async def _append_steps(self) -> None:
         async with self._append_lock:
             try:
-                await self._archive()
+                # The journal's ConfigMaps ride out an apiserver restart like the status write does
+                # (the soak found a step run twice when the apiserver died under an archive). A chunk
+                # whose answer was lost is written again under a new name: an orphan the garbage
+                # collector removes with the run.
+                await Outage(self.lease_seconds).retrying(self._archive)
                 await self._append_steps_locked()
             except (Release, StopExecution):
                 raise
