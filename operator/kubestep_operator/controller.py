@@ -57,6 +57,7 @@ class Controller:
     watch: Kube  # the informers' long watches, on connections of their own
     scopes: list[Scope]
     lease_grace: dt.datetime  # a holder without a known Lease counts as gone from then on
+    blind_until: dt.datetime | None = None  # one lease after the Leases had to be listed again
     lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
     grace_seconds: float = 30.0  # the grace period of runs whose spec does not set one
     writers: int = 8  # writes in flight at most
@@ -68,6 +69,7 @@ class Controller:
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._leases_seen: set[Scope] = set()
         self.scheduler = Scheduler(self.fire)
         self.backlog: Backlog[RunKey] = Backlog()
         self.recorder = Recorder(self.kube, OPERATOR)
@@ -178,7 +180,13 @@ class Controller:
     def leases_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
         # Leases are keyed by holder, not by name: a re-list simply re-adds the live ones, and one
         # deleted while the watch was down expires like any other (the scheduler looks at it then).
-        pass
+        # A list after the first means the watch broke, most often because the apiserver or etcd
+        # restarted, when no worker could renew either: give holders one lease to renew before
+        # their runs are called lost (``decide``'s ``blind_until``). The chaos soak found steps run
+        # twice when runs were re-queued the moment the apiserver came back.
+        if scope in self._leases_seen:
+            self.blind_until = api.now() + dt.timedelta(seconds=self.lease_seconds)
+        self._leases_seen.add(scope)
 
     # ----- lookups ----------------------------------------------------------------------------
 
@@ -194,7 +202,13 @@ class Controller:
 
     def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
         return decide(
-            s, now, self.liveness, self.live_workflows(s.namespace, now), self.lease_grace, self.lease_seconds
+            s,
+            now,
+            self.liveness,
+            self.live_workflows(s.namespace, now),
+            self.lease_grace,
+            self.lease_seconds,
+            self.blind_until,
         )
 
     # ----- acting -----------------------------------------------------------------------------

@@ -157,11 +157,14 @@ def decide(
     live_workflows: frozenset[str] | None,
     lease_grace: dt.datetime,
     lease_seconds: float = 15.0,
+    blind_until: dt.datetime | None = None,
 ) -> Decision:
     """The transition to make now. ``live_workflows`` is every workflow a live worker in the
     namespace serves (None when unknown); ``lease_grace`` is when a holder without a known
     Lease counts as gone (the operator's start plus one lease duration); ``lease_seconds`` is
-    how long a worker that stopped renewing still counts as alive."""
+    how long a worker that stopped renewing still counts as alive; ``blind_until`` is one lease
+    after the operator last had to list the Leases again (a broken watch), before which no known
+    holder counts as gone."""
     phase = s.phase
     if phase in api.TERMINAL_PHASES:
         return Decision()
@@ -191,7 +194,7 @@ def decide(
         return _finish_cancelled(s, stop, f"cancelled {where}{_said(s.cancel_note)}", now)
 
     if phase in api.HELD_PHASES:
-        return _decide_held(s, now, worker, lease_grace, lease_seconds)
+        return _decide_held(s, now, worker, lease_grace, lease_seconds, blind_until)
 
     if phase == api.Phase.WAITING:
         if s.event_ready:
@@ -251,11 +254,21 @@ def decide(
 
 
 def _decide_held(
-    s: Snapshot, now: dt.datetime, worker: WorkerLookup, lease_grace: dt.datetime, lease_seconds: float
+    s: Snapshot,
+    now: dt.datetime,
+    worker: WorkerLookup,
+    lease_grace: dt.datetime,
+    lease_seconds: float,
+    blind_until: dt.datetime | None = None,
 ) -> Decision:
     """A worker holds the run (Running or Cancelling)."""
     holder = worker(s.namespace, s.worker or "")
     expires = holder.expires if holder else lease_grace
+    if holder and blind_until is not None and blind_until > expires:
+        # The operator lost sight of the Leases (its watch broke: an apiserver or etcd restart) and
+        # the workers could not renew meanwhile either: a holder gets one lease from when the
+        # operator sees again, to renew, before its runs are called lost and run again elsewhere.
+        expires = blind_until
     if now >= expires:
         who = f"worker {s.worker!r} is gone (its lease expired)"
         timed_out = s.deadline is not None and now >= s.deadline

@@ -259,3 +259,17 @@ def test_a_live_holder_gets_a_head_start_before_the_operator_writes_cancelling()
     assert d.patch is None and d.next_due == asked + dt.timedelta(seconds=2)
     d = run(s, now=asked + dt.timedelta(seconds=2))
     assert d.patch and d.patch["phase"] == api.Phase.CANCELLING
+
+
+def test_after_the_operator_lost_sight_of_the_leases_holders_get_one_lease_to_renew() -> None:
+    # The apiserver restarted: no worker could renew, and the operator's watch broke. Its Leases
+    # look expired when the operator lists them again, but the holder is not called lost until
+    # one lease after that list (blind_until); then it is.
+    s = snap(api.Phase.RUNNING, worker="w1", deadline=T0 + dt.timedelta(seconds=60))
+    blind = T0 + dt.timedelta(seconds=2)
+    held = decide(s, T0, lambda ns, w: GONE, frozenset({"wf"}), GRACE, 15.0, blind)
+    assert held.patch is None and held.next_due == blind
+    lost = decide(s, blind, lambda ns, w: GONE, frozenset({"wf"}), GRACE, 15.0, blind)
+    assert lost.patch and lost.patch["reason"] == api.Reason.WORKER_LOST
+    # Without the grace, at once.
+    assert run(s, live=GONE).patch is not None

@@ -62,12 +62,13 @@ def transient(exc: BaseException) -> bool:
 
 
 class Outage:
-    """Rides out an apiserver that is restarting or overloaded (connection refused, 5xx, 429) for
-    as long as this worker's Lease holds the run (one lease duration), instead of letting go of
-    the run at once: letting go would re-queue it, and replay would run the step in flight again
-    although it finished. A write guarded by the holder (``test`` operations or the
-    resourceVersion) that lands after the operator re-queued the run is refused, so waiting is safe.
-    The chaos soak found this (``tests/chaos/soak.py``: a step run twice by one worker)."""
+    """Rides out an apiserver that is restarting or overloaded (connection refused, 5xx, 429) for up
+    to ``seconds`` (the worker uses three leases, at least 30 s), instead of letting go of the run at
+    once: letting go would re-queue it, and replay would run the step in flight again although it
+    finished. Nobody can take the run while the apiserver is down, the operator gives holders a lease
+    after it sees again, and a write guarded by the holder (``test`` operations or the
+    resourceVersion) that lands after the run was re-queued is refused, so waiting is safe. The chaos
+    soak found this (``tests/chaos/soak.py``: steps run twice by one worker)."""
 
     def __init__(self, seconds: float) -> None:
         self.until = time.monotonic() + seconds

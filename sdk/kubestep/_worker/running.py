@@ -116,6 +116,10 @@ class Run:
         self._seen: set[str] = set()
         self.checkpoint_seconds = settings.checkpoint_seconds
         self.lease_seconds = settings.lease_seconds
+        # How long a write rides out an unreachable or restarting apiserver before letting go. Nobody
+        # can take the run while the apiserver is down, and once it answers a guarded write either
+        # lands or is refused; the operator gives holders a lease after it sees again (blind_until).
+        self._outage_seconds = max(3.0 * settings.lease_seconds, 30.0)
         self._last_checkpoint = time.monotonic()
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)
@@ -231,7 +235,7 @@ class Run:
         """
         async with self._append_lock:
             pass
-        outage = Outage(self.lease_seconds)
+        outage = Outage(self._outage_seconds)
         conflicts = 0
         while conflicts < 10:
             if stoppable and self.stop_reason == api.StopReason.REQUESTED:
@@ -550,7 +554,7 @@ class Run:
                 # (the soak found a step run twice when the apiserver died under an archive). A chunk
                 # whose answer was lost is written again under a new name: an orphan the garbage
                 # collector removes with the run.
-                await Outage(self.lease_seconds).retrying(self._archive)
+                await Outage(self._outage_seconds).retrying(self._archive)
                 await self._append_steps_locked()
             except (Release, StopExecution):
                 raise
@@ -567,7 +571,7 @@ class Run:
         attempt, phase) rather than on the resourceVersion, so an unrelated
         change (the operator updating a condition) is not a conflict.
         """
-        outage = Outage(self.lease_seconds)
+        outage = Outage(self._outage_seconds)
         conflicts = 0
         while conflicts < 10:
             status = self.obj.get("status") or {}
