@@ -29,12 +29,13 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from stats import summary  # bench/stats.py (the script's folder is on sys.path)
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
@@ -46,24 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 PATCH_MS: list[float] = []  # the cancel request's own round trip, for the diagnosis
 
 HERE = Path(__file__).resolve().parent
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {
-        "n": len(ms),
-        "p50": pct(ms, 50),
-        "p95": pct(ms, 95),
-        "p99": pct(ms, 99),
-        "mean": statistics.fmean(ms),
-        "max": max(ms),
-    }
 
 
 class Watcher:

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,28 +39,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats import summary
 from temporal_workflows import Idle, Steps, StepsInput, sleep_step
 
 TASK_QUEUE = "bench"
 CLI = Path(os.environ.get("TEMPORAL_CLI", Path.home() / ".cache/kubestep/temporal/bin-v1.5.1/temporal"))
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {
-        "n": len(ms),
-        "p50": pct(ms, 50),
-        "p95": pct(ms, 95),
-        "p99": pct(ms, 99),
-        "mean": statistics.fmean(ms),
-        "max": max(ms),
-    }
 
 
 def free_port() -> int:
