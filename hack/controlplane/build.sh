@@ -62,6 +62,13 @@ if [ "$only" = all ] || [ "$only" = kubernetes ]; then
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
     kubectl=k8s.io/kubernetes/cmd/kubectl
 fi
+# The node's components (hack/node/): only on request, the default suite needs none of them.
+if [ "$only" = node ]; then
+  build kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "$k8s_ldflags" \
+    kubelet=k8s.io/kubernetes/cmd/kubelet \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+    kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
+fi
 if [ "$only" = all ] || [ "$only" = helm ]; then
   build helm "$cache/helm-$HELM_VERSION" \
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \

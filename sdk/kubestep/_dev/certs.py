@@ -56,6 +56,18 @@ class LeafSpec:
     ips: tuple[str, ...] = ()
 
 
+def leaves(apiserver_ips: tuple[str, ...] = ()) -> tuple[LeafSpec, ...]:
+    """The leaf certificates; `apiserver_ips` adds addresses the API server is reached at (a node's)."""
+    apiserver = LeafSpec(
+        "apiserver",
+        "kube-apiserver",
+        server=True,
+        dns_names=APISERVER_DNS_NAMES,
+        ips=APISERVER_IPS + tuple(ip for ip in apiserver_ips if ip not in APISERVER_IPS),
+    )
+    return (apiserver, *LEAVES[1:])
+
+
 LEAVES: tuple[LeafSpec, ...] = (
     LeafSpec(
         "apiserver",
@@ -108,9 +120,9 @@ class Pki:
         return self.dir / "sa.pub"
 
 
-def ensure_pki(directory: Path) -> Pki:
+def ensure_pki(directory: Path, leaves: tuple[LeafSpec, ...] = LEAVES) -> Pki:
     """Create (or complete, or repair) the PKI in `directory`; return its layout."""
-    pki = Pki(directory)
+    pki = Pki(directory, leaves)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca_cert, ca_key, ca_new = _ensure_ca(pki)

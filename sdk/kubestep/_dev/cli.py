@@ -57,6 +57,11 @@ def add_dev_parser(
         help="start (or check) the control plane and install the Kubestep CRDs",
     )
     up.add_argument(
+        "--advertise-address",
+        help="for a plane with a node (hack/node/): listen on every address of this network namespace and "
+        "publish this one as the `kubernetes` Service's endpoint ($KUBESTEP_DEV_ADVERTISE_ADDRESS)",
+    )
+    up.add_argument(
         "--crds-dir",
         type=Path,
         help="CRD manifests to install (default: $KUBESTEP_CRDS_DIR or the repository's crds/)",
@@ -114,6 +119,7 @@ def _plane(args: argparse.Namespace) -> ControlPlane:
         etcd_peer_port=args.etcd_peer_port,
         controller_manager_port=args.controller_manager_port,
         crds_dir=getattr(args, "crds_dir", None),
+        advertise_address=getattr(args, "advertise_address", None),
     )
 
 

@@ -60,6 +60,7 @@ BINARIES: tuple[str, ...] = (*COMPONENTS, KUBECTL)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+ADVERTISE_ADDRESS_ENV = "KUBESTEP_DEV_ADVERTISE_ADDRESS"
 
 # The state directory carries this file so `down(purge=True)` never deletes a
 # directory it did not create.
@@ -78,6 +79,7 @@ _STATE_ENTRIES = (
     "controller-manager.kubeconfig",
     "controller-manager.kubeconfig.tmp",
     "ports.json",
+    "advertise-address",
     "crds.sha256",
     ".lock",
     _MARKER,
@@ -143,6 +145,7 @@ class ControlPlane:
         crds_dir: Path | str | None = None,
         progress: Callable[[str], None] | None = _stderr,
         startup_timeout: float = 120.0,
+        advertise_address: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir or default_state_dir()).expanduser().resolve()
         self.crds_dir = Path(crds_dir).expanduser() if crds_dir else default_crds_dir()
@@ -159,6 +162,7 @@ class ControlPlane:
                 "controller_manager": controller_manager_port,
             },
         )
+        self.advertise_address = self._resolve_advertise_address(advertise_address)
 
     def __repr__(self) -> str:
         return f"ControlPlane({str(self.state_dir)!r}, ports={self.ports!r})"
@@ -176,9 +180,10 @@ class ControlPlane:
 
     @property
     def pki(self) -> Pki:
-        from kubestep._dev.certs import Pki
+        from kubestep._dev.certs import Pki, leaves
 
-        return Pki(self.state_dir / "pki")
+        extra = (self.advertise_address,) if self.advertise_address else ()
+        return Pki(self.state_dir / "pki", leaves(extra))
 
     @property
     def log_dir(self) -> Path:
@@ -195,6 +200,10 @@ class ControlPlane:
         return self.state_dir / "ports.json"
 
     @property
+    def _advertise_file(self) -> Path:
+        return self.state_dir / "advertise-address"
+
+    @property
     def _crds_stamp(self) -> Path:
         return self.state_dir / "crds.sha256"
 
@@ -205,6 +214,23 @@ class ControlPlane:
     @property
     def _kubectl_cache(self) -> Path:
         return self.state_dir / "kubectl-cache"
+
+    def _resolve_advertise_address(self, explicit: str | None) -> str | None:
+        """The address pods reach the API server at, for a plane with a node (hack/node/).
+
+        None (the default): the API server listens on 127.0.0.1 only and the
+        `kubernetes` Service has no endpoints, as nothing runs in a pod. Given
+        (flag, then $KUBESTEP_DEV_ADVERTISE_ADDRESS, then the last `up`), it
+        listens on every address of its network namespace, which must be the
+        node's isolated one, and publishes this address as the Service's endpoint.
+        """
+        if explicit:
+            return explicit
+        if from_env := os.environ.get(ADVERTISE_ADDRESS_ENV):
+            return from_env
+        with contextlib.suppress(OSError):
+            return self._advertise_file.read_text().strip() or None
+        return None
 
     def _resolve_ports(self, ports: Ports | None, explicit: Mapping[str, int | None]) -> Ports:
         if ports is not None:
@@ -377,7 +403,11 @@ class ControlPlane:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir / "etcd", 0o700)
         self._check_ports_consistent()
-        pki = certs.ensure_pki(self.pki.dir)
+        pki = certs.ensure_pki(self.pki.dir, self.pki.leaves)
+        if self.advertise_address:
+            self._advertise_file.write_text(self.advertise_address + "\n")
+        else:
+            self._advertise_file.unlink(missing_ok=True)
         self._write_kubeconfigs(pki)
         started: list[str] = []
 
@@ -438,12 +468,26 @@ class ControlPlane:
         ]
 
     def _apiserver_argv(self, binary: Path, pki: Pki) -> list[str]:
+        if self.advertise_address:
+            # With a node: pods reach the API server through the `kubernetes`
+            # Service (its endpoint is this address), and the API server reaches
+            # the kubelet (logs, exec) with the admin certificate.
+            listen = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.advertise_address}",
+                f"--kubelet-client-certificate={pki.cert('admin')}",
+                f"--kubelet-client-key={pki.key('admin')}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            # The `kubernetes` Service cannot point at 127.0.0.1 (Endpoints reject
+            # loopback addresses) and nothing runs in-cluster here anyway.
+            listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         return [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
             f"--secure-port={self.ports.apiserver}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *listen,
             "--authorization-mode=Node,RBAC",
             f"--client-ca-file={pki.ca_cert}",
             f"--tls-cert-file={pki.cert('apiserver')}",
@@ -454,9 +498,6 @@ class ControlPlane:
             f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
-            # The `kubernetes` Service cannot point at 127.0.0.1 (Endpoints reject
-            # loopback addresses) and nothing runs in-cluster here anyway.
-            "--endpoint-reconciler-type=none",
             # Default admission plugins (PodSecurity, ServiceAccount, ...) stay on, and so does
             # API Priority and Fairness, as in every real cluster (the chart ships FlowSchemas).
             "--profiling=true",  # /debug/pprof, admin only: for finding where a benchmark spends time
