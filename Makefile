@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools test unit demo bench bench-peer chaos image kind-e2e lint clean
+.PHONY: help venv tools node-tools test unit demo bench bench-peer chaos image node node-down node-e2e kind-e2e lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
@@ -14,6 +14,8 @@ help:
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
 	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
+	@echo "make node      a real node: kubelet, containerd, scheduler, kube-proxy + the control plane in an isolated netns (root)"
+	@echo "make node-e2e  images, node, helm install, the suite and tests/pods against real pods (root; hack/node/e2e.sh)"
 	@echo "make kind-e2e  the same suite against a kind cluster (needs docker + kind)"
 
 venv: $(VENV)/.installed
@@ -43,6 +45,22 @@ bench: venv tools
 # The project image without Docker or a registry (needs root, buildah, podman, mmdebstrap, runc).
 image:
 	IMAGE=$(IMAGE) hack/image/build.sh
+
+# A real node (hack/node/): kubelet, kube-scheduler and kube-proxy from the same pinned module.
+node-tools: tools
+	hack/controlplane/build.sh node
+
+# Needs root and Debian's containerd, containernetworking-plugins, runc, iptables, conntrack,
+# podman, buildah, mmdebstrap (hack/node/up.sh says why each). The images come from `make image`.
+node: venv node-tools
+	hack/node/up.sh
+
+node-down:
+	hack/node/down.sh --purge
+
+# Images, a node from scratch, helm install, the suite and tests/pods against the chart's pods.
+node-e2e: venv node-tools
+	hack/node/e2e.sh
 
 # The chaos soak (tests/chaos/soak.py) on a control plane of its own; the suite runs a short one.
 chaos: venv tools

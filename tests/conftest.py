@@ -121,6 +121,11 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# tests/pods needs the chart's pods on a real node (`make node-e2e`, hack/node/e2e.sh sets
+# KUBESTEP_TEST_PODS): not collected otherwise.
+collect_ignore = [] if _env_flag("KUBESTEP_TEST_PODS") else ["pods"]
+
+
 def _reap_stale_test_planes(root: Path) -> None:
     """Stop planes left behind by test sessions that died (SIGKILL, timeout)."""
     for state_dir in root.glob("test-*"):

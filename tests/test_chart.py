@@ -621,11 +621,12 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
 
 
 def test_cancel_audit_policy_records_the_user_who_cancels(
-    control_plane: Cluster, helm: Path, namespace: str, operator: Any
+    control_plane: Cluster, helm: Path, run_namespace: str, operator: Any
 ) -> None:
     """With ``cancelAudit.enabled`` the apiserver writes the cancelling user into the run (a
     MutatingAdmissionPolicy, beta before 1.36: the local plane enables it), and the run's
     ``status.cancellation.requestedByUser`` names them; the field manager names the client."""
+    namespace = run_namespace  # where an operator serves: the chart's namespace in a cluster
     release = f"audit-{uuid.uuid4().hex[:6]}"
     docs = render(helm, namespace, "--set", "cancelAudit.enabled=true", "--show-only", "templates/cancel-audit.yaml")
     assert [d["kind"] for d in docs] == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
@@ -703,6 +704,8 @@ def test_cancel_audit_policy_records_the_user_who_cancels(
         assert status["cancellation"]["message"] == "audit"
     finally:
         control_plane.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest, check=False)
+        for kind in ("rolebinding", "role", "serviceaccount"):
+            control_plane.kubectl("-n", namespace, "delete", kind, "canceller", "--ignore-not-found", check=False)
 
 
 # ----- API Priority and Fairness: a cancel does not queue behind step data ------------------------

@@ -93,6 +93,7 @@ async def test_a_run_whose_worker_is_lost_before_its_deadline_is_requeued_and_re
     assert {s.output["worker"] for s in e.status.steps} == {"doomed", "rescuer"}
 
 
+@local_only
 async def test_a_run_requeued_mid_segment_keeps_what_is_left_of_its_budget(
     client: KubestepClient, workers: Any
 ) -> None:
@@ -453,6 +454,7 @@ async def test_a_long_history_is_archived_and_replayed_from_the_journal(
     await until(collected, 30, "the journal ConfigMaps to be garbage-collected")
 
 
+@local_only
 async def test_a_long_journal_stays_short_in_status_by_merging_chunks(client: KubestepClient, workers: Any) -> None:
     """A window of 2 records archives one record per chunk; every 16 chunks of a level are merged into
     one of the next, so status.journal stays short, and replay and the history still see every step."""

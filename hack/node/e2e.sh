@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# make node-e2e: the chart's pods on a real node, end to end (issue 11).
+#  1. the images, without Docker: the project image (hack/image/build.sh) and a user image built
+#     FROM it (tests/pods/userimage), both loaded into the node's containerd, never pulled;
+#  2. the node (hack/node/up.sh), from scratch;
+#  3. `helm install` with charts/kubestep/ci/node-values.yaml into a namespace that enforces
+#     restricted Pod Security, waiting until every pod is Ready through its real probes;
+#  4. the suite against it (KUBESTEP_TEST_KUBECONFIG), then the tests only pods can run
+#     (tests/pods), all inside the node's network namespace;
+#  5. the node is stopped and deleted afterwards (KUBESTEP_KEEP_NODE=1 keeps it), also on failure.
+# Stage times and the in-pod figures go to bench/results/node-e2e.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+cd "$repo"
+
+NAMESPACE=${KUBESTEP_E2E_NAMESPACE:-kubestep}
+IMAGE=localhost/kubestep:dev
+USER_IMAGE=localhost/kubestep-myflows:dev
+RESULTS=bench/results/node-e2e.md
+figures=$(mktemp)
+stages=()
+stage() { stages+=("| $1 | $2 s |"); say "$1: $2 s"; }
+
+cleanup() {
+  if [ "${KUBESTEP_KEEP_NODE:-}" = 1 ]; then
+    say "node kept (KUBESTEP_KEEP_NODE=1): hack/node/kubectl.sh get pods -A; stop with hack/node/down.sh --purge"
+  else
+    "$here/down.sh" --purge || true
+  fi
+  rm -f "$figures"
+}
+trap cleanup EXIT
+
+t=$SECONDS
+IMAGE=kubestep:dev hack/image/build.sh
+buildah bud --runtime "$(command -v runc)" --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+  --build-arg "KUBESTEP_IMAGE=$IMAGE" -t "$USER_IMAGE" tests/pods/userimage
+stage "images (project, user)" $((SECONDS - t))
+
+t=$SECONDS
+"$here/down.sh" --purge
+"$here/up.sh" "$IMAGE" "$USER_IMAGE"
+stage "node start (from nothing, images loaded)" $((SECONDS - t))
+
+kubectl() { in_node "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+t=$SECONDS
+kubectl create namespace "$NAMESPACE"
+kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted \
+  pod-security.kubernetes.io/enforce-version=latest
+in_node "$BIN/helm" install kubestep charts/kubestep --kubeconfig "$KUBECONFIG_FILE" -n "$NAMESPACE" \
+  -f charts/kubestep/ci/node-values.yaml --wait --timeout 5m
+kubectl -n "$NAMESPACE" wait pods --all --for=condition=Ready --timeout=120s
+stage "helm install to every pod Ready" $((SECONDS - t))
+pods_before=$(kubectl -n "$NAMESPACE" get pods -o wide)
+printf '%s\n' "$pods_before" >&2
+
+export KUBESTEP_TEST_KUBECONFIG=$KUBECONFIG_FILE KUBESTEP_E2E_NAMESPACE=$NAMESPACE
+t=$SECONDS
+in_node .venv/bin/pytest -p no:cacheprovider tests --ignore=tests/unit
+stage "the suite against the pods" $((SECONDS - t))
+t=$SECONDS
+in_node env KUBESTEP_TEST_PODS=1 KUBESTEP_NODE_RESULTS="$figures" .venv/bin/pytest -p no:cacheprovider -s tests/pods
+stage "tests/pods (only real pods)" $((SECONDS - t))
+check_isolated
+
+{
+  echo "# make node-e2e: $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
+  echo
+  echo "| stage | time |"
+  echo "|---|---:|"
+  printf '%s\n' "${stages[@]}"
+  echo
+  echo "In-pod figures (tests/pods):"
+  echo
+  echo '```'
+  cat "$figures"
+  echo '```'
+  echo
+  echo "After helm install:"
+  echo
+  echo '```'
+  printf '%s\n' "$pods_before"
+  echo '```'
+} >"$RESULTS"
+say "all green; stage times and figures in $RESULTS"
