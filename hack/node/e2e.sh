@@ -35,6 +35,10 @@ cleanup() {
 trap cleanup EXIT
 
 t=$SECONDS
+"$here/deps.sh"
+stage "Debian packages (hack/node/deps.sh)" $((SECONDS - t))
+
+t=$SECONDS
 IMAGE=kubestep:dev hack/image/build.sh
 buildah bud --runtime "$(command -v runc)" --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
   --build-arg "KUBESTEP_IMAGE=$IMAGE" -t "$USER_IMAGE" tests/pods/userimage
@@ -54,7 +58,7 @@ in_node "$BIN/helm" install kubestep charts/kubestep --kubeconfig "$KUBECONFIG_F
   -f charts/kubestep/ci/node-values.yaml --wait --timeout 5m
 kubectl -n "$NAMESPACE" wait pods --all --for=condition=Ready --timeout=120s
 stage "helm install to every pod Ready" $((SECONDS - t))
-pods_before=$(kubectl -n "$NAMESPACE" get pods -o wide)
+pods_before=$(kubectl get nodes -o wide; echo; kubectl -n "$NAMESPACE" get pods -o wide)
 printf '%s\n' "$pods_before" >&2
 
 export KUBESTEP_TEST_KUBECONFIG=$KUBECONFIG_FILE KUBESTEP_E2E_NAMESPACE=$NAMESPACE
