@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop the node (hack/node/up.sh): kubelet, kube-proxy, scheduler, the pods'
-# containers, containerd, the control plane; then delete the network namespace
-# and the pods' namespaces. `--purge` also deletes the node's directory.
+# containers, containerd, the control plane; then delete the network namespace.
+# `--purge` also deletes the node's directory.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -35,17 +35,14 @@ if [ -S "$CONTAINERD_SOCK" ]; then
 fi
 stop containerd
 pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
-# Mounts containerd and the kubelet left (overlay roots, shm, projected tokens), deepest first.
+# Mounts containerd and the kubelet left (overlay roots, shm, projected tokens, the pods' network
+# namespaces: netns_mounts_under_state_dir), deepest first.
 grep -F " $NODE_DIR/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
   umount -l "$m" 2>/dev/null || true
 done
 if [ -x "$KUBESTEP" ] && [ -d "$PLANE_DIR" ] && [ -e "/var/run/netns/$NETNS" ]; then
   nsenter --net="/var/run/netns/$NETNS" "$KUBESTEP" dev down --state-dir "$PLANE_DIR" >&2 || true
 fi
-# The pods' network namespaces (named cni-*) that this node's containerd made.
-for ns in $(ip netns list | awk '{print $1}' | grep '^cni-' || true); do
-  ip netns del "$ns" 2>/dev/null || true
-done
 if [ -e "/var/run/netns/$NETNS" ]; then
   ip netns del "$NETNS"
   say "deleted network namespace $NETNS"

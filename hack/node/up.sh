@@ -89,6 +89,9 @@ state = "$NODE_DIR/containerd/state"
   sandbox_image = "$PAUSE_IMAGE"
   # CAP_SYS_RESOURCE is missing here: sandboxes keep the runtime's oom_score_adj.
   restrict_oom_score_adj = true
+  # The pods' network namespaces under our state directory, not /var/run/netns: down.sh removes
+  # exactly these, never another runtime's.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

@@ -74,6 +74,16 @@ async def until_running_on_a_pod(client: KubestepClient, name: str, steps: int) 
     return await until(check, 60, f"{name} running with {steps} steps done")
 
 
+async def held_by_a_pod(client: KubestepClient, cluster: Any, name: str, steps: int) -> str:
+    """The worker pod running `name` once `steps` are done; its Lease is owned by the Pod (downward API's POD_UID)."""
+    holder: str = (await until_running_on_a_pod(client, name, steps)).status.worker
+    pod = kubectl_json(cluster, "get", "pod", holder)
+    owner = lease(cluster, f"kubestep-worker-{holder}")
+    assert owner is not None
+    assert owner["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+    return holder
+
+
 @pytest.fixture
 async def both_workers(control_plane: Any) -> list[dict[str, Any]]:
     """Both example worker pods Ready (a test before may have replaced one)."""
@@ -84,12 +94,7 @@ async def test_a_deleted_worker_pod_finishes_its_step_hands_the_run_back_and_dro
     client: KubestepClient, control_plane: Any, both_workers: Any
 ) -> None:
     h = await client.start("steps", {"count": 6, "seconds": 1.5})
-    e = await until_running_on_a_pod(client, h.id, 1)
-    holder = e.status.worker
-    pod = kubectl_json(control_plane, "get", "pod", holder)
-    owner = lease(control_plane, f"kubestep-worker-{holder}")
-    assert owner is not None
-    assert owner["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+    holder = await held_by_a_pod(client, control_plane, h.id, 1)
     done_before = len(completed_steps(await h.status()))
 
     # The kubelet sends SIGTERM; the chart gives the pod 60 s.
@@ -120,10 +125,8 @@ async def test_a_worker_pod_killed_mid_step_loses_its_lease_to_the_garbage_colle
     # A step longer than a 1 s grace period: the kubelet SIGKILLs the worker while it waits for
     # the step, so nothing releases the Lease; its owner reference to the Pod does.
     h = await client.start("steps", {"count": 3, "seconds": 6})
-    e = await until_running_on_a_pod(client, h.id, 0)
-    holder = e.status.worker
+    holder = await held_by_a_pod(client, control_plane, h.id, 0)
     name = f"kubestep-worker-{holder}"
-    assert lease(control_plane, name) is not None
     control_plane.kubectl("-n", NAMESPACE, "delete", "pod", holder, "--grace-period=1", "--wait=false")
     start = time.monotonic()
     await until(lambda: _gone(control_plane, name), 60, f"the garbage collector to delete lease {name}")
@@ -192,8 +195,10 @@ async def test_every_container_runs_as_10001_read_only_under_restricted_pod_secu
         "try:\n    open('/app/x', 'w'); root = 'writable'\nexcept OSError as e:\n    root = e.strerror\n"
         "open('/tmp/ok', 'w').write('ok')\n"
         "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'caps': caps, 'root': root,\n"
+        "                  'apiserver': os.environ.get('KUBERNETES_SERVICE_HOST'),\n"
         "                  'pid1': open('/proc/1/cmdline').read().split(chr(0))[:3]}))\n"
     )
+    service = json.loads(control_plane.kubectl("-n", "default", "get", "service", "kubernetes", "-o", "json").stdout)
     all_pods = pods(control_plane, f"app.kubernetes.io/instance={RELEASE}")
     assert len(all_pods) >= 5, [p["metadata"]["name"] for p in all_pods]
     for pod in all_pods:
@@ -204,6 +209,8 @@ async def test_every_container_runs_as_10001_read_only_under_restricted_pod_secu
         assert seen["uid"] == 10001 and seen["gid"] == 10001, (name, seen)
         assert int(seen["caps"], 16) == 0, (name, seen)  # every capability dropped
         assert seen["root"] == "Read-only file system", (name, seen)
+        # In-cluster configuration: the API server through the `kubernetes` Service (kube-proxy).
+        assert seen["apiserver"] == service["spec"]["clusterIP"], (name, seen)
         # The container's first process is kubestep itself, so the kubelet's SIGTERM reaches it.
         assert any(arg.endswith("/kubestep") for arg in seen["pid1"][:2]), (name, seen)
     # Admission, too: a privileged pod is refused in this namespace.
