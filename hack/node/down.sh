@@ -37,7 +37,7 @@ stop containerd
 pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
 # Mounts containerd and the kubelet left (overlay roots, shm, projected tokens, the pods' network
 # namespaces: netns_mounts_under_state_dir), deepest first.
-grep -F " $NODE_DIR/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
+{ grep -F " $NODE_DIR/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
   umount -l "$m" 2>/dev/null || true
 done
 if [ -x "$KUBESTEP" ] && [ -d "$PLANE_DIR" ] && [ -e "/var/run/netns/$NETNS" ]; then
