@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=hack/node/lib.sh
 . "$here/lib.sh"
 KUBESTEP=${KUBESTEP:-$repo/.venv/bin/kubestep}
 purge=false

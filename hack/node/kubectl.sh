@@ -4,6 +4,6 @@
 #   hack/node/kubectl.sh get pods -A -o wide
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=hack/node/lib.sh
 . "$here/lib.sh"
 exec nsenter --net="/var/run/netns/$NETNS" "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"

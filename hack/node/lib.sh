@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared by hack/node/*.sh: where the node lives and how to reach into it.
 # Sourced, not run.
 #
