@@ -215,6 +215,19 @@ def test_chart_refuses_a_worker_in_an_unwatched_namespace(helm: Path) -> None:
     assert proc.returncode != 0 and "does not watch" in proc.stderr, proc.stderr
 
 
+def test_chart_refuses_one_port_for_a_workers_probes_and_metrics(helm: Path) -> None:
+    proc = subprocess.run(
+        [
+            *(str(helm), "template", RELEASE, str(CHART)),
+            *("--set", "workers[0].name=w,workers[0].module=m,metrics.enabled=true,metrics.port=8080"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "both 8080" in proc.stderr, proc.stderr
+
+
 def test_chart_crd_is_the_top_level_crd() -> None:
     top = (REPO_ROOT / "crds" / CRD_FILE).read_bytes()
     copy = (CHART / "crds" / CRD_FILE).read_bytes()
@@ -420,7 +433,10 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     spec = wk["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == WORKER_SA
     c = spec["containers"][0]
-    assert c["args"] == ["worker", "kubestep.examples", "--concurrency=10"]
+    assert c["args"] == ["worker", "kubestep.examples", "--concurrency=10", "--health-port=8080"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health", "scheme": "HTTP"}
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") or e.get("value") for e in c["env"]}
     assert env == {
         "POD_NAME": "metadata.name",

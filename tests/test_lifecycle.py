@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import kubestep
@@ -605,3 +606,36 @@ async def test_worker_and_operator_metrics_count_what_happened(
     # not have beaten the worker, which acts on the flag itself).
     assert op[queued] - queued_before >= 2
     assert ("kubestep_operator_scheduled", ()) in op and ("kubestep_operator_unfinished_runs", ()) in op
+
+
+# ----- the kubelet's probes ------------------------------------------------------------------
+
+
+@local_only
+async def test_a_worker_is_ready_while_it_claims_runs_and_not_while_it_drains(
+    client: KubestepClient, workers: Any
+) -> None:
+    port = free_port()
+    w = workers(env={"KUBESTEP_HEALTH_PORT": str(port)})
+    assert w is not None
+
+    async def probe(path: str) -> tuple[int, str]:
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.get(f"http://127.0.0.1:{port}{path}")
+            return r.status_code, r.text
+
+    async def readiness_is(code: int) -> tuple[int, str] | None:
+        got = await probe("/readyz")
+        return got if got[0] == code else None
+
+    assert await until(lambda: readiness_is(200), 10, "/readyz to pass") == (200, "ok\n")
+    assert await probe("/healthz") == (200, "ok\n")
+    h = await client.start("steps", {"count": 3, "seconds": 3})
+    await until_phase(client, h.id, api.Phase.RUNNING)
+    w.signal(signal.SIGTERM)  # it finishes the 3 s step in flight, then hands the run back
+    _, text = await until(lambda: readiness_is(503), 5, "/readyz to fail")
+    assert "stopping" in text
+    assert await probe("/healthz") == (200, "ok\n")  # draining is not dead: no restart
+    assert await asyncio.to_thread(w.popen.wait, 30) == 0
+    e = await until_phase(client, h.id, api.Phase.QUEUED)
+    assert len(completed_steps(e)) == 1

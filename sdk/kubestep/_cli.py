@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics here (default $KUBESTEP_METRICS_PORT; off)"
     )
+    w.add_argument(
+        "--health-port",
+        type=int,
+        help="serve the kubelet's probes here: /healthz (the worker's loop answers), /readyz (it claims runs) "
+        "(default $KUBESTEP_HEALTH_PORT; off)",
+    )
 
     # Commands of other packages (the operator's): found by entry point, so the SDK imports none of them.
     for entry in importlib.metadata.entry_points(group="kubestep.commands"):
@@ -57,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 namespace=args.namespace,
                 lease_seconds=args.lease_seconds,
                 metrics_port=args.metrics_port,
+                health_port=args.health_port,
             )
         )
     else:

@@ -59,6 +59,7 @@ class WorkerSettings:
     status_steps: int = STATUS_STEPS
     http_connections: int = HTTP_CONNECTIONS
     metrics_port: int | None = None
+    health_port: int | None = None  # /healthz and /readyz for the kubelet; None: off
     log_level: str = "INFO"
 
     @classmethod
@@ -71,6 +72,7 @@ class WorkerSettings:
         namespace: str | None = None,
         lease_seconds: int | None = None,
         metrics_port: int | None = None,
+        health_port: int | None = None,
     ) -> WorkerSettings:
         return cls(
             module=module,
@@ -84,6 +86,7 @@ class WorkerSettings:
             status_steps=_pick(None, env, "KUBESTEP_STATUS_STEPS", STATUS_STEPS, int),
             http_connections=_pick(None, env, "KUBESTEP_HTTP_CONNECTIONS", HTTP_CONNECTIONS, int),
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
+            health_port=_pick(health_port, env, "KUBESTEP_HEALTH_PORT", None, int) or None,
             log_level=_pick(None, env, "KUBESTEP_LOG_LEVEL", "INFO").upper(),
         )
 

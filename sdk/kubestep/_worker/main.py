@@ -13,6 +13,7 @@ from .._kube import Kube
 from .._metrics import serve as serve_metrics
 from .._settings import WorkerSettings
 from .._workflow import registered
+from . import health
 from .worker import EXIT_RESTART, Worker
 
 
@@ -38,9 +39,12 @@ def run(settings: WorkerSettings) -> None:
         namespace = settings.namespace or kube.default_namespace or "default"
         worker = Worker(kube, workflows, namespace, settings, control=control)
         worker.install_signal_handlers()
+        probes = await health.start(worker, settings.health_port) if settings.health_port else None
         try:
             await worker.run()
         finally:
+            if probes is not None:
+                await probes.cleanup()
             await kube.aclose()
             await control.aclose()
         if worker.restart_reason is not None:

@@ -96,6 +96,17 @@ class Worker:
         """Stop claiming; hand runs back at their next step boundary; then exit."""
         self._stopping.set()
 
+    @property
+    def serving(self) -> bool:
+        """Claiming runs: the Lease is held and the watches have listed, and no SIGTERM yet (``/readyz``)."""
+        return self.ready.is_set() and not self._stopping.is_set()
+
+    @property
+    def why_not_serving(self) -> str:
+        if self._stopping.is_set():
+            return "stopping: finishing the steps in flight, handing runs back"
+        return "starting: acquiring the Lease and listing runs"
+
     def on_abandoned(self, why: str) -> None:
         """A step would not stop: drain like on SIGTERM, then exit with EXIT_RESTART."""
         if self.restart_reason is None:
