@@ -203,7 +203,11 @@ async def test_every_container_runs_as_10001_read_only_under_restricted_pod_secu
     assert len(all_pods) >= 5, [p["metadata"]["name"] for p in all_pods]
     for pod in all_pods:
         name = pod["metadata"]["name"]
-        assert pod["status"]["phase"] == "Running", name
+        assert pod["status"]["phase"] == "Running" and ready(pod), name
+        # Ready through the kubelet's own HTTP probes (the operator's kopf /healthz, a worker's /readyz).
+        container = pod["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] in ("/healthz", "/readyz"), name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
         got = control_plane.kubectl("-n", NAMESPACE, "exec", name, "--", "python3", "-c", probe)
         seen = json.loads(got.stdout)
         assert seen["uid"] == 10001 and seen["gid"] == 10001, (name, seen)
