@@ -69,6 +69,11 @@ t=$SECONDS
 in_node env KUBESTEP_TEST_PODS=1 KUBESTEP_NODE_RESULTS="$figures" .venv/bin/pytest -p no:cacheprovider -s tests/pods
 stage "tests/pods (only real pods)" $((SECONDS - t))
 check_isolated
+# Nothing pulled: the kubelet records a Pulling event before any pull, containerd logs PullImage.
+pulls=$(kubectl get events -A --field-selector reason=Pulling -o name)
+[ -z "$pulls" ] || die "the kubelet tried to pull (nothing may pull): $pulls"
+! grep -F 'PullImage' "$(log_file containerd)" || die "containerd tried to pull (nothing may pull): lines above"
+say "no default route in $NETNS, no pull attempted"
 
 {
   echo "# make node-e2e: $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
