@@ -56,26 +56,7 @@ class LeafSpec:
     ips: tuple[str, ...] = ()
 
 
-def leaves(apiserver_ips: tuple[str, ...] = ()) -> tuple[LeafSpec, ...]:
-    """The leaf certificates; `apiserver_ips` adds addresses the API server is reached at (a node's)."""
-    apiserver = LeafSpec(
-        "apiserver",
-        "kube-apiserver",
-        server=True,
-        dns_names=APISERVER_DNS_NAMES,
-        ips=APISERVER_IPS + tuple(ip for ip in apiserver_ips if ip not in APISERVER_IPS),
-    )
-    return (apiserver, *LEAVES[1:])
-
-
-LEAVES: tuple[LeafSpec, ...] = (
-    LeafSpec(
-        "apiserver",
-        "kube-apiserver",
-        server=True,
-        dns_names=APISERVER_DNS_NAMES,
-        ips=APISERVER_IPS,
-    ),
+_CLIENTS_AND_CONTROLLER_MANAGER: tuple[LeafSpec, ...] = (
     LeafSpec("admin", "kubestep-admin", ("system:masters",), client=True),
     LeafSpec("controller-manager", "system:kube-controller-manager", client=True),
     LeafSpec(
@@ -86,6 +67,22 @@ LEAVES: tuple[LeafSpec, ...] = (
         ips=("127.0.0.1",),
     ),
 )
+
+
+def leaves(apiserver_ips: tuple[str, ...] = ()) -> tuple[LeafSpec, ...]:
+    """The leaf certificates; `apiserver_ips` adds addresses the API server is reached at (a node's)."""
+    apiserver = LeafSpec(
+        "apiserver",
+        "kube-apiserver",
+        server=True,
+        dns_names=APISERVER_DNS_NAMES,
+        ips=APISERVER_IPS + tuple(ip for ip in apiserver_ips if ip not in APISERVER_IPS),
+    )
+    return (apiserver, *_CLIENTS_AND_CONTROLLER_MANAGER)
+
+
+#: A plane without a node.
+LEAVES: tuple[LeafSpec, ...] = leaves()
 
 
 @dataclass(frozen=True)
@@ -120,9 +117,9 @@ class Pki:
         return self.dir / "sa.pub"
 
 
-def ensure_pki(directory: Path, leaves: tuple[LeafSpec, ...] = LEAVES) -> Pki:
+def ensure_pki(directory: Path, specs: tuple[LeafSpec, ...] = LEAVES) -> Pki:
     """Create (or complete, or repair) the PKI in `directory`; return its layout."""
-    pki = Pki(directory, leaves)
+    pki = Pki(directory, specs)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca_cert, ca_key, ca_new = _ensure_ca(pki)
