@@ -9,7 +9,8 @@ import pytest
 from cryptography import x509
 
 from kubestep._dev import certs
-from kubestep._dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane
+from kubestep._dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane, refuse_the_hosts_network
+from kubestep._dev.errors import ControlPlaneError
 
 NODE_IP = "10.77.0.1"
 
@@ -61,3 +62,11 @@ def test_the_serving_certificate_names_the_node_address(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate(pki.cert("apiserver").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert ipaddress.ip_address(NODE_IP) not in san.get_values_for_type(x509.IPAddress)
+
+
+def test_a_node_address_is_refused_in_the_hosts_network_namespace(tmp_path: Path) -> None:
+    # The test runs in the namespace it shares with itself: as if it were the host's.
+    with pytest.raises(ControlPlaneError, match="node's network namespace"):
+        refuse_the_hosts_network(init_ns="/proc/self/ns/net")
+    with pytest.raises(ControlPlaneError, match="cannot tell"):
+        refuse_the_hosts_network(init_ns=str(tmp_path / "missing"))

@@ -121,6 +121,23 @@ class UpResult:
         return not self.started
 
 
+def refuse_the_hosts_network(init_ns: str = "/proc/1/ns/net") -> None:
+    """An API server that listens on every address belongs in the node's own network namespace.
+
+    `--advertise-address` binds 0.0.0.0 so that pods reach it; in the host's namespace that would
+    expose it on every interface of the machine, so it is refused there (and where it cannot be told).
+    """
+    try:
+        same = os.readlink("/proc/self/ns/net") == os.readlink(init_ns)
+    except OSError as e:
+        raise ControlPlaneError(f"--advertise-address: cannot tell which network namespace this is ({e})") from e
+    if same:
+        raise ControlPlaneError(
+            "--advertise-address listens on every address: run it inside the node's network namespace "
+            "(hack/node/up.sh does), not the host's"
+        )
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -403,6 +420,8 @@ class ControlPlane:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir / "etcd", 0o700)
         self._check_ports_consistent()
+        if self.advertise_address:
+            refuse_the_hosts_network()
         pki = certs.ensure_pki(self.pki.dir, self.pki.leaves)
         if self.advertise_address:
             self._advertise_file.write_text(self.advertise_address + "\n")
