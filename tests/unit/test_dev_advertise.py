@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 
 from kubestep._dev import certs
-from kubestep._dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane, refuse_the_hosts_network
+from kubestep._dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane, refuse_a_route_out
 from kubestep._dev.errors import ControlPlaneError
 
 NODE_IP = "10.77.0.1"
@@ -64,9 +64,36 @@ def test_the_serving_certificate_names_the_node_address(tmp_path: Path) -> None:
     assert ipaddress.ip_address(NODE_IP) not in san.get_values_for_type(x509.IPAddress)
 
 
-def test_a_node_address_is_refused_in_the_hosts_network_namespace(tmp_path: Path) -> None:
-    # The test runs in the namespace it shares with itself: as if it were the host's.
-    with pytest.raises(ControlPlaneError, match="node's network namespace"):
-        refuse_the_hosts_network(init_ns="/proc/self/ns/net")
-    with pytest.raises(ControlPlaneError, match="cannot tell"):
-        refuse_the_hosts_network(init_ns=str(tmp_path / "missing"))
+HOST_V4 = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+"""
+NODE_V4 = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+ksnode0\t00004D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+"""
+V6_LOOPBACK_ONLY = (
+    "00000000000000000000000000000001 80 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 00000000 00000001 00000000 00000001       lo\n"
+    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n"
+)
+V6_DEFAULT = (
+    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+    "fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n"
+)
+
+
+def _tables(tmp_path: Path, v4: str, v6: str) -> tuple[str, str]:
+    (tmp_path / "route").write_text(v4)
+    (tmp_path / "ipv6_route").write_text(v6)
+    return str(tmp_path / "route"), str(tmp_path / "ipv6_route")
+
+
+def test_a_node_address_is_refused_where_there_is_a_route_out(tmp_path: Path) -> None:
+    with pytest.raises(ControlPlaneError, match="default route \\(via eth0\\)"):
+        refuse_a_route_out(_tables(tmp_path, HOST_V4, V6_LOOPBACK_ONLY))
+    with pytest.raises(ControlPlaneError, match="default route \\(via eth0\\)"):
+        refuse_a_route_out(_tables(tmp_path, NODE_V4, V6_DEFAULT))
+    refuse_a_route_out(_tables(tmp_path, NODE_V4, V6_LOOPBACK_ONLY))  # the node's namespace: allowed
+    with pytest.raises(ControlPlaneError, match="cannot read"):
+        refuse_a_route_out((str(tmp_path / "missing"), str(tmp_path / "missing6")))

@@ -121,20 +121,28 @@ class UpResult:
         return not self.started
 
 
-def refuse_the_hosts_network(init_ns: str = "/proc/1/ns/net") -> None:
-    """An API server that listens on every address belongs in the node's own network namespace.
+def refuse_a_route_out(route_tables: tuple[str, str] = ("/proc/net/route", "/proc/net/ipv6_route")) -> None:
+    """An API server that listens on every address belongs in a network namespace with no route out.
 
-    `--advertise-address` binds 0.0.0.0 so that pods reach it; in the host's namespace that would
-    expose it on every interface of the machine, so it is refused there (and where it cannot be told).
+    `--advertise-address` binds 0.0.0.0 so that pods reach it. In a namespace with a default route
+    (the host's) that would expose it beyond the machine, so it is refused there: hack/node/up.sh runs
+    it in the node's namespace, whose only routes are its own subnets. (Comparing with pid 1's
+    namespace is not possible: /proc/1/ns is unreadable on some hosts, even to root.)
     """
+    ipv4, ipv6 = route_tables
     try:
-        same = os.readlink("/proc/self/ns/net") == os.readlink(init_ns)
+        v4 = [line.split() for line in Path(ipv4).read_text().splitlines()[1:]]
+        v6 = [line.split() for line in Path(ipv6).read_text().splitlines()] if Path(ipv6).exists() else []
     except OSError as e:
-        raise ControlPlaneError(f"--advertise-address: cannot tell which network namespace this is ({e})") from e
-    if same:
+        raise ControlPlaneError(f"--advertise-address: cannot read this namespace's routes ({e})") from e
+    # IPv4: destination and mask 0; IPv6: destination ::/0 (prefix length 00), not the unreachable ones.
+    default = [f[0] for f in v4 if len(f) > 7 and f[1] == "00000000" and f[7] == "00000000"]
+    default += [f[-1] for f in v6 if len(f) > 9 and f[0] == "0" * 32 and f[1] == "00" and f[-1] != "lo"]
+    if default:
         raise ControlPlaneError(
-            "--advertise-address listens on every address: run it inside the node's network namespace "
-            "(hack/node/up.sh does), not the host's"
+            f"--advertise-address listens on every address, and this network namespace has a default route "
+            f"(via {', '.join(sorted(set(default)))}): run it in the node's namespace, which has none "
+            "(hack/node/up.sh does)"
         )
 
 
@@ -421,7 +429,7 @@ class ControlPlane:
         os.chmod(self.state_dir / "etcd", 0o700)
         self._check_ports_consistent()
         if self.advertise_address:
-            refuse_the_hosts_network()
+            refuse_a_route_out()
         pki = certs.ensure_pki(self.pki.dir, self.pki.leaves)
         if self.advertise_address:
             self._advertise_file.write_text(self.advertise_address + "\n")
