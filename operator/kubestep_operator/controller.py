@@ -40,15 +40,32 @@ LEASES_PATH = "/apis/coordination.k8s.io/v1"
 WORKER_LEASES = {"labelSelector": f"{api.LABEL_WORKER}=true"}
 
 
-def liveness_of(lease: dict[str, Any]) -> tuple[LeaseKey, Liveness] | None:
-    """What a worker's Lease says: until when the worker counts as alive, and what it serves."""
-    spec, meta = lease.get("spec") or {}, lease["metadata"]
-    holder, renew = spec.get("holderIdentity"), api.parse_time(spec.get("renewTime"))
-    if not holder or renew is None:
+# A worker's Lease never keeps it alive for longer than this after its last renewal, whatever
+# ``leaseDurationSeconds`` it claims (the workers' own default is 15 s).
+MAX_LEASE_SECONDS = 300.0
+
+
+def liveness_of(lease: dict[str, Any], now: dt.datetime) -> tuple[LeaseKey, Liveness] | None:
+    """What a worker's Lease says: until when the worker counts as alive, and what it serves.
+
+    Only the Lease named after its holder counts (``kubestep-worker-<identity>``, the one the worker
+    itself writes): a copy or decoy naming another worker would otherwise keep a crashed worker's runs
+    held for ever, or let a second Lease's deletion end a live worker's. Its times are clamped: a
+    renewal "in the future" counts as now, and the duration is at most ``MAX_LEASE_SECONDS``."""
+    spec, meta = lease.get("spec") or {}, lease.get("metadata") or {}
+    holder = spec.get("holderIdentity")
+    if not holder or not isinstance(holder, str) or meta.get("name") != api.LEASE_PREFIX + holder:
         return None
-    expires = renew + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+    try:
+        renew = api.not_after(api.parse_time(spec.get("renewTime")), now)
+    except (TypeError, ValueError):
+        return None
+    if renew is None:
+        return None
+    seconds = min(max(api.duration(spec.get("leaseDurationSeconds"), 15.0) or 15.0, 1.0), MAX_LEASE_SECONDS)
     served = (meta.get("annotations") or {}).get(api.ANNOTATION_WORKFLOWS, "")
-    return LeaseKey(meta["namespace"], holder), Liveness(expires, frozenset(w for w in served.split(",") if w))
+    workflows = frozenset(w for w in str(served).split(",") if w)
+    return LeaseKey(meta["namespace"], holder), Liveness(api.later(renew, seconds), workflows)
 
 
 @dataclasses.dataclass
@@ -97,14 +114,14 @@ class Controller:
     # ----- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._spawn(self.scheduler.run())
-        for _ in range(self.writers):
-            self._spawn(self.write_loop())
-        for _ in range(self.event_senders):
-            self._spawn(self.recorder.send())
+        self._spawn(self.scheduler.run(), "scheduler")
+        for i in range(self.writers):
+            self._spawn(self.write_loop(), f"writer-{i}")
+        for i in range(self.event_senders):
+            self._spawn(self.recorder.send(), f"event-sender-{i}")
         for informer in self.lease_informers:
-            self._spawn(informer.run())
-        self._spawn(self._watch_runs())
+            self._spawn(informer.run(), f"informer {informer.path}")
+        self._spawn(self._watch_runs(), "informers of runs")
 
     async def _watch_runs(self) -> None:
         # Workers first: deciding on runs before every live Lease is known would mark served runs
@@ -112,8 +129,16 @@ class Controller:
         await asyncio.gather(*(i.listed.wait() for i in self.lease_informers))
         await asyncio.gather(*(i.run() for i in self.run_informers))
 
-    def _spawn(self, coro: Any) -> None:
-        self.tasks.append(asyncio.create_task(coro))
+    def _spawn(self, coro: Any, name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+    def dead(self) -> list[str]:
+        """The loops that ended although they never should (each runs until ``stop``): the probe
+        fails on any, so the kubelet restarts the operator within seconds instead of it deciding
+        nothing with a green probe."""
+        return [
+            f"{t.get_name()}: {t.exception()!r}" if not t.cancelled() else t.get_name() for t in self.tasks if t.done()
+        ]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -127,6 +152,7 @@ class Controller:
         now = time.monotonic()
         informers = self.lease_informers + self.run_informers
         return {
+            "dead": self.dead(),
             "listed": all(i.listed.is_set() for i in informers),
             "silent_seconds": round(max((now - i.last_contact for i in informers), default=0.0), 1),
             "unfinished_runs": len(self.executions),
@@ -140,7 +166,14 @@ class Controller:
         if kind == "DELETED":
             self.forget(key)
             return
-        s = Snapshot.from_body(body, self.grace_seconds)
+        try:
+            s = Snapshot.from_body(body, self.grace_seconds)
+        except Exception as e:  # a malformed object: this run only
+            self.forget(key)
+            if (body["metadata"].get("uid"), body["metadata"].get("generation")) not in self.ignored:
+                self.ignored.add((body["metadata"].get("uid"), body["metadata"].get("generation")))
+                self._object_failed("read", _ref(body), e)
+            return
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
             ended_by_it = (
@@ -162,14 +195,21 @@ class Controller:
             self.forget(key)
 
     def on_lease(self, kind: str, body: dict[str, Any]) -> None:
-        found = liveness_of(body)
+        try:
+            found = liveness_of(body, api.now())
+        except Exception as e:  # a malformed Lease must not stop the informer
+            self._object_failed("read the Lease", body, e, post=False)
+            return
         if found is None:
             return
         key, live = found
         if kind == "DELETED":
-            self.workers.pop(key, None)
-            self.scheduler.schedule(key, None)
-            self.recheck(key.namespace, held_by=key.holder)
+            # Not proof that the worker is gone (anyone who may delete Leases can): it counts as
+            # alive until its last renewal runs out, as if it had stopped renewing (``Liveness``).
+            before = self.workers.get(key)
+            if before is not None:
+                self.workers[key] = dataclasses.replace(before, deleted=True)
+                self.recheck(key.namespace)  # its workflows are no longer served
             return
         before = self.workers.get(key)
         self.workers[key] = live
@@ -196,7 +236,7 @@ class Controller:
     def live_workflows(self, namespace: str, now: dt.datetime) -> frozenset[str]:
         served: set[str] = set()
         for key, live in self.workers.items():
-            if key.namespace == namespace and live.expires > now:
+            if key.namespace == namespace and live.expires > now and not live.deleted:
                 served |= live.workflows
         return frozenset(served)
 
@@ -216,11 +256,28 @@ class Controller:
     def consider(self, s: Snapshot) -> None:
         """Decides on ``s`` now without waiting for anything: a write goes to the backlog, and
         otherwise the scheduler is told when to look again."""
-        d = self.decide(s, api.now())
+        now = api.now()
+        try:
+            d = self.decide(s, now)
+        except Exception as e:  # a bug or an object nobody foresaw: this run only, never the others
+            self._object_failed("decide on", s.body_ref, e, post=s.key not in self.failures)
+            self.retry(s.key, now)
+            return
         if d.patch is None:
             self.scheduler.schedule(s.key, d.next_due)
         else:
             self.backlog.offer(s.key, urgency(s, d))
+
+    def _object_failed(self, what: str, body: dict[str, Any], e: BaseException, *, post: bool = True) -> None:
+        """One object could not be handled: logged with its name, counted, and told on the run itself
+        (a Warning Event) where there is one. Everything else goes on."""
+        meta = body.get("metadata") or {}
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
+        measuring.OBJECT_ERRORS.labels(what.split()[0]).inc()
+        logger.error("could not %s %s: %r", what, where, e, exc_info=e)
+        if post and body.get("kind", api.KIND) == api.KIND and meta.get("uid"):
+            message = f"the operator could not {what} this run ({type(e).__name__}: {e}); it retries with backoff"
+            self.recorder.post(body, "Warning", "OperatorError", message[:1000])
 
     async def write_loop(self) -> None:
         """One writer: takes the most urgent pending run, decides again on its latest state, writes."""
@@ -298,6 +355,15 @@ class Controller:
                 s.phase == api.Phase.QUEUED or (held_by is not None and s.worker == held_by)
             ):
                 self.consider(s)
+
+
+def _ref(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion", api.API_VERSION),
+        "kind": body.get("kind", api.KIND),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
+    }
 
 
 def _leases_path(scope: Scope) -> str:

@@ -67,7 +67,9 @@ def takeover(
     if record != seen.record:
         seen.record, seen.at = record, now_mono
     holder = spec.get("holderIdentity") or ""
-    duration = float(spec.get("leaseDurationSeconds") or timing.lease_seconds)
+    # Never honour a longer lease than our own: anyone who can write the Lease could otherwise name a
+    # holder with a duration of 68 years and keep every replica standing by (issue 17).
+    duration = min(api.duration(spec.get("leaseDurationSeconds"), timing.lease_seconds) or 0.0, timing.lease_seconds)
     if holder and holder != me and now_mono < seen.at + duration:
         return None
     mine = holder == me

@@ -101,6 +101,8 @@ def informers(**_: Any) -> dict[str, Any]:
     if _elector is not None and not _elector.leading:
         return {"leader": False, "identity": _elector.identity}
     health = _controller.health()
+    if health["dead"]:
+        raise kopf.PermanentError(f"operator loops ended: {'; '.join(health['dead'])}")
     if health["silent_seconds"] > SILENCE_LIMIT:
         raise kopf.PermanentError(f"no list, event or bookmark for {health['silent_seconds']} s")
     return health

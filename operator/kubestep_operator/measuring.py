@@ -44,3 +44,8 @@ EVENTS_DROPPED = Counter(
     "Events not posted because the event queue was full.",
 )
 LEADER = Gauge("kubestep_operator_leader", "1 while this replica holds the leader Lease (or runs without election).")
+OBJECT_ERRORS = Counter(
+    "kubestep_operator_object_errors_total",
+    "Objects the operator could not handle (logged with their names; every other object goes on), by what it was doing.",
+    ["stage"],
+)

@@ -104,6 +104,10 @@ class Liveness:
 
     expires: dt.datetime
     workflows: frozenset[str]
+    # The Lease was deleted. Its holder still counts as alive until ``expires``: a live worker
+    # re-creates its Lease at its next renewal, and a deletion (by anyone who may delete Leases)
+    # must not hand a running step to a second worker. It no longer serves queued runs.
+    deleted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +229,7 @@ def decide(
 
     if phase == api.Phase.QUEUED:
         if s.queue_timeout_seconds and s.queued_since is not None:
-            give_up = s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds)
+            give_up = api.later(s.queued_since, s.queue_timeout_seconds)  # clamped: never overflows
             if now >= give_up:
                 return _finish_cancelled(
                     s,
@@ -249,7 +253,7 @@ def decide(
                 event=None if served else ("Warning", api.Reason.NO_WORKER, message),
             )
         if s.queue_timeout_seconds and s.queued_since is not None:
-            return Decision(next_due=s.queued_since + dt.timedelta(seconds=s.queue_timeout_seconds))
+            return Decision(next_due=api.later(s.queued_since, s.queue_timeout_seconds))
     return Decision()
 
 
@@ -330,7 +334,7 @@ def _decide_held(
     if s.phase == api.Phase.CANCELLING and requested is not None:
         # Cancelling never outlasts the grace period plus one lease, even under a live worker
         # that cannot end the run (a step that ignores interruption, a write that keeps failing).
-        bound = requested + dt.timedelta(seconds=s.grace_seconds + lease_seconds)
+        bound = api.later(requested, s.grace_seconds + lease_seconds)
         if now >= bound:
             return _finish_cancelled(
                 s,

@@ -24,6 +24,7 @@ from typing import Any
 from kubestep._errors import ApiError, TransportError
 from kubestep._kube import Kube
 
+from . import measuring
 from .writing import retry_delay
 
 logger = logging.getLogger("kubestep.operator")
@@ -113,7 +114,7 @@ class Informer:
                 meta = obj["metadata"]
                 if self.scope.accept(meta["namespace"]):
                     seen.add((meta["namespace"], meta["name"]))
-                    self.on_event("ADDED", obj)
+                    self._deliver("ADDED", obj)
                 if i % 256 == 255:
                     await asyncio.sleep(0)  # thousands of objects: let the writers and the scheduler in
             token = listing["metadata"].get("continue")
@@ -131,5 +132,17 @@ class Informer:
                 raise ApiError(int(obj.get("code") or 500), str(obj.get("message", "watch error")), obj)
             rv = obj["metadata"]["resourceVersion"]
             if kind in ("ADDED", "MODIFIED", "DELETED") and self.scope.accept(obj["metadata"]["namespace"]):
-                self.on_event(str(kind), obj)
+                self._deliver(str(kind), obj)
         return rv
+
+    def _deliver(self, kind: str, obj: dict[str, Any]) -> None:
+        """One object's event: whatever it raises concerns that object alone. An exception that
+        escaped here once ended the informer, and with it every namespace's runs (issue 17)."""
+        try:
+            self.on_event(kind, obj)
+        except Exception as e:
+            meta = obj.get("metadata") or {}
+            measuring.OBJECT_ERRORS.labels("event").inc()
+            logger.error(
+                "handling %s of %s/%s failed: %r", kind, meta.get("namespace"), meta.get("name"), e, exc_info=e
+            )

@@ -11,7 +11,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
 | worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
-| worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name, kubeconfig's namespace |
+| worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name and process id, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
 | operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
 | operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
@@ -46,11 +46,17 @@ def _pick(flag: Any, env: Mapping[str, str], name: str, default: Any, kind: type
         raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
 
 
+def default_worker_name() -> str:
+    """A local worker's identity without ``POD_NAME``: unique per process (two workers on one host
+    once shared the host name, and so one Lease). Lower case: it names a Lease."""
+    return f"{socket.gethostname().lower()}-{os.getpid()}"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     module: str
     namespace: str | None = None  # None: the kubeconfig's
-    name: str = dataclasses.field(default_factory=socket.gethostname)
+    name: str = dataclasses.field(default_factory=lambda: default_worker_name())
     pod_uid: str | None = None
     concurrency: int = 10
     lease_seconds: int = LEASE_SECONDS
@@ -77,7 +83,7 @@ class WorkerSettings:
         return cls(
             module=module,
             namespace=namespace or env.get("POD_NAMESPACE") or None,
-            name=env.get("POD_NAME") or socket.gethostname(),
+            name=env.get("POD_NAME") or default_worker_name(),
             pod_uid=env.get("POD_UID") or None,
             concurrency=concurrency if concurrency is not None else 10,
             lease_seconds=_pick(lease_seconds, env, "KUBESTEP_LEASE_SECONDS", LEASE_SECONDS, int),

@@ -7,7 +7,7 @@ A leaf: it imports nothing of Kubestep. Names (``names``), words (``vocabulary``
 
 from . import replay
 from .cancels import cancel_note, cancel_request, cancel_requester, cancel_time, events_pending, grace_seconds
-from .clock import fmt_time, now, parse_time
+from .clock import END_OF_TIME, MAX_SECONDS, duration, fmt_time, later, not_after, now, parse_time
 from .names import (
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_WORKFLOWS,
@@ -51,6 +51,7 @@ __all__ = [
     "ANNOTATION_CANCELLED_BY",
     "ANNOTATION_WORKFLOWS",
     "API_VERSION",
+    "END_OF_TIME",
     "GROUP",
     "HELD_PHASES",
     "KIND",
@@ -58,6 +59,7 @@ __all__ = [
     "LABEL_WORKER",
     "LABEL_WORKFLOW",
     "LEASE_PREFIX",
+    "MAX_SECONDS",
     "PLURAL",
     "TERMINAL_PHASES",
     "TRANSITIONS",
@@ -87,12 +89,15 @@ __all__ = [
     "claimed",
     "completed",
     "condition",
+    "duration",
     "events_pending",
     "execution_path",
     "failed",
     "fmt_time",
     "grace_seconds",
+    "later",
     "merge_conditions",
+    "not_after",
     "now",
     "parse_time",
     "pending_stop",

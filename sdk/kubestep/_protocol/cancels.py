@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .clock import fmt_time, parse_time
+from .clock import duration, fmt_time, not_after, now, parse_time
 from .names import ANNOTATION_CANCELLED_BY
 from .records import Cancellation
 from .vocabulary import StopReason
@@ -15,8 +15,8 @@ from .vocabulary import StopReason
 def grace_seconds(spec: dict[str, Any], default: float) -> float:
     """The run's grace period: its own (``spec.cancelGracePeriodSeconds``), else the installation's
     (``KUBESTEP_CANCEL_GRACE_SECONDS``: ``_settings``)."""
-    own = spec.get("cancelGracePeriodSeconds")
-    return float(own) if own is not None else default
+    own = duration(spec.get("cancelGracePeriodSeconds"))
+    return own if own is not None else default
 
 
 def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
@@ -38,13 +38,16 @@ def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
 
 def cancel_time(meta: dict[str, Any]) -> dt.datetime | None:
     """When the apiserver recorded the request that set ``spec.cancelRequested`` (managedFields keep
-    whole seconds), or None."""
-    times = [
-        parse_time(e.get("time"))
-        for e in meta.get("managedFields") or []
-        if "f:cancelRequested" in ((e.get("fieldsV1") or {}).get("f:spec") or {})
-    ]
-    return max((t for t in times if t is not None), default=None)
+    whole seconds), or None. A client may write ``managedFields`` itself, so a time in the future
+    counts as now and a malformed one is ignored."""
+    times = []
+    for e in meta.get("managedFields") or []:
+        if "f:cancelRequested" in ((e.get("fieldsV1") or {}).get("f:spec") or {}):
+            try:
+                times.append(parse_time(e.get("time")))
+            except (TypeError, ValueError):
+                continue
+    return not_after(max((t for t in times if t is not None), default=None), now())
 
 
 def cancel_note(obj: dict[str, Any]) -> Cancellation:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .cancels import cancel_request
-from .clock import fmt_time, parse_time
+from .clock import duration, fmt_time, later, parse_time
 from .records import Cancellation, Condition, Status
 from .vocabulary import ConditionType, Phase, Reason, StopReason
 
@@ -127,11 +127,11 @@ def pending_stop(obj: dict[str, Any], at: dt.datetime) -> Cancellation | None:
 def segment_budget(spec: dict[str, Any], status: Status | dict[str, Any]) -> float | None:
     """Seconds of running time the segment a claim starts may use: what a re-queued segment had
     left, else the whole ``runTimeoutSeconds``; None without a budget."""
-    budget = spec.get("runTimeoutSeconds")
+    budget = duration(spec.get("runTimeoutSeconds"))  # clamped: a huge value once made every claim raise
     if not budget:
         return None
-    left = status.get("budgetRemainingSeconds")
-    return float(budget) if left is None else max(0.0, min(float(left), float(budget)))
+    left = duration(status.get("budgetRemainingSeconds"))
+    return budget if left is None else min(left, budget)
 
 
 # ----- Queued ---------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def claimed(
         "worker": worker,
         "attempt": attempt,
         "startedAt": status.get("startedAt") or fmt_time(at),
-        "deadline": fmt_time(at + dt.timedelta(seconds=seconds)) if seconds is not None else None,
+        "deadline": fmt_time(later(at, seconds)) if seconds is not None else None,
         "budgetRemainingSeconds": None,
         "wakeAt": None,
         "waitingFor": None,

@@ -5,6 +5,12 @@ is merely busy in a long step: a run's holder is alive while its Lease is
 renewed. The Lease also advertises which workflows the worker serves, so the
 operator can say why a run stays Queued. In a cluster the Lease is owned by
 the worker's Pod (``POD_UID``), so the garbage collector removes it with the pod.
+
+The Lease is named from the worker's identity (``kubestep-worker-<identity>``), and only a Lease so
+named counts for the operator. Two live processes must never share an identity: both would take the
+other's runs for their own (a run "held by us that we are not running" is handed back at start-up),
+and stopping one would delete the other's Lease. Each process marks the Lease with a random instance
+id; one that finds the Lease of its identity still renewed by another instance refuses to start.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import uuid
 from typing import Any
 
 from .. import _protocol as api
@@ -21,6 +28,11 @@ from .._kube import Kube
 logger = logging.getLogger("kubestep.worker")
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+ANNOTATION_INSTANCE = "kubestep.io/instance"
+
+
+class IdentityInUse(Exception):
+    """Another live process already serves under this worker's identity."""
 
 
 def micro_time(t: dt.datetime) -> str:
@@ -44,6 +56,7 @@ class WorkerLease:
         self.workflows = workflows
         self.duration = duration_seconds
         self.pod_uid = pod_uid
+        self.instance = uuid.uuid4().hex
         self._path = LEASES.format(ns=namespace)
 
     def _body(self, acquire: dt.datetime, renew: dt.datetime) -> dict[str, Any]:
@@ -51,7 +64,7 @@ class WorkerLease:
             "name": self.name,
             "namespace": self.namespace,
             "labels": {api.LABEL_WORKER: "true"},
-            "annotations": {api.ANNOTATION_WORKFLOWS: ",".join(self.workflows)},
+            "annotations": {api.ANNOTATION_WORKFLOWS: ",".join(self.workflows), ANNOTATION_INSTANCE: self.instance},
         }
         if self.pod_uid:
             meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": self.worker, "uid": self.pod_uid}]
@@ -68,9 +81,10 @@ class WorkerLease:
         }
 
     async def acquire(self) -> None:
-        """Creates the Lease, or takes over the one a previous life of this pod left
-        (same name, e.g. a restarted container). A replace must name the version it
-        replaces; a Lease deleted meanwhile is created again."""
+        """Creates the Lease, or takes over the one a previous life of this worker left (same name,
+        e.g. a restarted container) once it is no longer renewed. A replace must name the version it
+        replaces; a Lease deleted meanwhile is created again. Raises ``IdentityInUse`` when another
+        live process renews the Lease of this identity."""
         for _ in range(5):
             t = api.now()
             try:
@@ -79,14 +93,38 @@ class WorkerLease:
             except ConflictError:
                 pass
             try:
-                current = await self.kube.get(f"{self._path}/{self.name}")
-                body = self._body(t, t)
+                current = await self._wait_unless_renewed(await self.kube.get(f"{self._path}/{self.name}"))
+                body = self._body(api.now(), api.now())
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 await self.kube.request("PUT", f"{self._path}/{self.name}", json_body=body)
                 return
             except (ConflictError, NotFoundError):
                 continue
         raise ConflictError(409, f"could not acquire lease {self.name}: it kept changing")
+
+    async def _wait_unless_renewed(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """The Lease as it stands once no other instance renews it: at once if it is ours or ran
+        out, else after watching it for what is left of its term (on this machine's clock, at most
+        one duration). Raises ``IdentityInUse`` if another instance renews it meanwhile."""
+        annotations = lease["metadata"].get("annotations") or {}
+        if annotations.get(ANNOTATION_INSTANCE) in (None, self.instance):
+            return lease  # ours, or written by a version that did not mark its instance
+        first = (lease.get("spec") or {}).get("renewTime")
+        term = min(api.duration((lease.get("spec") or {}).get("leaseDurationSeconds"), 15.0) or 15.0, 300.0)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + term + 1.0
+        while loop.time() < until:
+            await asyncio.sleep(min(1.0, max(0.05, term / 10)))
+            lease = await self.kube.get(f"{self._path}/{self.name}")
+            spec = lease.get("spec") or {}
+            if spec.get("renewTime") != first:
+                raise IdentityInUse(
+                    f"another live worker already uses the identity {self.worker!r}: it renews the Lease "
+                    f"{self.namespace}/{self.name} (renewed at {spec.get('renewTime')}). Give each worker a "
+                    f"unique POD_NAME, or leave POD_NAME unset (a local worker is then named after its host "
+                    f"and process id)."
+                )
+        return lease
 
     async def renew_forever(self) -> None:
         interval = max(self.duration / 3.0, 0.2)
