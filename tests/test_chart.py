@@ -35,6 +35,7 @@ from kubestep import _protocol as api
 from kubestep._dev import find_binary
 
 from .harness import start_operator, start_worker, wait_until
+from .security import tokens
 
 if TYPE_CHECKING:
     from .conftest import Cluster
@@ -62,6 +63,13 @@ INSTALL_VALUES = [
     "--set",
     "podDisruptionBudget.enabled=true",
 ]
+# flowControl.extraSubjects naming one of each kind, as docs/install.md shows.
+EXTRA_SUBJECTS = [
+    {"kind": "ServiceAccount", "serviceAccount": {"name": "ci-bot", "namespace": "ci"}},
+    {"kind": "Group", "group": {"name": "oncall"}},
+    {"kind": "User", "user": {"name": "alice@example.com"}},
+]
+EXTRA_SUBJECTS_VALUES = ["--set-json", f"flowControl.extraSubjects={json.dumps(EXTRA_SUBJECTS)}"]
 
 
 # ----- helpers --------------------------------------------------------------------------------
@@ -188,6 +196,8 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
             id="watch-namespaces",
         ),
         pytest.param(["--set", "cancelAudit.enabled=true", "--set", "cancelGracePeriodSeconds=0"], id="cancel-audit"),
+        pytest.param([*EXTRA_SUBJECTS_VALUES, "--set", "flowControl.controlShares=20"], id="flow-extra-subjects"),
+        pytest.param(["--set", "flowControl.enabled=false"], id="no-flow-control"),
     ],
 )
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
@@ -228,6 +238,137 @@ def test_chart_refuses_one_port_for_a_workers_probes_and_metrics(helm: Path) -> 
     assert proc.returncode != 0 and "both 8080" in proc.stderr, proc.stderr
 
 
+# ----- API Priority and Fairness: who the FlowSchemas match -----------------------------------------
+
+# Subjects that take in clients who need no RBAC at all: APF classifies before it authorizes.
+BROAD_GROUPS = {"*", "system:authenticated", "system:unauthenticated", "system:serviceaccounts"}
+
+
+def _flow_objects(docs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    levels = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityLevelConfiguration"}
+    return levels, [d for d in docs if d["kind"] == "FlowSchema"]
+
+
+@pytest.mark.parametrize(
+    ("values", "service_accounts", "worker_namespaces", "served", "extra"),
+    [
+        pytest.param([], (OPERATOR_SA, WORKER_SA), ["ns"], ["ns"], [], id="defaults"),
+        pytest.param(["-f", str(KIND_VALUES)], (OPERATOR_SA, WORKER_SA), ["ns"], ["ns"], [], id="kind-values"),
+        pytest.param(
+            ["-f", str(KIND_VALUES), "--set", "watchAllNamespaces=true", *EXTRA_SUBJECTS_VALUES],
+            (OPERATOR_SA, WORKER_SA),
+            ["ns"],
+            ["*"],
+            EXTRA_SUBJECTS,
+            id="all-namespaces-extra-subjects",
+        ),
+        pytest.param(
+            [
+                *("-f", str(KIND_VALUES), "--set", "watchNamespaces={ns,b}"),
+                *("--set", "workers[1].name=other,workers[1].module=kubestep.examples,workers[1].namespace=b"),
+                *("--set", "operator.serviceAccount.name=op,workerServiceAccount.name=wk"),
+                *EXTRA_SUBJECTS_VALUES,
+            ],
+            ("op", "wk"),
+            ["ns", "b"],
+            ["ns", "b"],
+            EXTRA_SUBJECTS,
+            id="watch-namespaces-extra-subjects",
+        ),
+    ],
+)
+def test_flow_schemas_name_only_the_charts_subjects(
+    helm: Path,
+    values: list[str],
+    service_accounts: tuple[str, str],
+    worker_namespaces: list[str],
+    served: list[str],
+    extra: list[dict[str, Any]],
+) -> None:
+    """Every rendered FlowSchema names exact subjects (the chart's ServiceAccounts and extraSubjects),
+    tells flows apart by user and sends them to a priority level the chart creates: never to a built-in
+    level such as workload-high, and never for system:authenticated or a wildcard."""
+    levels, schemas = _flow_objects(render(helm, "ns", *values))
+    operator_sa, worker_sa = service_accounts
+    allowed = [
+        {"kind": "ServiceAccount", "serviceAccount": {"name": operator_sa, "namespace": "ns"}},
+        *({"kind": "ServiceAccount", "serviceAccount": {"name": worker_sa, "namespace": n}} for n in worker_namespaces),
+        *extra,
+    ]
+    assert sorted(levels) == ["ns-kubestep-control", "ns-kubestep-steps"]
+    assert sorted(fs["metadata"]["name"] for fs in schemas) == ["ns-kubestep-control", "ns-kubestep-steps"]
+    for level in levels.values():
+        limited = level["spec"]["limited"]
+        assert level["spec"]["type"] == "Limited" and limited["limitResponse"]["type"] == "Queue", level
+        assert 1 <= limited["nominalConcurrencyShares"] <= 10 and limited["lendablePercent"] == 0, level
+    seen = []
+    for fs in schemas:
+        spec = fs["spec"]
+        assert spec["priorityLevelConfiguration"]["name"] == fs["metadata"]["name"] and fs["metadata"]["name"] in levels
+        assert spec["distinguisherMethod"] == {"type": "ByUser"}, fs
+        for rule in spec["rules"]:
+            for subject in rule["subjects"]:
+                assert subject in allowed, (fs["metadata"]["name"], subject)
+                kind = subject["kind"]
+                name = subject[{"User": "user", "Group": "group", "ServiceAccount": "serviceAccount"}[kind]]["name"]
+                assert "*" not in name and not (kind == "Group" and name in BROAD_GROUPS), subject
+                assert not name.startswith("system:serviceaccounts"), subject
+                seen.append(subject)
+    assert all(s in seen for s in allowed), (allowed, seen)
+    # extraSubjects only write runs (cancels, events), and only in the namespaces the operator serves.
+    control = next(fs for fs in schemas if fs["metadata"]["name"].endswith("-control"))
+    extra_rules = [r for r in control["spec"]["rules"] if any(s in extra for s in r["subjects"])]
+    if extra:
+        assert extra_rules == [
+            {
+                "subjects": extra,
+                "resourceRules": [
+                    {
+                        "verbs": ["patch", "update"],
+                        "apiGroups": ["kubestep.io"],
+                        "resources": ["workflowexecutions"],
+                        "namespaces": served,
+                    }
+                ],
+            }
+        ]
+    else:
+        assert extra_rules == []
+
+
+def test_flow_control_can_be_turned_off(helm: Path) -> None:
+    levels, schemas = _flow_objects(render(helm, "ns", "--set", "flowControl.enabled=false"))
+    assert levels == {} and schemas == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        {"kind": "Group", "group": {"name": "system:authenticated"}},
+        {"kind": "Group", "group": {"name": "system:unauthenticated"}},
+        {"kind": "Group", "group": {"name": "system:serviceaccounts"}},
+        {"kind": "Group", "group": {"name": "system:serviceaccounts:team-a"}},
+        {"kind": "Group", "group": {"name": "*"}},
+        {"kind": "User", "user": {"name": "*"}},
+        {"kind": "ServiceAccount", "serviceAccount": {"name": "*", "namespace": "ci"}},
+        {"kind": "User", "user": {"name": ""}},
+        {"kind": "Robot", "robot": {"name": "r2"}},
+    ],
+    ids=lambda s: json.dumps(s),
+)
+@pytest.mark.parametrize("schema", [True, False], ids=["schema", "template"])
+def test_chart_refuses_broad_flow_subjects(helm: Path, subject: dict[str, Any], schema: bool) -> None:
+    """The values schema refuses them, and so does the template when the schema is skipped."""
+    args = [str(helm), "template", RELEASE, str(CHART), "--namespace", "ns"]
+    args += ["--set-json", f"flowControl.extraSubjects={json.dumps([subject])}"]
+    if not schema:
+        args.append("--skip-schema-validation")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0, proc.stdout
+    expected = "values don't meet the specifications of the schema" if schema else "flowControl.extraSubjects[0]"
+    assert expected in proc.stderr, proc.stderr
+
+
 def test_chart_crd_is_the_top_level_crd() -> None:
     top = (REPO_ROOT / "crds" / CRD_FILE).read_bytes()
     copy = (CHART / "crds" / CRD_FILE).read_bytes()
@@ -253,6 +394,7 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm:
                 f"workers[1].name=other,workers[1].module=kubestep.examples,workers[1].namespace={other}",
                 "--set",
                 "metrics.enabled=true",
+                *EXTRA_SUBJECTS_VALUES,
             ],
         }[variant]
         docs = render(helm, ns, *values, include_crds=True)
@@ -426,6 +568,7 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
     assert {"name": "KUBESTEP_LEASE_SECONDS", "value": "2"} in c["env"]
     assert {"name": "KUBESTEP_CANCEL_GRACE_SECONDS", "value": "30"} in c["env"]
+    assert {"name": "KUBESTEP_CANCEL_AUDIT", "value": "false"} in c["env"]
 
     wk = json.loads(
         control_plane.kubectl("get", "deploy", "kubestep-worker-examples", "-n", release, "-o", "json").stdout
@@ -444,6 +587,7 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
         "POD_UID": "metadata.uid",
         "KUBESTEP_LEASE_SECONDS": "2",
         "KUBESTEP_CANCEL_GRACE_SECONDS": "30",
+        "KUBESTEP_CANCEL_AUDIT": "false",
     }, env
 
     notes = run([helm, "get", "notes", RELEASE, "--kubeconfig", control_plane.kubeconfig, "--namespace", release])
@@ -582,7 +726,10 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
     control_plane: Cluster, release: str, logs: Path
 ) -> None:
     op_kubeconfig = control_plane.kubeconfig_for_service_account(release, OPERATOR_SA)
-    worker_kubeconfig = control_plane.kubeconfig_for_service_account(release, WORKER_SA)
+    # A worker's token is bound to its pod, as a pod's projected token is: the chart's admission
+    # policy (templates/worker-admission.yaml) lets a worker write only what its pod may.
+    worker_pod = tokens.pod(control_plane, release, "chart-worker", WORKER_SA)
+    worker_kubeconfig = tokens.kubeconfig(control_plane, release, WORKER_SA, worker_pod)
     # The tokens really are the service accounts', not admin.
     whoami = control_plane.kubectl(
         "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=op_kubeconfig
@@ -633,95 +780,9 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
     assert operator_exit == 0, op_log[-3000:]
 
 
-# ----- who cancelled: the optional admission policy ----------------------------------------------
-
-
-def test_cancel_audit_policy_records_the_user_who_cancels(
-    control_plane: Cluster, helm: Path, run_namespace: str, operator: Any
-) -> None:
-    """With ``cancelAudit.enabled`` the apiserver writes the cancelling user into the run (a
-    MutatingAdmissionPolicy, beta before 1.36: the local plane enables it), and the run's
-    ``status.cancellation.requestedByUser`` names them; the field manager names the client."""
-    namespace = run_namespace  # where an operator serves: the chart's namespace in a cluster
-    release = f"audit-{uuid.uuid4().hex[:6]}"
-    docs = render(helm, namespace, "--set", "cancelAudit.enabled=true", "--show-only", "templates/cancel-audit.yaml")
-    assert [d["kind"] for d in docs] == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
-    for d in docs:
-        d["metadata"]["name"] = d["metadata"]["name"].replace(RELEASE, release, 1)
-    docs[1]["spec"]["policyName"] = docs[0]["metadata"]["name"]
-    manifest = yaml.safe_dump_all(docs)
-    control_plane.kubectl("apply", "-f", "-", input=manifest)
-    try:
-        control_plane.kubectl("-n", namespace, "create", "serviceaccount", "canceller")
-        control_plane.kubectl(
-            "-n",
-            namespace,
-            "create",
-            "role",
-            "canceller",
-            "--verb=get,patch",
-            "--resource=workflowexecutions.kubestep.io",
-        )
-        control_plane.kubectl(
-            "-n",
-            namespace,
-            "create",
-            "rolebinding",
-            "canceller",
-            "--role=canceller",
-            f"--serviceaccount={namespace}:canceller",
-        )
-        as_sa = control_plane.kubeconfig_for_service_account(namespace, "canceller")
-        user = f"system:serviceaccount:{namespace}:canceller"
-
-        def cancel_one() -> str | None:
-            name = f"audited-{uuid.uuid4().hex[:5]}"
-            control_plane.kubectl(
-                "-n",
-                namespace,
-                "create",
-                "-f",
-                "-",
-                input=json.dumps(
-                    {
-                        "apiVersion": "kubestep.io/v1alpha1",
-                        "kind": "WorkflowExecution",
-                        "metadata": {"name": name},
-                        "spec": {"workflow": "nobody-serves-this"},
-                    }
-                ),
-            )
-            control_plane.kubectl(
-                "-n",
-                namespace,
-                "patch",
-                "wfx",
-                name,
-                "--type=merge",
-                "-p",
-                '{"spec":{"cancelRequested":true,"cancelReason":"audit"}}',
-                kubeconfig=as_sa,
-            )
-            obj = json.loads(control_plane.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)
-            annotated = obj["metadata"].get("annotations", {}).get("kubestep.io/cancel-requested-by")
-            return name if annotated == user else None
-
-        # A new policy takes effect within moments: the first cancels may predate it.
-        name = wait_until(cancel_one, 30, interval=0.5, what="the policy to annotate a cancel")
-
-        def cancelled() -> dict[str, Any] | None:
-            obj = json.loads(control_plane.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)
-            status = obj.get("status") or {}
-            return status if status.get("phase") == "Cancelled" else None
-
-        status = wait_until(cancelled, 30, what=f"{name} to be cancelled")
-        assert status["cancellation"]["requestedByUser"] == user
-        assert status["cancellation"]["requestedBy"] == "kubectl-patch"
-        assert status["cancellation"]["message"] == "audit"
-    finally:
-        control_plane.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest, check=False)
-        for kind in ("rolebinding", "role", "serviceaccount"):
-            control_plane.kubectl("-n", namespace, "delete", kind, "canceller", "--ignore-not-found", check=False)
+# ----- who cancelled: the optional admission policies ----------------------------------------------
+# tests/security/test_cancel_audit.py applies the chart's cancel-audit policies (mutating and
+# validating) with an operator that trusts them, and tries every forgery against them.
 
 
 # ----- API Priority and Fairness: a cancel does not queue behind step data ------------------------
@@ -732,19 +793,24 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
 ) -> None:
     """The apiserver says which FlowSchema classified a request (``X-Kubernetes-PF-FlowSchema-UID``):
     a worker's step records (PATCH …/status) go to the release's steps level; its claims and endings
-    (PUT …/status), a user's cancel and the operator's requests go to workload-high."""
+    (PUT …/status) and the operator's requests go to the release's control level. A person's cancel,
+    and a client with no RBAC at all, are classified by the cluster's default FlowSchemas: APF
+    classifies before it authorizes, so the chart's schemas must not match them."""
     import ssl
 
     import httpx
 
     from kubestep._kube import load_configuration
 
-    schemas = {
-        fs["metadata"]["uid"]: fs["metadata"]["name"]
-        for fs in json.loads(control_plane.kubectl("get", "flowschemas", "-o", "json").stdout)["items"]
-    }
+    items = json.loads(control_plane.kubectl("get", "flowschemas", "-o", "json").stdout)["items"]
+    schemas = {fs["metadata"]["uid"]: fs["metadata"]["name"] for fs in items}
     steps, control = f"{release}-{RELEASE}-steps", f"{release}-{RELEASE}-control"
     assert {steps, control} <= set(schemas.values())
+    levels = {fs["metadata"]["name"]: fs["spec"]["priorityLevelConfiguration"]["name"] for fs in items}
+    assert (levels[steps], levels[control]) == (steps, control)  # the chart's own levels, not workload-high
+    for level in (steps, control):
+        plc = json.loads(control_plane.kubectl("get", "prioritylevelconfiguration", level, "-o", "json").stdout)
+        assert plc["spec"]["type"] == "Limited", plc
     name = f"apf-{uuid.uuid4().hex[:5]}"
     control_plane.kubectl(
         "-n",
@@ -765,16 +831,29 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
     base = f"{configuration.host}/apis/{api.API_VERSION}/namespaces/{release}/workflowexecutions/{name}"
     tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
 
-    def classified(who: str, method: str, path: str, content_type: str, body: Any) -> str:
-        token = control_plane.kubectl("-n", release, "create", "token", who).stdout.strip()
+    # The worker's requests carry its pod's token (the chart's admission policy wants the pod) and
+    # write a run it holds.
+    worker_pod = tokens.pod(control_plane, release, f"apf-worker-{uuid.uuid4().hex[:5]}", WORKER_SA)
+    held = {"status": {"phase": "Running", "worker": worker_pod["metadata"]["name"]}}
+    control_plane.kubectl(
+        "-n", release, "patch", "wfx", name, "--subresource=status", "--type=merge", "-p", json.dumps(held)
+    )
+
+    def classified(
+        who: str, method: str, path: str, content_type: str, body: Any, *, url: str | None = None, status: int = 200
+    ) -> str:
+        if who == WORKER_SA:
+            token = tokens.token(control_plane, release, WORKER_SA, worker_pod)
+        else:
+            token = control_plane.kubectl("-n", release, "create", "token", who).stdout.strip()
         with httpx.Client(verify=tls) as http:
             r = http.request(
                 method,
-                base + path,
+                (url or base) + path,
                 headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
                 content=json.dumps(body),
             )
-        assert r.status_code < 300, r.text
+        assert r.status_code == status, r.text
         return schemas[r.headers["X-Kubernetes-PF-FlowSchema-UID"]]
 
     step = classified(
@@ -782,7 +861,7 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
         "PATCH",
         "/status",
         "application/json-patch+json",
-        [{"op": "add", "path": "/status", "value": {"message": "a step record"}}],
+        [{"op": "add", "path": "/status/message", "value": "a step record"}],
     )
     current = json.loads(control_plane.kubectl("-n", release, "get", "wfx", name, "-o", "json").stdout)
     ending = classified(
@@ -796,3 +875,45 @@ def test_flow_schemas_put_step_data_and_control_writes_on_different_priority_lev
         OPERATOR_SA, "PATCH", "/status", "application/merge-patch+json", {"status": {"reason": "Pending"}}
     )
     assert (step, ending, operator) == (steps, control, control)
+
+    # A person's cancel (a ServiceAccount allowed to patch runs, as in docs/cli.md), and a client
+    # with a token and no RBAC, whatever namespace it names: both left to the default schemas.
+    cancel = {"spec": {"cancelRequested": True, "cancelReason": "apf"}}
+    try:
+        for who in ("apf-canceller", "apf-stranger"):
+            control_plane.kubectl("-n", release, "create", "serviceaccount", who)
+        control_plane.kubectl(
+            "-n", release, "create", "role", "apf-canceller", "--verb=get,patch", "--resource=workflowexecutions"
+        )
+        control_plane.kubectl(
+            "-n",
+            release,
+            "create",
+            "rolebinding",
+            "apf-canceller",
+            "--role=apf-canceller",
+            f"--serviceaccount={release}:apf-canceller",
+        )
+
+        def cancelled_by_a_person() -> str | None:
+            try:
+                return classified("apf-canceller", "PATCH", "", "application/merge-patch+json", cancel)
+            except AssertionError:
+                return None  # the new RoleBinding is not in the authorizer's cache yet
+
+        person = wait_until(cancelled_by_a_person, 30, interval=0.2, what="the canceller's RoleBinding to apply")
+        assert person not in (steps, control), person
+        for namespace in (release, "kube-system", f"nowhere-{uuid.uuid4().hex[:5]}"):
+            url = f"{configuration.host}/apis/{api.API_VERSION}/namespaces/{namespace}/workflowexecutions/{name}"
+            stranger = classified(
+                "apf-stranger", "PATCH", "", "application/merge-patch+json", cancel, url=url, status=403
+            )
+            assert stranger not in (steps, control), (namespace, stranger)
+    finally:
+        for kind, who in (
+            ("rolebinding", "apf-canceller"),
+            ("role", "apf-canceller"),
+            ("serviceaccount", "apf-canceller"),
+            ("serviceaccount", "apf-stranger"),
+        ):
+            control_plane.kubectl("-n", release, "delete", kind, who, "--ignore-not-found", check=False)

@@ -28,7 +28,7 @@ from kubestep._kube import Kube
 
 from . import measuring
 from .keys import LeaseKey, RunKey
-from .reconciling import OPERATOR, Decision, Liveness, Snapshot, Urgency, decide, urgency
+from .reconciling import OPERATOR, Decision, Liveness, Snapshot, Urgency, cancel_requested, decide, urgency
 from .recording import Recorder
 from .scheduling import Scheduler
 from .watching import Informer, Scope
@@ -77,12 +77,14 @@ class Controller:
     blind_until: dt.datetime | None = None  # one lease after the Leases had to be listed again
     lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
     grace_seconds: float = 30.0  # the grace period of runs whose spec does not set one
+    cancel_audit: bool = False  # the chart's cancelAudit policies vouch for the canceller annotation
     writers: int = 8  # writes in flight at most
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
     workers: dict[LeaseKey, Liveness] = dataclasses.field(default_factory=dict)
     ignored: set[tuple[str, int | None]] = dataclasses.field(default_factory=set)
     failures: dict[RunKey, int] = dataclasses.field(default_factory=dict)  # failed writes in a row
+    announced: set[RunKey] = dataclasses.field(default_factory=set)  # unfinished runs whose cancel was told
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -167,13 +169,22 @@ class Controller:
             self.forget(key)
             return
         try:
-            s = Snapshot.from_body(body, self.grace_seconds)
+            s = Snapshot.from_body(body, self.grace_seconds, self.cancel_audit)
         except Exception as e:  # a malformed object: this run only
             self.forget(key)
             if (body["metadata"].get("uid"), body["metadata"].get("generation")) not in self.ignored:
                 self.ignored.add((body["metadata"].get("uid"), body["metadata"].get("generation")))
                 self._object_failed("read", _ref(body), e)
             return
+        if (
+            s.cancel_requested
+            and key not in self.announced
+            and (s.phase not in api.TERMINAL_PHASES or key in self.executions)
+        ):
+            # Once per run, as soon as it is seen: also for a run its holder ends at once (no
+            # Cancelling), but not for runs that were already over when the operator (re)started.
+            self.announced.add(key)
+            self.recorder.post(s.body_ref, *cancel_requested(s))
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
             ended_by_it = (
@@ -335,6 +346,7 @@ class Controller:
         self.scheduler.schedule(key, None)
         self.backlog.discard(key)
         self.failures.pop(key, None)
+        self.announced.discard(key)
 
     def fire(self, key: Hashable) -> None:
         """The scheduler's wake-up: a run's deadline or wake-up, or a worker's Lease expiring."""

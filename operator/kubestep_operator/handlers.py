@@ -51,6 +51,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lease_grace=api.now() + dt.timedelta(seconds=ours.lease_seconds),
         lease_seconds=ours.lease_seconds,
         grace_seconds=ours.grace_seconds,
+        cancel_audit=ours.cancel_audit,
         writers=ours.writers,
         event_senders=EVENT_SENDERS,
     )

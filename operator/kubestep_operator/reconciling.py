@@ -62,7 +62,7 @@ class Snapshot:
         return RunKey(self.namespace, self.name)
 
     @classmethod
-    def from_body(cls, body: Any, default_grace: float = 30.0) -> Snapshot:
+    def from_body(cls, body: Any, default_grace: float = 30.0, audited: bool = False) -> Snapshot:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
         topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.Phase.WAITING else None
         return cls(
@@ -85,7 +85,7 @@ class Snapshot:
                 "kind": body.get("kind", api.KIND),
                 "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
             },
-            cancel_note=api.cancel_note(body) if spec.get("cancelRequested") else {},
+            cancel_note=api.cancel_note(body, audited) if spec.get("cancelRequested") else {},
             cancel_time=api.cancel_time(meta) if spec.get("cancelRequested") else None,
             grace_seconds=api.grace_seconds(spec, default_grace),
             queue_timeout_seconds=spec.get("queueTimeoutSeconds"),
@@ -308,7 +308,7 @@ def _decide_held(
                 guard={"phase": api.Phase.RUNNING, "worker": s.worker},
                 event=(
                     "Normal",
-                    "CancelRequested",
+                    "Cancelling",
                     f"signalled worker {s.worker}{_by(s.cancel_note)}; grace period {s.grace_seconds:g} s",
                 ),
             )
@@ -346,6 +346,12 @@ def _decide_held(
             )  # on its resourceVersion: the holder is not writing
         due.append(bound)
     return Decision(next_due=min(due))
+
+
+def cancel_requested(s: Snapshot) -> tuple[str, str, str]:
+    """The Event that says a user asked to cancel ``s``: posted once per run, whatever ends it (a
+    holder that ends the run within its head start writes no Cancelling, and was silent before)."""
+    return ("Normal", "CancelRequested", f"cancellation requested{_by(s.cancel_note)}{_said(s.cancel_note)}")
 
 
 def _cancellation(record: Any) -> api.Cancellation | None:

@@ -13,6 +13,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
 | worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name and process id, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
+| who cancelled: trust the audit annotation | | ``KUBESTEP_CANCEL_AUDIT`` | false (the chart sets it with ``cancelAudit.enabled``) |
 | operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
 | operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
 | operator: leader's lease / renew deadline / retry (s) | | ``KUBESTEP_LEADER_LEASE_SECONDS``, ``..._RENEW_DEADLINE``, ``..._RETRY_PERIOD`` | 15 / 10 / 2 |
@@ -52,6 +53,15 @@ def default_worker_name() -> str:
     return f"{socket.gethostname().lower()}-{os.getpid()}"
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"{name}={env[name]!r} is not a valid flag (true or false)")
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     module: str
@@ -67,6 +77,7 @@ class WorkerSettings:
     metrics_port: int | None = None
     health_port: int | None = None  # /healthz and /readyz for the kubelet; None: off
     log_level: str = "INFO"
+    cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
 
     @classmethod
     def load(
@@ -94,6 +105,7 @@ class WorkerSettings:
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
             health_port=_pick(health_port, env, "KUBESTEP_HEALTH_PORT", None, int) or None,
             log_level=_pick(None, env, "KUBESTEP_LOG_LEVEL", "INFO").upper(),
+            cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
         )
 
 
@@ -114,6 +126,7 @@ class OperatorSettings:
     leader_lease_seconds: float = 15.0
     leader_renew_deadline: float = 10.0
     leader_retry_period: float = 2.0
+    cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
 
     @classmethod
     def load(
@@ -149,4 +162,5 @@ class OperatorSettings:
             leader_lease_seconds=lease,
             leader_renew_deadline=renew,
             leader_retry_period=_pick(None, env, "KUBESTEP_LEADER_RETRY_PERIOD", min(2.0, lease / 5), float),
+            cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
         )

@@ -3,6 +3,11 @@
 They drive the same SDK as code does (``KubestepClient``, field manager ``kubestep-cli``, so a cancel
 records who asked), read kubeconfig like kubectl (``--kubeconfig``, ``--context``, ``-n``), and print
 tables for people or ``-o json|yaml`` for scripts. Each handler returns the process's exit code.
+
+Every string a person reads passes through :func:`safe`: runs, Events and errors carry text that
+anyone with write access to a run chose (a cancel reason, step keys, error messages), and raw it could
+move the cursor, clear lines or forge a line of output. ``-o json|yaml`` is left to the serializers,
+which escape control characters themselves.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,10 +27,46 @@ from . import _protocol as api
 from ._client import KubestepClient
 from ._errors import ApiError, ExecutionNotFoundError, KubestepError, ResultTimeoutError
 
+if TYPE_CHECKING:
+    from rich.text import Text
+
 FIELD_MANAGER = "kubestep-cli"
 EXIT_BY_PHASE: dict[str, int] = {api.Phase.COMPLETED: 0, api.Phase.FAILED: 1, api.Phase.CANCELLED: 2}
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+# Shown escaped besides every control character (C0, DEL, C1: Unicode category Cc): the line and
+# paragraph separators, which some terminals break lines on, and the bidirectional formatting
+# characters, which reorder what is displayed ("Trojan Source").
+_ALSO_ESCAPED = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def safe(value: object) -> str:
+    """``value`` as text that is safe to print on a terminal: control characters (``\\n``, ``\\r``,
+    ESC, the other C0 and C1 controls, DEL), line separators, bidirectional overrides and lone
+    surrogates appear as visible escapes (``\\n``, ``\\x1b``, ``\\u202e``) instead of acting. For
+    plain ``print``; where ``rich`` renders, use :func:`_text`, which also keeps ``[markup]`` literal."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the common case: nothing to escape (isprintable is False for every one of them)
+        return text
+    out = []
+    for ch in text:
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cs") or ch in _ALSO_ESCAPED:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _text(value: object, style: str = "") -> Text:
+    """``value`` for ``rich``: escaped by :func:`safe`, as a ``Text``, which is never parsed as markup."""
+    from rich.text import Text
+
+    return Text(safe(value), style=style)
 
 
 def add_user_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,7 +133,7 @@ def run_handler(args: argparse.Namespace) -> int:
         code: int = asyncio.run(args.afunc(args))
         return code
     except (KubestepError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -133,7 +175,7 @@ async def _run(args: argparse.Namespace) -> int:
         try:
             execution = await client.wait(handle.id, args.wait_timeout)
         except ResultTimeoutError as e:
-            print(f"{handle.id}: {e}", file=sys.stderr)
+            print(f"{safe(handle.id)}: {safe(e)}", file=sys.stderr)
             return 3
         obj = await client._get_object(handle.id)
         _print_objects(args.output, [obj], client.namespace, single=True)
@@ -170,14 +212,14 @@ async def _cancel(args: argparse.Namespace) -> int:
         _dump(args.output, results)
     else:
         for r in results:
-            print(f"workflowexecution.kubestep.io/{r['name']}: {r['result']}")
+            print(f"workflowexecution.kubestep.io/{safe(r['name'])}: {safe(r['result'])}")
     return 1 if any(r["result"] == "not found" for r in results) else 0
 
 
 async def _send_event(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         name = await client.send_event(args.name, args.topic, _json_arg(args.data, "--data"), name=args.event_name)
-    print(f"event {name} sent to {args.name}")
+    print(f"event {safe(name)} sent to {safe(args.name)}")
     return 0
 
 
@@ -198,7 +240,7 @@ async def _get(args: argparse.Namespace) -> int:
                 try:
                     objs.append(await client._get_object(name))
                 except ExecutionNotFoundError as e:
-                    print(f"error: {e}", file=sys.stderr)
+                    print(f"error: {safe(e)}", file=sys.stderr)
                     return 1
         else:
             objs = await _list(client, None if args.all_namespaces else client.namespace, args.selector)
@@ -219,7 +261,7 @@ def _print_objects(
         return
     if output == "name":
         for o in objs:
-            print(f"workflowexecution.kubestep.io/{o['metadata']['name']}")
+            print(f"workflowexecution.kubestep.io/{safe(o['metadata']['name'])}")
         return
     headers = (["NAMESPACE"] if all_namespaces else []) + [
         "NAME",
@@ -249,15 +291,20 @@ def _print_objects(
             row += [c.get("requestedByUser") or c.get("requestedBy") or "", (status.get("message") or "")[:80]]
         rows.append(row)
     if not rows:
-        print(f"No runs found in {namespace} namespace." if not all_namespaces else "No runs found.", file=sys.stderr)
+        print(
+            f"No runs found in {safe(namespace)} namespace." if not all_namespaces else "No runs found.",
+            file=sys.stderr,
+        )
         return
     _table(headers, rows)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    for line in [headers, *rows]:
-        print("   ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    """Prints aligned columns; every cell passes through :func:`safe`."""
+    cells = [[safe(x) for x in line] for line in [headers, *rows]]
+    widths = [max(len(x) for x in col) for col in zip(*cells, strict=True)]
+    for line in cells:
+        print("   ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _dump(output: str, data: Any) -> None:
@@ -295,14 +342,23 @@ async def _describe(args: argparse.Namespace) -> int:
                 {"fieldSelector": f"involvedObject.name={args.name},involvedObject.kind={api.KIND}"},
             )
         ).get("items") or []
+    _print_description(obj, history, events)
+    return 0
+
+
+def _print_description(obj: dict[str, Any], history: list[Any], events: list[dict[str, Any]]) -> None:
+    """``kubestep describe``: the run ``obj``, its step records (``StepRecord``) and its Events."""
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-    field = "{:<22}{}"
-    print(field.format("Name:", meta["name"]))
-    print(field.format("Namespace:", meta["namespace"]))
-    print(field.format("Workflow:", spec.get("workflow", "")))
-    print(field.format("Phase:", f"{status.get('phase') or '-'}  ({status.get('reason') or '-'})"))
+
+    def field(label: str, value: object) -> None:
+        print(f"{label:<22}{safe(value)}")
+
+    field("Name:", meta["name"])
+    field("Namespace:", meta.get("namespace", ""))
+    field("Workflow:", spec.get("workflow", ""))
+    field("Phase:", f"{status.get('phase') or '-'}  ({status.get('reason') or '-'})")
     if status.get("message"):
-        print(field.format("Message:", status["message"]))
+        field("Message:", status["message"])
     limits = [
         f"runTimeoutSeconds={spec['runTimeoutSeconds']}" if spec.get("runTimeoutSeconds") else "",
         f"queueTimeoutSeconds={spec['queueTimeoutSeconds']}" if spec.get("queueTimeoutSeconds") else "",
@@ -310,7 +366,7 @@ async def _describe(args: argparse.Namespace) -> int:
         if spec.get("cancelGracePeriodSeconds") is not None
         else "",
     ]
-    print(field.format("Limits:", ", ".join(x for x in limits if x) or "none"))
+    field("Limits:", ", ".join(x for x in limits if x) or "none")
     for label, key in (
         ("Created:", None),
         ("Started:", "startedAt"),
@@ -321,11 +377,11 @@ async def _describe(args: argparse.Namespace) -> int:
     ):
         value = meta.get("creationTimestamp") if key is None else status.get(key)
         if value:
-            print(field.format(label, value))
+            field(label, value)
     if status.get("worker"):
-        print(field.format("Worker:", f"{status['worker']} (attempt {status.get('attempt', 0)})"))
+        field("Worker:", f"{status['worker']} (attempt {status.get('attempt', 0)})")
     if status.get("waitingFor"):
-        print(field.format("Waiting for:", json.dumps(status["waitingFor"])))
+        field("Waiting for:", json.dumps(status["waitingFor"]))
     c = status.get("cancellation")
     if c or spec.get("cancelRequested"):
         print("Cancellation:")
@@ -340,9 +396,9 @@ async def _describe(args: argparse.Namespace) -> int:
             ("Acknowledged at:", "acknowledgedAt"),
         ):
             if c.get(key):
-                print(f"  {label:<20}{c[key]}")
+                field(f"  {label}", c[key])
     if status.get("error"):
-        print(field.format("Error:", f"{status['error'].get('type')}: {status['error'].get('message')}"))
+        field("Error:", f"{status['error'].get('type')}: {status['error'].get('message')}")
     print(f"Steps ({len(history)}):")
     if history:
         _table(
@@ -353,11 +409,9 @@ async def _describe(args: argparse.Namespace) -> int:
     if not events:
         print("  <none>")
     for ev in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
-        print(
-            f"  {ev.get('lastTimestamp') or ''}  {ev.get('type', ''):<8} {ev.get('reason', ''):<16} "
-            f"{ev.get('source', {}).get('component', '')}: {ev.get('message', '')}"
-        )
-    return 0
+        when, kind, reason, message = (safe(ev.get(k) or "") for k in ("lastTimestamp", "type", "reason", "message"))
+        component = safe((ev.get("source") or {}).get("component") or "")
+        print(f"  {when}  {kind:<8} {reason:<16} {component}: {message}")
 
 
 def _step_duration(s: Any) -> str:
@@ -413,7 +467,7 @@ async def _watch(args: argparse.Namespace) -> int:
         try:
             return await asyncio.wait_for(_follow(client, args.name), args.timeout)
         except TimeoutError:
-            print(f"{args.name}: still running after {args.timeout:g} s", file=sys.stderr)
+            print(f"{safe(args.name)}: still running after {args.timeout:g} s", file=sys.stderr)
             return 3
 
 
@@ -468,11 +522,14 @@ def _show(obj: dict[str, Any], seen: dict[str, str], display: _Display | None, s
     for s in status.get("steps") or []:
         if seen.get(f"step:{s['key']}") != s["state"]:
             seen[f"step:{s['key']}"] = s["state"]
-            print(f"step {s['key']:<24} {s['state']}", flush=True)
+            print(f"step {safe(s['key']):<24} {safe(s['state'])}", flush=True)
     state = f"{phase} {status.get('reason') or ''}".strip()
     if seen.get("phase") != state:
         seen["phase"] = state
-        print(f"run  {obj['metadata']['name']:<24} {state}  {status.get('message') or ''}".rstrip(), flush=True)
+        print(
+            f"run  {safe(obj['metadata']['name']):<24} {safe(state)}  {safe(status.get('message') or '')}".rstrip(),
+            flush=True,
+        )
     return phase
 
 
@@ -500,7 +557,8 @@ class _Display:
         from rich.console import Group
         from rich.spinner import Spinner
         from rich.table import Table
-        from rich.text import Text
+
+        # Every string from the run goes in as a Text made by _text: escaped, and never parsed as markup.
 
         status = self.obj.get("status") or {}
         spec = self.obj.get("spec") or {}
@@ -508,13 +566,11 @@ class _Display:
         colour = {"Completed": "green", "Failed": "red", "Cancelled": "yellow", "Cancelling": "yellow"}.get(
             phase, "cyan"
         )
-        head = Text.assemble(
-            (f"{self.name}", "bold"),
-            f"  {spec.get('workflow', '')}  ",
-            (phase, f"bold {colour}"),
-            f"  {status.get('reason') or ''}  ",
-            (status.get("message") or "", "dim"),
-        )
+        head = _text(self.name, "bold")
+        head.append_text(_text(f"  {spec.get('workflow', '')}  "))
+        head.append_text(_text(phase, f"bold {colour}"))
+        head.append_text(_text(f"  {status.get('reason') or ''}  "))
+        head.append_text(_text(status.get("message") or "", "dim"))
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in ("step", "state", "duration", "note"):
             table.add_column(col)
@@ -525,13 +581,13 @@ class _Display:
                 s["state"], "white"
             )
             note = (s.get("error") or {}).get("message") or ("cleanup" if s.get("cleanup") else "")
-            table.add_row(s["key"], Text(s["state"], style=state_colour), took, str(note)[:60])
+            table.add_row(_text(s["key"]), _text(s["state"], state_colour), _text(took), _text(str(note)[:60]))
         parts: list[Any] = [head, table]
         if phase in (api.Phase.RUNNING, api.Phase.CANCELLING):
             done = status.get("stepsCompleted") or 0
-            parts.append(Spinner("dots", text=f" next step running on {status.get('worker')} ({done} done)"))
+            parts.append(Spinner("dots", text=_text(f" next step running on {status.get('worker')} ({done} done)")))
         elif phase in (api.Phase.QUEUED, api.Phase.WAITING):
-            parts.append(Text(f"  {phase.lower()}…", style="dim"))
+            parts.append(_text(f"  {phase.lower()}…", "dim"))
         return Group(*parts)
 
 

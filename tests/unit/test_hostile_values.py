@@ -216,3 +216,46 @@ def test_the_elector_honours_no_longer_lease_than_its_own() -> None:
     assert takeover(evil, "a", NOW, 100.0, seen, timing) is None
     assert takeover(evil, "a", NOW, 114.0, seen, timing) is None
     assert takeover(evil, "a", NOW, 115.0, seen, timing) is not None  # not in 68 years
+
+
+# ----- who cancelled ----------------------------------------------------------------------------------
+
+
+def test_the_canceller_annotation_counts_only_where_the_audit_policies_vouch_for_it() -> None:
+    meta = {
+        "annotations": {api.ANNOTATION_CANCELLED_BY: "system:admin"},
+        "managedFields": [
+            {
+                "manager": "kubectl-patch",
+                "time": "2026-12-02T12:00:00Z",
+                "fieldsV1": {"f:spec": {"f:cancelRequested": {}}},
+            }
+        ],
+    }
+    assert api.cancel_requester(meta) == {"requestedBy": "kubectl-patch"}
+    assert api.cancel_requester(meta, audited=True) == {
+        "requestedBy": "kubectl-patch",
+        "requestedByUser": "system:admin",
+    }
+    obj = {"metadata": meta, "spec": {"cancelRequested": True}}
+    assert "requestedByUser" not in (api.pending_stop(obj, NOW) or {})
+    assert (api.pending_stop(obj, NOW, audited=True) or {}).get("requestedByUser") == "system:admin"
+
+
+def test_a_cancel_request_is_told_once_even_when_the_holder_ends_the_run_at_once() -> None:
+    c = controller()
+    c.on_lease("ADDED", lease("kubestep-worker-w", "w", api.fmt_time(api.now())))
+    c.on_execution("ADDED", run("r", status={"phase": api.Phase.RUNNING, "worker": "w"}))
+    assert len(c.recorder) == 0
+    cancel = {"cancelRequested": True, "cancelReason": "wrong input"}
+    c.on_execution("MODIFIED", run("r", spec=cancel, status={"phase": api.Phase.RUNNING, "worker": "w"}))
+    c.on_execution(
+        "MODIFIED",
+        run("r", spec=cancel, status={"phase": api.Phase.CANCELLED, "cancellation": {"reason": "Requested"}}),
+    )
+    assert len(c.recorder) == 1
+    # A run that was already over when the operator (re)started is not told again.
+    c.on_execution(
+        "ADDED", run("old", spec=cancel, status={"phase": api.Phase.CANCELLED, "cancellation": {"reason": "Requested"}})
+    )
+    assert len(c.recorder) == 1 and c.announced == set()

@@ -22,6 +22,7 @@ def snap(
     spec: dict[str, Any] | None = None,
     status: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    audited: bool = False,
 ) -> Snapshot:
     extra_status = status or {}
     status = {}
@@ -48,7 +49,7 @@ def snap(
         "spec": {"workflow": "wf", "cancelRequested": cancel, "runTimeoutSeconds": 2, **(spec or {})},
         "status": {**status, **extra_status},
     }
-    return Snapshot.from_body(body)
+    return Snapshot.from_body(body, audited=audited)
 
 
 ALIVE = Liveness(T0 + dt.timedelta(seconds=10), frozenset({"wf"}))
@@ -177,14 +178,12 @@ def test_a_cancel_records_the_reason_given_and_who_asked() -> None:
         "requestedAt": api.fmt_time(T0),
     }
     assert d.event and "kubectl-patch" in d.event[2]
-    d = run(
-        snap(
-            api.Phase.QUEUED,
-            cancel=True,
-            meta={**KUBECTL_CANCEL, "annotations": {api.ANNOTATION_CANCELLED_BY: "alice@example.com"}},
-        )
-    )
+    # The user the audit policies wrote, only where they vouch for it (KUBESTEP_CANCEL_AUDIT).
+    by_alice = {**KUBECTL_CANCEL, "annotations": {api.ANNOTATION_CANCELLED_BY: "alice@example.com"}}
+    d = run(snap(api.Phase.QUEUED, cancel=True, meta=by_alice, audited=True))
     assert d.patch and d.patch["cancellation"]["requestedByUser"] == "alice@example.com"
+    d = run(snap(api.Phase.QUEUED, cancel=True, meta=by_alice))
+    assert d.patch and "requestedByUser" not in d.patch["cancellation"]
 
 
 def test_cancelling_never_outlasts_the_grace_period_plus_one_lease() -> None:

@@ -156,6 +156,32 @@ something that cannot work.
 {{- end }}
 
 {{/*
+flowControl.extraSubjects name people or clients one by one: the apiserver
+classifies a request before it authorizes it, so a broad subject would queue
+any client with a token, RBAC or not, at the chart's control level. Refuses
+wildcards and the groups every user, every unauthenticated client or every
+service account (of the cluster or of a namespace) belongs to. The values
+schema says the same; this holds with --skip-schema-validation too.
+*/}}
+{{- define "kubestep.validateFlowSubjects" -}}
+{{- $broad := list "system:authenticated" "system:unauthenticated" }}
+{{- range $i, $s := .Values.flowControl.extraSubjects }}
+{{- $where := printf "flowControl.extraSubjects[%d]" $i }}
+{{- $field := dict "User" "user" "Group" "group" "ServiceAccount" "serviceAccount" }}
+{{- if not (hasKey $field (toString $s.kind)) }}
+{{- fail (printf "%s: kind must be User, Group or ServiceAccount" $where) }}
+{{- end }}
+{{- $name := (index $s (index $field $s.kind) | default dict).name | default "" | toString }}
+{{- if or (not $name) (contains "*" $name) }}
+{{- fail (printf "%s: needs the name of one %s, without a wildcard" $where $s.kind) }}
+{{- end }}
+{{- if and (eq $s.kind "Group") (or (has $name $broad) (eq $name "system:serviceaccounts") (hasPrefix "system:serviceaccounts:" $name)) }}
+{{- fail (printf "%s: the group %s is too broad: the apiserver classifies a request before RBAC authorizes it, so every member, allowed to cancel or not, would share the operator's priority level; name the users, groups of people or ServiceAccounts that cancel runs" $where $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 A worker's effective PodDisruptionBudget settings: the worker's own
 podDisruptionBudget keys over the global ones. Usage:
 include "kubestep.workerPdb" (list $ $worker) | fromJson

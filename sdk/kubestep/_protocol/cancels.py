@@ -19,10 +19,12 @@ def grace_seconds(spec: dict[str, Any], default: float) -> float:
     return own if own is not None else default
 
 
-def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
+def cancel_requester(meta: dict[str, Any], audited: bool = False) -> dict[str, str]:
     """Who asked for the cancel: the field manager of the request that set ``spec.cancelRequested``
-    (``kubectl-patch``, ``kubestep-sdk``, ``kubestep-cli`` …), and the authenticated user when the
-    cluster's admission policy recorded it (``charts/kubestep``: ``cancelAudit``)."""
+    (``kubectl-patch``, ``kubestep-sdk``, ``kubestep-cli`` …: the client's own word), and the
+    authenticated user when the cluster's admission policies record it (``charts/kubestep``:
+    ``cancelAudit``). ``audited`` says they are installed (``KUBESTEP_CANCEL_AUDIT``): only then does
+    the annotation mean anything, since without them anyone who may patch a run may write it."""
     who: dict[str, str] = {}
     latest = ""
     for entry in meta.get("managedFields") or []:
@@ -30,7 +32,7 @@ def cancel_requester(meta: dict[str, Any]) -> dict[str, str]:
         if "f:cancelRequested" in spec_fields and entry.get("manager") and str(entry.get("time") or "") >= latest:
             latest = str(entry.get("time") or "")
             who["requestedBy"] = str(entry["manager"])
-    user = (meta.get("annotations") or {}).get(ANNOTATION_CANCELLED_BY)
+    user = (meta.get("annotations") or {}).get(ANNOTATION_CANCELLED_BY) if audited else None
     if user:
         who["requestedByUser"] = user
     return who
@@ -50,19 +52,19 @@ def cancel_time(meta: dict[str, Any]) -> dt.datetime | None:
     return not_after(max((t for t in times if t is not None), default=None), now())
 
 
-def cancel_note(obj: dict[str, Any]) -> Cancellation:
+def cancel_note(obj: dict[str, Any], audited: bool = False) -> Cancellation:
     """What a user's cancel says: the reason given (``spec.cancelReason``) and who asked."""
     spec = obj.get("spec") or {}
     record: Cancellation = {"reason": StopReason.REQUESTED}
     if spec.get("cancelReason"):
         record["message"] = str(spec["cancelReason"])
-    record.update(cancel_requester(obj.get("metadata") or {}))  # type: ignore[typeddict-item]
+    record.update(cancel_requester(obj.get("metadata") or {}, audited))  # type: ignore[typeddict-item]
     return record
 
 
-def cancel_request(obj: dict[str, Any], at: dt.datetime) -> Cancellation:
+def cancel_request(obj: dict[str, Any], at: dt.datetime, audited: bool = False) -> Cancellation:
     """``status.cancellation`` for a user's cancel, seen at ``at``."""
-    return {**cancel_note(obj), "requestedAt": fmt_time(at)}
+    return {**cancel_note(obj, audited), "requestedAt": fmt_time(at)}
 
 
 def events_pending(spec: dict[str, Any], status: dict[str, Any], topic: str) -> int:

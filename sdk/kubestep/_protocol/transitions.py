@@ -111,14 +111,14 @@ def budget_spent(status: Status | dict[str, Any], at: dt.datetime) -> bool:
     return deadline is not None and at >= deadline
 
 
-def pending_stop(obj: dict[str, Any], at: dt.datetime) -> Cancellation | None:
+def pending_stop(obj: dict[str, Any], at: dt.datetime, audited: bool = False) -> Cancellation | None:
     """The stop a held run must end with if its holder lets go of it now: the recorded
     cancellation, else the user's irrevocable cancel, else a spent budget; None if it may resume."""
     status = obj.get("status") or {}
     if status.get("cancellation"):
         return dict(status["cancellation"])  # type: ignore[return-value]
     if (obj.get("spec") or {}).get("cancelRequested"):
-        return cancel_request(obj, at)
+        return cancel_request(obj, at, audited)
     if budget_spent(status, at):
         return stop_record(StopReason.RUN_TIMEOUT, at, deadline=parse_time(status.get("deadline")))
     return None

@@ -23,6 +23,7 @@ class Holder:
     hard_stopped: bool = False
     interrupted: tuple[str, ...] = ()  # steps the end of the grace period cut off
     grace_seconds: float = 30.0
+    audited: bool = False  # the canceller annotation is vouched for (``api.cancel_requester``)
 
     @property
     def generation(self) -> int | None:
@@ -45,7 +46,10 @@ def cancelled(
     canc: api.Cancellation = dict(status.get("cancellation") or {})  # type: ignore[assignment]
     if not canc.get("reason"):
         canc = api.stop_record(
-            reason, noticed or at, deadline=api.parse_time(status.get("deadline")), note=api.cancel_note(holder.obj)
+            reason,
+            noticed or at,
+            deadline=api.parse_time(status.get("deadline")),
+            note=api.cancel_note(holder.obj, holder.audited),
         )
     after = holder.stopped_after()
     if canc["reason"] == api.StopReason.RUN_TIMEOUT:

@@ -18,7 +18,9 @@ from .._errors import ApiError, ConflictError, InvalidInputError, TooLargeError,
 from .unwinding import Release
 
 
-def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None) -> dict[str, Any]:
+def let_go(
+    obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] | None = None, *, audited: bool = False
+) -> dict[str, Any]:
     """The status patch for a run its holder lets go of without finishing it.
 
     A run with a stop pending (told to stop, by the operator or by the user's irrevocable
@@ -28,7 +30,7 @@ def let_go(obj: dict[str, Any], holder: str, why: str, failure: dict[str, Any] |
     """
     at = api.now()
     status, generation = obj.get("status") or {}, obj["metadata"].get("generation")
-    stop = api.pending_stop(obj, at)
+    stop = api.pending_stop(obj, at, audited)
     if stop is not None:
         return api.cancelled(
             status.get("conditions"),

@@ -116,6 +116,7 @@ class Run:
         self._seen: set[str] = set()
         self.checkpoint_seconds = settings.checkpoint_seconds
         self.lease_seconds = settings.lease_seconds
+        self.cancel_audit = settings.cancel_audit
         # How long a write rides out an unreachable or restarting apiserver before letting go. Nobody
         # can take the run while the apiserver is down, and once it answers a guarded write either
         # lands or is refused; the operator gives holders a lease after it sees again (blind_until).
@@ -178,7 +179,7 @@ class Run:
         reason = self.rules.reason
         if reason is None:
             return None
-        note = api.cancel_note(self.obj) if reason == api.StopReason.REQUESTED else {}
+        note = api.cancel_note(self.obj, self.cancel_audit) if reason == api.StopReason.REQUESTED else {}
         return Stop(
             reason, self.hard_stopped, note.get("message"), note.get("requestedByUser") or note.get("requestedBy")
         )
@@ -796,6 +797,7 @@ class Run:
             self.hard_stopped,
             tuple(self.interrupted),
             self.rules.grace_seconds,
+            self.cancel_audit,
         )
 
     async def _finish_cancelled(self) -> None:
@@ -854,7 +856,7 @@ class Run:
                     "phase"
                 ) not in api.HELD_PHASES:
                     return
-                patch = let_go(fresh, self.worker, why, failure)
+                patch = let_go(fresh, self.worker, why, failure, audited=self.cancel_audit)
                 await self.control.update_status(fresh, patch)
                 self.obj, self.rv = fresh, _rv(fresh)
                 reason = str(patch["reason"]) if patch["phase"] == api.Phase.QUEUED else str(patch["phase"])

@@ -280,7 +280,7 @@ class Worker:
     async def _recover(self, obj: dict[str, Any]) -> None:
         # Held by a previous life of this worker: finish it as Cancelled if it
         # was told to stop, else re-queue it for replay.
-        patch = let_go(obj, self.name, f"worker {self.name} restarted")
+        patch = let_go(obj, self.name, f"worker {self.name} restarted", audited=self.settings.cancel_audit)
         try:
             await self.control.update_status(obj, patch)
         except (ApiError, TransportError) as e:
