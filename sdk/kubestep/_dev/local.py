@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ class Proc:
         self.name = name
         self.log = log
         self.env = env
+        self.started = time.monotonic()
         log.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(log, "ab")
         self.popen = subprocess.Popen(
