@@ -588,6 +588,7 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
         "KUBESTEP_LEASE_SECONDS": "2",
         "KUBESTEP_CANCEL_GRACE_SECONDS": "30",
         "KUBESTEP_CANCEL_AUDIT": "false",
+        "PYTHONNOUSERSITE": "1",
     }, env
 
     notes = run([helm, "get", "notes", RELEASE, "--kubeconfig", control_plane.kubeconfig, "--namespace", release])

@@ -1,0 +1,66 @@
+"""The chart's defaults a security review asked for (issue 17, finding 10), rendered with helm: every
+container without a user site (HOME=/tmp is writable), bounded /tmp and resources for workers,
+NetworkPolicies that admit only the probe and metrics ports, the worker admission policy on."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubestep._dev import find_binary
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "kubestep"
+WORKERS = ["--set", "workers[0].name=ex", "--set", "workers[0].module=m", "--set", "workers[1].name=big"]
+WORKERS += ["--set", "workers[1].module=m", "--set", "workers[1].tmpSizeLimit=2Gi"]
+WORKERS += ["--set", "workers[1].resources.limits.memory=4Gi"]
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    args = [str(find_binary("helm")), "template", "r", str(CHART), "--namespace", "ks", *WORKERS, *values]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+
+
+def test_no_container_loads_a_user_site() -> None:
+    for name, pod in deployments(render()).items():
+        for c in pod["containers"]:
+            assert {"name": "PYTHONNOUSERSITE", "value": "1"} in c["env"], name
+    assert "PYTHONNOUSERSITE=1" in (CHART.parents[1] / "Dockerfile").read_text()
+
+
+def test_workers_get_bounded_tmp_and_resources_unless_they_say_otherwise() -> None:
+    pods = deployments(render())
+    ex, big = pods["r-kubestep-worker-ex"], pods["r-kubestep-worker-big"]
+    assert ex["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    assert ex["containers"][0]["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    assert big["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
+    assert big["containers"][0]["resources"] == {"limits": {"memory": "4Gi"}}
+
+
+def test_network_policies_admit_only_the_probe_and_metrics_ports() -> None:
+    for values, ports in (([], {8080}), (["--set", "metrics.enabled=true"], {8080, 9090})):
+        policies = [d for d in render(*values) if d["kind"] == "NetworkPolicy"]
+        assert {p["metadata"]["name"] for p in policies} == {"r-kubestep-operator", "r-kubestep-workers"}
+        for p in policies:
+            assert p["spec"]["policyTypes"] == ["Ingress"]
+            (rule,) = p["spec"]["ingress"]
+            assert {port["port"] for port in rule["ports"]} == ports, p
+    assert not [d for d in render("--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
+
+
+def test_the_worker_admission_policy_is_on_by_default_and_names_only_the_workers() -> None:
+    (policy,) = [d for d in render() if d["kind"] == "ValidatingAdmissionPolicy"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (match,) = policy["spec"]["matchConditions"]
+    assert match["expression"] == 'request.userInfo.username in ["system:serviceaccount:ks:r-kubestep-worker"]'
+    assert not [d for d in render("--set", "workerAdmission.enabled=false") if d["kind"] == "ValidatingAdmissionPolicy"]
