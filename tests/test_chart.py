@@ -655,7 +655,7 @@ RBAC_MATRIX = [
     ("namespaced", "worker", "create", WFX, OWN, False),
     ("namespaced", "worker", "delete", WFX, OWN, False),
     ("namespaced", "worker", "update", STATUS, OWN, True),  # claims, endings
-    ("namespaced", "worker", "list", LEASES, OWN, False),
+    ("namespaced", "worker", "list", LEASES, OWN, True),  # at start: which workers serve its workflow ids
     ("namespaced", "worker", "get", "secrets", OWN, False),
     ("namespaced", "worker", "get", "pods", OWN, False),
     ("namespaced", "worker", "list", "namespaces", CLUSTER, False),

@@ -65,7 +65,8 @@ def liveness_of(lease: dict[str, Any], now: dt.datetime) -> tuple[LeaseKey, Live
     seconds = min(max(api.duration(spec.get("leaseDurationSeconds"), 15.0) or 15.0, 1.0), MAX_LEASE_SECONDS)
     served = (meta.get("annotations") or {}).get(api.ANNOTATION_WORKFLOWS, "")
     workflows = frozenset(w for w in str(served).split(",") if w)
-    return LeaseKey(meta["namespace"], holder), Liveness(api.later(renew, seconds), workflows)
+    sources = frozenset(api.lease_sources(lease).items())
+    return LeaseKey(meta["namespace"], holder), Liveness(api.later(renew, seconds), workflows, sources=sources)
 
 
 @dataclasses.dataclass
@@ -225,7 +226,7 @@ class Controller:
         before = self.workers.get(key)
         self.workers[key] = live
         self.scheduler.schedule(key, live.expires)
-        if before is None or before.workflows != live.workflows:
+        if before is None or before.workflows != live.workflows or before.sources != live.sources:
             self.recheck(key.namespace)  # what is served changed: queued runs may gain or lose a worker
 
     def leases_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
@@ -251,6 +252,22 @@ class Controller:
                 served |= live.workflows
         return frozenset(served)
 
+    def conflict(self, namespace: str, workflow: str, now: dt.datetime) -> str | None:
+        """Which different code live workers of ``namespace`` serve ``workflow`` with, if more than one."""
+        codes: dict[str, list[str]] = {}
+        for key, live in self.workers.items():
+            if key.namespace == namespace and live.expires > now and not live.deleted:
+                for wid, source in live.sources:
+                    if wid == workflow:
+                        codes.setdefault(source, []).append(key.holder)
+        if len(codes) < 2:
+            return None
+        said = "; ".join(f"{source} (worker {', '.join(sorted(who))})" for source, who in sorted(codes.items()))
+        return (
+            f"workflow {workflow!r} is served in namespace {namespace} by different code: {said}. Either may "
+            f"claim the run and replay would fail on the other's code: give the workflows distinct ids"
+        )
+
     def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
         return decide(
             s,
@@ -260,6 +277,7 @@ class Controller:
             self.lease_grace,
             self.lease_seconds,
             self.blind_until,
+            self.conflict(s.namespace, s.workflow, now) if s.phase in (None, api.Phase.QUEUED) else None,
         )
 
     # ----- acting -----------------------------------------------------------------------------

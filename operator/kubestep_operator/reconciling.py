@@ -108,6 +108,7 @@ class Liveness:
     # re-creates its Lease at its next renewal, and a deletion (by anyone who may delete Leases)
     # must not hand a running step to a second worker. It no longer serves queued runs.
     deleted: bool = False
+    sources: frozenset[tuple[str, str]] = frozenset()  # (workflow id, "module.qualname") it serves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +163,15 @@ def decide(
     lease_grace: dt.datetime,
     lease_seconds: float = 15.0,
     blind_until: dt.datetime | None = None,
+    conflict: str | None = None,
 ) -> Decision:
     """The transition to make now. ``live_workflows`` is every workflow a live worker in the
     namespace serves (None when unknown); ``lease_grace`` is when a holder without a known
     Lease counts as gone (the operator's start plus one lease duration); ``lease_seconds`` is
     how long a worker that stopped renewing still counts as alive; ``blind_until`` is one lease
     after the operator last had to list the Leases again (a broken watch), before which no known
-    holder counts as gone."""
+    holder counts as gone; ``conflict`` names the different code live workers serve the run's
+    workflow id with (two modules defining one id in one namespace), None when there is none."""
     phase = s.phase
     if phase in api.TERMINAL_PHASES:
         return Decision()
@@ -239,9 +242,12 @@ def decide(
                 )
         served = served_by(s, live_workflows)
         current = next((c for c in s.conditions if c.get("type") == api.ConditionType.SCHEDULED), None)
-        want = ("False", api.Reason.PENDING if served else api.Reason.NO_WORKER)
-        if current is None or (current.get("status"), current.get("reason")) != want:
-            message = "waiting for a worker" if served else _no_worker(s)
+        # Reported, not prevented: a worker refuses to start beside another that serves one of its ids
+        # with other code, so this is a worker of an older version, or two started at the same time.
+        clash = conflict if served else None
+        reason = api.Reason.WORKFLOW_CONFLICT if clash else api.Reason.PENDING if served else api.Reason.NO_WORKER
+        if current is None or (current.get("status"), current.get("reason")) != ("False", reason):
+            message = clash or ("waiting for a worker" if served else _no_worker(s))
             return Decision(
                 patch=api.queue_refreshed(
                     s.condition_list(),  # type: ignore[arg-type]
@@ -249,8 +255,9 @@ def decide(
                     message=message,
                     at=now,
                     generation=s.generation,
+                    conflict=clash is not None,
                 ),
-                event=None if served else ("Warning", api.Reason.NO_WORKER, message),
+                event=None if reason == api.Reason.PENDING else ("Warning", reason, message),
             )
         if s.queue_timeout_seconds and s.queued_since is not None:
             return Decision(next_due=api.later(s.queued_since, s.queue_timeout_seconds))

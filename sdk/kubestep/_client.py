@@ -111,7 +111,9 @@ class KubestepClient:
         its last record."""
         obj = await self._get_object(execution_id)
         status = obj.get("status") or {}
-        archived = await journal.load(self._kube, self.namespace, list(status.get("journal") or []))
+        archived = await journal.load(
+            self._kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
+        )
         return [StepRecord.model_validate(r) for r in journal.history(archived + list(status.get("steps") or []))]
 
     async def _get_object(self, execution_id: str) -> dict[str, Any]:

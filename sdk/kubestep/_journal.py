@@ -26,11 +26,18 @@ merged like an LSM tree: the oldest ``FANOUT`` chunks of one level become one
 chunk of the next, which keeps ``status.journal`` to a few dozen entries for
 any run length. Merged-away chunks are orphans (a worker may not delete
 ConfigMaps); they go with the execution.
+
+A chunk is trusted only as what its writer wrote: ``status.journal`` (which only the holder and the
+operator may write) keeps each chunk's SHA-256, and a resumed run or ``step_history`` refuses a
+chunk whose content, or whose execution label, does not match. A user who may edit ConfigMaps can
+delete a chunk and create another of the same name with forged outputs; replay would have taken
+them for steps that ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -80,6 +87,7 @@ async def archive(
     meta = execution["metadata"]
     refs = []
     for chunk in _chunks(records):
+        data = json.dumps(chunk, separators=(",", ":"))
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -92,17 +100,29 @@ async def archive(
                     {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"], "uid": meta["uid"]}
                 ],
             },
-            "data": {DATA_KEY: json.dumps(chunk, separators=(",", ":"))},
+            "data": {DATA_KEY: data},
         }
         created = await kube.create(_path(meta["namespace"]), body)
         refs.append(
-            {"configMap": created["metadata"]["name"], "steps": len(chunk), **({"level": level} if level else {})}
+            {
+                "configMap": created["metadata"]["name"],
+                "steps": len(chunk),
+                "sha256": digest(data),
+                **({"level": level} if level else {}),
+            }
         )
     return refs
 
 
-async def load(kube: Kube, namespace: str, refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The archived records listed by ``status.journal``, in order."""
+def digest(data: str) -> str:
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+async def load(
+    kube: Kube, namespace: str, refs: list[dict[str, Any]], owner_uid: str | None = None
+) -> list[dict[str, Any]]:
+    """The archived records listed by ``status.journal``, in order; a chunk that is not the one
+    its writer recorded (digest, or the execution it names) is refused."""
     gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
     async def one(ref: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,7 +131,16 @@ async def load(kube: Kube, namespace: str, refs: list[dict[str, Any]]) -> list[d
                 cm = await kube.get(_path(namespace, ref["configMap"]))
         except NotFoundError:
             raise JournalError(f"journal ConfigMap {ref['configMap']} is missing") from None
-        records: list[dict[str, Any]] = json.loads((cm.get("data") or {}).get(DATA_KEY) or "[]")
+        data = (cm.get("data") or {}).get(DATA_KEY) or "[]"
+        labels = (cm.get("metadata") or {}).get("labels") or {}
+        if owner_uid is not None and labels.get(api.LABEL_EXECUTION_UID) != owner_uid:
+            raise JournalError(f"journal ConfigMap {ref['configMap']} belongs to another execution")
+        if ref.get("sha256") and digest(data) != ref["sha256"]:
+            raise JournalError(
+                f"journal ConfigMap {ref['configMap']} is not the one the worker wrote (its SHA-256 differs "
+                "from status.journal): it was replaced"
+            )
+        records: list[dict[str, Any]] = json.loads(data)
         if len(records) != ref["steps"]:
             raise JournalError(
                 f"journal ConfigMap {ref['configMap']} holds {len(records)} records, status.journal says {ref['steps']}"

@@ -15,13 +15,16 @@ from ..conftest import Cluster
 
 
 def pod(cluster: Cluster, namespace: str, name: str, service_account: str) -> dict[str, Any]:
-    """A Pod object that never runs (no kubelet schedules it here): tokens can be bound to it. Its spec
-    passes Pod Security "restricted", as the chart's namespaces enforce."""
+    """A Pod object that never runs, only for tokens to be bound to: a scheduling gate keeps it off
+    every node (on the real node of ``make node-e2e`` too, where a scheduled pod would make the kubelet
+    try to pull its image), and its image is never pulled anyway. Its spec passes Pod Security
+    "restricted", as the chart's namespaces enforce."""
     body = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
+            "schedulingGates": [{"name": "kubestep.io/tokens-only"}],
             "serviceAccountName": service_account,
             "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -29,6 +32,7 @@ def pod(cluster: Cluster, namespace: str, name: str, service_account: str) -> di
                 {
                     "name": "c",
                     "image": "kubestep:never-pulled",
+                    "imagePullPolicy": "Never",
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                 }
             ],

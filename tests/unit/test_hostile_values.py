@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from typing import Any, cast
 
 import pytest
 
 from kubestep import _protocol as api
 from kubestep._kube import Kube
+from kubestep._worker.leasing import collisions
 from kubestep_operator import measuring
 from kubestep_operator.controller import MAX_LEASE_SECONDS, Controller, liveness_of
 from kubestep_operator.electing import Observed, Timing, takeover
@@ -259,3 +261,42 @@ def test_a_cancel_request_is_told_once_even_when_the_holder_ends_the_run_at_once
         "ADDED", run("old", spec=cancel, status={"phase": api.Phase.CANCELLED, "cancellation": {"reason": "Requested"}})
     )
     assert len(c.recorder) == 1 and c.announced == set()
+
+
+# ----- one workflow id, two codes ---------------------------------------------------------------------
+
+
+def _served(holder: str, source: str, renewed: dt.datetime, wid: str = "approval") -> dict[str, Any]:
+    body = lease(f"kubestep-worker-{holder}", holder, api.fmt_time(renewed))
+    body["metadata"]["annotations"][api.ANNOTATION_SOURCES] = json.dumps({wid: source})
+    return body
+
+
+def test_a_worker_sees_a_live_other_code_for_its_workflow_id_and_nothing_else() -> None:
+    ours = {"approval": "b.flows.approval", "other": "b.flows.other"}
+    live = [_served("w1", "a.flows.approval", NOW), _served("w2", "b.flows.approval", NOW)]
+    (found,) = collisions(ours, live, "me", NOW)
+    assert "a.flows.approval" in found and "'w1'" in found
+    stale = [_served("w1", "a.flows.approval", NOW - dt.timedelta(seconds=60))]
+    assert collisions(ours, stale, "me", NOW) == []  # a dead worker's Lease is no collision
+    assert collisions(ours, [_served("me", "a.flows.approval", NOW)], "me", NOW) == []  # its own old Lease
+    garbage = lease("kubestep-worker-w3", "w3", api.fmt_time(NOW))
+    garbage["metadata"]["annotations"][api.ANNOTATION_SOURCES] = "{not json"
+    assert collisions(ours, [garbage], "me", NOW) == []
+
+
+def test_the_operator_marks_queued_runs_of_a_workflow_served_by_two_codes() -> None:
+    c = controller()
+    now = api.now()
+    c.on_lease("ADDED", _served("w1", "a.flows.approval", now))
+    c.on_lease("ADDED", _served("w2", "b.flows.approval", now))
+    message = c.conflict("ns", "approval", now)
+    assert (
+        message is not None and "a.flows.approval (worker w1)" in message and "b.flows.approval (worker w2)" in message
+    )
+    queued = run("r", spec={"workflow": "approval"}, status={"phase": api.Phase.QUEUED})
+    d = decide(Snapshot.from_body(queued), now, c.liveness, frozenset({"approval"}), now, conflict=message)
+    assert d.patch is not None and d.patch["reason"] == api.Reason.WORKFLOW_CONFLICT
+    assert d.event is not None and d.event[:2] == ("Warning", api.Reason.WORKFLOW_CONFLICT)
+    c.on_lease("DELETED", _served("w1", "a.flows.approval", now))
+    assert c.conflict("ns", "approval", now) is None

@@ -10,6 +10,7 @@ from .cancels import cancel_note, cancel_request, cancel_requester, cancel_time,
 from .clock import END_OF_TIME, MAX_SECONDS, duration, fmt_time, later, not_after, now, parse_time
 from .names import (
     ANNOTATION_CANCELLED_BY,
+    ANNOTATION_SOURCES,
     ANNOTATION_WORKFLOWS,
     API_VERSION,
     GROUP,
@@ -46,9 +47,11 @@ from .transitions import (
     woken,
 )
 from .vocabulary import HELD_PHASES, TERMINAL_PHASES, ConditionType, Phase, Reason, StepState, StopReason
+from .workers import lease_sources
 
 __all__ = [
     "ANNOTATION_CANCELLED_BY",
+    "ANNOTATION_SOURCES",
     "ANNOTATION_WORKFLOWS",
     "API_VERSION",
     "END_OF_TIME",
@@ -96,6 +99,7 @@ __all__ = [
     "fmt_time",
     "grace_seconds",
     "later",
+    "lease_sources",
     "merge_conditions",
     "not_after",
     "now",

@@ -137,12 +137,19 @@ def segment_budget(spec: dict[str, Any], status: Status | dict[str, Any]) -> flo
 # ----- Queued ---------------------------------------------------------------------------------
 
 
-@_transition(None, {Writer.OPERATOR}, {Reason.PENDING, Reason.NO_WORKER})
+@_transition(None, {Writer.OPERATOR}, {Reason.PENDING, Reason.NO_WORKER, Reason.WORKFLOW_CONFLICT})
 def queue_refreshed(
-    conditions: list[Condition] | None, *, served: bool, message: str, at: dt.datetime, generation: int | None
+    conditions: list[Condition] | None,
+    *,
+    served: bool,
+    message: str,
+    at: dt.datetime,
+    generation: int | None,
+    conflict: bool = False,
 ) -> Patch:
-    """A queued run's reason and ``Scheduled`` condition: is a live worker serving its workflow?"""
-    reason = Reason.PENDING if served else Reason.NO_WORKER
+    """A queued run's reason and ``Scheduled`` condition: is a live worker serving its workflow (and
+    only one code: ``conflict`` when two modules serve its id in the namespace)?"""
+    reason = Reason.WORKFLOW_CONFLICT if conflict else Reason.PENDING if served else Reason.NO_WORKER
     return {
         "reason": reason,
         "message": message,

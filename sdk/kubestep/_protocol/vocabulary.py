@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     # Queued
     PENDING = "Pending"  # admitted; a live worker serves the workflow
     NO_WORKER = "NoWorker"  # admitted; no live worker serves it
+    WORKFLOW_CONFLICT = "WorkflowConflict"  # admitted; live workers serve its id with different code
     WAIT_OVER = "WaitOver"  # Waiting → Queued at wakeAt (or the event wait's timeout)
     EVENT_ARRIVED = "EventArrived"  # Waiting → Queued: the awaited event was sent
     WORKER_LOST = "WorkerLost"  # the holder's Lease expired: re-queued by the operator

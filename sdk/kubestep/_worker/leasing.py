@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
@@ -35,6 +36,35 @@ class IdentityInUse(Exception):
     """Another live process already serves under this worker's identity."""
 
 
+class WorkflowCollision(Exception):
+    """Another live worker of the namespace serves one of this worker's workflow ids with other code."""
+
+
+def collisions(ours: dict[str, str], leases: list[dict[str, Any]], me: str, now: dt.datetime) -> list[str]:
+    """Each workflow id that a live worker Lease other than ``me``'s serves from other code: two
+    modules that both define ``approval`` in one namespace take each other's runs, which then fail
+    ReplayMismatch. The same code in another version (a rolling update) is no collision."""
+    found = []
+    for lease in leases:
+        meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
+        if meta.get("name") == api.LEASE_PREFIX + me:
+            continue
+        try:
+            renewed = api.parse_time(spec.get("renewTime"))
+        except ValueError:
+            continue
+        term = min(api.duration(spec.get("leaseDurationSeconds"), 15.0) or 15.0, 300.0)
+        if renewed is None or api.later(min(renewed, now), term) <= now:
+            continue
+        for wid, source in sorted(api.lease_sources(lease).items()):
+            if wid in ours and ours[wid] != source:
+                found.append(
+                    f"workflow {wid!r} is served here by {ours[wid]} and by {source} on worker "
+                    f"{spec.get('holderIdentity')!r}"
+                )
+    return found
+
+
 def micro_time(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -48,6 +78,7 @@ class WorkerLease:
         workflows: list[str],
         duration_seconds: int,
         pod_uid: str | None = None,
+        sources: dict[str, str] | None = None,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -56,6 +87,7 @@ class WorkerLease:
         self.workflows = workflows
         self.duration = duration_seconds
         self.pod_uid = pod_uid
+        self.sources = dict(sources or {})
         self.instance = uuid.uuid4().hex
         self._path = LEASES.format(ns=namespace)
 
@@ -64,7 +96,11 @@ class WorkerLease:
             "name": self.name,
             "namespace": self.namespace,
             "labels": {api.LABEL_WORKER: "true"},
-            "annotations": {api.ANNOTATION_WORKFLOWS: ",".join(self.workflows), ANNOTATION_INSTANCE: self.instance},
+            "annotations": {
+                api.ANNOTATION_WORKFLOWS: ",".join(self.workflows),
+                api.ANNOTATION_SOURCES: json.dumps(self.sources, sort_keys=True, separators=(",", ":")),
+                ANNOTATION_INSTANCE: self.instance,
+            },
         }
         if self.pod_uid:
             meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": self.worker, "uid": self.pod_uid}]
@@ -84,7 +120,16 @@ class WorkerLease:
         """Creates the Lease, or takes over the one a previous life of this worker left (same name,
         e.g. a restarted container) once it is no longer renewed. A replace must name the version it
         replaces; a Lease deleted meanwhile is created again. Raises ``IdentityInUse`` when another
-        live process renews the Lease of this identity."""
+        live process renews the Lease of this identity, ``WorkflowCollision`` when another live worker
+        of the namespace serves one of its workflow ids with other code."""
+        listing = await self.kube.get(self._path, params={"labelSelector": f"{api.LABEL_WORKER}=true"})
+        clash = collisions(self.sources, list(listing.get("items") or []), self.worker, api.now())
+        if clash:
+            raise WorkflowCollision(
+                "; ".join(clash) + ". A run of such an id goes to whichever worker claims it first, and replay "
+                "fails on the other's code: give the workflows distinct ids (@workflow(id=...)), or run the "
+                "two modules in separate namespaces (one namespace per trust domain)."
+            )
         for _ in range(5):
             t = api.now()
             try:

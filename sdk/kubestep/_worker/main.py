@@ -14,7 +14,7 @@ from .._metrics import serve as serve_metrics
 from .._settings import WorkerSettings
 from .._workflow import registered
 from . import health
-from .leasing import IdentityInUse
+from .leasing import IdentityInUse, WorkflowCollision
 from .worker import EXIT_RESTART, Worker
 
 
@@ -43,7 +43,7 @@ def run(settings: WorkerSettings) -> None:
         probes = await health.start(worker, settings.health_port) if settings.health_port else None
         try:
             await worker.run()
-        except IdentityInUse as e:
+        except (IdentityInUse, WorkflowCollision) as e:
             raise SystemExit(f"kubestep worker: {e}") from None
         finally:
             if probes is not None:

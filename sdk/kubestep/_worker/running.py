@@ -342,7 +342,9 @@ class Run:
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
         status = obj.get("status") or {}
-        archived = await journal.load(self.kube, self.namespace, list(status.get("journal") or []))
+        archived = await journal.load(
+            self.kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
+        )
         self.ledger.load(archived, status)
         return True
 

@@ -64,7 +64,13 @@ class Worker:
         self.concurrency = settings.concurrency
         self.settings = settings
         self.lease = WorkerLease(
-            self.control, namespace, name, sorted(workflows), settings.lease_seconds, settings.pod_uid
+            self.control,
+            namespace,
+            name,
+            sorted(workflows),
+            settings.lease_seconds,
+            settings.pod_uid,
+            sources={wid: f"{wf.fn.__module__}.{wf.fn.__qualname__}" for wid, wf in workflows.items()},
         )
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
