@@ -30,6 +30,7 @@ from .harness import E2E, until_phase
 pytestmark = pytest.mark.skipif(E2E, reason="hundreds of runs in throwaway namespaces: local control plane")
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+YEAR = 31_536_000  # the maximum of runTimeoutSeconds and queueTimeoutSeconds
 NON_INTEGRAL = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
 WRONG_TYPE = st.one_of(st.text(max_size=5), NON_INTEGRAL, st.booleans(), st.lists(st.integers(), max_size=2))
 MISSING = object()
@@ -47,8 +48,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "workflow": st.one_of(
         st.text(min_size=1, max_size=253), st.just(""), st.text(min_size=254, max_size=300), st.integers()
     ),
-    "runTimeoutSeconds": _int_field(1, None),
-    "queueTimeoutSeconds": _int_field(1, None),
+    "runTimeoutSeconds": _int_field(1, YEAR),
+    "queueTimeoutSeconds": _int_field(1, YEAR),
     "cancelGracePeriodSeconds": _int_field(0, 86400),
     "cancelRequested": st.one_of(st.just(MISSING), st.booleans(), st.text(max_size=3), st.integers()),
     "cancelReason": st.one_of(st.just(MISSING), st.text(max_size=1024), st.text(min_size=1025, max_size=1100)),
@@ -63,14 +64,18 @@ def _valid(field: str, value: Any) -> bool:
         return isinstance(value, str) and 1 <= len(value) <= 253
     if field == "cancelRequested":
         return isinstance(value, bool)
-    if field == "cancelReason":
-        return isinstance(value, str) and len(value) <= 1024
+    if field == "cancelReason":  # no control characters (Unicode category Cc)
+        return (
+            isinstance(value, str)
+            and len(value) <= 1024
+            and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         return False
-    lo, hi = {"runTimeoutSeconds": (1, None), "queueTimeoutSeconds": (1, None), "cancelGracePeriodSeconds": (0, 86400)}[
+    lo, hi = {"runTimeoutSeconds": (1, YEAR), "queueTimeoutSeconds": (1, YEAR), "cancelGracePeriodSeconds": (0, 86400)}[
         field
     ]
-    return value >= lo and (hi is None or value <= hi)
+    return lo <= value <= hi
 
 
 class Plane:

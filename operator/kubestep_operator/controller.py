@@ -79,6 +79,7 @@ class Controller:
     lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
     grace_seconds: float = 30.0  # the grace period of runs whose spec does not set one
     cancel_audit: bool = False  # the chart's cancelAudit policies vouch for the canceller annotation
+    list_bytes: int = 4 << 20  # what a page of runs should weigh when listing (``watching.Informer``)
     writers: int = 8  # writes in flight at most
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
@@ -104,6 +105,7 @@ class Controller:
                 s,
                 self.on_execution,
                 self.executions_listed,
+                page_bytes=self.list_bytes,
             )
             for s in self.scopes
         ]

@@ -52,6 +52,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lease_seconds=ours.lease_seconds,
         grace_seconds=ours.grace_seconds,
         cancel_audit=ours.cancel_audit,
+        list_bytes=ours.list_bytes,
         writers=ours.writers,
         event_senders=EVENT_SENDERS,
     )

@@ -62,6 +62,19 @@ def scopes(namespaces: list[str], all_namespaces: bool) -> list[Scope]:
     return found
 
 
+FIRST_PAGE = 10
+
+
+def next_page(limit: int, items: int, size: int, target: int, most: int) -> int:
+    """How many objects the next list page may hold so that it weighs about ``target`` bytes, judged
+    by the page just read (``items`` objects in ``size`` bytes): at least 1, at most ``most``, and
+    at most four times the last limit (a page of small objects says little about the next)."""
+    if items == 0 or size <= 0:
+        return min(most, limit * 4)
+    per_object = size / items
+    return max(1, min(most, limit * 4, int(target / per_object)))
+
+
 class _Expired(Exception):
     """The resourceVersion to resume from is gone (410): list again."""
 
@@ -74,7 +87,11 @@ class Informer:
     on_event: OnEvent
     on_listed: OnListed
     params: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. a labelSelector
-    page: int = 500
+    page: int = 500  # objects a list page holds at most
+    # What a list page should weigh: the page size follows the objects' size, from a first page of
+    # FIRST_PAGE objects. A run may carry an input of up to 1.5 MiB (etcd's limit), and 500 such runs
+    # in one page once took a restarted operator past its memory limit. 0: fixed pages of ``page``.
+    page_bytes: int = 4 << 20
     listed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     last_contact: float = dataclasses.field(default_factory=time.monotonic)  # a list, an event or a bookmark
 
@@ -101,10 +118,11 @@ class Informer:
         """Every object, page by page (one consistent snapshot), then the keys it held."""
         seen: set[tuple[str, str]] = set()
         token: str | None = None
+        limit = min(self.page, FIRST_PAGE) if self.page_bytes else self.page
         while True:
-            params = {**self.params, "limit": str(self.page), **({"continue": token} if token else {})}
+            params = {**self.params, "limit": str(limit), **({"continue": token} if token else {})}
             try:
-                listing = await self.kube.get(self.path, params=params)
+                listing, size = await self.kube.get_sized(self.path, params=params)
             except ApiError as e:
                 if e.status_code == 410:  # the continue token outlived its snapshot
                     raise _Expired() from e
@@ -118,6 +136,9 @@ class Informer:
                 if i % 256 == 255:
                     await asyncio.sleep(0)  # thousands of objects: let the writers and the scheduler in
             token = listing["metadata"].get("continue")
+            if self.page_bytes:
+                limit = next_page(limit, len(listing.get("items") or []), size, self.page_bytes, self.page)
+            del listing["items"]  # let the page go before the next one is read
             if not token:
                 self.on_listed(self.scope, seen)
                 return str(listing["metadata"]["resourceVersion"])

@@ -169,6 +169,17 @@ class Kube:
         params: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        body = await self._exchange(method, path, json_body, params, content_type)
+        return json.loads(body) if body else None
+
+    async def get_sized(self, path: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
+        """A GET's answer and its size in bytes (what a list page cost to read: ``watching.Informer``)."""
+        body = await self._exchange("GET", path, None, params, "application/json")
+        return (json.loads(body) if body else None), len(body)
+
+    async def _exchange(
+        self, method: str, path: str, json_body: Any, params: dict[str, Any] | None, content_type: str
+    ) -> bytes:
         data = None if json_body is None else json.dumps(json_body, allow_nan=False).encode()
         headers = self._auth()
         if data is not None:
@@ -189,7 +200,7 @@ class Kube:
                 delay = 1.0
             await asyncio.sleep(min(delay, 2.0) * (attempt + 1) / 2)
         self._raise_for(status, body)
-        return json.loads(body) if body else None
+        return body
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return await self.request("GET", path, params=params)

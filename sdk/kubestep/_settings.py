@@ -13,6 +13,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
 | worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name and process id, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
+| operator: bytes a page of runs should weigh when listing | | ``KUBESTEP_OPERATOR_LIST_BYTES`` | 4 MiB (0: pages of 500) |
 | who cancelled: trust the audit annotation | | ``KUBESTEP_CANCEL_AUDIT`` | false (the chart sets it with ``cancelAudit.enabled``) |
 | operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
 | operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
@@ -127,6 +128,7 @@ class OperatorSettings:
     leader_renew_deadline: float = 10.0
     leader_retry_period: float = 2.0
     cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
+    list_bytes: int = 4 << 20  # KUBESTEP_OPERATOR_LIST_BYTES: a page of runs' weight (0: pages of 500)
 
     @classmethod
     def load(
@@ -163,4 +165,5 @@ class OperatorSettings:
             leader_renew_deadline=renew,
             leader_retry_period=_pick(None, env, "KUBESTEP_LEADER_RETRY_PERIOD", min(2.0, lease / 5), float),
             cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
+            list_bytes=_pick(None, env, "KUBESTEP_OPERATOR_LIST_BYTES", 4 << 20, int),
         )
