@@ -162,3 +162,29 @@ async def test_a_second_live_worker_with_the_same_identity_refuses_to_start(
     assert "another live worker already uses the identity" in twin.log.read_text()
     assert first.alive()
     await asyncio.sleep(0)
+
+
+async def test_a_forged_leader_lease_holds_the_operator_off_for_one_lease_at_most(
+    control_plane: Cluster, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Whoever may write Leases in the operator's namespace (no worker: the admission policy) once
+    made every replica stand by for ever: holder "evil", a duration of 68 years. A replica now honours
+    no longer a lease than its own (here 3 s), then takes over."""
+    from ..test_leader import LEASE, replica, until_holder
+
+    ns = f"lead-{uuid.uuid4().hex[:8]}"  # outside the suite operator's t-*
+    control_plane.kubectl("create", "namespace", ns)
+    try:
+        procs.append(replica(control_plane, tmp_path, ns, "op-a"))
+        await until_holder(control_plane, ns, "op-a", 30)
+        procs.append(replica(control_plane, tmp_path, ns, "op-b"))  # stands by
+        evil = {
+            "spec": {"holderIdentity": "evil", "leaseDurationSeconds": 2**31 - 1, "renewTime": api.fmt_time(api.now())}
+        }
+        control_plane.kubectl("-n", ns, "patch", "lease", "kubestep-operator", "--type=merge", "-p", json.dumps(evil))
+        await until_holder(control_plane, ns, "op-b", 10 * LEASE)  # op-a stepped down and left
+        async with KubestepClient(namespace=ns, kubeconfig=str(control_plane.kubeconfig)) as client:
+            h = await client.start("nobody-serves-this")
+            await until_phase(client, h.id, api.Phase.QUEUED, timeout=15)  # the new leader decides
+    finally:
+        control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
