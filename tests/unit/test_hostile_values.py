@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import socket
 from typing import Any, cast
 
 import pytest
 
 from kubestep import _protocol as api
 from kubestep._kube import Kube
-from kubestep._worker.leasing import collisions
+from kubestep._worker.leasing import collisions, previous_life
 from kubestep_operator import measuring
 from kubestep_operator.controller import MAX_LEASE_SECONDS, Controller, liveness_of
 from kubestep_operator.electing import Observed, Timing, takeover
@@ -300,3 +302,12 @@ def test_the_operator_marks_queued_runs_of_a_workflow_served_by_two_codes() -> N
     assert d.event is not None and d.event[:2] == ("Warning", api.Reason.WORKFLOW_CONFLICT)
     c.on_lease("DELETED", _served("w1", "a.flows.approval", now))
     assert c.conflict("ns", "approval", now) is None
+
+
+def test_a_previous_life_is_the_same_pod_or_a_process_of_this_host_that_is_gone() -> None:
+    here = f"host:{socket.gethostname()}/{os.getpid()}"
+    assert previous_life("pod:u1/1", "pod:u1/1") and previous_life("pod:u1/7", "pod:u1/1")  # the same pod
+    assert not previous_life("pod:u2/1", "pod:u1/1")  # another pod of the same name: must be seen to stop
+    assert previous_life(f"host:{socket.gethostname()}/{2**22 + 7}", here)  # no such process here
+    assert not previous_life(f"host:{socket.gethostname()}/{os.getppid()}", here)  # alive: another process
+    assert not previous_life(f"host:elsewhere/{os.getpid()}", here) and not previous_life("", here)

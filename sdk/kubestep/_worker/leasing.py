@@ -19,6 +19,8 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
+import socket
 import uuid
 from typing import Any
 
@@ -30,6 +32,35 @@ logger = logging.getLogger("kubestep.worker")
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 ANNOTATION_INSTANCE = "kubestep.io/instance"
+ANNOTATION_PROCESS = "kubestep.io/process"  # "pod:<uid>/<pid>" or "host:<name>/<pid>" of its holder
+
+
+def previous_life(holder: str, me: str) -> bool:
+    """Whether the process that wrote a Lease (``"pod:<uid>/<pid>"`` or ``"host:<name>/<pid>"``) is an
+    earlier life of this one: the same pod (its containers run one at a time), or a process of this
+    host that is gone (or has this very pid). Anything else may be alive elsewhere: it must be seen
+    to stop renewing."""
+    where, _, pid = holder.rpartition("/")
+    mine, _, my_pid = me.rpartition("/")
+    if not where or where != mine or not pid.isdigit():
+        return False
+    return where.startswith("pod:") or pid == my_pid or not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 class IdentityInUse(Exception):
@@ -89,6 +120,7 @@ class WorkerLease:
         self.pod_uid = pod_uid
         self.sources = dict(sources or {})
         self.instance = uuid.uuid4().hex
+        self.process = f"pod:{pod_uid}/{os.getpid()}" if pod_uid else f"host:{socket.gethostname()}/{os.getpid()}"
         self._path = LEASES.format(ns=namespace)
 
     def _body(self, acquire: dt.datetime, renew: dt.datetime) -> dict[str, Any]:
@@ -100,6 +132,7 @@ class WorkerLease:
                 api.ANNOTATION_WORKFLOWS: ",".join(self.workflows),
                 api.ANNOTATION_SOURCES: json.dumps(self.sources, sort_keys=True, separators=(",", ":")),
                 ANNOTATION_INSTANCE: self.instance,
+                ANNOTATION_PROCESS: self.process,
             },
         }
         if self.pod_uid:
@@ -154,8 +187,16 @@ class WorkerLease:
         annotations = lease["metadata"].get("annotations") or {}
         if annotations.get(ANNOTATION_INSTANCE) in (None, self.instance):
             return lease  # ours, or written by a version that did not mark its instance
+        if previous_life(str(annotations.get(ANNOTATION_PROCESS) or ""), self.process):
+            return lease  # a restarted container of this pod, or a process of this host that is gone
         first = (lease.get("spec") or {}).get("renewTime")
         term = min(api.duration((lease.get("spec") or {}).get("leaseDurationSeconds"), 15.0) or 15.0, 300.0)
+        try:
+            renewed = api.parse_time(first)
+        except ValueError:
+            renewed = None
+        if renewed is None or api.later(min(renewed, api.now()), term) <= api.now():
+            return lease  # ran out: nobody renews it
         loop = asyncio.get_running_loop()
         until = loop.time() + term + 1.0
         while loop.time() < until:

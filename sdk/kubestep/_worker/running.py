@@ -616,7 +616,7 @@ class Run:
             self._put({**rec, "state": api.StepState.COMPLETED, "finishedAt": api.fmt_time(api.now())})
             self._last_key = key
             return
-        raise Suspend(key, api.now() + duration)
+        raise Suspend(key, api.later(api.now(), duration.total_seconds()))  # clamped: a wait of years
 
     async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any:
         """The next event of ``topic`` sent to this run, each delivered to exactly one wait: its
@@ -655,9 +655,7 @@ class Run:
             self._last_key = key
             await self._append_steps()
             raise EventTimeoutError(key, topic, timeout)
-        wake = api.parse_time((rec or {}).get("wakeAt")) or (
-            now + dt.timedelta(seconds=timeout) if timeout is not None else None
-        )
+        wake = api.parse_time((rec or {}).get("wakeAt")) or (api.later(now, timeout) if timeout is not None else None)
         raise Suspend(key, wake, topic)
 
     # ----- the whole run ----------------------------------------------------------------------
