@@ -333,7 +333,8 @@ def install_chart(plane: ControlPlane, ns: str) -> tuple[Path, Path]:
     work = plane.state_dir / "bench-kubeconfigs"
     return (
         plane.kubeconfig_for_service_account(ns, "kubestep-operator", work / "operator.yaml"),
-        plane.kubeconfig_for_service_account(ns, "kubestep-worker", work / "worker.yaml"),
+        # Bound to a (stand-in) pod, as a worker pod's token is: the chart's admission policy wants it.
+        plane.kubeconfig_for_service_account(ns, "kubestep-worker", work / "worker.yaml", pod="bench-worker"),
     )
 
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -378,22 +378,31 @@ class ControlPlane:
         path: Path | str | None = None,
         *,
         expiration_seconds: int = 24 * 3600,
+        pod: str | None = None,
     ) -> Path:
         """Write a kubeconfig that authenticates as an existing ServiceAccount.
 
         Requests a bound token through the TokenRequest API (as the admin) and
         writes it with the cluster CA. The context's namespace is `namespace`.
+        With ``pod``, the token is bound to a Pod of that name, as a pod's
+        projected token is (the chart's worker admission policy reads the pod's
+        name from it): a stand-in Pod that never runs (a scheduling gate keeps
+        it off every node) is created for a local worker posing as that pod.
         """
         target = (
             Path(path) if path is not None else self.state_dir / "kubeconfigs" / f"sa-{namespace}-{name}.kubeconfig"
         )
-        body = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": expiration_seconds},
-        }
-        url = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+        spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
         with self._client(timeout=30.0) as client:
+            if pod is not None:
+                spec["boundObjectRef"] = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod,
+                    "uid": self._stand_in_pod(client, namespace, pod, name),
+                }
+            body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+            url = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
             response = client.post(url, json=body)
         if response.status_code != 201:
             raise ControlPlaneError(
@@ -410,6 +419,42 @@ class ControlPlane:
             namespace=namespace,
         )
         return target
+
+    @staticmethod
+    def _stand_in_pod(client: httpx.Client, namespace: str, name: str, service_account: str) -> str:
+        """The uid of Pod ``name``, created gated (never scheduled, never pulled) if missing."""
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "schedulingGates": [{"name": "kubestep.io/stand-in"}],
+                "serviceAccountName": service_account,
+                "automountServiceAccountToken": False,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "stand-in",
+                        "image": "kubestep:stand-in",
+                        "imagePullPolicy": "Never",
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    }
+                ],
+            },
+        }
+        created = client.post(path, json=body)
+        if created.status_code == 409:
+            created = client.get(f"{path}/{name}")
+        if created.status_code not in (200, 201):
+            raise ControlPlaneError(
+                f"stand-in pod {namespace}/{name}: HTTP {created.status_code} {created.text.strip()}"
+            )
+        return str(created.json()["metadata"]["uid"])
 
     # ---- starting ----------------------------------------------------------
 
