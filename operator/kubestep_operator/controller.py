@@ -28,7 +28,17 @@ from kubestep._kube import Kube
 
 from . import measuring
 from .keys import LeaseKey, RunKey
-from .reconciling import OPERATOR, Decision, Liveness, Snapshot, Urgency, cancel_requested, decide, urgency
+from .reconciling import (
+    OPERATOR,
+    Decision,
+    Liveness,
+    Snapshot,
+    Urgency,
+    body_ref,
+    cancel_requested,
+    decide,
+    urgency,
+)
 from .recording import Recorder
 from .scheduling import Scheduler
 from .watching import Informer, Scope
@@ -40,33 +50,24 @@ LEASES_PATH = "/apis/coordination.k8s.io/v1"
 WORKER_LEASES = {"labelSelector": f"{api.LABEL_WORKER}=true"}
 
 
-# A worker's Lease never keeps it alive for longer than this after its last renewal, whatever
-# ``leaseDurationSeconds`` it claims (the workers' own default is 15 s).
-MAX_LEASE_SECONDS = 300.0
-
-
 def liveness_of(lease: dict[str, Any], now: dt.datetime) -> tuple[LeaseKey, Liveness] | None:
     """What a worker's Lease says: until when the worker counts as alive, and what it serves.
 
     Only the Lease named after its holder counts (``kubestep-worker-<identity>``, the one the worker
     itself writes): a copy or decoy naming another worker would otherwise keep a crashed worker's runs
-    held for ever, or let a second Lease's deletion end a live worker's. Its times are clamped: a
-    renewal "in the future" counts as now, and the duration is at most ``MAX_LEASE_SECONDS``."""
+    held for ever, or let a second Lease's deletion end a live worker's. Its times are clamped
+    (``api.lease_expiry``)."""
     spec, meta = lease.get("spec") or {}, lease.get("metadata") or {}
     holder = spec.get("holderIdentity")
     if not holder or not isinstance(holder, str) or meta.get("name") != api.LEASE_PREFIX + holder:
         return None
-    try:
-        renew = api.not_after(api.parse_time(spec.get("renewTime")), now)
-    except (TypeError, ValueError):
+    expires = api.lease_expiry(lease, now)
+    if expires is None:
         return None
-    if renew is None:
-        return None
-    seconds = min(max(api.duration(spec.get("leaseDurationSeconds"), 15.0) or 15.0, 1.0), MAX_LEASE_SECONDS)
     served = (meta.get("annotations") or {}).get(api.ANNOTATION_WORKFLOWS, "")
     workflows = frozenset(w for w in str(served).split(",") if w)
     sources = frozenset(api.lease_sources(lease).items())
-    return LeaseKey(meta["namespace"], holder), Liveness(api.later(renew, seconds), workflows, sources=sources)
+    return LeaseKey(meta["namespace"], holder), Liveness(expires, workflows, sources=sources)
 
 
 @dataclasses.dataclass
@@ -177,7 +178,7 @@ class Controller:
             self.forget(key)
             if (body["metadata"].get("uid"), body["metadata"].get("generation")) not in self.ignored:
                 self.ignored.add((body["metadata"].get("uid"), body["metadata"].get("generation")))
-                self._object_failed("read", _ref(body), e)
+                self._object_failed("read", body_ref(body), e, then="it ignores the run until it changes")
             return
         if (
             s.cancel_requested
@@ -291,7 +292,9 @@ class Controller:
         try:
             d = self.decide(s, now)
         except Exception as e:  # a bug or an object nobody foresaw: this run only, never the others
-            self._object_failed("decide on", s.body_ref, e, post=s.key not in self.failures)
+            self._object_failed(
+                "decide on", s.body_ref, e, post=s.key not in self.failures, then="it retries with backoff"
+            )
             self.retry(s.key, now)
             return
         if d.patch is None:
@@ -299,7 +302,9 @@ class Controller:
         else:
             self.backlog.offer(s.key, urgency(s, d))
 
-    def _object_failed(self, what: str, body: dict[str, Any], e: BaseException, *, post: bool = True) -> None:
+    def _object_failed(
+        self, what: str, body: dict[str, Any], e: BaseException, *, post: bool = True, then: str = ""
+    ) -> None:
         """One object could not be handled: logged with its name, counted, and told on the run itself
         (a Warning Event) where there is one. Everything else goes on."""
         meta = body.get("metadata") or {}
@@ -307,7 +312,7 @@ class Controller:
         measuring.OBJECT_ERRORS.labels(what.split()[0]).inc()
         logger.error("could not %s %s: %r", what, where, e, exc_info=e)
         if post and body.get("kind", api.KIND) == api.KIND and meta.get("uid"):
-            message = f"the operator could not {what} this run ({type(e).__name__}: {e}); it retries with backoff"
+            message = f"the operator could not {what} this run ({type(e).__name__}: {e}); {then}"
             self.recorder.post(body, "Warning", "OperatorError", message[:1000])
 
     async def write_loop(self) -> None:
@@ -387,15 +392,6 @@ class Controller:
                 s.phase == api.Phase.QUEUED or (held_by is not None and s.worker == held_by)
             ):
                 self.consider(s)
-
-
-def _ref(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    return {
-        "apiVersion": body.get("apiVersion", api.API_VERSION),
-        "kind": body.get("kind", api.KIND),
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
-    }
 
 
 def _leases_path(scope: Scope) -> str:

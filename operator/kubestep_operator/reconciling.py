@@ -80,11 +80,7 @@ class Snapshot:
             wake_at=api.parse_time(status.get("wakeAt")),
             cancellation=_cancellation(status.get("cancellation")),
             conditions=tuple(dict(c) for c in status.get("conditions") or []),
-            body_ref={
-                "apiVersion": body.get("apiVersion", api.API_VERSION),
-                "kind": body.get("kind", api.KIND),
-                "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
-            },
+            body_ref=body_ref(body),
             cancel_note=api.cancel_note(body, audited) if spec.get("cancelRequested") else {},
             cancel_time=api.cancel_time(meta) if spec.get("cancelRequested") else None,
             grace_seconds=api.grace_seconds(spec, default_grace),
@@ -96,6 +92,16 @@ class Snapshot:
 
     def condition_list(self) -> list[dict[str, Any]]:
         return [dict(c) for c in self.conditions]
+
+
+def body_ref(body: dict[str, Any]) -> dict[str, Any]:
+    """What an Event needs of the object it is about: apiVersion, kind and its identity."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion", api.API_VERSION),
+        "kind": body.get("kind", api.KIND),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
+    }
 
 
 @dataclasses.dataclass(frozen=True)

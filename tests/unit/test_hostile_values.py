@@ -16,7 +16,7 @@ from kubestep import _protocol as api
 from kubestep._kube import Kube
 from kubestep._worker.leasing import collisions, previous_life
 from kubestep_operator import measuring
-from kubestep_operator.controller import MAX_LEASE_SECONDS, Controller, liveness_of
+from kubestep_operator.controller import Controller, liveness_of
 from kubestep_operator.electing import Observed, Timing, takeover
 from kubestep_operator.keys import LeaseKey, RunKey
 from kubestep_operator.reconciling import Snapshot, Urgency, decide
@@ -127,7 +127,7 @@ def test_only_the_lease_named_after_its_holder_counts() -> None:
 def test_a_lease_never_counts_for_longer_than_its_capped_term_from_now(renew: str | None, duration: int) -> None:
     found = liveness_of(lease("kubestep-worker-w1", "w1", renew or api.fmt_time(NOW), duration), NOW)
     assert found is not None
-    assert found[1].expires <= NOW + dt.timedelta(seconds=MAX_LEASE_SECONDS)
+    assert found[1].expires <= NOW + dt.timedelta(seconds=api.MAX_LEASE_SECONDS)
 
 
 def test_a_malformed_lease_is_ignored() -> None:

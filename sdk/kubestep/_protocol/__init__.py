@@ -47,7 +47,7 @@ from .transitions import (
     woken,
 )
 from .vocabulary import HELD_PHASES, TERMINAL_PHASES, ConditionType, Phase, Reason, StepState, StopReason
-from .workers import lease_sources
+from .workers import MAX_LEASE_SECONDS, lease_expiry, lease_sources
 
 __all__ = [
     "ANNOTATION_CANCELLED_BY",
@@ -62,6 +62,7 @@ __all__ = [
     "LABEL_WORKER",
     "LABEL_WORKFLOW",
     "LEASE_PREFIX",
+    "MAX_LEASE_SECONDS",
     "MAX_SECONDS",
     "PLURAL",
     "TERMINAL_PHASES",
@@ -99,6 +100,7 @@ __all__ = [
     "fmt_time",
     "grace_seconds",
     "later",
+    "lease_expiry",
     "lease_sources",
     "merge_conditions",
     "not_after",

@@ -78,14 +78,8 @@ def collisions(ours: dict[str, str], leases: list[dict[str, Any]], me: str, now:
     found = []
     for lease in leases:
         meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
-        if meta.get("name") == api.LEASE_PREFIX + me:
-            continue
-        try:
-            renewed = api.parse_time(spec.get("renewTime"))
-        except ValueError:
-            continue
-        term = min(api.duration(spec.get("leaseDurationSeconds"), 15.0) or 15.0, 300.0)
-        if renewed is None or api.later(min(renewed, now), term) <= now:
+        expires = api.lease_expiry(lease, now)
+        if meta.get("name") == api.LEASE_PREFIX + me or expires is None or expires <= now:
             continue
         for wid, source in sorted(api.lease_sources(lease).items()):
             if wid in ours and ours[wid] != source:
@@ -190,13 +184,10 @@ class WorkerLease:
         if previous_life(str(annotations.get(ANNOTATION_PROCESS) or ""), self.process):
             return lease  # a restarted container of this pod, or a process of this host that is gone
         first = (lease.get("spec") or {}).get("renewTime")
-        term = min(api.duration((lease.get("spec") or {}).get("leaseDurationSeconds"), 15.0) or 15.0, 300.0)
-        try:
-            renewed = api.parse_time(first)
-        except ValueError:
-            renewed = None
-        if renewed is None or api.later(min(renewed, api.now()), term) <= api.now():
+        expires = api.lease_expiry(lease, api.now())
+        if expires is None or expires <= api.now():
             return lease  # ran out: nobody renews it
+        term = (expires - api.now()).total_seconds()
         loop = asyncio.get_running_loop()
         until = loop.time() + term + 1.0
         while loop.time() < until:
