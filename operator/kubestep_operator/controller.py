@@ -67,7 +67,9 @@ def liveness_of(lease: dict[str, Any], now: dt.datetime) -> tuple[LeaseKey, Live
     served = (meta.get("annotations") or {}).get(api.ANNOTATION_WORKFLOWS, "")
     workflows = frozenset(w for w in str(served).split(",") if w)
     sources = frozenset(api.lease_sources(lease).items())
-    return LeaseKey(meta["namespace"], holder), Liveness(expires, workflows, sources=sources)
+    return LeaseKey(meta["namespace"], holder), Liveness(
+        expires, workflows, sources=sources, queue=api.lease_queue(lease)
+    )
 
 
 @dataclasses.dataclass
@@ -229,7 +231,11 @@ class Controller:
         before = self.workers.get(key)
         self.workers[key] = live
         self.scheduler.schedule(key, live.expires)
-        if before is None or before.workflows != live.workflows or before.sources != live.sources:
+        if before is None or (before.workflows, before.sources, before.queue) != (
+            live.workflows,
+            live.sources,
+            live.queue,
+        ):
             self.recheck(key.namespace)  # what is served changed: queued runs may gain or lose a worker
 
     def leases_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
@@ -248,18 +254,20 @@ class Controller:
     def liveness(self, namespace: str, worker: str) -> Liveness | None:
         return self.workers.get(LeaseKey(namespace, worker))
 
-    def live_workflows(self, namespace: str, now: dt.datetime) -> frozenset[str]:
+    def live_workflows(self, namespace: str, now: dt.datetime, queue: str = "") -> frozenset[str]:
+        """Every workflow a live worker of ``namespace`` serves on ``queue``."""
         served: set[str] = set()
         for key, live in self.workers.items():
-            if key.namespace == namespace and live.expires > now and not live.deleted:
+            if key.namespace == namespace and live.queue == queue and live.expires > now and not live.deleted:
                 served |= live.workflows
         return frozenset(served)
 
-    def conflict(self, namespace: str, workflow: str, now: dt.datetime) -> str | None:
-        """Which different code live workers of ``namespace`` serve ``workflow`` with, if more than one."""
+    def conflict(self, namespace: str, workflow: str, now: dt.datetime, queue: str = "") -> str | None:
+        """Which different code live workers of ``namespace`` serve ``workflow`` with on ``queue``, if
+        more than one."""
         codes: dict[str, list[str]] = {}
         for key, live in self.workers.items():
-            if key.namespace == namespace and live.expires > now and not live.deleted:
+            if key.namespace == namespace and live.queue == queue and live.expires > now and not live.deleted:
                 for wid, source in live.sources:
                     if wid == workflow:
                         codes.setdefault(source, []).append(key.holder)
@@ -276,11 +284,11 @@ class Controller:
             s,
             now,
             self.liveness,
-            self.live_workflows(s.namespace, now),
+            self.live_workflows(s.namespace, now, s.queue),
             self.lease_grace,
             self.lease_seconds,
             self.blind_until,
-            self.conflict(s.namespace, s.workflow, now) if s.phase in (None, api.Phase.QUEUED) else None,
+            self.conflict(s.namespace, s.workflow, now, s.queue) if s.phase in (None, api.Phase.QUEUED) else None,
         )
 
     # ----- acting -----------------------------------------------------------------------------

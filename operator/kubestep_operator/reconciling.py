@@ -55,7 +55,8 @@ class Snapshot:
     queue_timeout_seconds: int | None = None
     queued_since: dt.datetime | None = None  # status.queuedAt, else the creation time
     waiting_for_topic: str | None = None
-    event_ready: bool = False  # an event the run waits for has arrived and is not consumed
+    event_ready: bool = False
+    queue: str = ""  # spec.queue: only workers of this queue may run it ("": the default queue)  # an event the run waits for has arrived and is not consumed
 
     @property
     def key(self) -> RunKey:
@@ -88,6 +89,7 @@ class Snapshot:
             queued_since=api.parse_time(status.get("queuedAt") or meta.get("creationTimestamp")),
             waiting_for_topic=topic,
             event_ready=topic is not None and api.events_pending(spec, status, topic) > 0,
+            queue=api.run_queue(body),
         )
 
     def condition_list(self) -> list[dict[str, Any]]:
@@ -115,6 +117,7 @@ class Liveness:
     # must not hand a running step to a second worker. It no longer serves queued runs.
     deleted: bool = False
     sources: frozenset[tuple[str, str]] = frozenset()  # (workflow id, "module.qualname") it serves
+    queue: str = ""  # the runs it claims (spec.queue); "": the default queue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +174,8 @@ def decide(
     blind_until: dt.datetime | None = None,
     conflict: str | None = None,
 ) -> Decision:
-    """The transition to make now. ``live_workflows`` is every workflow a live worker in the
-    namespace serves (None when unknown); ``lease_grace`` is when a holder without a known
+    """The transition to make now. ``live_workflows`` is every workflow a live worker of the run's
+    namespace and queue serves (None when unknown); ``lease_grace`` is when a holder without a known
     Lease counts as gone (the operator's start plus one lease duration); ``lease_seconds`` is
     how long a worker that stopped renewing still counts as alive; ``blind_until`` is one lease
     after the operator last had to list the Leases again (a broken watch), before which no known
@@ -398,4 +401,5 @@ def urgency(s: Snapshot, d: Decision) -> Urgency:
 
 
 def _no_worker(s: Snapshot) -> str:
-    return f"no live worker serves workflow {s.workflow!r} in namespace {s.namespace}; the run stays queued"
+    where = f"in namespace {s.namespace}" + (f" on queue {s.queue!r}" if s.queue else "")
+    return f"no live worker serves workflow {s.workflow!r} {where}; the run stays queued"

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the kubelet's probes here: /healthz (the worker's loop answers), /readyz (it claims runs) "
         "(default $KUBESTEP_HEALTH_PORT; off)",
     )
+    w.add_argument("--queue", help="claim only runs of this queue (spec.queue; default $KUBESTEP_QUEUE; none)")
 
     # Commands of other packages (the operator's): found by entry point, so the SDK imports none of them.
     for entry in importlib.metadata.entry_points(group="kubestep.commands"):
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 lease_seconds=args.lease_seconds,
                 metrics_port=args.metrics_port,
                 health_port=args.health_port,
+                queue=args.queue,
             )
         )
     else:

@@ -77,12 +77,14 @@ class KubestepClient:
         queue_timeout_seconds: int | None = None,
         cancel_grace_period_seconds: int | None = None,
         labels: dict[str, str] | None = None,
+        queue: str | None = None,
     ) -> ExecutionHandle:
         """Creates a WorkflowExecution; the apiserver validates it (schema and CEL).
 
         ``run_timeout_seconds``: budget of continuous running time; ``queue_timeout_seconds``:
         cancel it if no worker claims it this long after it is queued; ``cancel_grace_period_seconds``:
-        how long a step in flight may finish after a stop (default: the installation's, 30 s)."""
+        how long a step in flight may finish after a stop (default: the installation's, 30 s);
+        ``queue``: only workers started with this queue may run it (default: the default queue)."""
         meta: dict[str, Any] = {"labels": dict(labels or {})}
         if len(workflow_id) <= 63:
             meta["labels"][api.LABEL_WORKFLOW] = workflow_id
@@ -98,6 +100,8 @@ class KubestepClient:
             spec["queueTimeoutSeconds"] = queue_timeout_seconds
         if cancel_grace_period_seconds is not None:
             spec["cancelGracePeriodSeconds"] = cancel_grace_period_seconds
+        if queue:
+            spec["queue"] = queue
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": spec}
         obj = await self._kube.create(self._path(), body, self._manager)
         return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)

@@ -11,6 +11,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
 | worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
+| worker: the runs it claims (``spec.queue``) | ``--queue`` | ``KUBESTEP_QUEUE`` | none: the default queue |
 | worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name and process id, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
 | operator: bytes a page of runs should weigh when listing | | ``KUBESTEP_OPERATOR_LIST_BYTES`` | 4 MiB (0: pages of 500) |
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +56,12 @@ def default_worker_name() -> str:
     return f"{socket.gethostname().lower()}-{os.getpid()}"
 
 
+def _queue(name: str) -> str:
+    if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise SystemExit(f"queue {name!r}: lower-case letters, digits and '-', at most 63 (as spec.queue)")
+    return name
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -79,6 +87,7 @@ class WorkerSettings:
     health_port: int | None = None  # /healthz and /readyz for the kubelet; None: off
     log_level: str = "INFO"
     cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
+    queue: str = ""  # --queue / KUBESTEP_QUEUE: the runs it claims (spec.queue); "": the default queue
 
     @classmethod
     def load(
@@ -91,6 +100,7 @@ class WorkerSettings:
         lease_seconds: int | None = None,
         metrics_port: int | None = None,
         health_port: int | None = None,
+        queue: str | None = None,
     ) -> WorkerSettings:
         return cls(
             module=module,
@@ -107,6 +117,7 @@ class WorkerSettings:
             health_port=_pick(health_port, env, "KUBESTEP_HEALTH_PORT", None, int) or None,
             log_level=_pick(None, env, "KUBESTEP_LOG_LEVEL", "INFO").upper(),
             cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
+            queue=_queue(queue or env.get("KUBESTEP_QUEUE") or ""),
         )
 
 

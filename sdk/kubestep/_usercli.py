@@ -83,6 +83,7 @@ def add_user_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--timeout", type=int, help="runTimeoutSeconds: budget of continuous running time")
     p.add_argument("--queue-timeout", type=int, help="queueTimeoutSeconds: cancel if no worker claims it in time")
     p.add_argument("--grace", type=int, help="cancelGracePeriodSeconds for a step in flight after a stop")
+    p.add_argument("--queue", help="only workers started with this queue may run it")
     p.add_argument("--name", help="the run's name (default: generated from the workflow)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--wait", action="store_true", help="wait for the end; exit 0 Completed, 1 Failed, 2 Cancelled")
@@ -167,6 +168,7 @@ async def _run(args: argparse.Namespace) -> int:
             queue_timeout_seconds=args.queue_timeout,
             cancel_grace_period_seconds=args.grace,
             labels=labels,
+            queue=args.queue,
         )
         if not args.wait:
             obj = await client._get_object(handle.id)

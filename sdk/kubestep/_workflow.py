@@ -52,6 +52,7 @@ class Workflow:
         name: str | None = None,
         queue_timeout_seconds: int | None = None,
         cancel_grace_period_seconds: int | None = None,
+        queue: str | None = None,
     ) -> ExecutionHandle:
         """Creates a WorkflowExecution for this workflow and returns its handle."""
         return await client.start(
@@ -61,6 +62,7 @@ class Workflow:
             name=name,
             queue_timeout_seconds=queue_timeout_seconds,
             cancel_grace_period_seconds=cancel_grace_period_seconds,
+            queue=queue,
         )
 
 

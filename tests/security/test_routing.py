@@ -90,3 +90,41 @@ async def test_the_operator_reports_two_live_codes_for_one_workflow_id(
         return any(c.reason == api.Reason.PENDING for c in e.status.conditions)
 
     await until(pending, 20, "the conflict to clear")
+
+
+async def test_runs_name_the_queue_that_may_run_them(
+    control_plane: Cluster, namespace: str, client: KubestepClient, workers: Any, logs: Path, procs: list[Proc]
+) -> None:
+    default = workers()
+    gpu = start_worker(control_plane.kubeconfig, logs, namespace, env={"KUBESTEP_QUEUE": "gpu"})
+    procs.append(gpu)
+    wait_until(
+        lambda: control_plane.kubectl("-n", namespace, "get", "lease", f"kubestep-worker-{gpu.name}", check=False).returncode
+        == 0,
+        20,
+        what="the gpu worker's Lease",
+    )  # fmt: skip
+    on_gpu = await client.start("steps", {"count": 2, "seconds": 0.05}, queue="gpu")
+    plain = await client.start("steps", {"count": 2, "seconds": 0.05})
+    assert (await on_gpu.wait(timeout=30)).status.worker == gpu.name
+    assert (await plain.wait(timeout=30)).status.worker == default.name
+    # A queue nobody serves: it stays queued and says so.
+    nowhere = await client.start("steps", {"count": 1}, queue="tpu")
+
+    async def says_no_worker() -> Any:
+        e = await client.get_execution(nowhere.id)
+        return e.status.reason == api.Reason.NO_WORKER and "on queue 'tpu'" in (e.status.message or "")
+
+    await until(says_no_worker, 20, "the tpu run to say no worker serves its queue")
+    # The same workflow id from other code on another queue is no collision.
+    other = start_worker(
+        control_plane.kubeconfig, logs, namespace, module="tests.security.collide", env={"KUBESTEP_QUEUE": "other"}
+    )
+    procs.append(other)
+    wait_until(
+        lambda: control_plane.kubectl("-n", namespace, "get", "lease", f"kubestep-worker-{other.name}", check=False).returncode
+        == 0,
+        20,
+        what="the other-queue worker's Lease",
+    )  # fmt: skip
+    assert other.alive()

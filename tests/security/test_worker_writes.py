@@ -293,6 +293,18 @@ def test_a_worker_deployment_claims_only_its_workflows(control_plane: Cluster, p
     )
 
 
+def test_a_worker_deployment_claims_only_runs_of_its_queue(control_plane: Cluster, policy: Setup) -> None:
+    s = policy
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"q-{uuid.uuid4().hex[:6]}"}}
+    body["spec"] = {"workflow": ALLOWED, "queue": "gpu"}
+    control_plane.kubectl("-n", s.namespace, "create", "-f", "-", input=json.dumps(body))
+    name = body["metadata"]["name"]
+    queued = json.dumps({"status": {"phase": "Queued"}})
+    control_plane.kubectl("-n", s.namespace, "patch", "wfx", name, "--subresource=status", "--type=merge", "-p", queued)
+    claim = {"phase": "Running", "worker": s.a}
+    _refused(_status(control_plane, s, s.as_a, name, claim), "may claim only runs of the default queue")
+
+
 def test_a_worker_creates_only_journal_configmaps_and_events_about_runs(control_plane: Cluster, policy: Setup) -> None:
     s = policy
     _refused(_configmap(control_plane, s, s.as_a, None), "journal ConfigMaps")

@@ -14,6 +14,7 @@ import pytest
 
 from kubestep import _protocol as api
 from kubestep._kube import Kube
+from kubestep._settings import WorkerSettings
 from kubestep._worker.leasing import collisions, previous_life
 from kubestep_operator import measuring
 from kubestep_operator.controller import Controller, liveness_of
@@ -271,6 +272,7 @@ def test_a_cancel_request_is_told_once_even_when_the_holder_ends_the_run_at_once
 def _served(holder: str, source: str, renewed: dt.datetime, wid: str = "approval") -> dict[str, Any]:
     body = lease(f"kubestep-worker-{holder}", holder, api.fmt_time(renewed))
     body["metadata"]["annotations"][api.ANNOTATION_SOURCES] = json.dumps({wid: source})
+    body["metadata"]["annotations"][api.ANNOTATION_WORKFLOWS] = wid
     return body
 
 
@@ -311,3 +313,28 @@ def test_a_previous_life_is_the_same_pod_or_a_process_of_this_host_that_is_gone(
     assert previous_life(f"host:{socket.gethostname()}/{2**22 + 7}", here)  # no such process here
     assert not previous_life(f"host:{socket.gethostname()}/{os.getppid()}", here)  # alive: another process
     assert not previous_life(f"host:elsewhere/{os.getpid()}", here) and not previous_life("", here)
+
+
+# ----- queues ---------------------------------------------------------------------------------------
+
+
+def test_a_queue_is_served_only_by_workers_of_that_queue() -> None:
+    c = controller()
+    now = api.now()
+    gpu = _served("g", "a.flows.approval", now)
+    gpu["metadata"]["annotations"][api.ANNOTATION_QUEUE] = "gpu"
+    c.on_lease("ADDED", gpu)
+    c.on_lease("ADDED", _served("d", "b.flows.approval", now))
+    assert c.live_workflows("ns", now, "gpu") == frozenset({"approval"})
+    assert c.live_workflows("ns", now, "tpu") == frozenset()
+    assert c.conflict("ns", "approval", now) is None and c.conflict("ns", "approval", now, "gpu") is None
+    theirs = [gpu]
+    assert collisions({"approval": "b.flows.approval"}, theirs, "me", now) == []  # another queue
+    assert collisions({"approval": "b.flows.approval"}, theirs, "me", now, "gpu") != []
+
+
+def test_a_worker_queue_must_be_a_name_a_run_can_carry() -> None:
+    assert WorkerSettings.load("m", env={"KUBESTEP_QUEUE": "gpu-a"}).queue == "gpu-a"
+    assert WorkerSettings.load("m", env={}).queue == ""
+    with pytest.raises(SystemExit, match="queue 'GPU'"):
+        WorkerSettings.load("m", env={}, queue="GPU")

@@ -10,6 +10,7 @@ from .cancels import cancel_note, cancel_request, cancel_requester, cancel_time,
 from .clock import END_OF_TIME, MAX_SECONDS, duration, fmt_time, later, not_after, now, parse_time
 from .names import (
     ANNOTATION_CANCELLED_BY,
+    ANNOTATION_QUEUE,
     ANNOTATION_SOURCES,
     ANNOTATION_WORKFLOWS,
     API_VERSION,
@@ -47,10 +48,11 @@ from .transitions import (
     woken,
 )
 from .vocabulary import HELD_PHASES, TERMINAL_PHASES, ConditionType, Phase, Reason, StepState, StopReason
-from .workers import MAX_LEASE_SECONDS, lease_expiry, lease_sources
+from .workers import MAX_LEASE_SECONDS, lease_expiry, lease_queue, lease_sources, run_queue
 
 __all__ = [
     "ANNOTATION_CANCELLED_BY",
+    "ANNOTATION_QUEUE",
     "ANNOTATION_SOURCES",
     "ANNOTATION_WORKFLOWS",
     "API_VERSION",
@@ -101,6 +103,7 @@ __all__ = [
     "grace_seconds",
     "later",
     "lease_expiry",
+    "lease_queue",
     "lease_sources",
     "merge_conditions",
     "not_after",
@@ -111,6 +114,7 @@ __all__ = [
     "queued",
     "replay",
     "requeued",
+    "run_queue",
     "segment_budget",
     "stop_record",
     "waiting",

@@ -15,6 +15,7 @@ LABEL_WORKER: Final = "kubestep.io/worker"
 ANNOTATION_WORKFLOWS: Final = "kubestep.io/workflows"
 # On a worker's Lease: {workflow id: "module.qualname"} as JSON, the code that serves each id there.
 ANNOTATION_SOURCES: Final = "kubestep.io/workflow-sources"
+ANNOTATION_QUEUE: Final = "kubestep.io/queue"  # on a worker's Lease: the queue it serves ("": the default)
 LEASE_PREFIX: Final = "kubestep-worker-"
 LABEL_EXECUTION_UID: Final = "kubestep.io/execution-uid"  # on journal ConfigMaps
 ANNOTATION_CANCELLED_BY: Final = "kubestep.io/cancel-requested-by"  # set by the optional admission policy

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from .clock import duration, later, not_after, parse_time
-from .names import ANNOTATION_SOURCES
+from .names import ANNOTATION_QUEUE, ANNOTATION_SOURCES
 
 # A Lease never keeps its holder alive for longer than this after its last renewal, whatever
 # ``leaseDurationSeconds`` it claims (the workers' own default is 15 s).
@@ -39,3 +39,13 @@ def lease_sources(lease: dict[str, Any]) -> dict[str, str]:
     except ValueError:
         return {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def lease_queue(lease: dict[str, Any]) -> str:
+    """The queue a worker's Lease says its holder serves ("": the default queue)."""
+    return str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_QUEUE) or "")
+
+
+def run_queue(obj: dict[str, Any]) -> str:
+    """The queue a run asks for (``spec.queue``; "": the default queue)."""
+    return str((obj.get("spec") or {}).get("queue") or "")

@@ -71,15 +71,20 @@ class WorkflowCollision(Exception):
     """Another live worker of the namespace serves one of this worker's workflow ids with other code."""
 
 
-def collisions(ours: dict[str, str], leases: list[dict[str, Any]], me: str, now: dt.datetime) -> list[str]:
-    """Each workflow id that a live worker Lease other than ``me``'s serves from other code: two
-    modules that both define ``approval`` in one namespace take each other's runs, which then fail
-    ReplayMismatch. The same code in another version (a rolling update) is no collision."""
+def collisions(
+    ours: dict[str, str], leases: list[dict[str, Any]], me: str, now: dt.datetime, queue: str = ""
+) -> list[str]:
+    """Each workflow id that a live worker Lease other than ``me``'s, of the same queue, serves from
+    other code: two modules that both define ``approval`` in one namespace take each other's runs,
+    which then fail ReplayMismatch. The same code in another version (a rolling update) is no
+    collision, and nor is a worker of another queue (runs name their queue: ``spec.queue``)."""
     found = []
     for lease in leases:
         meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
         expires = api.lease_expiry(lease, now)
         if meta.get("name") == api.LEASE_PREFIX + me or expires is None or expires <= now:
+            continue
+        if api.lease_queue(lease) != queue:
             continue
         for wid, source in sorted(api.lease_sources(lease).items()):
             if wid in ours and ours[wid] != source:
@@ -104,6 +109,7 @@ class WorkerLease:
         duration_seconds: int,
         pod_uid: str | None = None,
         sources: dict[str, str] | None = None,
+        queue: str = "",
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -113,6 +119,7 @@ class WorkerLease:
         self.duration = duration_seconds
         self.pod_uid = pod_uid
         self.sources = dict(sources or {})
+        self.queue = queue
         self.instance = uuid.uuid4().hex
         self.process = f"pod:{pod_uid}/{os.getpid()}" if pod_uid else f"host:{socket.gethostname()}/{os.getpid()}"
         self._path = LEASES.format(ns=namespace)
@@ -127,6 +134,7 @@ class WorkerLease:
                 api.ANNOTATION_SOURCES: json.dumps(self.sources, sort_keys=True, separators=(",", ":")),
                 ANNOTATION_INSTANCE: self.instance,
                 ANNOTATION_PROCESS: self.process,
+                **({api.ANNOTATION_QUEUE: self.queue} if self.queue else {}),
             },
         }
         if self.pod_uid:
@@ -150,12 +158,13 @@ class WorkerLease:
         live process renews the Lease of this identity, ``WorkflowCollision`` when another live worker
         of the namespace serves one of its workflow ids with other code."""
         listing = await self.kube.get(self._path, params={"labelSelector": f"{api.LABEL_WORKER}=true"})
-        clash = collisions(self.sources, list(listing.get("items") or []), self.worker, api.now())
+        clash = collisions(self.sources, list(listing.get("items") or []), self.worker, api.now(), self.queue)
         if clash:
             raise WorkflowCollision(
                 "; ".join(clash) + ". A run of such an id goes to whichever worker claims it first, and replay "
-                "fails on the other's code: give the workflows distinct ids (@workflow(id=...)), or run the "
-                "two modules in separate namespaces (one namespace per trust domain)."
+                "fails on the other's code: give the workflows distinct ids (@workflow(id=...)), serve them on "
+                "separate queues (kubestep worker --queue, spec.queue), or run the two modules in separate "
+                "namespaces (one namespace per trust domain)."
             )
         for _ in range(5):
             t = api.now()

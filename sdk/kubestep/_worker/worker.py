@@ -71,6 +71,7 @@ class Worker:
             settings.lease_seconds,
             settings.pod_uid,
             sources={wid: f"{wf.fn.__module__}.{wf.fn.__qualname__}" for wid, wf in workflows.items()},
+            queue=settings.queue,
         )
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -222,8 +223,8 @@ class Worker:
         if phase != api.Phase.QUEUED or (obj.get("spec") or {}).get("cancelRequested"):
             self._queued.pop(name, None)
             return
-        if obj["spec"].get("workflow") not in self.workflows:
-            return
+        if obj["spec"].get("workflow") not in self.workflows or api.run_queue(obj) != self.settings.queue:
+            return  # not ours to run: another workflow, or a run routed to another queue (spec.queue)
         if self._stopping.is_set() or len(self.runs) >= self.concurrency:
             self._queued[name] = obj
             return
