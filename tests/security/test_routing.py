@@ -92,18 +92,23 @@ async def test_the_operator_reports_two_live_codes_for_one_workflow_id(
     await until(pending, 20, "the conflict to clear")
 
 
+def _serving(cluster: Cluster, namespace: str, worker: Proc) -> None:
+    """Waits until ``worker`` holds its Lease: from then on the operator knows what it serves."""
+
+    def leased() -> bool:
+        lease = f"kubestep-worker-{worker.name}"
+        return cluster.kubectl("-n", namespace, "get", "lease", lease, check=False).returncode == 0
+
+    wait_until(leased, 20, what=f"worker {worker.name}'s Lease")
+
+
 async def test_runs_name_the_queue_that_may_run_them(
     control_plane: Cluster, namespace: str, client: KubestepClient, workers: Any, logs: Path, procs: list[Proc]
 ) -> None:
     default = workers()
     gpu = start_worker(control_plane.kubeconfig, logs, namespace, env={"KUBESTEP_QUEUE": "gpu"})
     procs.append(gpu)
-    wait_until(
-        lambda: control_plane.kubectl("-n", namespace, "get", "lease", f"kubestep-worker-{gpu.name}", check=False).returncode
-        == 0,
-        20,
-        what="the gpu worker's Lease",
-    )  # fmt: skip
+    _serving(control_plane, namespace, gpu)
     on_gpu = await client.start("steps", {"count": 2, "seconds": 0.05}, queue="gpu")
     plain = await client.start("steps", {"count": 2, "seconds": 0.05})
     assert (await on_gpu.wait(timeout=30)).status.worker == gpu.name
@@ -121,10 +126,5 @@ async def test_runs_name_the_queue_that_may_run_them(
         control_plane.kubeconfig, logs, namespace, module="tests.security.collide", env={"KUBESTEP_QUEUE": "other"}
     )
     procs.append(other)
-    wait_until(
-        lambda: control_plane.kubectl("-n", namespace, "get", "lease", f"kubestep-worker-{other.name}", check=False).returncode
-        == 0,
-        20,
-        what="the other-queue worker's Lease",
-    )  # fmt: skip
+    _serving(control_plane, namespace, other)
     assert other.alive()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
+
+from .._procs import pid_alive
+
+__all__ = ["pid_alive", "proc_cmdline"]
 
 
 def proc_cmdline(pid: int) -> list[str] | None:
@@ -19,20 +22,3 @@ def proc_cmdline(pid: int) -> list[str] | None:
     except OSError:
         return None
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # Field 3, after the parenthesised command name: Z is a zombie (exited,
-    # not yet reaped by its parent), X is dead.
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X")

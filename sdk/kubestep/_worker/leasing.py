@@ -27,6 +27,7 @@ from typing import Any
 from .. import _protocol as api
 from .._errors import ApiError, ConflictError, NotFoundError
 from .._kube import Kube
+from .._procs import pid_alive
 
 logger = logging.getLogger("kubestep.worker")
 
@@ -44,23 +45,7 @@ def previous_life(holder: str, me: str) -> bool:
     mine, _, my_pid = me.rpartition("/")
     if not where or where != mine or not pid.isdigit():
         return False
-    return where.startswith("pod:") or pid == my_pid or not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    return where.startswith("pod:") or pid == my_pid or not pid_alive(int(pid))
 
 
 class IdentityInUse(Exception):
