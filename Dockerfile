@@ -24,6 +24,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sdk ./sdk
 COPY operator ./operator
+# Not dev/: the local control plane's tooling (`kubestep_dev`, for `kubestep dev` on a workstation) is
+# no part of the runtime. .dockerignore keeps it out of the context and hatchling skips the absent
+# package, so the wheel built here has none of it; its `dev` entry point stays registered and the
+# CLI skips a command whose package is not installed.
 RUN pip wheel --wheel-dir /wheels '.[operator]'
 
 # ---- runtime -----------------------------------------------------------------------------------
@@ -39,9 +43,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # kopf names its operator identity after getpass.getuser(), which fails for a
 # uid without a passwd entry unless $USER is set: both are provided, so an
 # arbitrary runAsUser works too. The wheels are bind-mounted (BuildKit), so
-# they add no layer to the image.
+# they add no layer to the image. The build fails if the dev tooling got in
+# after all, or if the CLI does not load without it.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels 'kubestep[operator]' \
+ && ! python3 -c 'import kubestep_dev' 2>/dev/null \
+ && kubestep --help >/dev/null \
  && groupadd --gid 10001 kubestep \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin kubestep \
  && mkdir -p /app

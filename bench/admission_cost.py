@@ -23,8 +23,9 @@ from cancel_latency import install_chart  # siblings in bench/ (the script's fol
 from step_cost import free_port, run_steps
 
 from kubestep import KubestepClient
-from kubestep._dev import ControlPlane, Ports
-from kubestep._dev.local import start_operator, start_worker
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import start_operator, start_worker
+from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 BINDINGS = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"

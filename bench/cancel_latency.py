@@ -39,9 +39,11 @@ from stats import summary  # bench/stats.py (the script's folder is on sys.path)
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import ControlPlane, Ports, find_binary
-from kubestep._dev.local import start_operator, start_worker
 from kubestep._errors import TransportError
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import start_operator, start_worker
+from kubestep_dev.locations import find_binary
+from kubestep_dev.ports import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH_MS: list[float] = []  # the cancel request's own round trip, for the diagnosis

@@ -26,8 +26,9 @@ import aiohttp
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import ControlPlane, Ports
-from kubestep._dev.local import Proc, start_operator
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import Proc, start_operator
+from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 LOGS = HERE / "results" / "logs"

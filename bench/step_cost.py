@@ -34,8 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import ControlPlane, Ports
-from kubestep._dev.local import Proc, start_operator, start_worker
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import Proc, start_operator, start_worker
+from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 

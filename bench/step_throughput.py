@@ -22,8 +22,9 @@ from pathlib import Path
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import ControlPlane, Ports
-from kubestep._dev.local import start_operator, start_worker
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import start_operator, start_worker
+from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 

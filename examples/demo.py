@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from kubestep import KubestepClient
-from kubestep._dev import ControlPlane
-from kubestep._dev.local import start_operator, start_worker
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import start_operator, start_worker
 
 NAMESPACE = "kubestep-demo"
 

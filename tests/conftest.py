@@ -4,7 +4,7 @@ Kubestep's correctness rests on API-server behaviour (CRD validation, RBAC,
 garbage collection, watches), so nothing here mocks the Kubernetes API.
 
 * By default the session starts its own local control plane
-  (`kubestep._dev.ControlPlane`: etcd + kube-apiserver + kube-controller-manager)
+  (`kubestep_dev.controlplane.ControlPlane`: etcd + kube-apiserver + kube-controller-manager)
   in a private state directory on free ports, so it never collides with a
   user's `kubestep dev up` or with another test session, and stops it at the
   end. `KUBESTEP_KEEP_CLUSTER=1` leaves it running (and prints how to reuse it).
@@ -32,16 +32,12 @@ from typing import Any
 import pytest
 
 from kubestep import KubestepClient
-from kubestep._dev import (
-    ControlPlane,
-    ControlPlaneError,
-    Ports,
-    cache_dir,
-    find_binary,
-    run_kubectl,
-    write_token_kubeconfig,
-)
-from kubestep._dev.processes import pid_alive
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.errors import ControlPlaneError
+from kubestep_dev.kubeconfigs import run_kubectl, write_token_kubeconfig
+from kubestep_dev.locations import cache_dir, find_binary
+from kubestep_dev.ports import Ports
+from kubestep_dev.processes import pid_alive
 
 from .harness import E2E, Proc, free_port, start_operator, start_worker, wait_until
 

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import kubestep
 from kubestep import KubestepClient
-from kubestep._dev import local
-from kubestep._dev.local import Proc
+from kubestep_dev import local
+from kubestep_dev.local import Proc
 
 LEASE_SECONDS = 2  # short, so "worker gone" is detected quickly in tests
 E2E = bool(os.environ.get("KUBESTEP_TEST_KUBECONFIG"))

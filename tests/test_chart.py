@@ -32,7 +32,7 @@ import yaml
 
 import kubestep
 from kubestep import _protocol as api
-from kubestep._dev import find_binary
+from kubestep_dev.locations import find_binary
 
 from .harness import start_operator, start_worker, wait_until
 from .security import tokens

@@ -1,14 +1,19 @@
 """The ``kubestep`` CLI for people, run as a process against the real control plane, and the raw HTTP
-cancel that the docs show (a merge patch with a bearer token)."""
+cancel that the docs show (a merge patch with a bearer token). What a new user meets: the exit codes
+(docs/cli.md), the ``-o name`` round trip, a cancel that matches nothing, an event for a finished run,
+a closed pipe, Ctrl-C during ``watch``, a run in a namespace no operator watches, a failed run's
+traceback. The same decisions without a cluster: ``tests/unit/test_cli_*.py``."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,20 +23,23 @@ import yaml
 from kubestep import _protocol as api
 from kubestep._kube import load_configuration
 
-from .harness import E2E
+from .harness import E2E, wait_until
 
 pytestmark = pytest.mark.skipif(E2E, reason="starts worker processes: local control plane only, not kind")
 
 
 def kubestep(control_plane: Any, namespace: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
     return subprocess.run(
-        [sys.executable, "-m", "kubestep._cli", *args, "-n", namespace],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        _argv(namespace, *args), env=_env(control_plane), capture_output=True, text=True, timeout=timeout
     )
+
+
+def _argv(namespace: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kubestep._cli", *args, "-n", namespace]
+
+
+def _env(control_plane: Any) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
 
 
 def test_run_and_wait_exit_with_the_runs_outcome(control_plane: Any, run_namespace: str, workers: Any) -> None:
@@ -55,10 +63,15 @@ def test_run_and_wait_exit_with_the_runs_outcome(control_plane: Any, run_namespa
     obj = json.loads(done.stdout)
     assert obj["status"]["phase"] == api.Phase.COMPLETED and obj["spec"]["runTimeoutSeconds"] == 60
     assert obj["metadata"]["labels"]["team"] == "data"
-    failed = kubestep(control_plane, run_namespace, "run", "fails", "--wait")
-    assert failed.returncode == 1 and "Failed" in failed.stdout
+    failed = kubestep(control_plane, run_namespace, "run", "fails", "--wait", "-o", "name")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    # describe shows the failed run's error and its traceback (behind a bar, line by line)
+    described = kubestep(control_plane, run_namespace, "describe", failed.stdout.strip()).stdout.splitlines()
+    assert "Error:                ValueError: boom (step boom)" in described, described
+    traceback = described[described.index("Traceback:") + 1 :]
+    assert traceback[0] == "  | Traceback (most recent call last):" and "  | ValueError: boom" in traceback, described
     bad = kubestep(control_plane, run_namespace, "run", "steps", "--input", "{not json")
-    assert bad.returncode == 1 and "--input is not valid JSON" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("kubestep run: error: --input is not valid JSON"), bad
 
 
 def test_cancel_by_name_selector_and_all_with_per_run_results(
@@ -73,7 +86,7 @@ def test_cancel_by_name_selector_and_all_with_per_run_results(
         names.append(out.stdout.strip().rsplit("/", 1)[1])
     queued = kubestep(control_plane, run_namespace, "run", "nobody-serves-this", "-o", "name").stdout.strip()
     one = kubestep(control_plane, run_namespace, "cancel", names[0], "missing-run", "--reason", "by name")
-    assert one.returncode == 1  # one of them does not exist
+    assert one.returncode == 4  # one of them does not exist
     assert one.stdout.splitlines() == [
         f"workflowexecution.kubestep.io/{names[0]}: cancel requested",
         "workflowexecution.kubestep.io/missing-run: not found",
@@ -159,3 +172,133 @@ def test_the_raw_http_cancel_is_a_merge_patch_with_a_bearer_token(control_plane:
         missing = http.patch(f"{base}/no-such-run", headers=headers, content=json.dumps(body))
     assert ok.status_code == 200 and ok.json()["spec"]["cancelRequested"] is True
     assert missing.status_code == 404
+
+
+# ----- what a new user meets ------------------------------------------------------------------------
+
+
+def test_o_name_round_trips_through_every_command(control_plane: Any, run_namespace: str, workers: Any) -> None:
+    workers()
+    name = kubestep(control_plane, run_namespace, "run", "approval", "--input", '{"count": 1}', "-o", "name")
+    assert name.returncode == 0 and name.stdout.startswith("workflowexecution.kubestep.io/"), name
+    listed = kubestep(control_plane, run_namespace, "get", "-o", "name").stdout.split()
+    assert listed == [name.stdout.strip()]
+    (ref,) = listed
+    short = "wfx/" + ref.rsplit("/", 1)[1]
+    for form in (ref, short):
+        assert kubestep(control_plane, run_namespace, "describe", form).returncode == 0, form
+        assert kubestep(control_plane, run_namespace, "steps", form).returncode == 0, form
+        assert kubestep(control_plane, run_namespace, "get", form, "-o", "name").stdout.strip() == ref
+    sent = kubestep(control_plane, run_namespace, "send-event", ref, "approved", "--data", '{"ok": true}')
+    assert sent.returncode == 0, sent.stderr
+    watched = kubestep(control_plane, run_namespace, "watch", ref, "--timeout", "30")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    cancel = kubestep(control_plane, run_namespace, "cancel", "workflowexecutions.kubestep.io/" + ref.rsplit("/", 1)[1])
+    assert cancel.returncode == 0 and cancel.stdout == f"{ref}: already Completed\n", cancel
+
+
+def test_missing_runs_exit_4_and_a_cancel_matching_nothing_exits_1(
+    control_plane: Any, run_namespace: str, workers: Any
+) -> None:
+    watch = kubestep(control_plane, run_namespace, "watch", "no-such-run", "--timeout", "30")
+    assert watch.returncode == 4, watch  # not 1, which is a Failed run
+    assert watch.stderr == f"error: execution 'no-such-run' does not exist in namespace {run_namespace}\n" or (
+        "no-such-run" in watch.stderr and len(watch.stderr.splitlines()) == 1
+    ), watch.stderr
+    for argv in (["describe", "no-such-run"], ["get", "no-such-run"], ["send-event", "no-such-run", "t"]):
+        assert kubestep(control_plane, run_namespace, *argv).returncode == 4, argv
+    for how in (["-l", "team=nobody"], ["--all"]):
+        nothing = kubestep(control_plane, run_namespace, "cancel", *how)
+        assert nothing.returncode == 1 and nothing.stdout == "", nothing
+        assert nothing.stderr.startswith(f"No runs matched {' '.join(how)} in namespace {run_namespace}"), nothing
+
+
+def test_an_event_for_a_finished_run_is_refused(control_plane: Any, run_namespace: str, workers: Any) -> None:
+    workers()
+    done = kubestep(control_plane, run_namespace, "run", "steps", "--input", '{"count": 1}', "--wait", "-o", "name")
+    assert done.returncode == 0, done.stderr
+    name = done.stdout.strip().rsplit("/", 1)[1]
+    sent = kubestep(control_plane, run_namespace, "send-event", name, "approved")
+    assert sent.returncode == 1 and sent.stdout == "", sent
+    assert f"{name} is Completed: no step will ever wait for this event; not sent" in sent.stderr
+    obj = json.loads(kubestep(control_plane, run_namespace, "get", name, "-o", "json").stdout)
+    assert not obj["spec"].get("events"), obj["spec"]
+
+
+def test_a_reader_that_goes_away_ends_get_quietly(control_plane: Any, run_namespace: str) -> None:
+    for _ in range(2):
+        assert kubestep(control_plane, run_namespace, "run", "nobody-serves-this").returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # `kubestep get | head`, with head gone before get writes
+    try:
+        proc = subprocess.run(
+            _argv(run_namespace, "get"),
+            env=_env(control_plane),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_ctrl_c_during_watch_without_a_terminal_is_quiet(control_plane: Any, run_namespace: str) -> None:
+    started = kubestep(control_plane, run_namespace, "run", "nobody-serves-this", "-o", "name")
+    watch = subprocess.Popen(
+        _argv(run_namespace, "watch", started.stdout.strip()),
+        env=_env(control_plane),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the watch is under way: it has shown the run
+        assert first.startswith("run "), first
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+        watch.wait()
+    assert watch.returncode == 130, (first + out, err)
+    assert err == "", err
+
+
+@pytest.fixture
+def unwatched_namespace(control_plane: Any) -> Iterator[str]:
+    """A namespace the session's operator does not watch (it watches `t-*`)."""
+    name = f"u-{uuid.uuid4().hex[:10]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_a_run_no_operator_has_seen_is_named_so(control_plane: Any, unwatched_namespace: str, operator: Any) -> None:
+    ns = unwatched_namespace
+    started = kubestep(control_plane, ns, "run", "steps", "-o", "name")
+    assert started.returncode == 0, started.stderr
+    name = started.stdout.strip().rsplit("/", 1)[1]
+    said = f"no operator has seen this run (is one watching namespace {ns}?)"
+    # It says so once the run has stayed without a phase a while (the operator would have queued it at once).
+
+    def description() -> str | None:
+        out = kubestep(control_plane, ns, "describe", name).stdout
+        return out if said in out else None
+
+    described = wait_until(
+        description,
+        60,
+        interval=1,
+        what="describe to say no operator has seen the run",
+    )
+    assert "Phase:                -  (-)" in described, described
+    got = kubestep(control_plane, ns, "get")
+    assert got.returncode == 0 and got.stderr == f"no operator has seen {name} (is one watching namespace {ns}?)\n"
+    watch = kubestep(control_plane, ns, "watch", name, "--timeout", "5")
+    assert watch.returncode == 3 and said in watch.stderr, watch
+    cancel = kubestep(control_plane, ns, "cancel", name)
+    assert cancel.returncode == 0, cancel
+    assert cancel.stdout == f"workflowexecution.kubestep.io/{name}: cancel requested, but {said}\n", cancel

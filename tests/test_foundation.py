@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from kubestep._dev import COMPONENTS, PORT_ENV_VARS, ControlPlane, Ports
+from kubestep_dev.controlplane import COMPONENTS, ControlPlane
+from kubestep_dev.ports import PORT_ENV_VARS, Ports
 
 if TYPE_CHECKING:
     from tests.conftest import Cluster

@@ -4,7 +4,9 @@ Level-triggered: every event of a run re-runs ``reconciling.decide`` on its late
 function serves scheduler wake-ups. Reacting never waits for the network: a decision to write offers the
 run to the write backlog, which a fixed number of writers drain, stopping decisions first
 (``writing.py``); each write is conditional on the state it was decided on, and one that loses a race
-is dropped, because the change that beat it arrives as the next event and is decided afresh.
+is dropped, because the change that beat it arrives as the next event and is decided afresh. One the
+apiserver refuses as invalid lost no race (``kubestep._errors.lost_race`` tells them apart): it is
+reported on the run and retried with backoff.
 
 What it knows comes from two informers (``watching.py``): every unfinished run's latest snapshot, and the
 liveness of every worker Lease. Runs are decided only once the Leases have been listed, so a restarted
@@ -23,7 +25,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from kubestep import _protocol as api
-from kubestep._errors import ApiError, ConflictError, InvalidError, NotFoundError, TransportError
+from kubestep._errors import ApiError, InvalidError, NotFoundError, TransportError, lost_race
 from kubestep._kube import Kube
 
 from . import measuring
@@ -41,7 +43,7 @@ from .reconciling import (
 )
 from .recording import Recorder
 from .scheduling import Scheduler
-from .watching import Informer, Scope
+from .watching import Scope, scoped_informer
 from .writing import Backlog, retry_delay
 
 logger = logging.getLogger("kubestep.operator")
@@ -82,12 +84,13 @@ class Controller:
     lease_seconds: float = 15.0  # how long a worker that stopped renewing still counts as alive
     grace_seconds: float = 30.0  # the grace period of runs whose spec does not set one
     cancel_audit: bool = False  # the chart's cancelAudit policies vouch for the canceller annotation
-    list_bytes: int = 4 << 20  # what a page of runs should weigh when listing (``watching.Informer``)
+    list_bytes: int = 4 << 20  # what a page of runs should weigh when listing (``kubestep._informer``)
     writers: int = 8  # writes in flight at most
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
     workers: dict[LeaseKey, Liveness] = dataclasses.field(default_factory=dict)
-    ignored: set[tuple[str, int | None]] = dataclasses.field(default_factory=set)
+    # What was said once per generation of a run (``once``): its uid, generation, and what was said.
+    ignored: dict[RunKey, tuple[str | None, int | None, frozenset[str]]] = dataclasses.field(default_factory=dict)
     failures: dict[RunKey, int] = dataclasses.field(default_factory=dict)  # failed writes in a row
     announced: set[RunKey] = dataclasses.field(default_factory=set)  # unfinished runs whose cancel was told
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
@@ -98,11 +101,11 @@ class Controller:
         self.backlog: Backlog[RunKey] = Backlog()
         self.recorder = Recorder(self.kube, OPERATOR)
         self.lease_informers = [
-            Informer(self.watch, _leases_path(s), s, self.on_lease, self.leases_listed, dict(WORKER_LEASES))
+            scoped_informer(self.watch, _leases_path(s), s, self.on_lease, self.leases_listed, dict(WORKER_LEASES))
             for s in self.scopes
         ]
         self.run_informers = [
-            Informer(
+            scoped_informer(
                 self.watch,
                 api.execution_path(s.namespace) if s.namespace else f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}",
                 s,
@@ -170,16 +173,20 @@ class Controller:
     # ----- what the informers report ----------------------------------------------------------
 
     def on_execution(self, kind: str, body: dict[str, Any]) -> None:
-        key = RunKey(body["metadata"]["namespace"], body["metadata"]["name"])
+        meta = body["metadata"]
+        key = RunKey(meta["namespace"], meta["name"])
         if kind == "DELETED":
             self.forget(key)
+            self.ignored.pop(key, None)
             return
+        said = self.ignored.get(key)
+        if said is not None and said[:2] != (meta.get("uid"), meta.get("generation")):
+            del self.ignored[key]  # a newer generation (or a new run of that name): what was said is moot
         try:
             s = Snapshot.from_body(body, self.grace_seconds, self.cancel_audit)
         except Exception as e:  # a malformed object: this run only
             self.forget(key)
-            if (body["metadata"].get("uid"), body["metadata"].get("generation")) not in self.ignored:
-                self.ignored.add((body["metadata"].get("uid"), body["metadata"].get("generation")))
+            if self.once(key, meta.get("uid"), meta.get("generation"), "unreadable"):
                 self._object_failed("read", body_ref(body), e, then="it ignores the run until it changes")
             return
         if (
@@ -196,9 +203,12 @@ class Controller:
             ended_by_it = (
                 s.phase == api.Phase.CANCELLED and (s.cancellation or {}).get("reason") == api.StopReason.REQUESTED
             )
-            if s.cancel_requested and not ended_by_it and (s.uid, s.generation) not in self.ignored:
+            if (
+                s.cancel_requested
+                and not ended_by_it
+                and self.once(key, meta.get("uid"), meta.get("generation"), "cancel ignored")
+            ):
                 # Not a transition: status stays as it is. Said once per request (per generation).
-                self.ignored.add((s.uid, s.generation))
                 self.recorder.post(
                     s.body_ref, "Normal", "CancelIgnored", f"run already {s.phase}; cancellation has no effect"
                 )
@@ -206,10 +216,23 @@ class Controller:
         self.executions[key] = s
         self.consider(s)
 
+    def once(self, key: RunKey, uid: str | None, generation: int | None, what: str) -> bool:
+        """True the first time ``what`` is said of this generation of the run: an unreadable run is
+        reported, a cancel of a finished run answered, once per generation. Kept per run and dropped
+        with it (deleted, or its generation superseded), so it holds no more than the runs that exist."""
+        said = self.ignored.get(key)
+        told = said[2] if said is not None and said[:2] == (uid, generation) else frozenset()
+        if what in told:
+            return False
+        self.ignored[key] = (uid, generation, told | {what})
+        return True
+
     def executions_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
         """After a (re-)list: runs deleted while the watch was down are forgotten."""
         for key in [k for k in self.executions if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             self.forget(key)
+        for key in [k for k in self.ignored if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
+            del self.ignored[key]
 
     def on_lease(self, kind: str, body: dict[str, Any]) -> None:
         try:
@@ -353,11 +376,20 @@ class Controller:
                 await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
             else:
                 await self.kube.guarded_patch(path, d.patch, d.guard)
-        except (ConflictError, InvalidError, NotFoundError):
-            measuring.LOST_RACES.inc()
-            self.failures.pop(key, None)
-            return  # it changed: the next event decides again
         except (ApiError, TransportError) as e:
+            if isinstance(e, NotFoundError) or lost_race(e):
+                measuring.LOST_RACES.inc()
+                self.failures.pop(key, None)
+                return  # it changed (or is gone): the next event decides again
+            if isinstance(e, InvalidError):
+                # Refused for what it writes (schema or CEL validation), not for a race: the same
+                # decision would be refused again. Logged, told on the run (a Warning Event), counted
+                # (``OBJECT_ERRORS``, stage "write"), and retried with backoff.
+                self._object_failed(
+                    "write the status of", s.body_ref, e, post=key not in self.failures, then="it retries with backoff"
+                )
+                self.retry(key, now)
+                return
             measuring.WRITE_ERRORS.inc()
             logger.error("writing status of %s failed: %r", key, e)
             self.retry(key, now)

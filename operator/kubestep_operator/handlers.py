@@ -4,16 +4,23 @@ kopf runs the operator process (signals, the liveness endpoint, start-up and
 clean-up activities); the work itself is the ``Controller``'s, fed by its own
 informers rather than kopf's per-object handlers (``watching.py`` says why).
 With ``--leader-elect`` the Controller starts only once this replica holds the
-leader Lease (``electing.py``); a standby passes its probe and does nothing.
+leader Lease (``electing.py``); a standby passes its probe and does nothing. A
+leader that loses the Lease stops acting at once and sets the stop flag kopf
+was started with: kopf runs the clean-up and returns, and the process exits so
+that its pod restarts as a standby.
+
+What the handlers share is kept in kopf's ``memo`` (made by ``running.run``),
+not in module globals: ``settings`` and ``stop`` (the stop flag) from the
+start, and from start-up on ``controller``, with election also ``elector`` and
+``election`` (the task that runs it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
-import os
-import signal
 from typing import Any
 
 import kopf
@@ -32,19 +39,14 @@ logger = logging.getLogger("kubestep.operator")
 EVENT_SENDERS = 2
 SILENCE_LIMIT = 900.0  # seconds without a list, event or bookmark before the probe fails (watches end every 300 s)
 
-_controller: Controller | None = None
-_elector: Elector | None = None
-_election: asyncio.Task[None] | None = None
-
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    global _controller, _elector, _election
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only trouble
     settings.scanning.disabled = True  # kopf watches no resource, so it needs no CRD discovery (nor its RBAC)
     ours: OperatorSettings = memo.settings
     served = scopes(list(ours.namespaces), ours.all_namespaces)
-    _controller = Controller(
+    controller = memo.controller = Controller(
         kube=Kube(connections=ours.writers + EVENT_SENDERS),
         watch=Kube(connections=2 * len(served)),
         scopes=served,
@@ -57,52 +59,63 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         event_senders=EVENT_SENDERS,
     )
     if not ours.leader_election:
-        _lead()
+        lead(controller)
         return
     assert ours.leader_namespace  # checked before kopf starts (running.py)
     timing = Timing(ours.leader_lease_seconds, ours.leader_renew_deadline, ours.leader_retry_period)
-    _elector = Elector(Kube(connections=1), ours.leader_namespace, ours.leader_lease_name, ours.identity, timing)
-    _election = asyncio.create_task(_elector.run(_lead_async, _step_down))
+    elector = memo.elector = Elector(
+        Kube(connections=1), ours.leader_namespace, ours.leader_lease_name, ours.identity, timing
+    )
+    memo.election = asyncio.create_task(
+        elector.run(functools.partial(_lead_async, controller), functools.partial(step_down, memo))
+    )
 
 
-def _lead() -> None:
-    assert _controller is not None
-    _controller.lease_grace = api.now() + dt.timedelta(seconds=_controller.lease_seconds)
-    _controller.start()
+def lead(controller: Controller) -> None:
+    controller.lease_grace = api.now() + dt.timedelta(seconds=controller.lease_seconds)
+    controller.start()
     measuring.LEADER.set(1)
 
 
-async def _lead_async() -> None:
-    _lead()
+async def _lead_async(controller: Controller) -> None:
+    lead(controller)
 
 
-def _step_down() -> None:
-    """Lost the Lease: stop acting at once, then exit (the pod restarts as a standby)."""
+def step_down(memo: kopf.Memo) -> None:
+    """Lost the Lease: stop acting at once, then exit (the pod restarts as a standby). Setting the
+    stop flag ends kopf as SIGTERM would: the clean-up runs (the Lease is not released, it is not
+    ours), and ``kopf.operator`` returns."""
     measuring.LEADER.set(0)
-    if _controller is not None:
-        asyncio.get_running_loop().create_task(_controller.stop())
-    os.kill(os.getpid(), signal.SIGTERM)
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        memo.stopping = asyncio.get_running_loop().create_task(controller.stop())
+    memo.stop.set()
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    if _election is not None:
-        _election.cancel()
-    if _controller is not None:
-        await _controller.stop()
-    if _elector is not None:
-        await _elector.release()  # after the last write: a standby takes over within one retry period
-        await _elector.kube.aclose()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    election: asyncio.Task[None] | None = memo.get("election")
+    controller: Controller | None = memo.get("controller")
+    elector: Elector | None = memo.get("elector")
+    if election is not None:
+        election.cancel()
+    if controller is not None:
+        await controller.stop()
+    if elector is not None:
+        await elector.release()  # after the last write: a standby takes over within one retry period
+        await elector.kube.aclose()
 
 
 @kopf.on.probe(id="informers")
-def informers(**_: Any) -> dict[str, Any]:
+def informers(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     """Fails the liveness probe when the operator has heard nothing from the apiserver for too long."""
-    if _controller is None:
+    controller: Controller | None = memo.get("controller")
+    elector: Elector | None = memo.get("elector")
+    if controller is None:
         return {"started": False}
-    if _elector is not None and not _elector.leading:
-        return {"leader": False, "identity": _elector.identity}
-    health = _controller.health()
+    if elector is not None and not elector.leading:
+        return {"leader": False, "identity": elector.identity}
+    health = controller.health()
     if health["dead"]:
         raise kopf.PermanentError(f"operator loops ended: {'; '.join(health['dead'])}")
     if health["silent_seconds"] > SILENCE_LIMIT:

@@ -1,8 +1,8 @@
 """Prometheus metrics of the operator, served on ``--metrics-port``.
 
 kopf has no metrics of its own, so these count what the operator decides:
-every transition it writes (by phase and reason), writes that failed and
-were retried, the size of the one scheduler that holds every deadline and
+every transition it writes (by phase and reason), writes that lost a race,
+writes that failed and were retried, objects it could not handle, the size of the one scheduler that holds every deadline and
 wake-up, and the write backlog by urgency. Write throughput is
 ``rate(kubestep_operator_write_seconds_count[1m])``.
 """
@@ -18,11 +18,13 @@ TRANSITIONS = Counter(
 )
 LOST_RACES = Counter(
     "kubestep_operator_lost_races_total",
-    "Operator writes refused because the run changed first (it decides again on the next event).",
+    "Operator writes refused because the run changed first, or is gone: a 409, a failed JSON patch test, a 404 "
+    "(it decides again on the next event).",
 )
 WRITE_ERRORS = Counter(
     "kubestep_operator_write_errors_total",
-    "Operator status writes that failed and were rescheduled.",
+    "Operator status writes that failed on the way (network, apiserver errors) and were rescheduled; a write "
+    'refused as invalid counts in kubestep_operator_object_errors_total{stage="write"}.',
 )
 SCHEDULED = Gauge("kubestep_operator_scheduled", "Runs and leases the scheduler will look at again.")
 UNFINISHED = Gauge("kubestep_operator_unfinished_runs", "Unfinished runs in the operator's index.")
@@ -46,6 +48,7 @@ EVENTS_DROPPED = Counter(
 LEADER = Gauge("kubestep_operator_leader", "1 while this replica holds the leader Lease (or runs without election).")
 OBJECT_ERRORS = Counter(
     "kubestep_operator_object_errors_total",
-    "Objects the operator could not handle (logged with their names; every other object goes on), by what it was doing.",
+    "Objects the operator could not handle (logged with their names; every other object goes on), by what it was "
+    "doing: read, decide, write (a status write the apiserver refused as invalid), event.",
     ["stage"],
 )

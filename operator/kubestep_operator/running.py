@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from kubestep._settings import OperatorSettings
 
-
-def run(settings: OperatorSettings) -> None:
+if TYPE_CHECKING:
     import kopf
 
+
+def run(settings: OperatorSettings) -> None:
+    from kubestep._errors import ConfigurationError
+    from kubestep._kube import load_configuration
     from kubestep._metrics import serve as serve_metrics
 
     from . import handlers  # noqa: F401  (registers start-up, clean-up and the probe)
@@ -24,14 +28,28 @@ def run(settings: OperatorSettings) -> None:
         raise SystemExit("kubestep operator: give --namespace NS (repeatable) or --all-namespaces")
     if settings.leader_election and not settings.leader_namespace:
         raise SystemExit("kubestep operator: --leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)")
+    try:
+        load_configuration()  # here, not in kopf's start-up, which would retry it every minute for ever
+    except ConfigurationError as e:
+        raise SystemExit(f"kubestep operator: {e}") from None
     serve_metrics(settings.metrics_port)
+    asyncio.run(operate(settings))
+
+
+async def operate(settings: OperatorSettings, memo: kopf.Memo | None = None) -> None:
+    """Runs kopf until SIGTERM, SIGINT or the stop flag: ``memo.stop``, which a leader that lost its
+    Lease sets (``handlers.step_down``); kopf then stops as on SIGTERM, clean-up included. ``memo``
+    is what the handlers share; made here unless given."""
+    import kopf
+
+    if memo is None:
+        memo = kopf.Memo(settings=settings, stop=asyncio.Event())
     # No resource handlers are registered with kopf, so it watches nothing itself: no namespace or
     # CRD discovery, no peering. ``standalone``: kopf's peering stays off (our own election decides).
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=True,
-            liveness_endpoint=settings.liveness_endpoint,
-            memo=kopf.Memo(settings=settings),
-        )
+    await kopf.operator(
+        standalone=True,
+        clusterwide=True,
+        liveness_endpoint=settings.liveness_endpoint,
+        memo=memo,
+        stop_flag=memo.stop,
     )

@@ -1,14 +1,17 @@
 """One scheduler for every deadline and wake-up the operator must act on.
 
-Per-object kopf timers or daemons would cost an asyncio task and a finalizer
-per execution; this is one task and a heap for thousands of runs. The heap is
-only a cache of *when to look again*: each entry names an object, and firing
-it re-decides from the object's current snapshot (kopf index), so a stale
-entry (the object changed since it was pushed) costs a lookup and nothing
-else. Firing is synchronous and never waits for the network: a decision
-that needs a write is offered to the write backlog (``writing.py``), so a
-thousand deadlines due at once cost a thousand offers, not a thousand tasks. It is rebuilt from status at start-up because kopf delivers every
-object once when it starts watching, and each delivery reschedules.
+One task and a heap for thousands of runs, not a timer per run. The heap is
+only a cache of *when to look again*: each entry names a key (a run's
+``RunKey``, or a worker Lease's ``LeaseKey`` for when it expires), and firing
+it calls the ``Controller``, which decides afresh from the run's latest
+snapshot (what the informers last reported), so a stale entry costs a lookup
+and nothing else. A key holds one plan at a time: ``schedule`` replaces it (or
+forgets it, with None), and an entry pushed for an older plan is skipped when
+it comes up. Firing is synchronous and never waits for the network: a
+decision that needs a write is offered to the write backlog (``writing.py``),
+so a thousand deadlines due at once cost a thousand offers, not a thousand
+tasks. Nothing is stored: after a (re)start the informers list every run, and
+deciding each schedules it again.
 """
 
 from __future__ import annotations

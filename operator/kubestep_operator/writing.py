@@ -1,12 +1,12 @@
 """The operator's write path: pending decisions in one backlog, drained by a fixed number of writers.
 
-Why not write from the kopf handler, as the operator once did: kopf runs a handler per object
-concurrently, so an operator started on a backlog of 2,000 unqueued runs had 2,000 writes (and as many
+Why not write where the event is handled, as the operator once did in kopf's per-object handlers: kopf
+ran a handler per object concurrently, so an operator started on a backlog of 2,000 unqueued runs had 2,000 writes (and as many
 Events) waiting for a pool of 24 connections. httpcore scans every waiting request on every pool event
 (quadratic in the queue), the waits ran into the pool timeout, each failure was retried a second later
 into the same pool, and nothing was ever written (issue 12).
 
-So a handler never waits for the network. It decides (``reconciling.decide`` is pure and cheap) and, when
+So handling an event never waits for the network. The controller decides (``reconciling.decide`` is pure and cheap) and, when
 there is something to write, *offers the run's key* to the ``Backlog``:
 
 * Each key is held once, at the most urgent level it was offered with. A newer event for a pending run
@@ -19,7 +19,9 @@ there is something to write, *offers the run's key* to the ``Backlog``:
   the write is done, so the newer state is always decided on.
 * The number of writers is fixed and the connection pool is sized to match, so no write ever waits for a
   connection, and the wait in the backlog has no timeout.
-* A failed write is retried after an exponential backoff with jitter (``retry_delay``) by the operator's
+* A write that lost a race (409, a failed ``test``: ``kubestep._errors.lost_race``) is dropped: the change
+  that beat it arrives as the next event. Any other failure, a write the apiserver refused as invalid
+  included, is retried after an exponential backoff with jitter (``retry_delay``) by the operator's
   scheduler, outside the backlog, so retries never crowd the queue they wait on.
 """
 

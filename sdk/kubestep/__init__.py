@@ -8,9 +8,9 @@ async def risky_workflow(ctx: WorkflowContext, input: dict):
     await ctx.step.wait_for("wait", hours=1)
     return await ctx.step.run("finalize", finalize_data, data)
 
-client = KubestepClient(namespace="default")
-handle = await risky_workflow.invoke(client, payload={...}, run_timeout_seconds=1800)
-cancelled = await client.cancel_execution(handle.id)
+async with KubestepClient(namespace="default") as client:
+    handle = await risky_workflow.invoke(client, payload={...}, run_timeout_seconds=1800)
+    cancelled = await client.cancel_execution(handle.id)
 """
 
 from ._client import ExecutionHandle, KubestepClient
@@ -39,7 +39,7 @@ from ._errors import (
     TransportError,
     WorkflowDefinitionError,
 )
-from ._models import Execution, ExecutionStatus, JournalRef, StepRecord
+from ._models import Execution, ExecutionList, ExecutionStatus, JournalRef, RunEvent, StepRecord
 from ._workflow import Workflow, workflow
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "ExecutionCancelledError",
     "ExecutionFailedError",
     "ExecutionHandle",
+    "ExecutionList",
     "ExecutionNotFoundError",
     "ExecutionStatus",
     "ForbiddenError",
@@ -64,6 +65,7 @@ __all__ = [
     "KubestepError",
     "NotFoundError",
     "ResultTimeoutError",
+    "RunEvent",
     "RunTimedOut",
     "Step",
     "StepRecord",

@@ -8,25 +8,28 @@ operator and workers own ``status``. That is why an SDK cancel, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
 import json
 import re
 import uuid
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal
 
 from . import _journal as journal
 from . import _protocol as api
 from ._errors import (
-    ApiError,
     ExecutionCancelledError,
     ExecutionFailedError,
     ExecutionNotFoundError,
     InvalidInputError,
     NotFoundError,
     ResultTimeoutError,
-    TransportError,
 )
+from ._informer import Change, Informer
 from ._kube import Kube
-from ._models import Execution, StepRecord
+from ._models import Execution, ExecutionList, RunEvent, StepRecord
 
 
 def _generate_name(workflow_id: str) -> str:
@@ -120,6 +123,76 @@ class KubestepClient:
         )
         return [StepRecord.model_validate(r) for r in journal.history(archived + list(status.get("steps") or []))]
 
+    async def list_executions(
+        self,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        all_namespaces: bool = False,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> ExecutionList:
+        """One page of the runs in the client's namespace (every namespace with ``all_namespaces``),
+        like ``kubectl get wfx``: ``label_selector`` (``team=data,kubestep.io/workflow=etl``) and
+        ``field_selector`` (``metadata.name=x``) filter them; ``limit`` bounds the page, and the
+        answer's ``continue_token``, passed back, fetches the next one (None after the last page).
+        ``iter_executions`` walks every page."""
+        path = f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}" if all_namespaces else self._path()
+        params: dict[str, Any] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if limit is not None:
+            params["limit"] = str(limit)
+        if continue_token:
+            params["continue"] = continue_token
+        listing = await self._kube.get(path, params or None)
+        meta = listing.get("metadata") or {}
+        return ExecutionList(
+            items=[Execution.from_object(o) for o in listing.get("items") or []],
+            continue_token=meta.get("continue") or None,
+            resource_version=str(meta.get("resourceVersion") or ""),
+        )
+
+    async def iter_executions(
+        self,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        all_namespaces: bool = False,
+        page_size: int = 500,
+    ) -> AsyncIterator[Execution]:
+        """Every run that ``list_executions`` would list with the same filters, page after page
+        (``page_size`` runs per request), so a namespace of many large runs is never held whole."""
+        token: str | None = None
+        while True:
+            page = await self.list_executions(
+                label_selector=label_selector,
+                field_selector=field_selector,
+                all_namespaces=all_namespaces,
+                limit=page_size,
+                continue_token=token,
+            )
+            for execution in page.items:
+                yield execution
+            token = page.continue_token
+            if token is None:
+                return
+
+    async def events(self, execution_id: str) -> list[RunEvent]:
+        """The core/v1 Events about a run (what ``kubectl describe wfx`` lists: queued, claimed,
+        cancelled, timed out …), oldest first. Only this run's, not those of an earlier run of the
+        same name. Raises ``ExecutionNotFoundError`` if there is no such run."""
+        obj = await self._get_object(execution_id)
+        selector = f"involvedObject.kind={api.KIND},involvedObject.name={execution_id}"
+        if obj["metadata"].get("uid"):
+            selector += f",involvedObject.uid={obj['metadata']['uid']}"
+        listing = await self._kube.get(f"/api/v1/namespaces/{self.namespace}/events", {"fieldSelector": selector})
+        events = [RunEvent.from_object(e) for e in listing.get("items") or []]
+        oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
+        return sorted(events, key=lambda e: e.last_seen or e.first_seen or oldest)
+
     async def _get_object(self, execution_id: str) -> dict[str, Any]:
         try:
             obj: dict[str, Any] = await self._kube.get(self._path(execution_id))
@@ -178,35 +251,93 @@ class KubestepClient:
             raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
         return name
 
-    async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
-        """Watches the execution until it reaches a terminal phase."""
-        path = self._path()
+    async def watch_execution(self, execution_id: str) -> AsyncGenerator[Execution]:
+        """The run as it is now, then again after every change, for as long as the caller iterates.
+        Raises ``ExecutionNotFoundError`` if there is no such run, and when it is deleted.
+
+        It rides out what a long watch meets (the server ending it, a cut connection, a refused
+        watch, an expired resourceVersion) by the rules of ``kubestep._informer``; after a re-list
+        the current state may come again."""
         params = {"fieldSelector": f"metadata.name={execution_id}"}
+        seen = False
+        async with contextlib.aclosing(self._follow(self._path(), params, "execution")) as changes:
+            async for item in changes:
+                if isinstance(item, set):  # a complete list
+                    if not item:
+                        what = "was deleted" if seen else f"does not exist in namespace {self.namespace}"
+                        raise ExecutionNotFoundError(f"execution {execution_id!r} {what}")
+                    continue
+                if item.kind == "DELETED":
+                    raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
+                seen = True
+                yield Execution.from_object(item.obj)
+
+    async def watch_executions(
+        self, *, label_selector: str | None = None, all_namespaces: bool = False
+    ) -> AsyncGenerator[ExecutionChange]:
+        """Every run of the namespace (or of every namespace) as it is now (``listed``), then every
+        change, for as long as the caller iterates. A run deleted while the watch was broken off
+        still comes as ``DELETED``, found by the next list."""
+        path = f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}" if all_namespaces else self._path()
+        params = {"labelSelector": label_selector} if label_selector else {}
+        last: dict[tuple[str, str], Execution] = {}
+        async with contextlib.aclosing(self._follow(path, params, "executions")) as changes:
+            async for item in changes:
+                if isinstance(item, set):  # a complete list: what it no longer holds was deleted meanwhile
+                    for key in [k for k in last if k not in item]:
+                        yield ExecutionChange("DELETED", last.pop(key))
+                    continue
+                execution = Execution.from_object(item.obj)
+                if item.kind == "DELETED":
+                    last.pop(item.key, None)
+                else:
+                    last[item.key] = execution
+                yield ExecutionChange(item.kind, execution, item.listed)
+
+    async def _follow(
+        self, path: str, params: dict[str, str], name: str
+    ) -> AsyncGenerator[Change | set[tuple[str, str]]]:
+        """An informer's changes and complete lists, as an iterator; the informer stops with it."""
+        queue: asyncio.Queue[Change | set[tuple[str, str]]] = asyncio.Queue()
+        informer = Informer(self._kube, path, queue.put_nowait, queue.put_nowait, params=params, name=name)
+        task = asyncio.create_task(informer.run())
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    task.result()  # the informer ended: what it raised
+                    raise RuntimeError(f"the informer of {path} ended")
+                yield get.result()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
+        """Follows the execution until it reaches a terminal phase (``watch_execution``)."""
 
         async def follow() -> Execution:
-            while True:
-                listing = await self._kube.get(path, params)
-                items = listing.get("items", [])
-                if not items:
-                    raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}")
-                execution = Execution.from_object(items[0])
-                if execution.finished:
-                    return execution
-                try:
-                    async for event in self._kube.watch(path, listing["metadata"]["resourceVersion"], params):
-                        if event.get("type") == "DELETED":
-                            raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
-                        if event.get("type") in ("ADDED", "MODIFIED"):
-                            execution = Execution.from_object(event["object"])
-                            if execution.finished:
-                                return execution
-                except (TransportError, ApiError):
-                    await asyncio.sleep(0.1)
+            async with contextlib.aclosing(self.watch_execution(execution_id)) as states:
+                async for execution in states:
+                    if execution.finished:
+                        return execution
+            raise ExecutionNotFoundError(f"execution {execution_id!r}: no state")  # not reached: it raises
 
         try:
             return await asyncio.wait_for(follow(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(f"execution {execution_id} did not finish within {timeout} s") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionChange:
+    """One run as a namespace's watch saw it (``KubestepClient.watch_executions``)."""
+
+    kind: Literal["ADDED", "MODIFIED", "DELETED"]
+    execution: Execution
+    listed: bool = False  # from a list (the state when the watch started or started again)
 
 
 class ExecutionHandle:

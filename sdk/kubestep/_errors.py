@@ -48,7 +48,48 @@ class ForbiddenError(ApiError):
 
 
 class InvalidError(ApiError):
-    """The apiserver rejected the object: schema or CEL validation (HTTP 422)."""
+    """The apiserver rejected the request (HTTP 422): the object failed schema or CEL validation, or a
+    JSON patch did not apply to the object as it is now (``lost_race``)."""
+
+    @property
+    def lost_race(self) -> bool:
+        """Whether this 422 is a JSON patch that did not apply, most often a ``test`` operation that
+        failed because the object changed since it was read: a write guarded by ``test`` operations
+        lost a race, as a 409 says for one guarded by the resourceVersion.
+
+        The apiserver tells the two apart in its Status (checked against kube-apiserver 1.35). A patch
+        that does not apply (a failed ``test``, a path the object lacks) gets a generic Status that
+        names no object and gives no causes::
+
+            {"kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422, "details": {},
+             "message": "the server rejected our request due to an error in our request"}
+
+        A validation failure (schema, CEL rule) names the object and a cause per rule broken::
+
+            {"kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422,
+             "message": "WorkflowExecution.kubestep.io \\"r\\" is invalid: status.phase: Unsupported value ...",
+             "details": {"name": "r", "group": "kubestep.io", "kind": "WorkflowExecution",
+                         "causes": [{"reason": "FieldValueNotSupported", "field": "status.phase", ...}]}}
+
+        A malformed patch (an unknown operation) gets the first shape too; the writers build theirs."""
+        return _patch_not_applied(self.body)
+
+
+def _patch_not_applied(body: Any) -> bool:
+    if not isinstance(body, dict) or body.get("kind") != "Status":
+        return False  # not the apiserver's answer (a proxy's, say): nothing says a race was lost
+    details = body.get("details") or {}
+    if not isinstance(details, dict):
+        return False
+    return not (details.get("causes") or details.get("kind") or details.get("name"))
+
+
+def lost_race(exc: BaseException) -> bool:
+    """Whether a failed write lost a race (the object changed since it was read: decide or read
+    again) rather than being refused for what it wrote: a 409, or a 422 from a JSON patch's failed
+    ``test`` (``InvalidError.lost_race``). The one test both status writers, the operator's and the
+    worker's, use."""
+    return isinstance(exc, ConflictError) or (isinstance(exc, InvalidError) and exc.lost_race)
 
 
 class TooLargeError(ApiError):

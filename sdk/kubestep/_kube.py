@@ -76,8 +76,10 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     try:
         kconfig.load_incluster_config(client_configuration=configuration)
     except kconfig.ConfigException as e:
+        where = f"KUBECONFIG={path}: no such file" if os.environ.get("KUBECONFIG") else f"no kubeconfig ({path})"
         raise ConfigurationError(
-            "no kubeconfig found (set KUBECONFIG, or run `kubestep dev up`) and not running in a cluster"
+            f"{where}, and not running in a cluster; for the local control plane: `kubestep dev up`, then "
+            '`eval "$(kubestep dev env)"`'
         ) from e
     try:
         with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
@@ -261,13 +263,20 @@ class Kube:
         return await self.request("PATCH", path, json_body=ops, content_type="application/json-patch+json")
 
     async def watch(
-        self, path: str, resource_version: str, params: dict[str, Any] | None = None, timeout_seconds: int = 300
+        self,
+        path: str,
+        resource_version: str,
+        params: dict[str, Any] | None = None,
+        timeout_seconds: int = 300,
+        idle_seconds: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yields watch events from ``resource_version``; ends when the server closes the stream.
 
         Bookmarks are requested so a reconnect resumes close to where it left
         off. A 410 Gone (an expired resourceVersion) arrives as an ERROR
-        event; callers re-list.
+        event or as the HTTP status. ``idle_seconds``: a stream silent this long
+        is given up (TransportError); default, the server's timeout and 30 s more.
+        ``kubestep._informer`` holds the rules for what to do next.
         """
         query = {
             "watch": "1",
@@ -276,7 +285,8 @@ class Kube:
             "timeoutSeconds": str(timeout_seconds),
             **(params or {}),
         }
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=timeout_seconds + 30)
+        idle = idle_seconds if idle_seconds is not None else timeout_seconds + 30
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=idle)
         try:
             async with self._client().get(
                 self._base + path, params=query, headers=self._auth(), timeout=timeout
@@ -368,3 +378,12 @@ def background(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
 
 
 _tasks: set[asyncio.Task[Any]] = set()
+
+
+async def settle(timeout: float) -> None:
+    """Waits, ``timeout`` seconds at most, for the fire-and-forget requests still in flight (Events),
+    so that a process on its way out does not lose its last words: a worker that restarted itself to
+    shed a runaway step once exited before the Event saying why was sent."""
+    pending = [t for t in _tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

@@ -47,6 +47,23 @@ STATUS_WRITE_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# Every list-and-watch loop of the process (``_informer.py``), by informer (its collection's path or name).
+INFORMER_RELISTS = Counter(
+    "kubestep_informer_relists_total",
+    "Lists after an informer's first: each re-reads the whole collection (only after a 410 Gone).",
+    ["informer"],
+)
+INFORMER_RESUMES = Counter(
+    "kubestep_informer_resumes_total",
+    "Watches opened again from the last resourceVersion seen (the server's timeout, a cut, a refusal).",
+    ["informer"],
+)
+INFORMER_HANDLER_ERRORS = Counter(
+    "kubestep_informer_handler_errors_total",
+    "Objects whose change a handler failed on (logged; the informer carries on).",
+    ["informer"],
+)
+
 
 def serve(port: int | None) -> None:
     """Starts the /metrics endpoint on ``port`` (all interfaces) when one is given (``_settings``)."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._protocol import TERMINAL_PHASES
+from ._protocol import API_VERSION, KIND, TERMINAL_PHASES, cancel_note, parse_time
 
 Phase = Literal["Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled"]
 
@@ -95,7 +95,10 @@ class ExecutionStatus(_Model):
 
 
 class Execution(_Model):
-    """One run, as the apiserver last reported it."""
+    """One run, as the apiserver last reported it.
+
+    ``raw`` is the object itself (``apiVersion`` and ``kind`` filled in where a list left them out),
+    for callers that print or keep it whole (``kubestep get -o yaml``)."""
 
     id: str
     namespace: str
@@ -107,18 +110,37 @@ class Execution(_Model):
     cancel_requested: bool = False
     cancel_reason: str | None = None
     events: list[dict[str, Any]] = []
+    #: ``spec.queue``: only workers started with this queue may run it (None: the default queue).
+    queue: str | None = None
+    labels: dict[str, str] = {}
+    uid: str | None = None
+    #: ``metadata.creationTimestamp``.
+    created_at: dt.datetime | None = None
     status: ExecutionStatus = ExecutionStatus()
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)
 
     @property
     def finished(self) -> bool:
         return self.status.phase in TERMINAL_PHASES
 
+    @property
+    def cancellation(self) -> Cancellation | None:
+        """The cancel, if any: ``status.cancellation`` once the operator or a worker recorded it;
+        before that, for a cancel requested in ``spec``, what the request says (reason ``Requested``,
+        the ``cancelReason`` given, who asked: the request's field manager)."""
+        if self.status.cancellation is not None:
+            return self.status.cancellation
+        if not self.cancel_requested:
+            return None
+        return Cancellation.model_validate(cancel_note(self.raw))
+
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> Execution:
-        spec = obj.get("spec", {})
+        spec = obj.get("spec") or {}
+        meta = obj["metadata"]
         return cls(
-            id=obj["metadata"]["name"],
-            namespace=obj["metadata"]["namespace"],
+            id=meta["name"],
+            namespace=meta["namespace"],
             workflow=spec.get("workflow", ""),
             input=spec.get("input"),
             run_timeout_seconds=spec.get("runTimeoutSeconds"),
@@ -127,5 +149,59 @@ class Execution(_Model):
             cancel_requested=bool(spec.get("cancelRequested", False)),
             cancel_reason=spec.get("cancelReason"),
             events=list(spec.get("events") or []),
+            queue=spec.get("queue") or None,
+            labels=dict(meta.get("labels") or {}),
+            uid=meta.get("uid"),
+            created_at=parse_time(meta.get("creationTimestamp")),
             status=ExecutionStatus.model_validate(obj.get("status") or {}),
+            raw={"apiVersion": API_VERSION, "kind": KIND, **obj},
         )
+
+
+class ExecutionList(_Model):
+    """One page of runs (``KubestepClient.list_executions``)."""
+
+    items: list[Execution]
+    #: Pass it back as ``continue_token`` for the next page; None on the last page.
+    continue_token: str | None = None
+    #: The list's ``resourceVersion``: a watch from it misses no change made after the list.
+    resource_version: str = ""
+
+
+class RunEvent(_Model):
+    """A core/v1 Event about a run (``KubestepClient.events``): what the operator and the workers
+    reported, as ``kubectl describe wfx`` shows them."""
+
+    #: ``Normal`` or ``Warning``.
+    type: str = ""
+    #: One word: the transition or the problem (``Queued``, ``NoWorker``, ``Cancelled`` …).
+    reason: str = ""
+    message: str = ""
+    #: Who reported it (``kubestep-operator``, ``kubestep-worker`` …).
+    component: str = ""
+    #: Times seen, and when first and last.
+    count: int = 1
+    first_seen: dt.datetime | None = None
+    last_seen: dt.datetime | None = None
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> RunEvent:
+        first = obj.get("firstTimestamp") or obj.get("eventTime")
+        last = obj.get("lastTimestamp") or (obj.get("series") or {}).get("lastObservedTime") or first
+        return cls(
+            type=str(obj.get("type") or ""),
+            reason=str(obj.get("reason") or ""),
+            message=str(obj.get("message") or obj.get("note") or ""),
+            component=str((obj.get("source") or {}).get("component") or obj.get("reportingComponent") or ""),
+            count=int(obj.get("count") or (obj.get("series") or {}).get("count") or 1),
+            first_seen=_time(first),
+            last_seen=_time(last),
+        )
+
+
+def _time(value: Any) -> dt.datetime | None:
+    """An Event's time; anyone who may create Events wrote it, so a malformed one is left out."""
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

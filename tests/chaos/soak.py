@@ -39,9 +39,11 @@ from typing import Any
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import ControlPlane, Ports, cache_dir, local
-from kubestep._dev.controlplane import APISERVER, ETCD
 from kubestep._errors import ApiError, NotFoundError, TransportError
+from kubestep_dev import local
+from kubestep_dev.controlplane import APISERVER, ETCD, ControlPlane
+from kubestep_dev.locations import cache_dir
+from kubestep_dev.ports import Ports
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ["seq", "waits", "concurrent", "raises", "sync"]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from kubestep import _protocol as api
-from kubestep._dev import find_binary
+from kubestep_dev.locations import find_binary
 
 from ..conftest import Cluster
 from ..harness import E2E, Proc, start_operator, wait_until

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kubestep._dev import find_binary
+from kubestep_dev.locations import find_binary
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "kubestep"
 WORKERS = ["--set", "workers[0].name=ex", "--set", "workers[0].module=m", "--set", "workers[1].name=big"]

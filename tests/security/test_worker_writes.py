@@ -25,7 +25,7 @@ import yaml
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._dev import find_binary
+from kubestep_dev.locations import find_binary
 
 from ..conftest import Cluster
 from ..harness import E2E, Proc, start_worker, until_phase, wait_until

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubestep._dev import write_token_kubeconfig
+from kubestep_dev.kubeconfigs import write_token_kubeconfig
 
 from ..conftest import Cluster
 

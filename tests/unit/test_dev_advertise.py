@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from kubestep._dev import certs
-from kubestep._dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane, refuse_a_route_out
-from kubestep._dev.errors import ControlPlaneError
+from kubestep_dev import certs
+from kubestep_dev.controlplane import ADVERTISE_ADDRESS_ENV, ControlPlane, refuse_a_route_out
+from kubestep_dev.errors import ControlPlaneError
 
 NODE_IP = "10.77.0.1"
 

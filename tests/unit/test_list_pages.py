@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from kubestep._informer import FIRST_PAGE, Informer, next_page
 from kubestep._kube import Kube
-from kubestep_operator.watching import FIRST_PAGE, Informer, Scope, next_page
 
 
 def test_next_page_aims_at_the_target_weight() -> None:
@@ -47,9 +47,7 @@ class Paged:
 async def test_a_list_of_large_runs_is_read_in_pages_of_about_the_target_weight() -> None:
     kube = Paged([1_000_000] * 60)  # 60 MB of inputs
     seen: list[str] = []
-    informer = Informer(
-        cast(Kube, kube), "/x", Scope("ns"), lambda k, o: seen.append(o["metadata"]["name"]), lambda s, p: None
-    )
+    informer = Informer(cast(Kube, kube), "/x", lambda c: seen.append(c.obj["metadata"]["name"]), page_bytes=4 << 20)
     assert await informer._list() == "9"
     assert len(seen) == 60 and kube.limits[0] == FIRST_PAGE
     assert kube.peak <= 10 * 1_000_200 and max(kube.limits[1:]) <= 4  # then about 4 MB a page
@@ -57,9 +55,9 @@ async def test_a_list_of_large_runs_is_read_in_pages_of_about_the_target_weight(
 
 async def test_small_runs_are_read_in_pages_of_up_to_500() -> None:
     kube = Paged([100] * 3000)
-    informer = Informer(cast(Kube, kube), "/x", Scope("ns"), lambda k, o: None, lambda s, p: None)
+    informer = Informer(cast(Kube, kube), "/x", lambda c: None, page_bytes=4 << 20)
     await informer._list()
     assert kube.limits[:4] == [10, 40, 160, 500]
     fixed = Paged([100] * 3000)
-    await Informer(cast(Kube, fixed), "/x", Scope("ns"), lambda k, o: None, lambda s, p: None, page_bytes=0)._list()
+    await Informer(cast(Kube, fixed), "/x", lambda c: None, page_bytes=0)._list()
     assert set(fixed.limits) == {500}

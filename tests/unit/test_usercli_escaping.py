@@ -15,10 +15,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubestep import _usercli as cli
-from kubestep._errors import KubestepError
-from kubestep._models import StepRecord
-from kubestep._usercli import safe
+from kubestep import Execution, KubestepError, RunEvent, StepRecord
+from kubestep._cli import commands, render
+from kubestep._cli.render import safe
 
 FORGED = "\n  Requested by user: system:admin\x1b[2K"
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -86,7 +85,7 @@ def _run(**status: Any) -> dict[str, Any]:
 
 
 def _describe(capsys: pytest.CaptureFixture[str], obj: dict[str, Any], history: Any = (), events: Any = ()) -> str:
-    cli._print_description(obj, list(history), list(events))
+    render.describe(Execution.from_object(obj), list(history), [RunEvent.from_object(e) for e in events])
     out = capsys.readouterr().out
     return out
 
@@ -145,10 +144,14 @@ def test_describe_escapes_the_cancel_reason_read_from_the_spec(capsys: pytest.Ca
 
 def test_describe_escapes_steps_errors_and_events(capsys: pytest.CaptureFixture[str]) -> None:
     obj = _run(
-        phase="Failed\x1b[32m",
-        reason="WorkflowError",
+        phase="Failed",
+        reason="WorkflowError\x1b[32m",
         worker="w\x1b]8;;http://evil\x07link",
-        error={"type": "ValueError\n", "message": "boom\nHacked: yes\x1b[2K"},
+        error={
+            "type": "ValueError\n",
+            "message": "boom\nHacked: yes\x1b[2K",
+            "traceback": 'Traceback (most recent call last):\n  File "x"\nHacked: traceback\x1b[2K\n',
+        },
         waitingFor={"key": "k\n", "topic": "t\x1b"},
     )
     obj["spec"]["workflow"] = "etl\x1b[8m"
@@ -180,6 +183,7 @@ def test_describe_escapes_steps_errors_and_events(capsys: pytest.CaptureFixture[
     assert r"step failed\nHacked: event\x1b[2K" in out
     assert r"Oops\r: bad\x1b[2K\nHacked: too" in out
     assert r"topic t\n\x9b, event e\u202e" in out
+    assert "  | Hacked: traceback\\x1b[2K" in out.splitlines()  # each line of the traceback, behind a bar
 
 
 # ----- get, watch, cancel, errors -------------------------------------------------------------------
@@ -194,11 +198,11 @@ def test_get_tables_escape_every_cell(capsys: pytest.CaptureFixture[str]) -> Non
         cancellation={"requestedByUser": "alice\x1b[8m", "message": "x"},
     )
     for output in ("table", "wide", "name"):
-        cli._print_objects(output, [obj], "team-a", all_namespaces=True)
+        render.print_executions(output, [Execution.from_object(obj)], "team-a", all_namespaces=True)
         out = capsys.readouterr().out
         _assert_nothing_forged(out)
         assert len(out.splitlines()) == (1 if output == "name" else 2), out
-    cli._print_objects("wide", [obj], "team-a")
+    render.print_executions("wide", [Execution.from_object(obj)], "team-a")
     out = capsys.readouterr().out
     assert r"alice\x1b[8m" in out and r"stopped\nHacked: message" in out
 
@@ -206,7 +210,7 @@ def test_get_tables_escape_every_cell(capsys: pytest.CaptureFixture[str]) -> Non
 @pytest.mark.parametrize("output", ["json", "yaml"])
 def test_machine_output_is_left_to_the_serializer(capsys: pytest.CaptureFixture[str], output: str) -> None:
     obj = _run(phase="Cancelled", cancellation={"message": "please stop" + FORGED})
-    cli._print_objects(output, [obj], "team-a", single=True)
+    render.print_executions(output, [Execution.from_object(obj)], "team-a", single=True)
     out = capsys.readouterr().out
     assert "\x1b" not in out
     parsed = json.loads(out) if output == "json" else yaml.safe_load(out)
@@ -214,14 +218,12 @@ def test_machine_output_is_left_to_the_serializer(capsys: pytest.CaptureFixture[
 
 
 def test_watch_lines_escape_step_keys_and_messages(capsys: pytest.CaptureFixture[str]) -> None:
-    import datetime as dt
-
     obj = _run(
         phase="Running",
         message="going\nHacked: run line\x1b[2K",
         steps=[{"key": "a\nHacked: step\x1b[1A", "kind": "Run", "state": "Running"}],
     )
-    cli._show(obj, {}, None, dt.datetime.now(dt.UTC))
+    render.LineView().show(Execution.from_object(obj))
     out = capsys.readouterr().out
     _assert_nothing_forged(out)
     assert len(out.splitlines()) == 2, out
@@ -232,20 +234,22 @@ def test_the_live_view_neither_runs_escapes_nor_reads_markup() -> None:
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=300, color_system=None, force_terminal=False)
-    display = cli._Display(console, "etl-1[/bold]")
-    display.update(
-        _run(
-            phase="Running",
-            worker="[link=http://evil]w[/link]",
-            message="[blink]m[/blink]\x1b[2K\nHacked: yes",
-            steps=[
-                {
-                    "key": "[red]key[/red]\x1b[1A",
-                    "kind": "Run",
-                    "state": "Failed",
-                    "error": {"message": "[bold]boom[/bold]\nHacked: too"},
-                }
-            ],
+    display = render.LiveView(console, "etl-1[/bold]")
+    display.show(
+        Execution.from_object(
+            _run(
+                phase="Running",
+                worker="[link=http://evil]w[/link]",
+                message="[blink]m[/blink]\x1b[2K\nHacked: yes",
+                steps=[
+                    {
+                        "key": "[red]key[/red]\x1b[1A",
+                        "kind": "Run",
+                        "state": "Failed",
+                        "error": {"message": "[bold]boom[/bold]\nHacked: too"},
+                    }
+                ],
+            )
         )
     )
     console.print(display.render())
@@ -259,7 +263,7 @@ def test_cancel_results_and_errors_are_escaped(capsys: pytest.CaptureFixture[str
     async def fails(args: argparse.Namespace) -> int:
         raise KubestepError("no execution 'x\nHacked: error\x1b[2K'")
 
-    assert cli.run_handler(argparse.Namespace(afunc=fails)) == 1
+    assert commands.command(fails)(argparse.Namespace(command="cancel")) == 1
     err = capsys.readouterr().err
     _assert_nothing_forged(err)
     assert err == "error: no execution 'x\\nHacked: error\\x1b[2K'\n"

@@ -47,6 +47,7 @@ from .._errors import (
     StopExecution,
     TooLargeError,
     WorkflowDefinitionError,
+    lost_race,
 )
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
@@ -596,7 +597,12 @@ class Run:
                 # than what we hold (and so will be dropped): learn it here.
                 self._note_stop(obj)
                 return
-            except (ConflictError, InvalidError):
+            except (ConflictError, InvalidError) as exc:
+                if not lost_race(exc):
+                    # Refused for what it writes (schema, CEL): no re-read makes it valid, and a replay
+                    # would write it again. Let go with the error (the run ends Failed, give_up).
+                    logger.error("run %s: the apiserver refused its step records as invalid: %s", self.name, exc)
+                    raise
                 conflicts += 1
                 await outage.retrying(self._reread)
             except Exception as exc:

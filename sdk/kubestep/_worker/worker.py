@@ -22,13 +22,15 @@ kubelet starts the container again).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from typing import Any
 
 from .. import _protocol as api
 from .._errors import ApiError, NotFoundError, TransportError
-from .._kube import Kube
+from .._informer import Change, Informer
+from .._kube import Kube, settle
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
@@ -39,6 +41,7 @@ from .unwinding import Release
 
 logger = logging.getLogger("kubestep.worker")
 
+EVENTS_AT_EXIT = 5.0  # seconds a stopping worker waits for its last Events to be sent
 EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
 
 
@@ -95,6 +98,7 @@ class Worker:
                 run.handback = True
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            await settle(EVENTS_AT_EXIT)  # the Events of the runs' endings, before the connections close
             renewer.cancel()
             await self.lease.release()
             logger.info("worker %s stopped", self.name)
@@ -146,41 +150,31 @@ class Worker:
                 e.message,
             )
             streams = {"all": ""}
-        listed = {name: asyncio.Event() for name in streams}
-        tasks = [asyncio.create_task(self._follow(name, selector, listed[name])) for name, selector in streams.items()]
+        path = api.execution_path(self.namespace)
+        informers = [
+            Informer(
+                self.control,
+                path,
+                functools.partial(self._on_change, stream),
+                params={"fieldSelector": selector} if selector else {},
+                name=f"worker {stream}",
+            )
+            for stream, selector in streams.items()
+        ]
+        tasks = [asyncio.create_task(informer.run()) for informer in informers]
         try:
-            await asyncio.gather(*(e.wait() for e in listed.values()))
+            await asyncio.gather(*(i.listed.wait() for i in informers))
             self.ready.set()
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
 
-    async def _follow(self, stream: str, selector: str, listed: asyncio.Event) -> None:
-        path = api.execution_path(self.namespace)
-        params = {"fieldSelector": selector} if selector else None
-        while True:
-            try:
-                listing = await self.control.get(path, params)
-                rv = listing["metadata"]["resourceVersion"]
-                for obj in listing.get("items", []):
-                    obj.setdefault("apiVersion", api.API_VERSION)
-                    obj.setdefault("kind", api.KIND)
-                    self._on_event("ADDED", obj, stream, listed=True)
-                listed.set()
-                while True:
-                    async for event in self.control.watch(path, rv, params):
-                        kind, obj = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":
-                            raise _Relist(obj.get("message", "watch error"))
-                        rv = obj["metadata"]["resourceVersion"]
-                        if kind != "BOOKMARK":
-                            self._on_event(str(kind), obj, stream)
-            except asyncio.CancelledError:
-                raise
-            except (_Relist, ApiError, TransportError, KeyError) as e:
-                logger.info("re-listing %s executions after: %r", stream, e)
-                await asyncio.sleep(0.2)
+    def _on_change(self, stream: str, change: Change) -> None:
+        obj = change.obj
+        obj.setdefault("apiVersion", api.API_VERSION)
+        obj.setdefault("kind", api.KIND)
+        self._on_event(change.kind, obj, stream, listed=change.listed)
 
     def _on_event(self, kind: str, obj: dict[str, Any], stream: str = "all", listed: bool = False) -> None:
         name = obj["metadata"]["name"]
@@ -297,7 +291,3 @@ class Worker:
 _OUTCOMES = frozenset(
     {api.Phase.COMPLETED, api.Phase.FAILED, api.Phase.CANCELLED, api.Phase.WAITING, "handback", "lost", "deleted"}
 )
-
-
-class _Relist(Exception):
-    pass

@@ -1,8 +1,9 @@
 """`kubestep dev up|down|status|env`: the local control plane from the shell.
 
-Kept apart from the main CLI module so the main CLI only has to call
-`add_dev_parser()`; this module imports nothing heavy (no `cryptography`,
-no Kubernetes client) until a subcommand actually runs.
+The `kubestep` CLI finds `add_parser()` through the `kubestep.commands` entry point
+(pyproject.toml), as it finds the operator's. This module imports nothing heavy (no
+`httpx`, no `cryptography`) until a subcommand runs, so the CLI loads without the
+`dev` extra and a subcommand that needs it names it.
 
 Every subcommand handler is stored as `func` in the parsed namespace and
 returns the process exit code: `return args.func(args)`.
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kubestep._dev.controlplane import ControlPlane
+    from kubestep_dev.controlplane import ControlPlane
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_dev_parser(
+def add_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Add `dev` with its subcommands to a parent CLI's subparsers; return the `dev` parser."""
@@ -93,9 +94,9 @@ def add_dev_parser(
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run `dev ...` standalone (`python -m kubestep._dev.cli up`)."""
+    """Run `dev ...` standalone (`python -m kubestep_dev.cli up`)."""
     parser = argparse.ArgumentParser(prog="kubestep")
-    add_dev_parser(parser.add_subparsers())
+    add_parser(parser.add_subparsers())
     args = parser.parse_args(["dev", *(sys.argv[1:] if argv is None else argv)])
     func: Handler = args.func
     return func(args)
@@ -110,8 +111,14 @@ def _help(parser: argparse.ArgumentParser) -> Handler:
 
 
 def _plane(args: argparse.Namespace) -> ControlPlane:
-    from kubestep._dev.controlplane import ControlPlane
+    from kubestep_dev.errors import ControlPlaneError
 
+    try:
+        from kubestep_dev.controlplane import ControlPlane
+    except ModuleNotFoundError as e:  # httpx; cryptography is checked where the certificates are made
+        raise ControlPlaneError(
+            f"the local control plane needs the dev extra: pip install 'kubestep[dev]' ({e})"
+        ) from e
     return ControlPlane(
         args.state_dir,
         apiserver_port=args.apiserver_port,
@@ -125,7 +132,7 @@ def _plane(args: argparse.Namespace) -> ControlPlane:
 
 def _guard(action: Handler) -> Handler:
     def guarded(args: argparse.Namespace) -> int:
-        from kubestep._dev.errors import ControlPlaneError
+        from kubestep_dev.errors import ControlPlaneError
 
         try:
             return action(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .._procs import pid_alive
+from kubestep._procs import pid_alive
 
 __all__ = ["pid_alive", "proc_cmdline"]
 

@@ -26,12 +26,12 @@ def default_state_dir() -> Path:
 
 
 def default_crds_dir() -> Path | None:
-    """`$KUBESTEP_CRDS_DIR`, else the repository's `crds/` next to `sdk/` (if present)."""
+    """`$KUBESTEP_CRDS_DIR`, else the repository's `crds/` next to `dev/` (if present)."""
     explicit = os.environ.get("KUBESTEP_CRDS_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    # sdk/kubestep/_dev/controlplane.py -> parents[3] is the repository root.
-    candidate = Path(__file__).resolve().parents[3] / "crds"
+    # dev/kubestep_dev/locations.py -> parents[2] is the repository root (in a checkout).
+    candidate = Path(__file__).resolve().parents[2] / "crds"
     return candidate if candidate.is_dir() else None
 
 

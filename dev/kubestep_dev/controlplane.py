@@ -48,7 +48,7 @@ from .ports import PORT_ENV_VARS, Ports, env_port, port_in_use
 from .processes import pid_alive, proc_cmdline
 
 if TYPE_CHECKING:
-    from kubestep._dev.certs import Pki
+    from kubestep_dev.certs import Pki
 
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
@@ -205,7 +205,7 @@ class ControlPlane:
 
     @property
     def pki(self) -> Pki:
-        from kubestep._dev.certs import Pki, leaves
+        from kubestep_dev.certs import Pki, leaves
 
         extra = (self.advertise_address,) if self.advertise_address else ()
         return Pki(self.state_dir / "pki", leaves(extra))
@@ -459,7 +459,7 @@ class ControlPlane:
     # ---- starting ----------------------------------------------------------
 
     def _up_locked(self, binaries: Mapping[str, Path], started_at: float) -> UpResult:
-        from kubestep._dev import certs
+        from kubestep_dev import certs
 
         try:
             import cryptography  # noqa: F401  (certs imports it lazily)
