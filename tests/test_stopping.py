@@ -102,6 +102,10 @@ async def test_a_step_that_cannot_be_interrupted_is_abandoned_and_the_worker_res
     await until(lambda: _exited(proc), 20, "the worker to restart itself")
     assert proc.popen.returncode == 75, proc.tail()
     assert "did not stop when interrupted" in proc.tail()
+    assert "exiting with 75 to be restarted" in proc.tail()  # said where a person running it sees it
+    # The worker's last Event (the run's ending) was sent before it left, not lost with the process.
+    events = await client.events(h.id)
+    assert any(e.reason == api.Phase.CANCELLED and e.component == "kubestep-worker" for e in events), events
 
 
 async def _exited(proc: Any) -> bool:

@@ -13,7 +13,7 @@ async with KubestepClient(namespace="default") as client:
     cancelled = await client.cancel_execution(handle.id)
 """
 
-from ._client import ExecutionHandle, KubestepClient
+from ._client import ExecutionChange, ExecutionHandle, KubestepClient
 from ._context import Step, Stop, WorkflowContext
 from ._errors import (
     ApiError,
@@ -50,6 +50,7 @@ __all__ = [
     "Execution",
     "ExecutionCancelled",
     "ExecutionCancelledError",
+    "ExecutionChange",
     "ExecutionFailedError",
     "ExecutionHandle",
     "ExecutionList",

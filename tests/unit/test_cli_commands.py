@@ -111,7 +111,7 @@ def test_the_wrapper_says_each_error_in_one_line_with_its_code(capsys: pytest.Ca
     assert capsys.readouterr().err == ("kubestep watch: error: give a name\nerror: no execution 'x' in namespace a\n")
 
 
-@pytest.mark.parametrize(("phase", "code"), [("Completed", 0), ("Failed", 1), ("Cancelled", 2)])
+@pytest.mark.parametrize(("phase", "code"), [("Completed", 0), ("Failed", 1), ("Cancelled", 3)])
 def test_watch_exits_with_the_runs_outcome(client: FakeClient, phase: str, code: int) -> None:
     client.runs["x"] = _run("x", phase)
     client.states = [_run("x", "Running"), _run("x", phase)]

@@ -15,6 +15,7 @@ PUBLIC = [
     "Execution",
     "ExecutionCancelled",
     "ExecutionCancelledError",
+    "ExecutionChange",
     "ExecutionFailedError",
     "ExecutionHandle",
     "ExecutionList",

@@ -28,9 +28,10 @@ EPILOG = """\
 exit codes:
   0    done; watch and run --wait: the run Completed
   1    an error; watch and run --wait: the run Failed
-  2    a usage error; watch and run --wait: the run was Cancelled
-  3    watch --timeout or run --wait-timeout passed, the run still going
+  2    a usage error
+  3    watch and run --wait: the run was Cancelled
   4    a run named on the command line does not exist
+  5    watch --timeout or run --wait-timeout passed, the run still going
   130  interrupted
 
 docs/cli.md has more."""

@@ -42,11 +42,12 @@ FIELD_MANAGER = "kubestep-cli"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_STILL_RUNNING = 3
+EXIT_CANCELLED = 3
+EXIT_STILL_RUNNING = 5
 EXIT_NOT_FOUND = 4
 EXIT_INTERRUPTED = 130
 #: ``watch`` and ``run --wait``: the run's outcome.
-EXIT_BY_PHASE: dict[str, int] = {"Completed": 0, "Failed": 1, "Cancelled": 2}
+EXIT_BY_PHASE: dict[str, int] = {"Completed": EXIT_OK, "Failed": EXIT_ERROR, "Cancelled": EXIT_CANCELLED}
 
 Handler = Callable[[argparse.Namespace], int]
 AsyncHandler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]

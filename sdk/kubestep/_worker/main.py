@@ -51,6 +51,15 @@ def run(settings: WorkerSettings) -> None:
             await kube.aclose()
             await control.aclose()
         if worker.restart_reason is not None:
+            # Said on stderr, not only in the log: a worker started by hand has no kubelet to
+            # restart it, and was otherwise simply gone. Its runs are back in the queue (the
+            # Events saying why were sent before the connections closed: ``Worker.run``).
+            print(
+                f"kubestep worker: exiting with {EXIT_RESTART} to be restarted ({worker.restart_reason}); "
+                "in a pod the kubelet restarts it, started by hand, start it again",
+                file=sys.stderr,
+                flush=True,
+            )
             # An abandoned step's thread would keep the interpreter alive at exit (thread pools
             # join their threads): leave at once, after the logs are out.
             logging.shutdown()
