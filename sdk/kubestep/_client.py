@@ -303,17 +303,23 @@ class KubestepClient:
         task = asyncio.create_task(informer.run())
         try:
             while True:
-                get = asyncio.ensure_future(queue.get())
-                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
+                if not queue.empty():  # what the informer said before it ended, too
+                    yield queue.get_nowait()
+                    continue
+                if task.done():
                     task.result()  # the informer ended: what it raised
                     raise RuntimeError(f"the informer of {path} ended")
-                yield get.result()
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                else:
+                    get.cancel()
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # without raising what it raised: the caller's own error wins
+            if not task.cancelled():
+                task.exception()  # retrieved: raised above already where it mattered
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Follows the execution until it reaches a terminal phase (``watch_execution``)."""
