@@ -189,9 +189,12 @@ class KubestepClient:
         if obj["metadata"].get("uid"):
             selector += f",involvedObject.uid={obj['metadata']['uid']}"
         listing = await self._kube.get(f"/api/v1/namespaces/{self.namespace}/events", {"fieldSelector": selector})
-        events = [RunEvent.from_object(e) for e in listing.get("items") or []]
         oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
-        return sorted(events, key=lambda e: e.last_seen or e.first_seen or oldest)
+        # Event times are whole seconds: within one, the apiserver's order of writes (resourceVersion)
+        # says which came first (a run queued and started in the same second is listed by name).
+        events = [(RunEvent.from_object(e), _rv_number(e)) for e in listing.get("items") or []]
+        events.sort(key=lambda pair: (pair[0].last_seen or pair[0].first_seen or oldest, pair[1]))
+        return [event for event, _ in events]
 
     async def _get_object(self, execution_id: str) -> dict[str, Any]:
         try:
@@ -392,6 +395,11 @@ class ExecutionHandle:
 # A WorkflowExecution is stored whole in etcd, which refuses requests over 1.5 MiB (its default
 # --max-request-bytes), and its status (step outputs, the result) must fit beside the input.
 MAX_PAYLOAD_BYTES = 512 * 1024
+
+
+def _rv_number(obj: dict[str, Any]) -> int:
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else 0
 
 
 def _check_payload(what: str, value: Any) -> None:

@@ -65,3 +65,33 @@ async def test_following_a_run_ends_when_it_is_deleted_even_unseen_by_the_watch(
         async for execution in client.watch_execution("a"):
             states.append(execution.raw["metadata"]["resourceVersion"])
     assert states == ["10", "11"]
+
+
+class Events:
+    """An apiserver holding one run and its Events, listed by name as the apiserver lists them."""
+
+    def __init__(self, events: list[tuple[str, str, str]]) -> None:  # (name, time, resourceVersion)
+        self.events = events
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        if path.endswith("/events"):
+            items = [
+                {"metadata": {"name": n, "resourceVersion": rv}, "reason": n, "lastTimestamp": t}
+                for n, t, rv in sorted(self.events)
+            ]
+            return {"items": items}
+        return {"metadata": {"name": "r", "namespace": "ns", "uid": "u"}}
+
+
+async def test_events_in_the_same_second_come_in_the_order_they_were_written() -> None:
+    client = KubestepClient.__new__(KubestepClient)
+    client._kube = Events(  # type: ignore[assignment]
+        [
+            ("a-started", "2026-12-02T15:25:42Z", "120"),  # by name it would come first
+            ("b-queued", "2026-12-02T15:25:42Z", "119"),
+            ("z-earlier", "2026-12-02T15:25:41Z", "121"),
+            ("c-completed", "2026-12-02T15:25:43Z", "118"),
+        ]
+    )
+    client.namespace = "ns"
+    assert [e.reason for e in await client.events("r")] == ["z-earlier", "b-queued", "a-started", "c-completed"]
