@@ -10,9 +10,10 @@ and print tables for people or ``-o json|yaml`` for scripts (``render``). Every 
 |---|---|
 | 0 | done; for ``watch`` and ``run --wait``: the run Completed |
 | 1 | an error (the apiserver refused, ``cancel`` matched nothing, ``send-event`` to a finished run); for ``watch`` and ``run --wait``: the run Failed |
-| 2 | usage: the command line is wrong (argparse's code); for ``watch`` and ``run --wait``: the run was Cancelled |
-| 3 | ``watch --timeout`` or ``run --wait-timeout`` passed with the run still going |
+| 2 | usage: the command line is wrong (argparse's code) |
+| 3 | ``watch`` and ``run --wait``: the run was Cancelled |
 | 4 | a run named on the command line does not exist (or was deleted while watched) |
+| 5 | ``watch --timeout`` or ``run --wait-timeout`` passed with the run still going |
 | 130 | interrupted (Ctrl-C) |
 """
 
@@ -43,8 +44,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 3
-EXIT_STILL_RUNNING = 5
 EXIT_NOT_FOUND = 4
+EXIT_STILL_RUNNING = 5
 EXIT_INTERRUPTED = 130
 #: ``watch`` and ``run --wait``: the run's outcome.
 EXIT_BY_PHASE: dict[str, int] = {"Completed": EXIT_OK, "Failed": EXIT_ERROR, "Cancelled": EXIT_CANCELLED}
