@@ -1,5 +1,6 @@
-# The Kubestep image: the `kubestep` command with the operator extra (kopf).
-# The chart runs it as `kubestep operator ...` and `kubestep worker MODULE ...`.
+# The Kubestep image: the `kubestep` command with the operator extra (kopf), and the HTTP API.
+# The chart runs it as `kubestep operator ...` and `kubestep worker MODULE ...`; `kubestep server`
+# serves the API (docs/api.md).
 #
 #   docker build -t kubestep:dev .
 #
@@ -24,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sdk ./sdk
 COPY operator ./operator
+COPY server ./server
 # Not dev/: the local control plane's tooling (`kubestep_dev`, for `kubestep dev` on a workstation) is
 # no part of the runtime. .dockerignore keeps it out of the context and hatchling skips the absent
 # package, so the wheel built here has none of it; its `dev` entry point stays registered and the
@@ -44,10 +46,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # uid without a passwd entry unless $USER is set: both are provided, so an
 # arbitrary runAsUser works too. The wheels are bind-mounted (BuildKit), so
 # they add no layer to the image. The build fails if the dev tooling got in
-# after all, or if the CLI does not load without it.
+# after all, if the server did not, or if the CLI does not load without the tooling.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels 'kubestep[operator]' \
  && ! python3 -c 'import kubestep_dev' 2>/dev/null \
+ && python3 -c 'import kubestep_server.app' \
  && kubestep --help >/dev/null \
  && groupadd --gid 10001 kubestep \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin kubestep \

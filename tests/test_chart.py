@@ -11,6 +11,9 @@
 * The operator and a worker, as processes authenticated with the chart's
   service accounts' own tokens (not as admin), run a workflow to completion
   and cancel one.
+* The HTTP server (``server.enabled``, off by default): a Deployment, a
+  ClusterIP Service, a NetworkPolicy and a ServiceAccount that no binding
+  names (it acts with each caller's token), under restricted Pod Security.
 
 Namespaces here are ``chart-*``: the session operator of test_lifecycle.py
 watches ``t-*`` and must not touch the runs of these tests.
@@ -49,10 +52,13 @@ CRD_FILE = "workflowexecutions.kubestep.io.yaml"
 RELEASE = "kubestep"
 OPERATOR_SA = "kubestep-operator"
 WORKER_SA = "kubestep-worker"
+SERVER_SA = "kubestep-server"
 # The kind values (a worker serving kubestep.examples, 2 s leases) with an
 # image that is never pulled: here no kubelet runs pods anyway, and on a real
 # cluster (KUBESTEP_TEST_KUBECONFIG) these test releases must not start a
-# second operator next to the one under test.
+# second operator next to the one under test. With the HTTP server, so that
+# its pod is judged by restricted Pod Security and its ServiceAccount by the
+# RBAC matrix like the others'.
 INSTALL_VALUES = [
     "-f",
     str(KIND_VALUES),
@@ -62,6 +68,18 @@ INSTALL_VALUES = [
     "image.pullPolicy=Never",
     "--set",
     "podDisruptionBudget.enabled=true",
+    "--set",
+    "server.enabled=true",
+]
+# The server with every networkPolicy knob turned, in a namespace of its own.
+SERVER_VALUES = [
+    *("--set", "server.enabled=true", "--set", "server.namespace=runs", "--set", "server.verbose=true"),
+    *("--set", "server.serviceAccount.annotations.team=ops", "--set", "server.service.annotations.team=ops"),
+    "--set-json",
+    'server.networkPolicy.from=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress"}}},'
+    '{"podSelector":{"matchLabels":{"app":"ui-proxy"}}}]',
+    "--set-json",
+    'server.networkPolicy.apiServer={"ports":[6443],"cidrs":["10.77.0.1/32"]}',
 ]
 # flowControl.extraSubjects naming one of each kind, as docs/install.md shows.
 EXTRA_SUBJECTS = [
@@ -179,6 +197,7 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
     [
         pytest.param([], id="defaults"),
         pytest.param(["-f", str(KIND_VALUES)], id="kind-values"),
+        pytest.param(["-f", str(CHART / "ci" / "node-values.yaml")], id="node-values"),
         pytest.param(["--set", "watchAllNamespaces=true"], id="all-namespaces"),
         pytest.param(
             [
@@ -198,6 +217,9 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
         pytest.param(["--set", "cancelAudit.enabled=true", "--set", "cancelGracePeriodSeconds=0"], id="cancel-audit"),
         pytest.param([*EXTRA_SUBJECTS_VALUES, "--set", "flowControl.controlShares=20"], id="flow-extra-subjects"),
         pytest.param(["--set", "flowControl.enabled=false"], id="no-flow-control"),
+        pytest.param(["--set", "server.enabled=true"], id="server"),
+        pytest.param(SERVER_VALUES, id="server-network-policy"),
+        pytest.param(["--set", "server.enabled=true", "--set", "networkPolicy.enabled=false"], id="server-no-policy"),
     ],
 )
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
@@ -376,7 +398,7 @@ def test_chart_crd_is_the_top_level_crd() -> None:
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO_ROOT / "crds").iterdir())
 
 
-@pytest.mark.parametrize("variant", ["defaults", "kind-values", "all-namespaces", "watch-namespaces"])
+@pytest.mark.parametrize("variant", ["defaults", "kind-values", "all-namespaces", "watch-namespaces", "server"])
 def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm: Path, variant: str) -> None:
     ns = create_namespace(control_plane, "chart-dry")
     other = create_namespace(control_plane, "chart-dry") if variant == "watch-namespaces" else None
@@ -396,6 +418,7 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm:
                 "metrics.enabled=true",
                 *EXTRA_SUBJECTS_VALUES,
             ],
+            "server": ["-f", str(KIND_VALUES), *SERVER_VALUES],
         }[variant]
         docs = render(helm, ns, *values, include_crds=True)
         kinds = sorted({d["kind"] for d in docs})
@@ -405,6 +428,10 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm:
             "apply", "--server-side", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs)
         ).stdout
         assert out.count("(server dry run)") == len(docs), out
+        server = {d["kind"] for d in docs if d["metadata"]["name"] == "kubestep-server"}
+        assert server == (
+            {"Deployment", "Service", "NetworkPolicy", "ServiceAccount"} if variant == "server" else set()
+        )
         if variant == "watch-namespaces":
             roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
             assert roles == {
@@ -458,7 +485,11 @@ def test_every_pod_passes_restricted_pod_security(control_plane: Cluster, helm: 
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
 
     deployments = [d for d in render(helm, release, *INSTALL_VALUES) if d["kind"] == "Deployment"]
-    assert sorted(d["metadata"]["name"] for d in deployments) == ["kubestep-operator", "kubestep-worker-examples"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == [
+        "kubestep-operator",
+        "kubestep-server",
+        "kubestep-worker-examples",
+    ]
     for d in deployments:
         pod = _bare_pod(d)
         for c in pod["spec"]["containers"]:
@@ -537,9 +568,14 @@ def _names(cluster: Cluster, kind: str, namespace: str | None = None) -> set[str
 
 
 def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: Path, release: str) -> None:
-    assert _names(control_plane, "deployments", release) == {"kubestep-operator", "kubestep-worker-examples"}
-    assert _names(control_plane, "serviceaccounts", release) == {OPERATOR_SA, WORKER_SA}
+    assert _names(control_plane, "deployments", release) == {
+        "kubestep-operator",
+        "kubestep-server",
+        "kubestep-worker-examples",
+    }
+    assert _names(control_plane, "serviceaccounts", release) == {OPERATOR_SA, WORKER_SA, SERVER_SA}
     leader_role = f"{OPERATOR_SA}-leader-election"
+    # None for the server: it acts with each caller's token.
     assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA, leader_role}
     assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA, leader_role}
     assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples", "kubestep-operator"}
@@ -596,11 +632,159 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     assert f"kubectl -n {release} apply -f -" in notes
 
 
+# ----- the HTTP server (server.enabled) --------------------------------------------------------
+
+SERVER_KINDS = {"Deployment", "Service", "NetworkPolicy", "ServiceAccount"}
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _is_server(doc: dict[str, Any]) -> bool:
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "server"
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(KIND_VALUES)]], ids=["defaults", "kind-values"])
+def test_the_server_is_off_by_default(helm: Path, values: list[str]) -> None:
+    """An HTTP surface is opt-in: without server.enabled nothing of it renders."""
+    docs = render(helm, "ns", *values)
+    assert not [d for d in docs if _is_server(d) or "server" in d["metadata"]["name"]]
+
+
+def _server_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    objects = {d["kind"]: d for d in docs if _is_server(d)}
+    assert set(objects) == SERVER_KINDS and len([d for d in docs if _is_server(d)]) == len(SERVER_KINDS)
+    assert {d["metadata"]["name"] for d in objects.values()} == {"kubestep-server"}
+    assert {d["metadata"]["namespace"] for d in objects.values()} == {"ns"}
+    return objects
+
+
+def test_the_server_renders_a_restricted_pod_a_service_a_policy_and_an_unbound_service_account(helm: Path) -> None:
+    docs = render(helm, "ns", "--set", "server.enabled=true")
+    objects = _server_objects(docs)
+    deployment, service, policy, sa = (objects[k] for k in ("Deployment", "Service", "NetworkPolicy", "ServiceAccount"))
+
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SERVER_SA
+    # Mounted only for the in-cluster configuration (address, CA; the loader wants the token file);
+    # the ServiceAccount itself does not hand its token to other pods.
+    assert pod["automountServiceAccountToken"] is True and sa["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (c,) = pod["containers"]
+    assert c["image"] == "kubestep:0.1.0"  # the chart's image: the server ships in it
+    assert c["args"] == ["server", "--namespace=ns", "--host=0.0.0.0", "--port=8080", "--max-streams=1000"]
+    assert c["securityContext"] == RESTRICTED_CONTAINER
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert {"name": "PYTHONNOUSERSITE", "value": "1"} in c["env"]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == service["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert spec["egress"] == [
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+    ]
+
+    # No binding of any kind names the server's ServiceAccount, and no FlowSchema either (its
+    # requests carry its callers' tokens).
+    for d in docs:
+        for subject in d.get("subjects", []) + [
+            s for r in d.get("spec", {}).get("rules", []) if isinstance(r, dict) for s in r.get("subjects", [])
+        ]:
+            assert subject.get("name") != SERVER_SA, d
+            assert (subject.get("serviceAccount") or {}).get("name") != SERVER_SA, d
+
+
+def test_the_servers_values(helm: Path) -> None:
+    objects = _server_objects(render(helm, "ns", *SERVER_VALUES))
+    (c,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == [
+        "server",
+        "--namespace=runs",
+        "--host=0.0.0.0",
+        "--port=8080",
+        "--max-streams=1000",
+        "--verbose",
+    ]
+    assert objects["ServiceAccount"]["metadata"]["annotations"] == {"team": "ops"}
+    assert objects["Service"]["metadata"]["annotations"] == {"team": "ops"}
+    spec = objects["NetworkPolicy"]["spec"]
+    assert spec["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}},
+        {"podSelector": {"matchLabels": {"app": "ui-proxy"}}},
+    ]
+    assert spec["egress"][0] == {
+        "ports": [{"port": 6443, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.77.0.1/32"}}],
+    }
+    custom = render(
+        helm,
+        "ns",
+        *("--set", "server.enabled=true,server.port=9000,server.service.port=8443,server.replicas=2"),
+        *("--set", "server.serviceAccount.create=false,server.serviceAccount.name=api"),
+        *("--set", "server.image.repository=reg/ks,server.image.tag=1.2,networkPolicy.enabled=false"),
+    )
+    kinds = {d["kind"]: d for d in custom if _is_server(d)}
+    assert set(kinds) == {"Deployment", "Service"}  # no policy, and the ServiceAccount is the user's
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    assert kinds["Deployment"]["spec"]["replicas"] == 2 and pod["serviceAccountName"] == "api"
+    assert pod["containers"][0]["image"] == "reg/ks:1.2" and "--port=9000" in pod["containers"][0]["args"]
+    assert kinds["Service"]["spec"]["ports"][0]["port"] == 8443
+
+
+def test_the_servers_service_account_is_bound_to_nothing(control_plane: Cluster, release: str) -> None:
+    """Installed, the server's ServiceAccount exists and no RoleBinding or ClusterRoleBinding of the
+    cluster names it (the RBAC matrix below asks the apiserver what it may do: nothing on runs)."""
+    sa = json.loads(control_plane.kubectl("-n", release, "get", "serviceaccount", SERVER_SA, "-o", "json").stdout)
+    assert sa["automountServiceAccountToken"] is False
+    bindings = json.loads(control_plane.kubectl("get", "rolebindings", "-A", "-o", "json").stdout)["items"]
+    bindings += json.loads(control_plane.kubectl("get", "clusterrolebindings", "-o", "json").stdout)["items"]
+    named = [
+        b["metadata"]["name"]
+        for b in bindings
+        for s in b.get("subjects") or []
+        if s.get("kind") == "ServiceAccount" and s.get("name") == SERVER_SA and s.get("namespace") == release
+    ]
+    assert named == [], named
+    svc = json.loads(control_plane.kubectl("-n", release, "get", "service", "kubestep-server", "-o", "json").stdout)
+    assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["clusterIP"] not in ("", "None")
+    policy = json.loads(
+        control_plane.kubectl("-n", release, "get", "networkpolicy", "kubestep-server", "-o", "json").stdout
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
 # ----- the RBAC matrix ------------------------------------------------------------------------
 
 OWN, OTHER, CLUSTER = "own namespace", "other namespace", "cluster scope"
 WFX, STATUS = "workflowexecutions.kubestep.io", "workflowexecutions.kubestep.io/status"
 LEASES, EVENTS = "leases.coordination.k8s.io", "events"
+TOKENREVIEWS = "tokenreviews.authentication.k8s.io"
+SUBJECTACCESSREVIEWS = "subjectaccessreviews.authorization.k8s.io"
 
 #   install       who         verb      resource                    where     allowed
 RBAC_MATRIX = [
@@ -676,6 +860,20 @@ RBAC_MATRIX = [
     ("cluster-wide", "worker", "patch", STATUS, OWN, True),
     ("cluster-wide", "worker", "list", WFX, OTHER, False),  # workers stay namespaced
     ("cluster-wide", "worker", "watch", WFX, CLUSTER, False),
+    # The server acts with each caller's token: its own may do nothing with runs, and review nothing.
+    ("namespaced", "server", "get", WFX, OWN, False),
+    ("namespaced", "server", "list", WFX, OWN, False),
+    ("namespaced", "server", "watch", WFX, OWN, False),
+    ("namespaced", "server", "patch", WFX, OWN, False),
+    ("namespaced", "server", "create", WFX, OWN, False),
+    ("namespaced", "server", "patch", STATUS, OWN, False),
+    ("namespaced", "server", "list", EVENTS, OWN, False),
+    ("namespaced", "server", "get", "secrets", OWN, False),
+    ("namespaced", "server", "list", WFX, CLUSTER, False),
+    ("namespaced", "server", "create", TOKENREVIEWS, CLUSTER, False),
+    ("namespaced", "server", "create", SUBJECTACCESSREVIEWS, CLUSTER, False),
+    ("cluster-wide", "server", "list", WFX, OTHER, False),
+    ("cluster-wide", "server", "patch", WFX, OWN, False),
 ]
 
 
@@ -703,7 +901,7 @@ def test_rbac_matrix(
     allowed: bool,
 ) -> None:
     ns = request.getfixturevalue("release" if install == "namespaced" else "clusterwide_release")
-    sa = {"operator": OPERATOR_SA, "worker": WORKER_SA}[who]
+    sa = {"operator": OPERATOR_SA, "worker": WORKER_SA, "server": SERVER_SA}[who]
     resource, _, subresource = resource.partition("/")
     resource = resource.replace("#", "/")  # TYPE#NAME: one object by name
     args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{ns}:{sa}"]
@@ -712,7 +910,7 @@ def test_rbac_matrix(
         args += ["-n", ns]
     elif where == OTHER:
         args += ["-n", f"chart-other-{uuid.uuid4().hex[:6]}"]
-    elif resource not in ("namespaces", "customresourcedefinitions"):
+    elif resource not in ("namespaces", "customresourcedefinitions", TOKENREVIEWS, SUBJECTACCESSREVIEWS):
         args += ["--all-namespaces"]
     proc = control_plane.kubectl(*args, check=False)
     answer = proc.stdout.strip()

@@ -54,12 +54,29 @@ class KubestepClient:
         context: str | None = None,
         field_manager: str = FIELD_MANAGER,
     ) -> None:
-        self._kube = Kube(kubeconfig, context)
-        self.namespace = namespace or self._kube.default_namespace or "default"
+        self._bind(Kube(kubeconfig, context), namespace, field_manager, owns_kube=True)
+
+    @classmethod
+    def from_kube(
+        cls, kube: Kube, namespace: str | None = None, *, field_manager: str = FIELD_MANAGER
+    ) -> KubestepClient:
+        """A client over a connection the caller holds (``kubestep._kube.Kube``) instead of one read
+        from kubeconfig: ``kubestep server`` makes each caller's requests over ``Kube.for_token``,
+        with the caller's own token, and wraps it in a client per namespace. Cheap (nothing is
+        read or opened); ``aclose`` leaves ``kube`` open, since the caller owns it."""
+        client = cls.__new__(cls)
+        client._bind(kube, namespace, field_manager, owns_kube=False)
+        return client
+
+    def _bind(self, kube: Kube, namespace: str | None, field_manager: str, *, owns_kube: bool) -> None:
+        self._kube = kube
+        self._owns_kube = owns_kube
+        self.namespace = namespace or kube.default_namespace or "default"
         self._manager = {"fieldManager": field_manager}
 
     async def aclose(self) -> None:
-        await self._kube.aclose()
+        if self._owns_kube:
+            await self._kube.aclose()
 
     async def __aenter__(self) -> KubestepClient:
         return self
@@ -212,12 +229,27 @@ class KubestepClient:
         ``reason`` is recorded with the cancel (``status.cancellation.message``, shown by
         ``kubectl describe``), with this client's field manager as who asked. A step in flight
         gets the run's grace period to finish; ``grace_period_seconds`` shortens it (0: stop
-        now), like ``kubectl delete --grace-period``."""
+        now), like ``kubectl delete --grace-period``. ``request_cancel`` is the same request,
+        answering with the run itself."""
+        try:
+            execution = await self.request_cancel(execution_id, reason, grace_period_seconds)
+        except ExecutionNotFoundError:
+            return False
+        return not execution.finished
+
+    async def request_cancel(
+        self, execution_id: str, reason: str | None = None, grace_period_seconds: int | None = None
+    ) -> Execution:
+        """``cancel_execution``'s request, answering with the run as it left it: one that had
+        already finished, unchanged (``finished`` is True: nothing was written), else the run with
+        its cancel requested (``cancellation`` says when and by whom). Raises
+        ``ExecutionNotFoundError`` if there is no such run. Repeating it is harmless: the flag is
+        set once, the first reason given is kept, and a grace period only ever shortens."""
         path = self._path(execution_id)
         try:
             obj = await self._kube.get(path)
             if (obj.get("status") or {}).get("phase") in api.TERMINAL_PHASES:
-                return False  # leave a finished run's object alone
+                return Execution.from_object(obj)  # leave a finished run's object alone
             # Unconditional: a run with fast steps changes its resourceVersion
             # every few milliseconds. The flag is irrevocable, and a worker's
             # ending write is conditional on the version it saw, so a run that
@@ -232,8 +264,8 @@ class KubestepClient:
                 )
             obj = await self._kube.merge_patch(path, {"spec": spec}, params=self._manager)
         except NotFoundError:
-            return False
-        return (obj.get("status") or {}).get("phase") not in api.TERMINAL_PHASES
+            raise ExecutionNotFoundError(f"no execution {execution_id!r} in namespace {self.namespace}") from None
+        return Execution.from_object(obj)
 
     async def send_event(self, execution_id: str, topic: str, data: Any = None, *, name: str | None = None) -> str:
         """Sends an event to a run, for its ``ctx.step.wait_for_event(key, topic)``; returns the

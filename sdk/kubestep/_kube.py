@@ -18,6 +18,7 @@ operator's framework, is built on aiohttp too.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -112,6 +113,34 @@ class Kube:
             self._ssl = False
         self._base = str(self._configuration.host).rstrip("/")
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
+        # Set only on a client made by ``for_token``: the one credential it ever sends.
+        self._bearer: str | None = None
+        self._token_ssl: ssl.SSLContext | bool | None = None  # the TLS settings ``for_token`` clients share
+
+    def for_token(self, token: str, *, connections: int | None = None) -> Kube:
+        """A client of the same apiserver (its URL, its CA, its TLS verification) that authenticates
+        as the holder of ``token`` and nothing else: it sends ``Authorization: Bearer <token>`` and
+        never this client's own credentials. No client certificate is presented, since the apiserver
+        would take a certificate over the bearer token and the request would run as this client's
+        identity, and the token is never refreshed from a kubeconfig or an exec plugin (it is the
+        caller's). ``kubestep server`` makes every request of a caller with one of these, so the
+        apiserver authenticates and authorizes each one as it would the caller's own ``kubectl``.
+
+        The new client owns its own connections: close it (``aclose``) when done with it."""
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("a bearer token is one non-empty word")
+        if self._token_ssl is None:
+            if self._ssl is False:
+                self._token_ssl = False  # the kubeconfig says insecure-skip-tls-verify: so be it, for all
+            else:
+                # The same trust (the kubeconfig's CA, or the system's), without the client certificate.
+                self._token_ssl = ssl.create_default_context(cafile=self._configuration.ssl_ca_cert)
+        clone = copy.copy(self)
+        clone._connections = connections or self._connections
+        clone._ssl = self._token_ssl
+        clone._session = None
+        clone._bearer = token
+        return clone
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -127,7 +156,10 @@ class Kube:
         return self._session
 
     def _auth(self) -> dict[str, str]:
-        """The bearer token, refreshed the way the kubernetes package would (exec plugins, in-cluster)."""
+        """The bearer token, refreshed the way the kubernetes package would (exec plugins, in-cluster);
+        a ``for_token`` client's own token, as given."""
+        if self._bearer is not None:
+            return {"Authorization": f"Bearer {self._bearer}"}
         configuration = self._configuration
         hook = getattr(configuration, "refresh_api_key_hook", None)
         if hook is not None:

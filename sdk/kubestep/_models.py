@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._protocol import API_VERSION, KIND, TERMINAL_PHASES, cancel_note, parse_time
+from ._protocol import API_VERSION, KIND, TERMINAL_PHASES, cancel_note, cancel_time, parse_time
 
 Phase = Literal["Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled"]
 
@@ -127,12 +127,14 @@ class Execution(_Model):
     def cancellation(self) -> Cancellation | None:
         """The cancel, if any: ``status.cancellation`` once the operator or a worker recorded it;
         before that, for a cancel requested in ``spec``, what the request says (reason ``Requested``,
-        the ``cancelReason`` given, who asked: the request's field manager)."""
+        the ``cancelReason`` given, who asked: the request's field manager, and when)."""
         if self.status.cancellation is not None:
             return self.status.cancellation
         if not self.cancel_requested:
             return None
-        return Cancellation.model_validate(cancel_note(self.raw))
+        # When: the time the apiserver recorded the request that set the flag (managedFields).
+        at = cancel_time(self.raw.get("metadata") or {})
+        return Cancellation.model_validate({**cancel_note(self.raw), "requestedAt": at})
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> Execution:

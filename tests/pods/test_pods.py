@@ -4,7 +4,8 @@ Run by `make node-e2e` (hack/node/e2e.sh) against the chart installed on the nod
 (hack/node/up.sh), with KUBESTEP_TEST_PODS=1; the default suite does not collect
 this directory. The release is `kubestep` in namespace KUBESTEP_E2E_NAMESPACE
 with charts/kubestep/ci/node-values.yaml: two operator replicas with leader
-election, two `examples` worker pods and one `myflows` pod of the user image.
+election, two `examples` worker pods, one `myflows` pod of the user image, and
+the HTTP server (`kubestep server`, issue 20) behind its Service.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import statistics
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ NAMESPACE = os.environ.get("KUBESTEP_E2E_NAMESPACE", "kubestep")
 RELEASE = "kubestep"
 WORKER_LABELS = "app.kubernetes.io/component=worker,kubestep.io/worker=examples"
 OPERATOR_LABELS = "app.kubernetes.io/component=operator"
+SERVER_LABELS = "app.kubernetes.io/component=server"
 RESULTS = os.environ.get("KUBESTEP_NODE_RESULTS")  # where the measured figures go (JSON lines)
 
 pytestmark = pytest.mark.cluster
@@ -275,3 +278,111 @@ async def test_kubectl_patch_cancels_a_run_executing_in_a_pod(
     p50 = statistics.median(latencies)
     _record("kubectl-patch-cancel", runs=len(latencies), p50_ms=round(p50, 1), max_ms=round(max(latencies), 1))
     print(f"cancel by kubectl patch, pod worker: p50 {p50:.0f} ms, max {max(latencies):.0f} ms (n={len(latencies)})")
+
+
+# Run inside a worker pod (the image's python3): GET each URL of the JSON on stdin with its token (or
+# none) through the server's Service, and print what came back.
+_CALL_THE_SERVER = """
+import json, sys, urllib.error, urllib.request
+answers = []
+for url, token in json.load(sys.stdin):
+    headers = {"Authorization": "Bearer " + token} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            status, body, challenge = r.status, r.read().decode(), None
+    except urllib.error.HTTPError as e:
+        status, body, challenge = e.code, e.read().decode(), e.headers.get("WWW-Authenticate")
+    answers.append({"status": status, "body": body[:4000], "challenge": challenge})
+print(json.dumps(answers))
+"""
+
+
+async def test_the_http_server_is_ready_through_its_probes_and_answers_through_its_service_from_a_pod(
+    client: KubestepClient, control_plane: Any
+) -> None:
+    """The chart's server pod (server.enabled) Ready through the kubelet's HTTP probes; from a worker
+    pod, through the Service's cluster IP (kube-proxy; the node has no cluster DNS), the API answers
+    as the caller: 200 with the runs for a ServiceAccount token that may list them, 403 for a token
+    without RBAC, 401 without a token or with a garbage one. The server's own ServiceAccount is
+    bound to nothing, so only the callers' tokens can have listed anything."""
+    (server,) = await until_ready(control_plane, SERVER_LABELS, 1)
+    container = server["spec"]["containers"][0]
+    assert container["args"][:2] == ["server", f"--namespace={NAMESPACE}"], container["args"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["spec"]["serviceAccountName"] == f"{RELEASE}-server"
+    service = kubectl_json(control_plane, "get", "service", f"{RELEASE}-server")
+    assert service["spec"]["type"] == "ClusterIP"
+    base = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    caller = (await until_ready(control_plane, WORKER_LABELS, 1))[0]
+
+    tag = uuid.uuid4().hex[:8]
+    reader, stranger = f"api-reader-{tag}", f"api-stranger-{tag}"
+    h = await client.start("steps", {"count": 1, "seconds": 0.01}, labels={"e2e-server": tag})
+    created: list[tuple[str, str]] = []
+    try:
+        for who in (reader, stranger):
+            control_plane.kubectl("-n", NAMESPACE, "create", "serviceaccount", who)
+            created.append(("serviceaccount", who))
+        control_plane.kubectl(
+            "-n", NAMESPACE, "create", "role", reader, "--verb=get,list,watch", "--resource=workflowexecutions"
+        )
+        created.append(("role", reader))
+        control_plane.kubectl(
+            "-n",
+            NAMESPACE,
+            "create",
+            "rolebinding",
+            reader,
+            f"--role={reader}",
+            f"--serviceaccount={NAMESPACE}:{reader}",
+        )
+        created.append(("rolebinding", reader))
+        tokens = {
+            who: control_plane.kubectl("-n", NAMESPACE, "create", "token", who, "--duration=10m").stdout.strip()
+            for who in (reader, stranger)
+        }
+        runs = f"{base}/api/v1/executions?namespace={NAMESPACE}&labelSelector=e2e-server%3D{tag}"
+        calls = [
+            (f"{base}/healthz", None),
+            (f"{base}/readyz", None),
+            (runs, tokens[reader]),
+            (runs, None),
+            (runs, "not-a-token"),
+            (runs, tokens[stranger]),
+        ]
+
+        last: list[Any] = []
+
+        async def through_the_service() -> list[dict[str, Any]] | None:
+            got = control_plane.kubectl(
+                *("-n", NAMESPACE, "exec", "-i", caller["metadata"]["name"]),
+                *("--", "python3", "-c", _CALL_THE_SERVER),
+                input=json.dumps(calls),
+                check=False,
+            )
+            last[:] = [got.returncode, got.stdout[-2000:], got.stderr[-2000:]]
+            answers: list[dict[str, Any]] | None = json.loads(got.stdout) if got.returncode == 0 else None
+            if answers and answers[2]["status"] == 200:
+                return answers
+            await asyncio.sleep(0.5)  # the new RoleBinding may lag, or the Service's endpoints
+            return None
+
+        try:
+            answers = await until(through_the_service, 30, "the reader's token to list runs through the server")
+        except AssertionError as err:
+            logs = control_plane.kubectl("-n", NAMESPACE, "logs", server["metadata"]["name"], check=False).stdout
+            raise AssertionError(f"{err}; last exec: {last}; server log:\n{logs[-3000:]}") from None
+        healthz, readyz, listed, anonymous, garbage, refused = answers
+        assert (healthz["status"], readyz["status"]) == (200, 200), answers
+        body = json.loads(listed["body"])
+        assert body["namespace"] == NAMESPACE and [e["id"] for e in body["items"]] == [h.id], body
+        assert body["items"][0]["workflow"] == "steps"
+        assert anonymous["status"] == 401 and (anonymous["challenge"] or "").startswith("Bearer"), anonymous
+        assert garbage["status"] == 401, garbage
+        assert refused["status"] == 403, refused
+        assert f"system:serviceaccount:{NAMESPACE}:{stranger}" in refused["body"], refused
+        _record("http-server-through-service", statuses=[a["status"] for a in answers])
+    finally:
+        for kind, name in reversed(created):
+            control_plane.kubectl("-n", NAMESPACE, "delete", kind, name, "--ignore-not-found", check=False)

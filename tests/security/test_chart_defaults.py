@@ -1,6 +1,8 @@
 """The chart's defaults a security review asked for (issue 17, finding 10), rendered with helm: every
 container without a user site (HOME=/tmp is writable), bounded /tmp and resources for workers,
-NetworkPolicies that admit only the probe and metrics ports, the worker admission policy on."""
+NetworkPolicies that admit only the probe and metrics ports, the worker admission policy on. And the
+HTTP server (issue 20): off by default; when on, the same restricted pod, a policy admitting only its
+API port with egress only to the apiserver and DNS, and a ServiceAccount that no binding names."""
 
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ def deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_no_container_loads_a_user_site() -> None:
-    for name, pod in deployments(render()).items():
+    pods = deployments(render("--set", "server.enabled=true"))
+    assert "r-kubestep-server" in pods
+    for name, pod in pods.items():
         for c in pod["containers"]:
             assert {"name": "PYTHONNOUSERSITE", "value": "1"} in c["env"], name
     assert "PYTHONNOUSERSITE=1" in (CHART.parents[1] / "Dockerfile").read_text()
@@ -64,3 +68,41 @@ def test_the_worker_admission_policy_is_on_by_default_and_names_only_the_workers
     (match,) = policy["spec"]["matchConditions"]
     assert match["expression"] == 'request.userInfo.username in ["system:serviceaccount:ks:r-kubestep-worker"]'
     assert not [d for d in render("--set", "workerAdmission.enabled=false") if d["kind"] == "ValidatingAdmissionPolicy"]
+
+
+def test_every_pod_is_restricted_the_server_too() -> None:
+    pods = deployments(render("--set", "server.enabled=true"))
+    assert sorted(pods) == ["r-kubestep-operator", "r-kubestep-server", "r-kubestep-worker-big", "r-kubestep-worker-ex"]
+    for name, pod in pods.items():
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert "privileged" not in sc and not c.get("volumeDevices"), name
+            assert c["resources"].get("limits", {}).get("memory"), name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        assert all(set(v) <= {"name", "emptyDir"} for v in pod["volumes"]), name  # no hostPath
+
+
+def test_the_server_is_off_by_default_and_its_policy_admits_only_its_port_and_reaches_only_the_apiserver() -> None:
+    assert not [d for d in render() if "server" in d["metadata"]["name"]]
+    docs = render("--set", "server.enabled=true")
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "r-kubestep-server"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    ports = [{(p["port"], p["protocol"]) for p in r["ports"]} for r in policy["spec"]["egress"]]
+    assert ports == [{(443, "TCP"), (6443, "TCP")}, {(53, "UDP"), (53, "TCP")}]
+    # Its ServiceAccount is bound to nothing: it acts with each caller's token.
+    bound = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for s in d.get("subjects") or []
+        if s.get("name") == "r-kubestep-server"
+    ]
+    assert bound == []
+    assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole") and "server" in d["metadata"]["name"]]

@@ -72,7 +72,7 @@ def test_the_cli_loads_without_the_dev_tooling() -> None:
 
 
 def test_dev_and_operator_arrive_by_entry_point() -> None:
-    assert {"dev", "operator", "worker"} <= _commands()
+    assert {"dev", "operator", "server", "worker"} <= _commands()
 
 
 def test_the_image_without_the_dev_tooling_has_no_dev_command_and_still_helps() -> None:

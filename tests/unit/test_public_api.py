@@ -55,5 +55,5 @@ def test_the_public_names_are_exactly_these() -> None:
 
 
 def test_the_packages_say_they_are_typed() -> None:
-    for package in ("kubestep", "kubestep_operator"):
+    for package in ("kubestep", "kubestep_operator", "kubestep_server"):
         assert importlib.resources.files(package).joinpath("py.typed").is_file()

@@ -1,4 +1,4 @@
-"""The three packages type-check under mypy --strict (configured in pyproject.toml)."""
+"""The four packages type-check under mypy --strict (configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_mypy_strict() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "sdk/kubestep", "operator/kubestep_operator", "dev/kubestep_dev"],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "sdk/kubestep",
+            "operator/kubestep_operator",
+            "server/kubestep_server",
+            "dev/kubestep_dev",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

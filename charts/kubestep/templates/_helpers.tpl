@@ -37,6 +37,14 @@ The release's base name. Leaves room for the longest suffix the chart appends
 {{- default (printf "%s-worker" (include "kubestep.fullname" .)) .Values.workerServiceAccount.name }}
 {{- end }}
 
+{{- define "kubestep.serverName" -}}
+{{- printf "%s-server" (include "kubestep.fullname" .) }}
+{{- end }}
+
+{{- define "kubestep.serverServiceAccount" -}}
+{{- default (include "kubestep.serverName" .) .Values.server.serviceAccount.name }}
+{{- end }}
+
 {{/* Cluster-scoped names carry the release namespace: releases in two namespaces must not collide. */}}
 {{- define "kubestep.clusterRoleName" -}}
 {{- printf "%s-%s-operator" .Release.Namespace (include "kubestep.fullname" .) }}

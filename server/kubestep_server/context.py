@@ -1,0 +1,84 @@
+"""What a handler takes from its request and its application: the settings, the caller's client,
+and the names in the path and the query, checked before they go into an apiserver path.
+
+Every name that ends up in an apiserver URL's path (a namespace, a run's name) is checked against
+the form Kubernetes gives it, so no request can reach another path of the apiserver (``../``, an
+encoded slash): the server answers for runs and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from kubestep import KubestepClient
+
+from .auth import TokenClients, bearer_token
+from .errors import Problem, bad_request
+from .settings import ServerSettings
+
+# RFC 1123 label (a namespace) and subdomain (an object's name), as Kubernetes validates them.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclasses.dataclass
+class StreamSlots:
+    """The streams open now, at most ``limit``."""
+
+    limit: int
+    open: int = 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise Problem(
+                503,
+                "ServiceUnavailable",
+                f"this server has {self.limit} streams open, its most; try again later",
+                headers={"Retry-After": "5"},
+            )
+        self.open += 1
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+SETTINGS = web.AppKey("settings", ServerSettings)
+TOKENS = web.AppKey("tokens", TokenClients)
+STREAMS = web.AppKey("streams", StreamSlots)
+#: Set when the server stops: open streams end at once instead of holding the shutdown up.
+CLOSING = web.AppKey("closing", asyncio.Event)
+
+
+def caller_token(request: web.Request) -> str:
+    """The caller's bearer token (the auth middleware has refused a request without one already)."""
+    return bearer_token(request.headers.get("Authorization"))
+
+
+def namespace_of(request: web.Request) -> str:
+    """``?namespace=``, or the server's ``--namespace``."""
+    namespace = request.query.get("namespace") or request.app[SETTINGS].namespace
+    if len(namespace) > 63 or not _LABEL.fullmatch(namespace):
+        raise bad_request(f"not a namespace name: {namespace[:80]!r}")
+    return namespace
+
+
+def execution_id(request: web.Request) -> str:
+    """The run's name in the path (``{id}``)."""
+    name = request.match_info["id"]
+    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+        raise bad_request(f"not a run name (a DNS subdomain: lower case letters, digits, '-', '.'): {name[:80]!r}")
+    return name
+
+
+@contextlib.asynccontextmanager
+async def client_for(request: web.Request, namespace: str) -> AsyncIterator[KubestepClient]:
+    """A client of ``namespace`` that makes every request with the caller's token."""
+    settings = request.app[SETTINGS]
+    async with request.app[TOKENS].lease(caller_token(request)) as kube:
+        yield KubestepClient.from_kube(kube, namespace, field_manager=settings.field_manager)

@@ -1,0 +1,631 @@
+"""``kubestep server`` (the HTTP API, docs/api.md) on the real control plane, with real tokens of
+ServiceAccounts bound to different Roles: the server acts as its caller, so the apiserver authorizes
+each request exactly as it would the caller's kubectl.
+
+The server runs in this process (aiohttp's ``TestServer`` on a loopback port) with the session's
+admin kubeconfig, which authenticates with a client certificate: were that certificate presented
+with the callers' requests, the apiserver would take it over their tokens and every refusal below
+would be a success. One test runs the ``kubestep server`` command itself. The same rules without a
+cluster: ``tests/unit/test_server_*.py``.
+
+The RBAC matrix (namespace A holds the bindings; B holds none of them):
+
+| token          | Role in A                          | in A                         | in B |
+|----------------|------------------------------------|------------------------------|------|
+| reader         | get, list, watch                   | read and stream; cancel: 403 | 403  |
+| canceller      | get, list, watch, patch            | read, stream, cancel         | 403  |
+| writer         | + create; list Events              | everything                   | 403  |
+| none, garbage, revoked | —                          | 401                          | 401  |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from kubestep import KubestepClient
+from kubestep._kube import Kube
+from kubestep_server import sse
+from kubestep_server.app import make_app
+from kubestep_server.context import TOKENS
+from kubestep_server.settings import ServerSettings
+
+from .conftest import Cluster
+from .harness import E2E, Proc, free_port, until, until_phase, wait_until
+from .security import test_cancel_audit as cancel_audit
+
+pytestmark = pytest.mark.skipif(E2E, reason="runs the server in this process, and operators of its own")
+
+# The chart's cancel-audit policies, installed for one test (tests/security/test_cancel_audit.py).
+audit = cancel_audit.audit
+
+NOBODY = "nobody-serves-this"  # a workflow no worker serves: its runs stay Queued until cancelled
+WFX = "workflowexecutions.kubestep.io"
+
+# ----- the seed's call, verbatim but for the base URL ------------------------------------------------
+
+BASE = ""  # the server under test, set before each use
+
+
+# fmt: off
+async def cancel_workflow_api(execution_id: str, api_key: str):
+    """Cancel workflow via API."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{BASE}/api/v1/executions/{execution_id}/cancel",
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json"
+            }
+        )
+
+        if response.status_code == 200:
+            return True
+        elif response.status_code == 404:
+            print(f"Execution not found: {execution_id}")
+            return False
+        else:
+            response.raise_for_status()
+# fmt: on
+
+
+# ----- fixtures -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Served:
+    url: str
+    app: web.Application
+
+    def headers(self, token: str | None, **more: str) -> dict[str, str]:
+        return {**({"Authorization": f"Bearer {token}"} if token else {}), "Content-Type": "application/json", **more}
+
+    def http(self, token: str | None = None, timeout: float = 30) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers(token), timeout=timeout)
+
+    @property
+    def clients_made(self) -> int:
+        return self.app[TOKENS].made
+
+
+@pytest.fixture
+async def serve(control_plane: Cluster) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    """Starts servers on loopback ports (``serve(namespace, **settings)``); stops them after the test."""
+    started: list[TestServer] = []
+
+    async def start(namespace: str, **settings: Any) -> Served:
+        app = make_app(ServerSettings(namespace=namespace, **settings), Kube(str(control_plane.kubeconfig)))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        started.append(server)
+        return Served(str(server.make_url("")).rstrip("/"), app)
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+@dataclasses.dataclass
+class Accounts:
+    namespace: str
+    reader: str
+    canceller: str
+    writer: str
+
+    def user(self, name: str) -> str:
+        return f"system:serviceaccount:{self.namespace}:{name}"
+
+
+def _token(cluster: Cluster, namespace: str, account: str, *extra: str) -> str:
+    return cluster.kubectl("-n", namespace, "create", "token", account, "--duration=1h", *extra).stdout.strip()
+
+
+def make_accounts(cluster: Cluster, ns: str) -> Accounts:
+    """Three ServiceAccounts of ``ns`` bound to three Roles there, and a token of each."""
+    verbs = {"reader": "get,list,watch", "canceller": "get,list,watch,patch", "writer": "get,list,watch,patch,create"}
+    for name, allowed in verbs.items():
+        cluster.kubectl("-n", ns, "create", "serviceaccount", name)
+        cluster.kubectl("-n", ns, "create", "role", name, f"--verb={allowed}", f"--resource={WFX}")
+        cluster.kubectl("-n", ns, "create", "rolebinding", name, f"--role={name}", f"--serviceaccount={ns}:{name}")
+    cluster.kubectl("-n", ns, "create", "role", "events", "--verb=list", "--resource=events")
+    cluster.kubectl("-n", ns, "create", "rolebinding", "events", "--role=events", f"--serviceaccount={ns}:writer")
+    return Accounts(ns, *(_token(cluster, ns, name) for name in verbs))
+
+
+@pytest.fixture
+def accounts(control_plane: Cluster, run_namespace: str) -> Accounts:
+    return make_accounts(control_plane, run_namespace)
+
+
+@pytest.fixture
+def quiet_namespace(control_plane: Cluster) -> Iterator[str]:
+    """A namespace no operator watches (the session's watches ``t-*``): its runs keep no phase, so a
+    run stays as a test left it."""
+    name = f"srv-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+async def admin(control_plane: Cluster, run_namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
+    async with KubestepClient(namespace=run_namespace, kubeconfig=str(control_plane.kubeconfig)) as client:
+        yield client
+
+
+async def _start(cluster: Cluster, namespace: str, workflow: str = NOBODY) -> str:
+    async with KubestepClient(namespace=namespace, kubeconfig=str(cluster.kubeconfig)) as client:
+        return (await client.start(workflow, {"n": 1})).id
+
+
+def _spec(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(cluster.kubectl("-n", namespace, "get", "wfx", name, "-o", "json").stdout)["spec"])
+
+
+class Stream:
+    """An open SSE stream, read message by message (comments included, as ``{"comment": ...}``)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.aiter_text()
+        self._buffer = ""
+        self._ready: list[dict[str, str]] = []
+
+    async def next(self, timeout: float = 60) -> dict[str, str]:
+        async def read() -> dict[str, str]:
+            while not self._ready:
+                self._buffer += await anext(self._chunks)
+                complete, sep, self._buffer = self._buffer.rpartition("\n\n")
+                if sep:
+                    self._ready.extend(sse.parse(complete + sep))
+            return self._ready.pop(0)
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def until(self, event: str, timeout: float = 60) -> list[dict[str, str]]:
+        """The messages up to and including the first ``event`` one."""
+        seen: list[dict[str, str]] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            message = await self.next(max(0.1, end - loop.time()))
+            seen.append(message)
+            if message.get("event") == event:
+                return seen
+
+
+async def refused_stream(http: httpx.AsyncClient, path: str) -> httpx.Response:
+    """A stream's answer when it is expected to be refused: read whole, within a bound (a stream that
+    was not refused would otherwise be read for ever, its heartbeats keeping it alive)."""
+    return await asyncio.wait_for(http.get(path), 30)
+
+
+@contextlib.asynccontextmanager
+async def stream(served: Served, token: str | None, path: str, **headers: str) -> AsyncIterator[Stream]:
+    async with (
+        served.http(token, timeout=120) as http,
+        http.stream("GET", path, headers={"Accept": "text/event-stream", **headers}) as response,
+    ):
+        yield Stream(response)
+
+
+# ----- the seed's snippet, and cancel's answers ------------------------------------------------------
+
+
+async def test_the_seeds_snippet_cancels_a_run_reports_a_missing_one_and_a_finished_one(
+    control_plane: Cluster,
+    run_namespace: str,
+    admin: KubestepClient,
+    accounts: Accounts,
+    serve: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    global BASE
+    served = await serve(run_namespace)  # the seed's URL names no namespace: the server's --namespace
+    BASE = served.url
+    name = await _start(control_plane, run_namespace)
+    await until_phase(admin, name, "Queued")
+
+    assert await cancel_workflow_api(name, accounts.canceller) is True
+    done = await until_phase(admin, name, "Cancelled")
+    assert done.status.cancellation is not None and done.status.cancellation.requested_by == "kubestep-server"
+
+    assert await cancel_workflow_api("no-such-run", accounts.canceller) is False
+    assert "Execution not found: no-such-run" in capsys.readouterr().out
+
+    with pytest.raises(httpx.HTTPStatusError) as finished:  # the snippet's raise_for_status()
+        await cancel_workflow_api(name, accounts.canceller)
+    assert finished.value.response.status_code == 409
+    assert finished.value.response.json() == {
+        "execution_id": name,
+        "namespace": run_namespace,
+        "status": "Cancelled",
+        "error": f"execution {name} already finished (Cancelled): there is nothing to cancel",
+        "reason": "AlreadyFinished",
+    }
+
+
+async def test_a_cancel_says_when_and_why_and_repeating_it_changes_nothing(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    accounts = make_accounts(control_plane, ns)
+    served = await serve(ns)
+    name = await _start(control_plane, ns)
+    async with served.http(accounts.canceller) as http:
+        first = await http.post(
+            f"/api/v1/executions/{name}/cancel", json={"reason": "wrong input", "grace_period_seconds": 5}
+        )
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["execution_id"] == name and body["namespace"] == ns and body["cancel_requested"] is True
+        assert body["reason"] == "wrong input" and body["cancelled_at"].endswith("Z")
+        again = await http.post(f"/api/v1/executions/{name}/cancel", json={"reason": "changed my mind"})
+        assert again.status_code == 200, again.text
+        assert again.json()["reason"] == "wrong input" and again.json()["cancelled_at"] == body["cancelled_at"]
+        shown = (await http.get(f"/api/v1/executions/{name}")).json()
+    spec = _spec(control_plane, ns, name)
+    assert (spec["cancelRequested"], spec["cancelReason"], spec["cancelGracePeriodSeconds"]) == (True, "wrong input", 5)
+    assert shown["cancel_requested"] is True and shown["cancellation"]["requested_by"] == "kubestep-server"
+
+
+# ----- RBAC: the server refuses what kubectl refuses ------------------------------------------------
+
+
+async def test_a_get_only_token_is_refused_cancel_exactly_as_kubectl_is(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    accounts = make_accounts(control_plane, ns)
+    served = await serve(ns)
+    name = await _start(control_plane, ns)
+    async with served.http(accounts.reader) as http:
+        assert (await http.get(f"/api/v1/executions/{name}")).status_code == 200  # it may read
+        refused = await http.post(f"/api/v1/executions/{name}/cancel", json={"reason": "x"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "Forbidden"
+
+    reader = control_plane.kubeconfig_for_service_account(ns, "reader")
+    patch = json.dumps({"spec": {"cancelRequested": True, "cancelReason": "x"}})
+    by_kubectl = control_plane.kubectl(
+        "-n", ns, "patch", "wfx", name, "--type=merge", "-p", patch, kubeconfig=reader, check=False
+    )
+    assert by_kubectl.returncode != 0
+    # The same refusal, word for word: the apiserver's own.
+    assert f"Error from server (Forbidden): {refused.json()['error']}" in by_kubectl.stderr, by_kubectl.stderr
+    assert f'User "{accounts.user("reader")}" cannot patch resource "workflowexecutions"' in refused.json()["error"]
+    assert not _spec(control_plane, ns, name).get("cancelRequested")
+
+
+async def test_no_token_a_garbage_token_and_a_revoked_token_are_401s(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    make_accounts(control_plane, ns)
+    served = await serve(ns)
+    name = await _start(control_plane, ns)
+    async with served.http(None) as http:
+        for method, path in (("GET", "/api/v1/executions"), ("POST", f"/api/v1/executions/{name}/cancel")):
+            answer = await http.request(method, path)
+            assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer"), answer.text
+    assert served.clients_made == 0  # nothing was asked of the apiserver, not even with the server's own identity
+
+    async with served.http("garbage.token.value") as http:
+        garbage = await http.post(f"/api/v1/executions/{name}/cancel")
+    assert garbage.status_code == 401 and garbage.json()["reason"] == "Unauthorized", garbage.text
+    assert served.clients_made == 1 and len(served.app[TOKENS]) == 0  # asked, refused, forgotten
+
+    # A token bound to a Secret stops being valid when the Secret goes: revoked, as an expired one is.
+    secret = f"bound-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("-n", ns, "create", "secret", "generic", secret)
+    uid = control_plane.kubectl("-n", ns, "get", "secret", secret, "-o", "jsonpath={.metadata.uid}").stdout
+    bound = _token(
+        control_plane,
+        ns,
+        "canceller",
+        "--bound-object-kind=Secret",
+        f"--bound-object-name={secret}",
+        f"--bound-object-uid={uid}",
+    )
+    async with served.http(bound) as http:
+        assert (await http.get(f"/api/v1/executions/{name}")).status_code == 200
+        control_plane.kubectl("-n", ns, "delete", "secret", secret)
+
+        async def refused() -> bool:  # the apiserver caches a token's review for a few seconds
+            return (await http.get(f"/api/v1/executions/{name}")).status_code == 401
+
+        await until(refused, 60, "the revoked token to be refused")
+        assert (await http.post(f"/api/v1/executions/{name}/cancel")).status_code == 401
+    assert not _spec(control_plane, ns, name).get("cancelRequested")
+
+
+async def test_a_token_of_namespace_a_can_neither_see_nor_touch_namespace_b(
+    control_plane: Cluster, make_namespace: Callable[[], str], serve: Any
+) -> None:
+    a, b = make_namespace(), make_namespace()
+    accounts = make_accounts(control_plane, a)
+    in_b = await _start(control_plane, b)
+    served = await serve(b)  # B is even the server's default namespace
+    q = f"?namespace={b}"
+    async with served.http(accounts.writer) as http:
+        answers = {
+            "list": await http.get(f"/api/v1/executions{q}"),
+            "list (default namespace)": await http.get("/api/v1/executions"),
+            "get": await http.get(f"/api/v1/executions/{in_b}{q}"),
+            "steps": await http.get(f"/api/v1/executions/{in_b}/steps{q}"),
+            "events": await http.get(f"/api/v1/executions/{in_b}/events{q}"),
+            "cancel": await http.post(f"/api/v1/executions/{in_b}/cancel{q}", json={"reason": "x"}),
+            "send event": await http.post(f"/api/v1/executions/{in_b}/events{q}", json={"topic": "t"}),
+            "run": await http.post(f"/api/v1/workflows/{NOBODY}/run{q}", json={}),
+            "stream a run": await refused_stream(http, f"/api/v1/executions/{in_b}/stream{q}"),
+            "stream the namespace": await refused_stream(http, f"/api/v1/executions/stream{q}"),
+            "a missing run": await http.get(f"/api/v1/executions/no-such-run{q}"),
+        }
+        for what, answer in answers.items():
+            assert answer.status_code == 403 and answer.json()["reason"] == "Forbidden", (what, answer.text)
+        assert (await http.get(f"/api/v1/executions?namespace={a}")).status_code == 200  # its own: fine
+    assert not _spec(control_plane, b, in_b).get("cancelRequested")
+    assert control_plane.kubectl("-n", b, "get", "wfx", "-o", "name").stdout.split() == [
+        f"workflowexecution.kubestep.io/{in_b}"
+    ]
+
+
+# ----- start, list, send an event, read the steps and Events ----------------------------------------
+
+
+async def test_start_list_filter_page_and_send_an_event(
+    control_plane: Cluster, run_namespace: str, admin: KubestepClient, accounts: Accounts, serve: Any
+) -> None:
+    served = await serve(run_namespace)
+    async with served.http(accounts.writer) as http:
+        made = await http.post(
+            f"/api/v1/workflows/{NOBODY}/run",
+            json={"payload": {"day": "2026-12-02"}, "run_timeout_seconds": 60, "labels": {"team": "data"}},
+        )
+        assert made.status_code == 201, made.text
+        first = made.json()["execution_id"]
+        assert made.headers["Location"] == f"/api/v1/executions/{first}?namespace={run_namespace}"
+        other = await http.post("/api/v1/workflows/other-workflow/run", json={"name": "named-run", "queue": "gpu"})
+        assert other.status_code == 201 and other.json()["execution_id"] == "named-run", other.text
+
+        listed = (await http.get("/api/v1/executions")).json()
+        assert sorted(e["id"] for e in listed["items"]) == sorted([first, "named-run"]) and listed["continue"] is None
+        run = next(e for e in listed["items"] if e["id"] == first)
+        assert run["input"] == {"day": "2026-12-02"} and run["run_timeout_seconds"] == 60
+        assert run["labels"]["team"] == "data" and run["resource_version"]
+        by_workflow = (await http.get("/api/v1/executions", params={"workflow": NOBODY})).json()["items"]
+        assert [e["id"] for e in by_workflow] == [first]
+        by_label = (await http.get("/api/v1/executions", params={"labelSelector": "team=data"})).json()["items"]
+        assert [e["id"] for e in by_label] == [first]
+        await until_phase(admin, first, "Queued")
+        await until_phase(admin, "named-run", "Queued")
+        queued = (await http.get("/api/v1/executions", params={"phase": "Queued"})).json()["items"]
+        assert len(queued) == 2
+        assert (await http.get("/api/v1/executions", params={"phase": "Completed"})).json()["items"] == []
+        page = (await http.get("/api/v1/executions", params={"limit": 1})).json()
+        assert len(page["items"]) == 1 and page["continue"]
+        rest = (await http.get("/api/v1/executions", params={"limit": 1, "continue": page["continue"]})).json()
+        assert {page["items"][0]["id"], rest["items"][0]["id"]} == {first, "named-run"} and rest["continue"] is None
+
+        # The apiserver's own validation: a 422 with its message.
+        invalid = await http.post(f"/api/v1/workflows/{NOBODY}/run", json={"run_timeout_seconds": 0})
+        assert invalid.status_code == 422 and invalid.json()["reason"] == "Invalid", invalid.text
+        assert "runTimeoutSeconds" in invalid.json()["error"]
+        bad_selector = await http.get("/api/v1/executions", params={"labelSelector": "team in (("})
+        assert bad_selector.status_code == 400, bad_selector.text
+
+        sent = await http.post(
+            f"/api/v1/executions/{first}/events", json={"topic": "approve", "data": {"ok": True}, "name": "e1"}
+        )
+        assert sent.status_code == 201 and sent.json()["event"] == "e1", sent.text
+        twice = await http.post(f"/api/v1/executions/{first}/events", json={"topic": "approve", "name": "e1"})
+        assert twice.status_code == 422, twice.text  # the same name twice is refused: a retried send is safe
+        shown = (await http.get(f"/api/v1/executions/{first}")).json()
+        assert shown["events"] == [{"name": "e1", "topic": "approve", "data": {"ok": True}}]
+
+        missing = await http.get("/api/v1/executions/no-such-run")
+        assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
+
+
+# ----- live streams ---------------------------------------------------------------------------------
+
+
+async def test_a_runs_stream_delivers_its_states_until_end_and_the_namespace_stream_its_changes(
+    control_plane: Cluster, run_namespace: str, workers: Any, accounts: Accounts, serve: Any
+) -> None:
+    workers()
+    # Short heartbeats and re-checks, so that both happen during the test.
+    served = await serve(run_namespace, heartbeat_seconds=0.5, recheck_seconds=1)
+    async with stream(served, accounts.reader, "/api/v1/executions/stream") as changes:
+        assert changes.response.status_code == 200
+        assert changes.response.headers["Content-Type"].startswith("text/event-stream")
+        assert changes.response.headers["Cache-Control"] == "no-store"
+        assert (await changes.next()) == {"retry": "3000"}
+        assert (await changes.next()) == {"comment": "ping"}  # nothing in the namespace yet: a heartbeat
+
+        async with served.http(accounts.writer) as http:
+            made = await http.post("/api/v1/workflows/steps/run", json={"payload": {"count": 3, "seconds": 0.2}})
+        assert made.status_code == 201, made.text
+        name = made.json()["execution_id"]
+
+        async with stream(served, accounts.reader, f"/api/v1/executions/{name}/stream") as states:
+            messages = await states.until("end", timeout=90)
+        assert messages[0] == {"retry": "3000"}
+        executions = [m for m in messages if m.get("event") == "execution"]
+        data = [json.loads(m["data"]) for m in executions]
+        assert all(d["id"] == name for d in data)
+        assert [m["id"] for m in executions] == [d["resource_version"] for d in data]  # id: the resourceVersion
+        assert len({m["id"] for m in executions}) == len(executions)
+        phases = [d["status"]["phase"] for d in data]
+        assert phases[-1] == "Completed" and "Running" in phases, phases
+        assert data[-1]["status"]["result"]["steps"] == 3 and data[-1]["finished"] is True
+        end = messages[-1]
+        assert json.loads(end["data"]) == {
+            "execution_id": name,
+            "namespace": run_namespace,
+            "status": "Completed",
+            "reason": data[-1]["status"]["reason"],
+        }
+        assert end["id"] == executions[-1]["id"]
+
+        # Reconnecting with the last id seen: that state is not sent again, only the end.
+        last = {"Last-Event-ID": end["id"]}
+        async with stream(served, accounts.reader, f"/api/v1/executions/{name}/stream", **last) as again:
+            resumed = await again.until("end")
+        assert [m.get("event") for m in resumed if "comment" not in m] == [None, "end"], resumed  # retry, end
+
+        # The namespace's stream saw the run come and finish.
+        seen: list[dict[str, Any]] = []
+
+        async def finished() -> bool:
+            message = await changes.next()
+            if message.get("event") == "change":
+                seen.append(json.loads(message["data"]))
+            return any(c["execution"]["id"] == name and c["execution"]["finished"] for c in seen)
+
+        await until(finished, 60, "the namespace's stream to show the run finished")
+        assert seen[0]["type"] == "ADDED" and seen[0]["execution"]["id"] == name and seen[0]["listed"] is False
+
+    async with served.http(accounts.reader) as http:
+        steps = (await http.get(f"/api/v1/executions/{name}/steps")).json()["steps"]
+        assert [(s["key"], s["state"]) for s in steps] == [(f"step-{i}", "Completed") for i in range(3)]
+        assert (await http.get(f"/api/v1/executions/{name}/events")).status_code == 403  # reader: no Events
+    async with served.http(accounts.writer) as http:
+
+        async def completed_event() -> list[dict[str, Any]]:
+            answer = (await http.get(f"/api/v1/executions/{name}/events")).json()["events"]
+            return [e for e in answer if e["reason"] == "Completed"]
+
+        await until(completed_event, 30, "the run's Completed Event")
+
+
+async def test_a_stream_ends_when_its_caller_loses_access_and_streams_are_bounded(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    accounts = make_accounts(control_plane, ns)
+    name = await _start(control_plane, ns)
+    served = await serve(ns, heartbeat_seconds=0.5, recheck_seconds=1, max_streams=1)
+    path = f"/api/v1/executions/{name}/stream"
+    async with stream(served, accounts.canceller, path) as states:
+        assert (await states.next()) == {"retry": "3000"}
+        assert (await states.next())["event"] == "execution"
+        async with served.http(accounts.reader) as http:
+            full = await refused_stream(http, path)  # one stream is this server's most
+        assert full.status_code == 503 and full.json()["reason"] == "ServiceUnavailable" and full.headers["Retry-After"]
+
+        control_plane.kubectl("-n", ns, "delete", "rolebinding", "canceller")
+        messages = await states.until("error", timeout=60)
+        assert json.loads(messages[-1]["data"])["reason"] == "Forbidden", messages[-1]
+
+    async def slot_given_back() -> bool:  # once the server has noticed that stream end
+        async with stream(served, accounts.reader, path) as states:
+            return states.response.status_code == 200
+
+    await until(slot_given_back, 30, "the stream's slot to be given back")
+
+
+async def test_a_stream_is_refused_up_front_what_it_could_not_follow(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    make_accounts(control_plane, ns)
+    control_plane.kubectl("-n", ns, "create", "serviceaccount", "getter")
+    control_plane.kubectl("-n", ns, "create", "role", "getter", "--verb=get,list", f"--resource={WFX}")
+    control_plane.kubectl("-n", ns, "create", "rolebinding", "getter", "--role=getter", f"--serviceaccount={ns}:getter")
+    getter = _token(control_plane, ns, "getter")
+    name = await _start(control_plane, ns)
+    served = await serve(ns)
+    async with served.http(getter) as http:
+        assert (await http.get(f"/api/v1/executions/{name}")).status_code == 200
+        for path in (f"/api/v1/executions/{name}/stream", "/api/v1/executions/stream"):
+            refused = await refused_stream(http, path)
+            assert refused.status_code == 403 and "cannot watch" in refused.json()["error"], refused.text
+        missing = await refused_stream(http, "/api/v1/executions/no-such-run/stream")
+        assert missing.status_code == 404
+    assert served.app[TOKENS].made == 1
+
+
+# ----- who cancelled: the chart's cancel-audit policy sees the caller ---------------------------------
+
+
+@pytest.mark.usefixtures("audit")
+async def test_the_cancel_audit_policy_records_the_caller_not_the_server(
+    control_plane: Cluster, logs: Path, procs: list[Proc], serve: Any
+) -> None:
+    ns, alice_kubeconfig, user = cancel_audit._namespace_with_operator(control_plane, logs, procs, audited=True)
+
+    async def policies_in_effect() -> bool:
+        name = cancel_audit._create(control_plane, ns, control_plane.kubeconfig)
+        forged = {"metadata": {"annotations": {cancel_audit.KEY: "system:admin"}}}
+        return cancel_audit._patch(control_plane, ns, alice_kubeconfig, name, forged).returncode != 0
+
+    await until(policies_in_effect, 30, "the audit policies to take effect")
+    alice = _token(control_plane, ns, "alice")  # may create, get and patch runs in ns; nothing else
+    served = await serve(ns)
+    async with served.http(alice) as http:
+        made = await http.post(f"/api/v1/workflows/{NOBODY}/run", json={})
+        assert made.status_code == 201, made.text
+        name = made.json()["execution_id"]
+        cancelled = await http.post(f"/api/v1/executions/{name}/cancel", json={"reason": "wrong input"})
+        assert cancelled.status_code == 200, cancelled.text
+
+        async def recorded() -> dict[str, Any] | None:
+            shown = (await http.get(f"/api/v1/executions/{name}")).json()
+            return shown["status"]["cancellation"] if shown["status"]["phase"] == "Cancelled" else None
+
+        cancellation = await until(recorded, 30, f"{name} cancelled")
+    assert cancellation["requested_by_user"] == user == f"system:serviceaccount:{ns}:alice"
+    assert cancellation["requested_by"] == "kubestep-server" and cancellation["message"] == "wrong input"
+
+
+# ----- the command -----------------------------------------------------------------------------------
+
+
+def test_the_kubestep_server_command_serves_and_stops_on_sigterm(control_plane: Cluster, quiet_namespace: str) -> None:
+    ns = quiet_namespace
+    accounts = make_accounts(control_plane, ns)
+    port = free_port()
+    argv = [sys.executable, "-m", "kubestep._cli", "server", "--host", "127.0.0.1", "--port", str(port), "-n", ns]
+    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                return False
+
+        wait_until(healthy, 30, interval=0.2, what="kubestep server to answer /healthz")
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/api/v1/executions", timeout=5).status_code == 401
+        listed = httpx.get(
+            f"{base}/api/v1/executions", headers={"Authorization": f"Bearer {accounts.reader}"}, timeout=10
+        )
+        assert listed.status_code == 200 and listed.json()["namespace"] == ns and listed.json()["items"] == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "serving the API on 127.0.0.1" in output and accounts.reader not in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
