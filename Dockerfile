@@ -46,11 +46,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # uid without a passwd entry unless $USER is set: both are provided, so an
 # arbitrary runAsUser works too. The wheels are bind-mounted (BuildKit), so
 # they add no layer to the image. The build fails if the dev tooling got in
-# after all, if the server did not, or if the CLI does not load without the tooling.
+# after all, if the server or its UI's files did not, or if the CLI does not load without the tooling.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels 'kubestep[operator]' \
  && ! python3 -c 'import kubestep_dev' 2>/dev/null \
  && python3 -c 'import kubestep_server.app' \
+ && python3 -c 'import kubestep_server.ui as u; assert (u.STATIC / "index.html").is_file(), "the UI is missing"' \
  && kubestep --help >/dev/null \
  && groupadd --gid 10001 kubestep \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin kubestep \

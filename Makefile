@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools node-tools test unit demo bench bench-peer chaos image node node-down node-e2e kind-e2e lint clean
+.PHONY: help venv tools browser node-tools test unit demo bench bench-peer chaos image node node-down node-e2e kind-e2e lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
@@ -30,7 +30,12 @@ $(VENV)/.installed: pyproject.toml
 tools:
 	hack/controlplane/build.sh
 
-test: venv tools
+# The browser tests drive Debian's chromium (Playwright's own download does not work here, and no
+# browser is fetched at test time); they fail, never skip, without it.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: venv tools browser
 	$(BIN)/pytest
 
 unit: venv

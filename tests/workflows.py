@@ -54,3 +54,13 @@ def _nested(depth: int) -> Any:
 async def emits(ctx: WorkflowContext, input: dict[str, Any]) -> Any:
     """One step returning what ``input["kind"]`` names (see ``_emit``); the run returns it too."""
     return await ctx.step.run("emit", _emit, input["kind"])
+
+
+def _echo(text: str) -> str:
+    return text
+
+
+@workflow(id="echo")
+async def echo(ctx: WorkflowContext, input: dict[str, Any]) -> Any:
+    """One step whose output is ``input["text"]`` (the UI's XSS test shows it)."""
+    return await ctx.step.run("echo", _echo, input["text"])

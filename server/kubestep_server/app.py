@@ -5,12 +5,14 @@ In order, for every request:
 1. **Errors** (outermost middleware): whatever a handler raises becomes a JSON answer
    ``{"error", "reason"}`` (``errors``), aiohttp's own 404, 405 and 413 included; anything
    unexpected is a 500 whose detail goes to the log, not to the caller.
-2. **Auth**, for ``/api/``: the ``Authorization: Bearer`` token (``auth.bearer_token``), or 401
+2. **Auth**, for ``/api/``: the ``Authorization: Bearer`` token (``auth.bearer_token``), else the
+   UI's ``kubestep_token`` cookie (``ui``; ``POST /api/v1/session`` sets it and needs neither), or 401
    at once, without a word to the apiserver. The token is the caller's identity for every
    apiserver request the handler makes (``context.client_for``). ``/healthz`` and ``/readyz``
    need none and say nothing.
 3. **CSRF**, for every request but GET, HEAD and OPTIONS (the API's are POSTs):
-   ``Content-Type: application/json`` or 415.
+   ``Content-Type: application/json`` or 415; and, when the token came from the cookie,
+   ``X-Kubestep-CSRF: 1`` or 403 (the cookie is SameSite=Strict as well).
    A cross-site HTML form can send only three content types, and a script on another origin
    cannot send this one without a CORS preflight, which this server never grants (it sends no
    CORS header at all).
@@ -19,7 +21,7 @@ In order, for every request:
 
 And on every response, errors and streams included: ``X-Content-Type-Options: nosniff``,
 ``X-Frame-Options: DENY``, ``Content-Security-Policy: default-src 'none'; frame-ancestors 'none'``
-(an API answer is never a page to render), ``Cache-Control: no-store`` (answers depend on who
+(an API answer is never a page to render; the UI's pages and files: ``default-src 'self'``), ``Cache-Control: no-store`` (answers depend on who
 asks), ``Referrer-Policy: no-referrer``, and a ``Server`` header that names no versions.
 """
 
@@ -34,9 +36,9 @@ from aiohttp import web
 
 from kubestep._kube import Kube
 
-from . import routes, streams
-from .auth import TokenClients, bearer_token, sweep_every
-from .context import CLOSING, SETTINGS, STREAMS, TOKENS, StreamSlots, caller_token
+from . import routes, streams, ui
+from .auth import TokenClients, sweep_every
+from .context import CLOSING, COOKIE, SETTINGS, STREAMS, TOKENS, StreamSlots, caller_token
 from .errors import Problem, problem_for
 from .settings import ServerSettings
 
@@ -83,6 +85,12 @@ def make_app(settings: ServerSettings, base: Kube) -> web.Application:
     app.router.add_post("/api/v1/executions/{id}/events", routes.send_event)
     app.router.add_get("/api/v1/executions/{id}/stream", streams.stream_execution, allow_head=False)
     app.router.add_post("/api/v1/workflows/{workflow}/run", routes.run_workflow)
+    app.router.add_post("/api/v1/session", ui.sign_in)
+    app.router.add_delete("/api/v1/session", ui.sign_out)
+    app.router.add_get("/api/v1/can-i", ui.can_i)
+    app.router.add_get("/", ui.runs_page)
+    app.router.add_get("/runs/{namespace}/{name}", ui.run_page)
+    app.router.add_static("/static/", ui.STATIC, follow_symlinks=False, append_version=False)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
 
@@ -134,7 +142,14 @@ def _answer(problem: Problem) -> web.Response:
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/api/"):
         return await handler(request)
-    bearer_token(request.headers.get("Authorization"))  # a 401 without one; handlers read it again
+    if request.path == "/api/v1/session" and request.method == "POST":
+        return await handler(request)  # signing in: the token is in the body (``ui.sign_in``)
+    caller_token(request)  # a 401 without one; handlers read it again
+    by_cookie = "Authorization" not in request.headers and COOKIE in request.cookies
+    if request.method not in SAFE_METHODS and by_cookie and request.headers.get("X-Kubestep-CSRF") != "1":
+        raise Problem(
+            403, "Forbidden", "a request signed in by cookie that changes something must send X-Kubestep-CSRF: 1"
+        )
     if request.method not in SAFE_METHODS and request.content_type.lower() != "application/json":
         raise Problem(
             415,
@@ -146,6 +161,9 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+    if not request.path.startswith("/api/") and request.path not in ("/healthz", "/readyz"):
+        # The UI's pages and files: their own scripts and styles, nothing else, never framed.
+        response.headers["Content-Security-Policy"] = ui.PAGE_CSP
 
 
 async def _closing(app: web.Application) -> None:

@@ -27,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=1000,
         help="Server-Sent Event streams open at once; more are refused with 503 (default 1000)",
     )
+    s.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the UI's sign-in cookie Secure (it is whenever a request came over TLS; set this behind a TLS proxy)",
+    )
     s.add_argument("--verbose", "-v", action="store_true")
     s.set_defaults(func=main)
 
@@ -57,7 +62,9 @@ def main(args: Any) -> int:
         print(f"kubestep server: {e}", file=sys.stderr)
         return 2
     settings = ServerSettings(
-        namespace=args.namespace or base.default_namespace or "default", max_streams=args.max_streams
+        namespace=args.namespace or base.default_namespace or "default",
+        max_streams=args.max_streams,
+        secure_cookies=args.secure_cookies,
     )
     logging.getLogger("kubestep.server").info(
         "serving the API on %s:%d; default namespace %s; every request made with its caller's token",

@@ -55,9 +55,17 @@ STREAMS = web.AppKey("streams", StreamSlots)
 CLOSING = web.AppKey("closing", asyncio.Event)
 
 
+#: The UI's sign-in cookie (``ui``): HttpOnly, SameSite=Strict; it holds the caller's token.
+COOKIE = "kubestep_token"
+
+
 def caller_token(request: web.Request) -> str:
-    """The caller's bearer token (the auth middleware has refused a request without one already)."""
-    return bearer_token(request.headers.get("Authorization"))
+    """The caller's bearer token: the ``Authorization`` header, else the UI's cookie (the auth
+    middleware has refused a request with neither already)."""
+    header = request.headers.get("Authorization")
+    if header is None and request.cookies.get(COOKIE):
+        return bearer_token(f"Bearer {request.cookies[COOKIE]}")
+    return bearer_token(header)
 
 
 def namespace_of(request: web.Request) -> str:

@@ -33,3 +33,6 @@ class ServerSettings:
     default_page: int = 100
     max_page: int = 500
     field_manager: str = FIELD_MANAGER
+    #: The UI's sign-in cookie is ``Secure`` always (behind a TLS-terminating proxy), not only when
+    #: the request itself came over TLS.
+    secure_cookies: bool = False

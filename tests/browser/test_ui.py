@@ -1,0 +1,232 @@
+"""The UI in a real headless Chromium (Debian's ``chromium``, driven by Playwright's Python package;
+no browser is downloaded), against the real local control plane, a real operator and workers, and
+the server started in this process as in ``tests/test_server.py``.
+
+A missing ``/usr/bin/chromium`` fails these tests (``make test`` installs it): no skip hides it.
+Screenshots go to ``tests/browser/artifacts/`` (docs/ui.md shows copies).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Dialog, Page, async_playwright
+
+from kubestep import KubestepClient
+
+from ..conftest import Cluster
+from ..harness import E2E, until_phase
+from ..test_server import Accounts, Served, make_accounts
+
+pytestmark = pytest.mark.skipif(E2E, reason="runs the server in this process, and operators of its own")
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+WAIT_MS = 60_000
+
+
+def _chromium() -> str:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (make test does)"
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = _chromium()
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+def accounts(control_plane: Cluster, run_namespace: str) -> Accounts:
+    return make_accounts(control_plane, run_namespace)
+
+
+@pytest.fixture
+async def admin(control_plane: Cluster, run_namespace: str, operator: Any) -> AsyncIterator[KubestepClient]:
+    async with KubestepClient(namespace=run_namespace, kubeconfig=str(control_plane.kubeconfig)) as client:
+        yield client
+
+
+class Dialogs:
+    """Every dialog the page opens: confirmations are accepted, anything else is recorded."""
+
+    def __init__(self, page: Page) -> None:
+        self.seen: list[tuple[str, str]] = []
+        page.on("dialog", self._on)
+
+    async def _on(self, dialog: Dialog) -> None:
+        self.seen.append((dialog.type, dialog.message))
+        if dialog.type == "confirm":
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
+
+
+async def sign_in(page: Page, url: str, token: str) -> None:
+    await page.goto(url)
+    await page.locator("#token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#sign-in").wait_for(state="hidden", timeout=WAIT_MS)
+
+
+def shot(name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS / name
+
+
+async def test_list_live_timeline_and_cancel_with_reason(
+    serve: Any, accounts: Accounts, admin: KubestepClient, workers: Any, browser: Browser, run_namespace: str
+) -> None:
+    workers()
+    served: Served = await serve(run_namespace)
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    dialogs = Dialogs(page)
+    await sign_in(page, f"{served.url}/?namespace={run_namespace}", accounts.canceller)
+    await page.locator("#live").get_by_text("live").wait_for(timeout=WAIT_MS)
+    # The token is in no place a script can read.
+    assert await page.evaluate("document.cookie") == ""
+    assert await page.evaluate("window.localStorage.length + window.sessionStorage.length") == 0
+
+    # Runs started after the page opened appear and progress without a reload.
+    done = (await admin.start("steps", {"count": 3, "seconds": 1}, run_timeout_seconds=120)).id
+    long = (await admin.start("until-cancelled", {"seconds": 0.5}, run_timeout_seconds=600)).id
+    row = page.locator(f"tr[data-name='{done}']")
+    await row.wait_for(timeout=WAIT_MS)
+    await row.locator(".phase-Completed").wait_for(timeout=WAIT_MS)
+    await page.locator(f"tr[data-name='{long}'] .phase-Running").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#cancel-selected").is_visible()  # this token may patch runs
+    await page.screenshot(path=shot("runs.png"), full_page=True)
+
+    # The finished run's page: a bar per step.
+    await page.locator(f"tr[data-name='{done}'] a").click()
+    await page.locator("#run-phase", has_text="Completed").wait_for(timeout=WAIT_MS)
+    await page.locator("#timeline .bar").nth(2).wait_for(timeout=WAIT_MS)
+    assert await page.locator("#timeline .bar-run").count() == 3
+
+    # The long run: cancel it through the form, with a reason, and watch it end Cancelled.
+    await page.goto(f"{served.url}/runs/{run_namespace}/{long}")
+    await page.locator("#timeline .bar").first.wait_for(timeout=WAIT_MS)
+    assert await page.locator("#timeline .line-deadline").count() == 1
+    await page.locator("#cancel-reason").fill("runaway spend, stopped from the UI")
+    await page.locator("#cancel-grace").fill("5")
+    await page.get_by_role("button", name="Cancel run").click()
+    await page.locator("#run-phase", has_text="Cancelled").wait_for(timeout=WAIT_MS)
+    await page.locator("#cancel-info .reason", has_text="runaway spend, stopped from the UI").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#timeline .line-cancel").count() == 1
+    assert ("confirm", f"Cancel run {long}?") in dialogs.seen
+    await page.screenshot(path=shot("run.png"), full_page=True)
+    run = await admin.get_execution(long)
+    assert run.status.phase == "Cancelled"
+    assert run.cancellation is not None and run.cancellation.message == "runaway spend, stopped from the UI"
+
+    docs = Path(__file__).parents[2] / "docs" / "ui"
+    docs.mkdir(exist_ok=True)
+    shutil.copy(shot("runs.png"), docs / "runs.png")
+    shutil.copy(shot("run.png"), docs / "run.png")
+
+
+async def test_a_reader_sees_no_cancel_and_a_refusal_is_shown(
+    serve: Any, accounts: Accounts, admin: KubestepClient, browser: Browser, run_namespace: str
+) -> None:
+    served: Served = await serve(run_namespace)
+    name = (await admin.start("nobody-serves-this", {"n": 1})).id
+    page = await browser.new_page()
+    await sign_in(page, f"{served.url}/runs/{run_namespace}/{name}", accounts.reader)
+    await page.locator("#run-name", has_text=name).wait_for(timeout=WAIT_MS)
+    assert not await page.locator("#cancel-form").is_visible()
+    # Another namespace: the apiserver's own refusal, as text.
+    await page.goto(f"{served.url}/runs/kube-system/{name}")
+    problem = page.locator("#problem")
+    await problem.wait_for(timeout=WAIT_MS)
+    assert "403" in await problem.inner_text()
+    assert "forbidden" in (await problem.inner_text()).lower()
+    await page.screenshot(path=shot("refused.png"), full_page=True)
+    docs = Path(__file__).parents[2] / "docs" / "ui"
+    docs.mkdir(exist_ok=True)
+    shutil.copy(shot("refused.png"), docs / "refused.png")
+
+
+async def test_user_strings_render_inert(
+    serve: Any, accounts: Accounts, admin: KubestepClient, workers: Any, browser: Browser, run_namespace: str
+) -> None:
+    workers(module="tests.workflows")
+    served: Served = await serve(run_namespace)
+    name = (await admin.start("echo", {"text": XSS})).id
+    await until_phase(admin, name, "Completed", timeout=60)
+    queued = (await admin.start("nobody-serves-this", {"text": XSS})).id
+    await admin.cancel_execution(queued, reason=XSS)
+    page = await browser.new_page()
+    dialogs = Dialogs(page)
+    await sign_in(page, f"{served.url}/?namespace={run_namespace}", accounts.canceller)
+    await page.locator(f"tr[data-name='{name}']").wait_for(timeout=WAIT_MS)
+    await page.goto(f"{served.url}/runs/{run_namespace}/{name}")
+    await page.locator("#steps pre", has_text="<script>").wait_for(timeout=WAIT_MS)
+    assert XSS in await page.locator("#input").inner_text()
+    assert XSS in await page.locator("#result").inner_text()
+    await page.goto(f"{served.url}/runs/{run_namespace}/{queued}")
+    await page.locator("#cancel-info .reason", has_text="<img src=x").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#cancel-info .reason").inner_text() == XSS
+    assert await page.locator("img").count() == 0
+    assert await page.locator("main script").count() == 0
+    assert not [d for d in dialogs.seen if d[0] != "confirm"], dialogs.seen
+
+
+async def test_a_cross_site_form_post_is_refused(
+    serve: Any, accounts: Accounts, admin: KubestepClient, browser: Browser, run_namespace: str
+) -> None:
+    served: Served = await serve(run_namespace)
+    name = (await admin.start("nobody-serves-this", {"n": 1})).id
+    target = f"{served.url}/api/v1/executions/{name}/cancel?namespace={run_namespace}"
+    attacks = {
+        # What a cross-site form can send: no custom header, a form content type (or text/plain
+        # shaped as JSON).
+        "/plain": f'<form method="post" enctype="text/plain" action="{target}">'
+        f'<input name=\'{{"reason":"csrf","x":"\' value=\'"}}\'></form>',
+        "/urlencoded": f'<form method="post" action="{target}"><input name="reason" value="csrf"></form>',
+    }
+
+    async def page_of(request: web.Request) -> web.Response:
+        body = attacks[request.path] + '<script src="/go.js"></script>'
+        return web.Response(text=body, content_type="text/html")
+
+    async def go(request: web.Request) -> web.Response:
+        return web.Response(text="document.forms[0].submit();", content_type="application/javascript")
+
+    evil = web.Application()
+    evil.router.add_get("/plain", page_of)
+    evil.router.add_get("/urlencoded", page_of)
+    evil.router.add_get("/go.js", go)
+    other = TestServer(evil, host="127.0.0.1")  # another origin: another port
+    await other.start_server()
+    try:
+        page = await browser.new_page()
+        await sign_in(page, f"{served.url}/?namespace={run_namespace}", accounts.canceller)
+        for path in attacks:
+            async with page.expect_response(lambda r: "/cancel" in r.url, timeout=WAIT_MS) as answer:
+                await page.goto(str(other.make_url(path)))
+            response = await answer.value
+            assert response.status in (401, 403, 415), response.status
+    finally:
+        await other.close()
+    run = await admin.get_execution(name)
+    assert not run.cancel_requested
+    # The same request from the UI's own origin, with the header, is accepted: the refusals above
+    # were the CSRF rules, not a broken route.
+    await page.goto(f"{served.url}/?namespace={run_namespace}")
+    status = await page.evaluate(
+        """async (url) => (await fetch(url, {method: "POST", credentials: "same-origin",
+             headers: {"Content-Type": "application/json", "X-Kubestep-CSRF": "1"}, body: "{}"})).status""",
+        target,
+    )
+    assert status == 200
+    assert (await admin.get_execution(name)).cancel_requested
