@@ -79,7 +79,10 @@ class ExecutionStatus(_Model):
     started_at: dt.datetime | None = Field(None, alias="startedAt")
     queued_at: dt.datetime | None = Field(None, alias="queuedAt")
     finished_at: dt.datetime | None = Field(None, alias="finishedAt")
+    #: When the run's budget runs out, while a worker holds it (the segment's end: active time only).
     deadline: dt.datetime | None = None
+    #: What a segment kept of the budget when its run was re-queued mid-segment (lost or handed back).
+    budget_remaining_seconds: float | None = Field(None, alias="budgetRemainingSeconds")
     wake_at: dt.datetime | None = Field(None, alias="wakeAt")
     waiting_for: dict[str, str] | None = Field(None, alias="waitingFor")
     events_consumed: list[str] = Field([], alias="eventsConsumed")

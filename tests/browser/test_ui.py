@@ -230,3 +230,31 @@ async def test_a_cross_site_form_post_is_refused(
     )
     assert status == 200
     assert (await admin.get_execution(name)).cancel_requested
+
+
+async def test_the_budget_shown_is_active_time_only(serve: Any, browser: Browser, run_namespace: str) -> None:
+    """The budget counts only active running time and starts again after every wait: the UI shows the
+    current segment's use (from ``status.deadline`` or ``budgetRemainingSeconds``), never wall time
+    since the run started. The page's own module, run in the browser on made-up runs at a fixed now."""
+    served: Served = await serve(run_namespace)
+    page = await browser.new_page()
+    await page.goto(f"{served.url}/")
+    shown = await page.evaluate(
+        """async () => {
+          const { budget } = await import('/static/common.js');
+          const now = Date.parse('2026-12-02T12:00:00Z');
+          const run = (status, finished = false) =>
+            ({ run_timeout_seconds: 100, finished, status: { started_at: '2026-12-01T12:00:00Z', ...status } });
+          const used = (r) => { const b = budget(r, now); return b === null ? null : Math.round(b.used); };
+          return {
+            running: used(run({ phase: 'Running', deadline: '2026-12-02T12:01:10Z' })),
+            requeued: used(run({ phase: 'Queued', budget_remaining_seconds: 25 })),
+            waiting: used(run({ phase: 'Waiting' })),
+            completed: used(run({ phase: 'Completed', reason: 'Succeeded' }, true)),
+            timedOut: used(run({ phase: 'Cancelled', reason: 'RunTimeout' }, true)),
+            overdue: used(run({ phase: 'Cancelling', deadline: '2026-12-02T11:59:00Z' })),
+          };
+        }"""
+    )
+    # Started a day ago: wall time would say 100 of 100 for every one of them.
+    assert shown == {"running": 30, "requeued": 75, "waiting": 0, "completed": None, "timedOut": 100, "overdue": 100}

@@ -69,13 +69,28 @@ export function age(iso, now = Date.now()) {
   return `${Math.round(s / 86400)}d`;
 }
 
+// The run budget counts only active running time and starts again after every wait (README), so
+// what is used is the current segment's: while a worker holds the run, runTimeoutSeconds less what
+// is left to its deadline; re-queued mid-segment, less what the segment kept
+// (budgetRemainingSeconds); waiting or queued afresh, none of it. A finished run keeps no deadline:
+// all of it if it timed out, otherwise nothing to show (null).
 export function budget(run, now = Date.now()) {
   const limit = run.run_timeout_seconds;
-  const started = run.status && run.status.started_at;
-  if (!limit || !started) return null;
-  const end = run.status.finished_at ? Date.parse(run.status.finished_at) : now;
-  const used = Math.max(0, (end - Date.parse(started)) / 1000);
-  return { used, limit, fraction: Math.min(1, used / limit) };
+  const status = run.status || {};
+  if (!limit) return null;
+  let used;
+  if (run.finished) {
+    if (status.reason !== "RunTimeout") return null;
+    used = limit;
+  } else if (status.deadline) {
+    used = limit - (Date.parse(status.deadline) - now) / 1000;
+  } else if (status.budget_remaining_seconds !== null && status.budget_remaining_seconds !== undefined) {
+    used = limit - status.budget_remaining_seconds;
+  } else {
+    used = 0;
+  }
+  used = Math.min(limit, Math.max(0, used));
+  return { used, limit, fraction: used / limit };
 }
 
 export function lastStep(run) {

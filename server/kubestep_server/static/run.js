@@ -112,8 +112,11 @@ function render(run) {
   } else info.hidden = true;
 
   document.getElementById("input").textContent = asText(run.input);
+  // Shown only when there is something: a cancelled run has neither result nor error.
   document.getElementById("result").textContent = asText(status.result);
+  document.getElementById("result-box").hidden = status.result === null || status.result === undefined;
   document.getElementById("error").textContent = asText(status.error);
+  document.getElementById("error-box").hidden = !status.error;
   const steps = stepsOf(run);
   drawTimeline(run, steps);
   document.getElementById("steps").replaceChildren(
