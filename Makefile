@@ -33,7 +33,7 @@ tools:
 # The browser tests drive Debian's chromium (Playwright's own download does not work here, and no
 # browser is fetched at test time); they fail, never skip, without it.
 browser:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v chromium >/dev/null || (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 test: venv tools browser
 	$(BIN)/pytest

@@ -571,9 +571,7 @@ async def test_the_cancel_audit_policy_records_the_caller_not_the_server(
     ns, alice_kubeconfig, user = cancel_audit._namespace_with_operator(control_plane, logs, procs, audited=True)
 
     async def policies_in_effect() -> bool:
-        name = cancel_audit._create(control_plane, ns, control_plane.kubeconfig)
-        forged = {"metadata": {"annotations": {cancel_audit.KEY: "system:admin"}}}
-        return cancel_audit._patch(control_plane, ns, alice_kubeconfig, name, forged).returncode != 0
+        return cancel_audit.policies_in_effect(control_plane, ns, alice_kubeconfig, user)
 
     await until(policies_in_effect, 30, "the audit policies to take effect")
     alice = _token(control_plane, ns, "alice")  # may create, get and patch runs in ns; nothing else

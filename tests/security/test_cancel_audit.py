@@ -100,6 +100,20 @@ def test_without_the_audit_policies_the_annotation_is_nobodys_word(
     assert cancellation["requestedBy"] == "kubectl-patch"
 
 
+def policies_in_effect(cluster: Cluster, ns: str, who: Path, user: str) -> bool:
+    """Both policies act: the validating one refuses a forged annotation, and the mutating one writes
+    the real user over a forged one in a cancelling request. Each takes effect on its own, moments
+    after it is created: the validating one alone once passed while the mutating one did not yet act."""
+    name = _create(cluster, ns, cluster.kubeconfig)
+    if _patch(cluster, ns, who, name, {"metadata": {"annotations": {KEY: "system:admin"}}}).returncode == 0:
+        return False
+    cancelled = _create(cluster, ns, cluster.kubeconfig)
+    if _patch(cluster, ns, who, cancelled, FORGED).returncode != 0:
+        return False
+    obj = json.loads(cluster.kubectl("-n", ns, "get", "wfx", cancelled, "-o", "json").stdout)
+    return bool(obj["metadata"].get("annotations", {}).get(KEY) == user)
+
+
 @pytest.fixture
 def audit(control_plane: Cluster) -> Iterator[None]:
     release = f"audit{uuid.uuid4().hex[:5]}"
@@ -122,13 +136,7 @@ def test_with_the_audit_policies_only_the_cancelling_request_names_its_own_user(
 ) -> None:
     ns, alice, user = _namespace_with_operator(control_plane, logs, procs, audited=True)
 
-    def forged_annotation_refused() -> bool:  # the policies take effect within moments
-        name = _create(control_plane, ns, control_plane.kubeconfig)
-        return (
-            _patch(control_plane, ns, alice, name, {"metadata": {"annotations": {KEY: "system:admin"}}}).returncode != 0
-        )
-
-    wait_until(forged_annotation_refused, 30, interval=0.5, what="the audit policies to take effect")
+    wait_until(lambda: policies_in_effect(control_plane, ns, alice, user), 30, interval=0.5, what="the policies")
 
     # Written before the cancel, or at creation with no cancel: refused.
     name = _create(control_plane, ns, alice)
