@@ -48,7 +48,6 @@ pytestmark = pytest.mark.cluster
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "charts" / "kubestep"
 KIND_VALUES = CHART / "ci" / "kind-values.yaml"
-CRD_FILE = "workflowexecutions.kubestep.io.yaml"
 RELEASE = "kubestep"
 OPERATOR_SA = "kubestep-operator"
 WORKER_SA = "kubestep-worker"
@@ -391,10 +390,10 @@ def test_chart_refuses_broad_flow_subjects(helm: Path, subject: dict[str, Any], 
     assert expected in proc.stderr, proc.stderr
 
 
-def test_chart_crd_is_the_top_level_crd() -> None:
-    top = (REPO_ROOT / "crds" / CRD_FILE).read_bytes()
-    copy = (CHART / "crds" / CRD_FILE).read_bytes()
-    assert copy == top, f"charts/kubestep/crds/{CRD_FILE} drifted from crds/{CRD_FILE}: copy it again"
+def test_chart_crds_are_the_top_level_crds() -> None:
+    for path in sorted((REPO_ROOT / "crds").iterdir()):
+        copy = (CHART / "crds" / path.name).read_bytes()
+        assert copy == path.read_bytes(), f"charts/kubestep/crds/{path.name} drifted from crds/{path.name}: copy it again"
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO_ROOT / "crds").iterdir())
 
 

@@ -458,13 +458,15 @@ async def test_a_long_history_is_archived_and_replayed_from_the_journal(
 @local_only
 async def test_a_long_journal_stays_short_in_status_by_merging_chunks(client: KubestepClient, workers: Any) -> None:
     """A window of 2 records archives one record per chunk; every 16 chunks of a level are merged into
-    one of the next, so status.journal stays short, and replay and the history still see every step."""
-    first = workers(name="merger", env={"KUBESTEP_STATUS_STEPS": "2"})
+    one of the next, so status.journal stays short, and replay and the history still see every step.
+    With every step a status write (the step journal archives once per checkpoint, in few big chunks)."""
+    per_step = {"KUBESTEP_STATUS_STEPS": "2", "KUBESTEP_STEP_STORE": "status"}
+    first = workers(name="merger", env=per_step)
     h = await client.start("steps", {"count": 40, "seconds": 0.005, "wait_after": 35, "wait_seconds": 1})
     await until_phase(client, h.id, api.Phase.WAITING, timeout=60)
     assert first is not None
     first.stop()
-    workers(name="heir", env={"KUBESTEP_STATUS_STEPS": "2"})
+    workers(name="heir", env=per_step)
     result = await h.result(timeout=60)
     e = await h.status()
     levels = [j.level for j in e.status.journal]

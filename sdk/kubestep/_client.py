@@ -17,12 +17,14 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
+from . import _batches
 from . import _journal as journal
 from . import _protocol as api
 from ._errors import (
     ExecutionCancelledError,
     ExecutionFailedError,
     ExecutionNotFoundError,
+    ForbiddenError,
     InvalidInputError,
     NotFoundError,
     ResultTimeoutError,
@@ -30,6 +32,7 @@ from ._errors import (
 from ._informer import Change, Informer
 from ._kube import Kube
 from ._models import Execution, ExecutionList, RunEvent, StepRecord
+from ._protocol import batches
 
 
 def _generate_name(workflow_id: str) -> str:
@@ -38,6 +41,8 @@ def _generate_name(workflow_id: str) -> str:
 
 
 FIELD_MANAGER = "kubestep-sdk"
+# Phases only a holder writes, with every record in status: no StepBatch has anything newer.
+_WORKER_WROTE_ALL = frozenset({api.Phase.WAITING, api.Phase.COMPLETED, api.Phase.FAILED})
 
 
 class KubestepClient:
@@ -127,7 +132,14 @@ class KubestepClient:
         return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)
 
     async def get_execution(self, execution_id: str) -> Execution:
-        return Execution.from_object(await self._get_object(execution_id))
+        """The run as it is now. Its status is exact: step records its worker has made durable
+        since the last status checkpoint (in StepBatches, a few seconds' worth at most) are folded
+        in, so ``status.steps`` and ``steps_completed`` count every step that finished."""
+        obj = await self._get_object(execution_id)
+        newer = await self._batch_entries(obj)
+        if newer:
+            obj = {**obj, "status": batches.fold(obj.get("status") or {}, newer)}
+        return Execution.from_object(obj)
 
     async def step_history(self, execution_id: str) -> list[StepRecord]:
         """Every step record of a run, in order: those archived in its journal ConfigMaps,
@@ -138,7 +150,24 @@ class KubestepClient:
         archived = await journal.load(
             self._kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
         )
-        return [StepRecord.model_validate(r) for r in journal.history(archived + list(status.get("steps") or []))]
+        # Records newer than status's last checkpoint are in StepBatches (the step journal).
+        newer = [e.record for e in await self._batch_entries(obj)]
+        records = archived + list(status.get("steps") or []) + newer
+        return [StepRecord.model_validate(r) for r in journal.history(records)]
+
+    async def _batch_entries(self, obj: dict[str, Any]) -> list[batches.Entry]:
+        """A run's StepBatch entries that count (``_protocol/batches.py``): none if the StepBatch
+        CRD is not installed or the caller may not read them (then history is as of the run's
+        last checkpoint, a few seconds old at most while it runs)."""
+        status = obj.get("status") or {}
+        attempt = int(status.get("attempt") or 0)
+        if attempt == 0 or status.get("phase") in _WORKER_WROTE_ALL:
+            return []
+        try:
+            found = await _batches.entries(self._kube, self.namespace, obj["metadata"]["uid"])
+        except (NotFoundError, ForbiddenError):
+            return []
+        return batches.counted(status, found, open_attempt=attempt)
 
     async def list_executions(
         self,

@@ -40,6 +40,16 @@ WATCH_EVENTS = Counter(
     "Watch events this worker received (listed objects included): what each write fans out to.",
     ["stream"],
 )
+BATCH_RECORDS = Histogram(
+    "kubestep_worker_batch_records",
+    "Step records made durable by one StepBatch write (group commit)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+BATCH_WRITE_SECONDS = Histogram(
+    "kubestep_worker_batch_write_seconds",
+    "Time to write one StepBatch",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 STATUS_WRITE_SECONDS = Histogram(
     "kubestep_worker_status_write_seconds",
     "Latency of the worker's status writes, by kind: claim, steps, end.",

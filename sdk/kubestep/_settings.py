@@ -9,12 +9,15 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: runs at once | ``--concurrency`` | | 10 |
 | worker: checkpoint interval (s) | | ``KUBESTEP_CHECKPOINT_SECONDS`` | 0 (every step) |
 | worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
+| worker: where a step is made durable: ``batch`` (the step journal) or ``status`` | | ``KUBESTEP_STEP_STORE`` | batch |
+| worker: with the step journal, how often a running run's status catches up (s) | | ``KUBESTEP_STATUS_SECONDS`` | 5 |
 | worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
 | worker: the runs it claims (``spec.queue``) | ``--queue`` | ``KUBESTEP_QUEUE`` | none: the default queue |
 | worker: identity | | ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` | host name and process id, kubeconfig's namespace |
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
 | operator: bytes a page of runs should weigh when listing | | ``KUBESTEP_OPERATOR_LIST_BYTES`` | 4 MiB (0: pages of 500) |
+| operator: how often it collects the StepBatches no run needs any more (s; 0: never) | | ``KUBESTEP_OPERATOR_COLLECT_SECONDS`` | 15 |
 | who cancelled: trust the audit annotation | | ``KUBESTEP_CANCEL_AUDIT`` | false (the chart sets it with ``cancelAudit.enabled``) |
 | operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
 | operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
@@ -71,6 +74,16 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise SystemExit(f"{name}={env[name]!r} is not a valid flag (true or false)")
 
 
+STEP_STORES = ("batch", "status")
+STATUS_SECONDS = 5.0
+
+
+def _store(value: str) -> str:
+    if value not in STEP_STORES:
+        raise SystemExit(f"KUBESTEP_STEP_STORE={value!r}: expected one of {', '.join(STEP_STORES)}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     module: str
@@ -82,6 +95,8 @@ class WorkerSettings:
     grace_seconds: float = GRACE_SECONDS
     checkpoint_seconds: float = 0.0
     status_steps: int = STATUS_STEPS
+    step_store: str = "batch"  # "batch": group commit into StepBatches; "status": each step a status write
+    status_seconds: float = STATUS_SECONDS
     http_connections: int = HTTP_CONNECTIONS
     metrics_port: int | None = None
     health_port: int | None = None  # /healthz and /readyz for the kubelet; None: off
@@ -112,6 +127,8 @@ class WorkerSettings:
             grace_seconds=_pick(None, env, "KUBESTEP_CANCEL_GRACE_SECONDS", GRACE_SECONDS, float),
             checkpoint_seconds=_pick(None, env, "KUBESTEP_CHECKPOINT_SECONDS", 0.0, float),
             status_steps=_pick(None, env, "KUBESTEP_STATUS_STEPS", STATUS_STEPS, int),
+            step_store=_store(env.get("KUBESTEP_STEP_STORE") or "batch"),
+            status_seconds=_pick(None, env, "KUBESTEP_STATUS_SECONDS", STATUS_SECONDS, float),
             http_connections=_pick(None, env, "KUBESTEP_HTTP_CONNECTIONS", HTTP_CONNECTIONS, int),
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,
             health_port=_pick(health_port, env, "KUBESTEP_HEALTH_PORT", None, int) or None,
@@ -140,6 +157,7 @@ class OperatorSettings:
     leader_retry_period: float = 2.0
     cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
     list_bytes: int = 4 << 20  # KUBESTEP_OPERATOR_LIST_BYTES: a page of runs' weight (0: pages of 500)
+    collect_seconds: float = 15.0  # KUBESTEP_OPERATOR_COLLECT_SECONDS: StepBatch collection sweeps (0: none)
 
     @classmethod
     def load(
@@ -177,4 +195,5 @@ class OperatorSettings:
             leader_retry_period=_pick(None, env, "KUBESTEP_LEADER_RETRY_PERIOD", min(2.0, lease / 5), float),
             cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
             list_bytes=_pick(None, env, "KUBESTEP_OPERATOR_LIST_BYTES", 4 << 20, int),
+            collect_seconds=_pick(None, env, "KUBESTEP_OPERATOR_COLLECT_SECONDS", 15.0, float),
         )

@@ -50,7 +50,9 @@ def test_a_record_put_while_an_append_is_in_flight_goes_with_the_next_one() -> N
     server = status_after(ledger, ops, server)
     ledger.written(sent)
     assert server["steps"][1]["state"] == api.StepState.COMPLETED and server["stepsCompleted"] == 2
-    assert ledger.append_ops(server)[0] == [{"op": "add", "path": "/status/stepsCompleted", "value": 2}]
+    nothing_new = ledger.append_ops(server)[0]
+    assert nothing_new[0] == {"op": "add", "path": "/status/stepsCompleted", "value": 2}
+    assert not [op for op in nothing_new if op["path"].startswith("/status/steps/")], "no record sent twice"
 
 
 def test_a_record_replaced_while_its_append_is_in_flight_stays_dirty() -> None:
@@ -155,3 +157,48 @@ def test_records_of_this_claim_are_not_replay_obligations() -> None:
     ledger = Ledger({}, window=0)
     ledger.put(rec("a"))
     assert ledger.mismatch("starts step 'b'") is None
+
+
+# ----- the step journal: log sequence numbers and what waits for the group commit -----------------
+
+
+def test_every_record_put_gets_the_next_lsn_and_journaling_queues_it_until_a_status_write_has_it() -> None:
+    ledger = Ledger({"journalLsn": 7}, window=0, journaling=True)
+    ledger.put(rec("a"))
+    ledger.put(rec("b"))
+    assert [e["lsn"] for e in ledger.take_pending()] == [8, 9] and ledger.pending == []
+    ledger.put(rec("c"))
+    ops, sent = ledger.append_ops({})
+    assert {"op": "add", "path": "/status/journalLsn", "value": 10} in ops
+    assert {"op": "add", "path": "/status/journalFences", "value": []} in ops
+    assert {"op": "add", "path": "/status/currentStep", "value": "c"} in ops
+    ledger.put(rec("d"))  # while that status write is in flight
+    ledger.written(sent)
+    assert [e["record"]["key"] for e in ledger.pending] == ["d"], "c is in status: no batch needs it; d still does"
+
+
+def test_without_journaling_nothing_queues_but_lsns_still_count() -> None:
+    ledger = Ledger({}, window=0)
+    ledger.put(rec("a"))
+    assert ledger.pending == [] and ledger.lsn == 1
+    assert ledger.status_fields()["journalLsn"] == 1
+
+
+def test_a_claim_loads_the_newer_batch_entries_after_status_as_records_to_send_not_to_commit_again() -> None:
+    from kubestep._protocol.batches import Entry
+
+    status = {"steps": [rec("a")], "journalLsn": 1, "eventsConsumed": []}
+    ledger = Ledger({}, window=0, journaling=True)
+    newer = [
+        Entry(1, 2, rec("b")),
+        Entry(1, 3, {**rec("w", kind="Event"), "event": "ev-1"}),
+        Entry(1, 4, rec("b", api.StepState.FAILED)),
+    ]
+    ledger.load([], status, newer)
+    assert [r["key"] for r in ledger.records] == ["a", "b", "w"]
+    assert ledger.records[ledger.index["b"]]["state"] == api.StepState.FAILED, "the last record of a key counts"
+    assert ledger.lsn == 4 and ledger.pending == [], "already durable: not committed again"
+    assert ledger.consumed == ["ev-1"], "an event a batch says was delivered is not delivered twice"
+    assert ledger.unsent, "status does not have them yet: the next checkpoint writes them"
+    ledger.put(rec("c"))
+    assert [e["lsn"] for e in ledger.pending] == [5]

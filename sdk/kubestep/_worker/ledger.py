@@ -4,6 +4,10 @@ The records are laid out as the server keeps them: the journal's (archived in Co
 then ``status.steps``. A key may appear more than once (a failed step run again after its record was
 archived): its last record counts, and ``index`` finds it.
 
+Every record put gets the run's next log sequence number (``lsn``, ``_protocol/batches.py``). With
+the step journal on (``journaling``), records also queue in ``pending`` until the worker's group
+commit makes them durable in a StepBatch; a status write that carries them makes that unneeded.
+
 What was sent is tracked so that steps of one run running concurrently (``asyncio.gather``) never lose
 a record: an append fixes what it sends when it is built (``append_ops``), and when it lands
 (``written``) only that becomes clean; a record put while it was in flight stays unsent or dirty and goes
@@ -12,27 +16,32 @@ with the next write.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _journal as journal
 from .. import _protocol as api
 from .._errors import ReplayMismatch
+from .._protocol import batches
 from .._protocol.replay import Replay
 
 FINAL = frozenset({api.StepState.COMPLETED, api.StepState.FAILED, api.StepState.INTERRUPTED})  # never change
 
-Sent = tuple[int, dict[int, int], int]  # (records up to, dirty indices sent with their versions, archived)
+Sent = tuple[int, dict[int, int], int, int]  # (records up to, dirty sent with their versions, archived, lsn)
 
 
 class Ledger:
-    def __init__(self, status: dict[str, Any], window: int) -> None:
+    def __init__(self, status: dict[str, Any], window: int, journaling: bool = False) -> None:
         self.window = window  # records kept in status.steps (0: never archive)
+        self.journaling = journaling
+        self.pending: list[dict[str, Any]] = []  # [{lsn, record}] not yet in a StepBatch
         self.journal: list[dict[str, Any]] = list(status.get("journal") or [])
         self.consumed: list[str] = list(status.get("eventsConsumed") or [])  # events delivered to waits
         self.load([], status)
 
-    def load(self, archived: list[dict[str, Any]], status: dict[str, Any]) -> None:
-        """The whole history at a claim: the journal's records, then status.steps."""
+    def load(self, archived: list[dict[str, Any]], status: dict[str, Any], newer: Sequence[batches.Entry] = ()) -> None:
+        """The whole history at a claim: the journal's records, then status.steps, then the StepBatch
+        entries newer than status that count (``batches.counted``), as records not yet in status."""
         self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
         self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
         self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.StepState.COMPLETED)
@@ -44,6 +53,14 @@ class Ledger:
         # Indices below ``flushed`` replaced since, each with a version that every put increments, so that
         # a record replaced again while its replacement is in flight stays dirty.
         self.dirty: dict[int, int] = {}
+        self.lsn = batches.journal_lsn(status)
+        self.pending = []
+        for entry in newer:
+            self.put(entry.record, durable=False)
+            self.lsn = max(self.lsn, entry.lsn)
+            if entry.record.get("kind") == "Event" and entry.record.get("event"):
+                if entry.record["event"] not in self.consumed:
+                    self.consumed.append(entry.record["event"])
         # What the code must reach again before it starts a new step (the replay rule).
         self.replay = Replay(self.records)
 
@@ -88,7 +105,13 @@ class Ledger:
 
     # ----- recording --------------------------------------------------------------------------
 
-    def put(self, rec: dict[str, Any]) -> None:
+    def put(self, rec: dict[str, Any], durable: bool = True) -> None:
+        """Records ``rec`` (the last record of a key counts). ``durable``: give it the next lsn and,
+        journaling, queue it for the group commit (records read back at a claim already are)."""
+        if durable:
+            self.lsn += 1
+            if self.journaling:
+                self.pending.append({"lsn": self.lsn, "record": rec})
         i = self.index.get(rec["key"])
         if i is not None and self.records[i]["state"] == api.StepState.COMPLETED:
             self.completed -= 1
@@ -104,11 +127,28 @@ class Ledger:
 
     # ----- what goes to the server ------------------------------------------------------------
 
+    def take_pending(self) -> list[dict[str, Any]]:
+        """The entries to commit now (``[{lsn, record}]``), taken."""
+        out, self.pending = self.pending, []
+        return out
+
+    @property
+    def unsent(self) -> bool:
+        """Records the server's status does not have yet."""
+        return self.flushed < len(self.records) or bool(self.dirty)
+
+    def _journal_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"journalLsn": self.lsn, "journalFences": []}
+        if self.records:
+            fields["currentStep"] = self.records[-1]["key"][:1024]
+        return fields
+
     def status_fields(self) -> dict[str, Any]:
         """Every record and count, for a write of the whole status (endings, waits, hand-backs)."""
         fields: dict[str, Any] = {
             "steps": self.records[self.archived :],
             "stepsCompleted": self.completed_count(),
+            **self._journal_fields(),
         }
         if self.journal:
             fields["journal"] = self.journal
@@ -119,7 +159,7 @@ class Ledger:
     def append_ops(self, status: dict[str, Any]) -> tuple[list[dict[str, Any]], Sent]:
         """JSON-patch operations that bring the server's ``status`` up to date by appending (the request
         stays small however long the history), and what they send, fixed now."""
-        upto, dirty, archived = len(self.records), dict(self.dirty), self.archived
+        upto, dirty, archived, lsn = len(self.records), dict(self.dirty), self.archived, self.lsn
         ops: list[dict[str, Any]] = []
         if "steps" not in status or archived != self.server_archived:
             # First records, or some just archived: status.steps anew, with the journal.
@@ -134,18 +174,21 @@ class Ledger:
             ]
             ops += [{"op": "add", "path": "/status/steps/-", "value": rec} for rec in self.records[self.flushed : upto]]
         ops.append({"op": "add", "path": "/status/stepsCompleted", "value": self.completed_count(upto)})
+        ops += [{"op": "add", "path": f"/status/{k}", "value": v} for k, v in self._journal_fields().items()]
         if self.consumed and list(status.get("eventsConsumed") or []) != self.consumed:
             ops.append({"op": "add", "path": "/status/eventsConsumed", "value": list(self.consumed)})
-        return ops, (upto, dirty, archived)
+        return ops, (upto, dirty, archived, lsn)
 
     def written(self, sent: Sent | None = None) -> None:
         """The server now has what ``sent`` describes (everything, by default): what was sent is clean;
         a record put while the write was in flight stays unsent (index ≥ upto) or dirty."""
         if sent is None:
             self.flushed, self.dirty, self.server_archived = len(self.records), {}, self.archived
+            self.pending = []  # status has them all: no batch needs to
             return
-        upto, dirty, archived = sent
+        upto, dirty, archived, lsn = sent
         self.flushed, self.server_archived = upto, archived
+        self.pending = [e for e in self.pending if e["lsn"] > lsn]
         for i, version in dirty.items():
             if self.dirty.get(i) == version:  # not replaced again since it was sent
                 del self.dirty[i]

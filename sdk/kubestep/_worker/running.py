@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from .. import _batches
 from .. import _journal as journal
 from .. import _protocol as api
 from .._context import Stop, WorkflowContext
@@ -51,9 +53,11 @@ from .._errors import (
 )
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
+from .._protocol import batches
 from .._settings import WorkerSettings
 from .._workflow import Workflow
 from . import endings, stepping
+from .committing import GroupCommit
 from .ledger import Ledger
 from .letting_go import Outage, error_record, let_go, to_json, transient
 from .stepping import SETTLE_SECONDS, StepCall
@@ -61,6 +65,10 @@ from .stopping import StopRules, Verdict, at_boundary
 from .unwinding import CONTENDED, Release, Suspend
 
 logger = logging.getLogger("kubestep.worker")
+
+# With the step journal, a cancel's ending archives the records status does not hold yet only past this
+# size (the other endings always do): status stays well under what etcd stores.
+END_ARCHIVE_BYTES = 256 * 1024
 
 
 def _rv(obj: dict[str, Any]) -> str:
@@ -87,8 +95,11 @@ class Run:
         worker: str,
         settings: WorkerSettings,
         control: Kube | None = None,
+        journal: GroupCommit | None = None,
     ) -> None:
         self.kube = kube  # step records and the journal: the busy lane
+        # The step journal (group commit into StepBatches), or None: every step a status write.
+        self.journal = journal
         # Claims and endings (a cancel's Cancelled write above all) on connections of their own,
         # so they never wait behind other runs' step writes in the pool.
         self.control = control or kube
@@ -99,7 +110,7 @@ class Run:
         self.namespace: str = obj["metadata"]["namespace"]
         self.rv = _rv(obj)
         status = obj.get("status") or {}
-        self.ledger = Ledger(status, settings.status_steps)  # the step records (ledger.py)
+        self.ledger = Ledger(status, settings.status_steps, journaling=journal is not None)  # ledger.py
         self.attempt: int = int(status.get("attempt") or 0)
         self.rules = StopRules(api.grace_seconds(obj.get("spec") or {}, settings.grace_seconds))
         self.handback = False
@@ -123,6 +134,13 @@ class Run:
         # lands or is refused; the operator gives holders a lease after it sees again (blind_until).
         self._outage_seconds = max(3.0 * settings.lease_seconds, 30.0)
         self._last_checkpoint = time.monotonic()
+        # With the step journal: how often status catches up with the records while the run runs
+        # (kubectl's view, and what lets the operator collect the batches), and a failure of that
+        # write in the background, raised at the next boundary.
+        self.status_seconds = settings.status_seconds
+        self._last_status_write = time.monotonic()
+        self._deferred: Release | None = None
+        self._ended = False
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)
         # Steps of one run may run concurrently (asyncio.gather): their appends
@@ -231,12 +249,17 @@ class Run:
         ``stoppable`` writes (every ending but Cancelled) give way to a
         cancellation learned from the conflict: they raise at that boundary.
 
-        No archiving here: a journal chunk is written on the busy lane, behind other runs' step
-        data, and an ending (a cancel's above all) must not wait for it; status holds the few
-        extra records. The lock only waits out an archive in progress (concurrent steps).
+        Every step a status write: no archiving here (a journal chunk is written on the busy lane,
+        behind other runs' step data, and an ending, a cancel's above all, must not wait for it;
+        status holds the few extra records); the lock only waits out an archive in progress. With
+        the step journal, see below.
         """
         async with self._append_lock:
-            pass
+            if self.journal is not None and (stoppable or self._unarchived_bytes() > END_ARCHIVE_BYTES):
+                # With the step journal, status last caught up seconds ago: the records since can be
+                # many, so the ending archives first (as a checkpoint would) to keep status small. A
+                # cancel's ending does only when they are big: it must not wait for a ConfigMap.
+                await Outage(self._outage_seconds).retrying(self._archive)
         outage = Outage(self._outage_seconds)
         conflicts = 0
         while conflicts < 10:
@@ -251,6 +274,7 @@ class Run:
                     obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
                 self.obj, self.rv = obj, _rv(obj)
                 self.ledger.written()
+                self._last_status_write = time.monotonic()
                 return
             except ConflictError:
                 conflicts += 1
@@ -260,6 +284,10 @@ class Run:
             except Exception as exc:
                 await outage.wait_out(exc)
         raise Release(CONTENDED, held=True)
+
+    def _unarchived_bytes(self) -> int:
+        ledger = self.ledger
+        return sum(len(json.dumps(r, separators=(",", ":"))) for r in ledger.records[ledger.archived :])
 
     async def _reread(self) -> None:
         """After a lost write race: the current object, and whether the run is still ours."""
@@ -311,6 +339,16 @@ class Run:
         spec, status = self.obj.get("spec") or {}, self.obj.get("status") or {}
         if status.get("phase") != api.Phase.QUEUED or spec.get("cancelRequested"):
             return False
+        # Records an earlier holder made durable in StepBatches but not yet in status: read before
+        # the claim, which fixes how far each earlier attempt's records count (batches.py: fencing).
+        newer: list[batches.Entry] = []
+        prior = int(status.get("attempt") or 0)
+        if prior > 0:
+            try:
+                found = await _batches.entries(self.kube, self.namespace, self.obj["metadata"]["uid"])
+            except NotFoundError:
+                found = []  # no StepBatch CRD (an install from before the step journal): nothing in one
+            newer = batches.counted(status, found, open_attempt=prior)
         wall, mono = api.now(), time.monotonic()
         budget = api.segment_budget(spec, status)
         patch = api.claimed(
@@ -321,6 +359,8 @@ class Run:
             at=wall,
             generation=self.obj["metadata"].get("generation"),
         )
+        if newer or status.get("journalFences"):
+            patch = {**patch, "journalFences": batches.fences_at_claim(status, newer)}
         try:
             with STATUS_WRITE_SECONDS.labels("claim").time():
                 obj = await self.control.update_status(self.obj, patch)
@@ -346,7 +386,8 @@ class Run:
         archived = await journal.load(
             self.kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
         )
-        self.ledger.load(archived, status)
+        self.ledger.load(archived, status, newer)
+        self._last_status_write = time.monotonic()
         return True
 
     # ----- boundaries and steps (called through WorkflowContext) ------------------------------
@@ -394,6 +435,8 @@ class Run:
         """A step boundary (``stopping.at_boundary``): stop, or hand the run back if the worker is
         shutting down. Inside a cleanup scope only a lost run or the end of the grace period stops
         the workflow."""
+        if self._deferred is not None:
+            raise self._deferred
         self._raise_for(self._verdict(in_cleanup=bool(self._cleanup_depth)))
 
     @contextlib.asynccontextmanager
@@ -486,7 +529,7 @@ class Run:
                 key, call, started, cleanup, "StepTimeout", f"it did not finish within its timeout of {timeout:g} s"
             )
             if not self._stopping():
-                await self._append_steps()
+                await self._durable()
             raise StepTimeoutError(key, timeout)
         try:
             output = await call.output()
@@ -495,7 +538,7 @@ class Run:
             STEPS.labels(self.workflow.id, "Failed").inc()
             self._put(stepping.failed(key, started, exc, cleanup))
             if not self._stopping():
-                await self._append_steps()
+                await self._durable()
             raise
         STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
         STEPS.labels(self.workflow.id, "Completed").inc()
@@ -528,10 +571,67 @@ class Run:
         if self.checkpoint_seconds > 0 and now - self._last_checkpoint < self.checkpoint_seconds:
             return
         if self._stop_noted.is_set() or self._cleanup_depth:
-            await self._append_steps()
+            await self._durable()
         else:
-            await self._append_unless_stopped()
+            await self._durable(unless_stopped=True)
         self._last_checkpoint = now
+
+    async def _durable(self, unless_stopped: bool = False) -> None:
+        """Makes the new records durable before the next step: in this run's status, or with the
+        step journal in the worker's next StepBatch (``committing.py``). ``unless_stopped``: a stop
+        noted meanwhile preempts the write; the ending write carries every record instead."""
+        if self.journal is None:
+            await (self._append_unless_stopped() if unless_stopped else self._append_steps())
+            return
+        entries = self.ledger.take_pending()
+        if not entries:
+            return
+        commit = asyncio.ensure_future(
+            self.journal.commit(self.name, self.obj["metadata"]["uid"], self.attempt, entries)
+        )
+        try:
+            if unless_stopped:
+                stopped = asyncio.ensure_future(self._stop_noted.wait())
+                try:
+                    await asyncio.wait({commit, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if not commit.done():
+                    commit.cancel()  # dropped if not yet taken; a write in flight that lands is harmless
+                    return
+            await commit
+        except asyncio.CancelledError:
+            commit.cancel()
+            raise
+        except Exception as exc:
+            raise Release(f"step journal write failed: {exc!r}", held=True, cause=exc) from exc
+
+    # ----- status checkpoints with the step journal (the worker's timer calls these) ------------
+
+    def checkpoint_due(self, now: float) -> bool:
+        return (
+            self.journal is not None
+            and self.claimed
+            and not self._ended
+            and self._deferred is None
+            and self.ledger.unsent
+            and now - self._last_status_write >= self.status_seconds
+        )
+
+    async def checkpoint(self) -> None:
+        """Brings status up to date with the records (steps, counts, the current step, journalLsn),
+        so ``kubectl get`` shows progress and the batches holding them can be collected. A failure
+        is raised in the workflow at its next boundary."""
+        self._last_status_write = time.monotonic()  # one at a time, even if this one is slow
+        try:
+            await self._append_steps()
+        except Release as r:
+            if r.why in ("lost", "deleted"):
+                self.lost = True
+            else:
+                self._deferred = r
+        except Exception as exc:  # _append_steps wraps all it can; anything else is a bug to surface
+            self._deferred = Release(f"status checkpoint failed: {exc!r}", held=True, cause=exc)
 
     async def _append_unless_stopped(self) -> None:
         """A stop noted while this append waits (on a saturated apiserver, behind other runs' step
@@ -593,6 +693,7 @@ class Run:
                     )
                 self.obj, self.rv = obj, _rv(obj)
                 self.ledger.written(sent)
+                self._last_status_write = time.monotonic()
                 # The response may carry a cancel whose watch event is now older
                 # than what we hold (and so will be dropped): learn it here.
                 self._note_stop(obj)
@@ -651,7 +752,7 @@ class Run:
                 }
             )
             self._last_key = key
-            await self._append_steps()
+            await self._durable()
             self._boundary()
             return event.get("data")
         if rec is not None and rec.get("wakeAt"):
@@ -659,7 +760,7 @@ class Run:
             # run before its event, at wakeAt. The wait timed out.
             self._put({**rec, "state": api.StepState.COMPLETED, "finishedAt": api.fmt_time(now), "timedOut": True})
             self._last_key = key
-            await self._append_steps()
+            await self._durable()
             raise EventTimeoutError(key, topic, timeout)
         wake = api.parse_time((rec or {}).get("wakeAt")) or (api.later(now, timeout) if timeout is not None else None)
         raise Suspend(key, wake, topic)
@@ -682,6 +783,7 @@ class Run:
                         await self.give_up(r)
                     return r.why
         finally:
+            self._ended = True
             self._disarm()
 
     async def _run_workflow(self) -> tuple[str, Any]:

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from typing import Any
 
 from .. import _protocol as api
@@ -34,6 +35,7 @@ from .._kube import Kube, settle
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
+from .committing import GroupCommit
 from .leasing import WorkerLease
 from .letting_go import let_go
 from .running import Run, _newer
@@ -77,6 +79,12 @@ class Worker:
             queue=settings.queue,
         )
         self.runs: dict[str, Run] = {}
+        # The step journal: one group commit for every run this worker holds (committing.py).
+        self.journal = (
+            GroupCommit(kube, namespace, name, outage_seconds=max(3.0 * settings.lease_seconds, 30.0))
+            if settings.step_store == "batch"
+            else None
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: dict[str, dict[str, Any]] = {}  # runs seen Queued while we were full
         self._stopping = asyncio.Event()
@@ -89,6 +97,7 @@ class Worker:
         await self.lease.acquire()
         renewer = asyncio.create_task(self.lease.renew_forever())
         watcher = asyncio.create_task(self._watch_forever())
+        checkpoints = asyncio.create_task(self._checkpoint_forever())
         logger.info("worker %s serving %s in namespace %s", self.name, sorted(self.workflows), self.namespace)
         try:
             await self._stopping.wait()
@@ -98,6 +107,9 @@ class Worker:
                 run.handback = True
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            checkpoints.cancel()
+            if self.journal is not None:
+                await self.journal.close()
             await settle(EVENTS_AT_EXIT)  # the Events of the runs' endings, before the connections close
             renewer.cancel()
             await self.lease.release()
@@ -129,6 +141,19 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+
+    async def _checkpoint_forever(self) -> None:
+        """With the step journal, each running run's status catches up every ``status_seconds``
+        (``Run.checkpoint``): what ``kubectl get wfx`` shows, and what lets the batches go."""
+        if self.journal is None:
+            return
+        tick = min(1.0, self.settings.status_seconds / 2)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for run in list(self.runs.values()):
+                if run.checkpoint_due(now):
+                    self._spawn(run.checkpoint())
 
     # ----- watching ---------------------------------------------------------------------------
 
@@ -228,7 +253,13 @@ class Worker:
         name = obj["metadata"]["name"]
         self._queued.pop(name, None)
         run = Run(
-            self.kube, self.workflows[obj["spec"]["workflow"]], obj, self.name, self.settings, control=self.control
+            self.kube,
+            self.workflows[obj["spec"]["workflow"]],
+            obj,
+            self.name,
+            self.settings,
+            control=self.control,
+            journal=self.journal,
         )
         run.on_abandoned = self.on_abandoned
         self.runs[name] = run
