@@ -393,7 +393,9 @@ def test_chart_refuses_broad_flow_subjects(helm: Path, subject: dict[str, Any], 
 def test_chart_crds_are_the_top_level_crds() -> None:
     for path in sorted((REPO_ROOT / "crds").iterdir()):
         copy = (CHART / "crds" / path.name).read_bytes()
-        assert copy == path.read_bytes(), f"charts/kubestep/crds/{path.name} drifted from crds/{path.name}: copy it again"
+        assert copy == path.read_bytes(), (
+            f"charts/kubestep/crds/{path.name} drifted from crds/{path.name}: copy it again"
+        )
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO_ROOT / "crds").iterdir())
 
 

@@ -88,3 +88,10 @@ def test_a_reader_folds_the_newer_entries_into_status_as_the_next_checkpoint_wou
     ]
     assert folded["stepsCompleted"] == 3 and folded["journalLsn"] == 4 and folded["currentStep"] == "c"
     assert status["stepsCompleted"] == 1, "the object read is left as it was"
+
+
+def test_a_fenced_attempt_s_batch_goes_once_status_reaches_the_fence() -> None:
+    m = Member("u", attempt=3, last_lsn=9)  # records past the fence: a holder that lost the run
+    fenced = {"attempt": 4, "journalFences": [{"attempt": 3, "lsn": 6}]}
+    assert not b.garbage(m, {**fenced, "journalLsn": 5})
+    assert b.garbage(m, {**fenced, "journalLsn": 6})

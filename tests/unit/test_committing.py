@@ -130,3 +130,18 @@ async def test_a_run_that_stops_waiting_before_the_write_is_left_out_of_it() -> 
     await asyncio.gather(blocker, stays)
     assert [r["uid"] for r in server.created[-1]["spec"]["runs"]] == ["u2"]
     await gc.close()
+
+
+async def test_two_attempts_of_one_run_never_share_a_batch() -> None:
+    server = Apiserver()
+    gc = commit_of(server)
+    server.gate.clear()
+    blocker = asyncio.ensure_future(gc.commit("r0", "u0", 1, entries(1)))
+    await asyncio.sleep(0.01)
+    old = asyncio.ensure_future(gc.commit("r1", "u1", 1, entries(4)))
+    new = asyncio.ensure_future(gc.commit("r1", "u1", 2, entries(5)))
+    await asyncio.sleep(0.01)
+    server.gate.set()
+    await asyncio.gather(blocker, old, new)
+    assert [[r["attempt"] for r in c["spec"]["runs"]] for c in server.created[1:]] == [[1], [2]]
+    await gc.close()

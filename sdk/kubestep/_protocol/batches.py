@@ -25,8 +25,10 @@ old holder's status write was refused. Records of one attempt count only as a ga
 after the claim read them must not count either.
 
 **Garbage.** A batch may go once each run in it is gone, or checkpointed past the batch's records
-(``journalLsn`` ≥ their last lsn), or past the attempt that wrote them (a later attempt holds it
-and no fence names it). The labels hold what the rule needs (``r.kubestep.io/<uid>:
+(``journalLsn`` ≥ their last lsn, or ≥ the fence of their attempt), or past the attempt that wrote
+them (a later attempt holds it and no fence names it). A run that ended while its status was behind
+its batches (the operator ended it after its holder was lost) keeps them until it is deleted: they
+are the end of its history (``kubestep steps``). The labels hold what the rule needs (``r.kubestep.io/<uid>:
 "<attempt>.<last lsn>"``), so the collector reads only metadata.
 """
 
@@ -160,8 +162,10 @@ def garbage(member: Member, status: Mapping[str, Any] | None) -> bool:
         return True
     if journal_lsn(status) >= member.last_lsn:
         return True
-    if member.attempt in fences(status):
-        return False
+    fenced = fences(status)
+    if member.attempt in fenced:
+        # Its records up to the fence count until status has them; those past it never will.
+        return journal_lsn(status) >= fenced[member.attempt]
     # A later attempt claimed the run without fencing this one in: never counted again.
     return int(status.get("attempt") or 0) > member.attempt
 

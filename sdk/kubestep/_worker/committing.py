@@ -48,15 +48,19 @@ class _Waiter:
 
 
 def _pack(waiters: list[_Waiter], limit: int) -> list[list[_Waiter]]:
-    """Waiters in order, cut into groups of at most ``limit`` bytes (a bigger one goes alone)."""
+    """Waiters in order, cut into groups of at most ``limit`` bytes (a bigger one goes alone), and
+    never two attempts of one run in a group: a batch's label for a run names one attempt
+    (``batches.members``), which the collector's rule reads."""
     out: list[list[_Waiter]] = []
     group: list[_Waiter] = []
+    attempts: dict[str, int] = {}
     size = 0
     for w in waiters:
-        if group and size + w.size > limit:
+        if group and (size + w.size > limit or attempts.get(w.uid, w.attempt) != w.attempt):
             out.append(group)
-            group, size = [], 0
+            group, size, attempts = [], 0, {}
         group.append(w)
+        attempts[w.uid] = w.attempt
         size += w.size
     if group:
         out.append(group)
