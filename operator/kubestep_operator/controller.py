@@ -11,6 +11,10 @@ reported on the run and retried with backoff.
 What it knows comes from two informers (``watching.py``): every unfinished run's latest snapshot, and the
 liveness of every worker Lease. Runs are decided only once the Leases have been listed, so a restarted
 operator never mistakes live workers for gone ones.
+
+The same informer of runs keeps, for every run in scope (finished ones too), what the step journal's
+collector needs to know (``collecting.Journals``); the acting replica sweeps the StepBatches no run
+needs any more every ``collect_seconds`` (``collecting.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kubestep._errors import ApiError, InvalidError, NotFoundError, TransportErr
 from kubestep._kube import Kube
 
 from . import measuring
+from .collecting import Collector, Journals
 from .keys import LeaseKey, RunKey
 from .reconciling import (
     OPERATOR,
@@ -86,6 +91,7 @@ class Controller:
     cancel_audit: bool = False  # the chart's cancelAudit policies vouch for the canceller annotation
     list_bytes: int = 4 << 20  # what a page of runs should weigh when listing (``kubestep._informer``)
     writers: int = 8  # writes in flight at most
+    collect_seconds: float = 15.0  # StepBatch collection sweeps (``collecting.py``); 0: none
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
     workers: dict[LeaseKey, Liveness] = dataclasses.field(default_factory=dict)
@@ -115,6 +121,15 @@ class Controller:
             )
             for s in self.scopes
         ]
+        # Every run in scope, finished ones too, for the StepBatch collector (``collecting.py``).
+        self.journals = Journals()
+        self.collector = Collector(
+            self.kube,
+            self.scopes,
+            self.journals,
+            dict(zip(self.scopes, self.run_informers, strict=True)),
+            self.collect_seconds,
+        )
         measuring.SCHEDULED.set_function(lambda: len(self.scheduler))
         measuring.UNFINISHED.set_function(lambda: len(self.executions))
         for level in Urgency:
@@ -133,6 +148,8 @@ class Controller:
         for informer in self.lease_informers:
             self._spawn(informer.run(), f"informer {informer.path}")
         self._spawn(self._watch_runs(), "informers of runs")
+        if self.collect_seconds > 0:
+            self._spawn(self.collector.run(), "StepBatch collector")
 
     async def _watch_runs(self) -> None:
         # Workers first: deciding on runs before every live Lease is known would mark served runs
@@ -173,6 +190,7 @@ class Controller:
     # ----- what the informers report ----------------------------------------------------------
 
     def on_execution(self, kind: str, body: dict[str, Any]) -> None:
+        self.journals.seen(kind, body)
         meta = body["metadata"]
         key = RunKey(meta["namespace"], meta["name"])
         if kind == "DELETED":
@@ -229,6 +247,7 @@ class Controller:
 
     def executions_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
         """After a (re-)list: runs deleted while the watch was down are forgotten."""
+        self.journals.listed(scope.accept, present)
         for key in [k for k in self.executions if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             self.forget(key)
         for key in [k for k in self.ignored if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:

@@ -37,6 +37,7 @@ from .watching import scopes
 logger = logging.getLogger("kubestep.operator")
 
 EVENT_SENDERS = 2
+COLLECTORS = 1  # the StepBatch collector's one request at a time (``collecting.py``)
 SILENCE_LIMIT = 900.0  # seconds without a list, event or bookmark before the probe fails (watches end every 300 s)
 
 
@@ -47,7 +48,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ours: OperatorSettings = memo.settings
     served = scopes(list(ours.namespaces), ours.all_namespaces)
     controller = memo.controller = Controller(
-        kube=Kube(connections=ours.writers + EVENT_SENDERS),
+        kube=Kube(connections=ours.writers + EVENT_SENDERS + COLLECTORS),
         watch=Kube(connections=2 * len(served)),
         scopes=served,
         lease_grace=api.now() + dt.timedelta(seconds=ours.lease_seconds),
@@ -57,6 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         list_bytes=ours.list_bytes,
         writers=ours.writers,
         event_senders=EVENT_SENDERS,
+        collect_seconds=ours.collect_seconds,
     )
     if not ours.leader_election:
         lead(controller)

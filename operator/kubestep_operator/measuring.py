@@ -3,7 +3,7 @@
 kopf has no metrics of its own, so these count what the operator decides:
 every transition it writes (by phase and reason), writes that lost a race,
 writes that failed and were retried, objects it could not handle, the size of the one scheduler that holds every deadline and
-wake-up, and the write backlog by urgency. Write throughput is
+wake-up, the write backlog by urgency, and the StepBatches it collected. Write throughput is
 ``rate(kubestep_operator_write_seconds_count[1m])``.
 """
 
@@ -51,4 +51,8 @@ OBJECT_ERRORS = Counter(
     "Objects the operator could not handle (logged with their names; every other object goes on), by what it was "
     "doing: read, decide, write (a status write the apiserver refused as invalid), event.",
     ["stage"],
+)
+BATCHES_COLLECTED = Counter(
+    "kubestep_operator_batches_collected_total",
+    "StepBatches the operator deleted because no run needs them any more (collecting.py).",
 )

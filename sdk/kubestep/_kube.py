@@ -202,8 +202,11 @@ class Kube:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> Any:
-        body = await self._exchange(method, path, json_body, params, content_type)
+        """One request, its JSON answer. ``accept``: an ``Accept`` header, e.g. a metadata-only list
+        (``application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1``); none by default."""
+        body = await self._exchange(method, path, json_body, params, content_type, accept=accept)
         return json.loads(body) if body else None
 
     async def get_sized(self, path: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
@@ -212,12 +215,21 @@ class Kube:
         return (json.loads(body) if body else None), len(body)
 
     async def _exchange(
-        self, method: str, path: str, json_body: Any, params: dict[str, Any] | None, content_type: str
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        params: dict[str, Any] | None,
+        content_type: str,
+        *,
+        accept: str | None = None,
     ) -> bytes:
         data = None if json_body is None else json.dumps(json_body, allow_nan=False).encode()
         headers = self._auth()
         if data is not None:
             headers["Content-Type"] = content_type
+        if accept is not None:
+            headers["Accept"] = accept
         url = self._base + path
         for attempt in range(6):
             try:
