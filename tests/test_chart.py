@@ -785,6 +785,7 @@ OWN, OTHER, CLUSTER = "own namespace", "other namespace", "cluster scope"
 WFX, STATUS = "workflowexecutions.kubestep.io", "workflowexecutions.kubestep.io/status"
 LEASES, EVENTS = "leases.coordination.k8s.io", "events"
 TOKENREVIEWS = "tokenreviews.authentication.k8s.io"
+BATCHES = "stepbatches.kubestep.io"
 SUBJECTACCESSREVIEWS = "subjectaccessreviews.authorization.k8s.io"
 
 #   install       who         verb      resource                    where     allowed
@@ -835,6 +836,16 @@ RBAC_MATRIX = [
     ("namespaced", "worker", "delete", "configmaps", OWN, False),  # ... is immutable
     ("namespaced", "worker", "list", "configmaps", OWN, False),
     ("namespaced", "worker", "create", "configmaps", OTHER, False),
+    ("namespaced", "worker", "create", BATCHES, OWN, True),  # the step journal's group commit
+    ("namespaced", "worker", "list", BATCHES, OWN, True),  # a claim reads a run's batches back
+    ("namespaced", "worker", "update", BATCHES, OWN, False),  # ... never changed
+    ("namespaced", "worker", "delete", BATCHES, OWN, False),  # ... nor deleted: the operator collects them
+    ("namespaced", "worker", "create", BATCHES, OTHER, False),
+    ("namespaced", "operator", "list", BATCHES, OWN, True),
+    ("namespaced", "operator", "deletecollection", BATCHES, OWN, True),
+    ("namespaced", "operator", "create", BATCHES, OWN, False),
+    ("namespaced", "operator", "update", BATCHES, OWN, False),
+    ("namespaced", "operator", "list", BATCHES, OTHER, False),
     ("namespaced", "worker", "patch", WFX, OWN, False),  # never the spec
     ("namespaced", "worker", "update", WFX, OWN, False),
     ("namespaced", "worker", "create", WFX, OWN, False),
