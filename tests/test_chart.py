@@ -433,6 +433,9 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: Cluster, helm:
         assert server == (
             {"Deployment", "Service", "NetworkPolicy", "ServiceAccount"} if variant == "server" else set()
         )
+        if variant == "server":
+            cache = {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["metadata"]["name"] == CACHE}
+            assert {kind for kind, _ in cache} == {"Role", "RoleBinding"}, cache
         if variant == "watch-namespaces":
             roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"}
             assert roles == {
@@ -576,9 +579,9 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
     }
     assert _names(control_plane, "serviceaccounts", release) == {OPERATOR_SA, WORKER_SA, SERVER_SA}
     leader_role = f"{OPERATOR_SA}-leader-election"
-    # None for the server: it acts with each caller's token.
-    assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA, leader_role}
-    assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA, leader_role}
+    # The server's only one is its cache's (read runs); it writes with each caller's token.
+    assert _names(control_plane, "roles", release) == {OPERATOR_SA, WORKER_SA, leader_role, CACHE}
+    assert _names(control_plane, "rolebindings", release) == {OPERATOR_SA, WORKER_SA, leader_role, CACHE}
     assert _names(control_plane, "poddisruptionbudgets", release) == {"kubestep-worker-examples", "kubestep-operator"}
     assert _names(control_plane, "clusterroles") == set()  # least privilege: nothing cluster-scoped
     assert _names(control_plane, "clusterrolebindings") == set()
@@ -635,7 +638,8 @@ def test_helm_install_creates_the_release_objects(control_plane: Cluster, helm: 
 
 # ----- the HTTP server (server.enabled) --------------------------------------------------------
 
-SERVER_KINDS = {"Deployment", "Service", "NetworkPolicy", "ServiceAccount"}
+SERVER_KINDS = {"Deployment", "Service", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding"}
+CACHE = "kubestep-server-cache"  # the Role and RoleBinding of its cache: read runs, nothing else
 RESTRICTED_CONTAINER = {
     "runAsNonRoot": True,
     "runAsUser": 10001,
@@ -661,12 +665,14 @@ def test_the_server_is_off_by_default(helm: Path, values: list[str]) -> None:
 def _server_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     objects = {d["kind"]: d for d in docs if _is_server(d)}
     assert set(objects) == SERVER_KINDS and len([d for d in docs if _is_server(d)]) == len(SERVER_KINDS)
-    assert {d["metadata"]["name"] for d in objects.values()} == {"kubestep-server"}
+    assert {d["metadata"]["name"] for d in objects.values()} == {"kubestep-server", CACHE}
     assert {d["metadata"]["namespace"] for d in objects.values()} == {"ns"}
     return objects
 
 
-def test_the_server_renders_a_restricted_pod_a_service_a_policy_and_an_unbound_service_account(helm: Path) -> None:
+def test_the_server_renders_a_restricted_pod_a_service_a_policy_and_a_service_account_that_only_reads_runs(
+    helm: Path,
+) -> None:
     docs = render(helm, "ns", "--set", "server.enabled=true")
     objects = _server_objects(docs)
     deployment, service, policy, sa = (objects[k] for k in ("Deployment", "Service", "NetworkPolicy", "ServiceAccount"))
@@ -685,7 +691,14 @@ def test_the_server_renders_a_restricted_pod_a_service_a_policy_and_an_unbound_s
     }
     (c,) = pod["containers"]
     assert c["image"] == "kubestep:0.1.0"  # the chart's image: the server ships in it
-    assert c["args"] == ["server", "--namespace=ns", "--host=0.0.0.0", "--port=8080", "--max-streams=1000"]
+    assert c["args"] == [
+        "server",
+        "--namespace=ns",
+        "--host=0.0.0.0",
+        "--port=8080",
+        "--max-streams=1000",
+        "--cache=ns",  # the namespaces the operator watches
+    ]
     assert c["securityContext"] == RESTRICTED_CONTAINER
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -710,14 +723,22 @@ def test_the_server_renders_a_restricted_pod_a_service_a_policy_and_an_unbound_s
         {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
     ]
 
-    # No binding of any kind names the server's ServiceAccount, and no FlowSchema either (its
-    # requests carry its callers' tokens).
+    # Only its cache's binding names the server's ServiceAccount, to read runs; no FlowSchema does
+    # (its other requests carry its callers' tokens).
+    assert objects["Role"]["rules"] == [
+        {"apiGroups": ["kubestep.io"], "resources": ["workflowexecutions"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert objects["RoleBinding"]["roleRef"]["name"] == CACHE
     for d in docs:
+        if d is objects["RoleBinding"]:
+            continue
         for subject in d.get("subjects", []) + [
             s for r in d.get("spec", {}).get("rules", []) if isinstance(r, dict) for s in r.get("subjects", [])
         ]:
             assert subject.get("name") != SERVER_SA, d
             assert (subject.get("serviceAccount") or {}).get("name") != SERVER_SA, d
+    off = render(helm, "ns", "--set", "server.enabled=true", "--set", "server.cache.enabled=false")
+    assert not [d for d in off if d["kind"] in ("Role", "RoleBinding", "ClusterRole") and _is_server(d)]
 
 
 def test_the_servers_values(helm: Path) -> None:
@@ -729,6 +750,7 @@ def test_the_servers_values(helm: Path) -> None:
         "--host=0.0.0.0",
         "--port=8080",
         "--max-streams=1000",
+        "--cache=ns",
         "--verbose",
     ]
     assert objects["ServiceAccount"]["metadata"]["annotations"] == {"team": "ops"}
@@ -750,16 +772,18 @@ def test_the_servers_values(helm: Path) -> None:
         *("--set", "server.image.repository=reg/ks,server.image.tag=1.2,networkPolicy.enabled=false"),
     )
     kinds = {d["kind"]: d for d in custom if _is_server(d)}
-    assert set(kinds) == {"Deployment", "Service"}  # no policy, and the ServiceAccount is the user's
+    # No policy, and the ServiceAccount is the user's (the chart still binds it to read runs).
+    assert set(kinds) == {"Deployment", "Service", "Role", "RoleBinding"}
+    assert kinds["RoleBinding"]["subjects"][0]["name"] == "api"
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     assert kinds["Deployment"]["spec"]["replicas"] == 2 and pod["serviceAccountName"] == "api"
     assert pod["containers"][0]["image"] == "reg/ks:1.2" and "--port=9000" in pod["containers"][0]["args"]
     assert kinds["Service"]["spec"]["ports"][0]["port"] == 8443
 
 
-def test_the_servers_service_account_is_bound_to_nothing(control_plane: Cluster, release: str) -> None:
-    """Installed, the server's ServiceAccount exists and no RoleBinding or ClusterRoleBinding of the
-    cluster names it (the RBAC matrix below asks the apiserver what it may do: nothing on runs)."""
+def test_the_servers_service_account_is_bound_only_to_read_runs(control_plane: Cluster, release: str) -> None:
+    """Installed, the server's ServiceAccount exists and only its cache's RoleBinding names it (the
+    RBAC matrix below asks the apiserver what it may do: read runs, nothing else)."""
     sa = json.loads(control_plane.kubectl("-n", release, "get", "serviceaccount", SERVER_SA, "-o", "json").stdout)
     assert sa["automountServiceAccountToken"] is False
     bindings = json.loads(control_plane.kubectl("get", "rolebindings", "-A", "-o", "json").stdout)["items"]
@@ -770,7 +794,7 @@ def test_the_servers_service_account_is_bound_to_nothing(control_plane: Cluster,
         for s in b.get("subjects") or []
         if s.get("kind") == "ServiceAccount" and s.get("name") == SERVER_SA and s.get("namespace") == release
     ]
-    assert named == [], named
+    assert named == [CACHE], named
     svc = json.loads(control_plane.kubectl("-n", release, "get", "service", "kubestep-server", "-o", "json").stdout)
     assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["clusterIP"] not in ("", "None")
     policy = json.loads(
@@ -872,10 +896,10 @@ RBAC_MATRIX = [
     ("cluster-wide", "worker", "patch", STATUS, OWN, True),
     ("cluster-wide", "worker", "list", WFX, OTHER, False),  # workers stay namespaced
     ("cluster-wide", "worker", "watch", WFX, CLUSTER, False),
-    # The server acts with each caller's token: its own may do nothing with runs, and review nothing.
-    ("namespaced", "server", "get", WFX, OWN, False),
-    ("namespaced", "server", "list", WFX, OWN, False),
-    ("namespaced", "server", "watch", WFX, OWN, False),
+    # The server writes with each caller's token: its own may only read runs (its cache), and review nothing.
+    ("namespaced", "server", "get", WFX, OWN, True),
+    ("namespaced", "server", "list", WFX, OWN, True),
+    ("namespaced", "server", "watch", WFX, OWN, True),
     ("namespaced", "server", "patch", WFX, OWN, False),
     ("namespaced", "server", "create", WFX, OWN, False),
     ("namespaced", "server", "patch", STATUS, OWN, False),
@@ -884,7 +908,8 @@ RBAC_MATRIX = [
     ("namespaced", "server", "list", WFX, CLUSTER, False),
     ("namespaced", "server", "create", TOKENREVIEWS, CLUSTER, False),
     ("namespaced", "server", "create", SUBJECTACCESSREVIEWS, CLUSTER, False),
-    ("cluster-wide", "server", "list", WFX, OTHER, False),
+    ("cluster-wide", "server", "list", WFX, OTHER, True),  # its cache, with watchAllNamespaces
+    ("cluster-wide", "server", "patch", STATUS, OTHER, False),
     ("cluster-wide", "server", "patch", WFX, OWN, False),
 ]
 

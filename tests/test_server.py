@@ -42,7 +42,8 @@ from kubestep import KubestepClient
 from kubestep._kube import Kube
 from kubestep_server import sse
 from kubestep_server.app import make_app
-from kubestep_server.context import TOKENS
+from kubestep_server.cache import Query, RunCache
+from kubestep_server.context import CACHE, TOKENS
 from kubestep_server.settings import ServerSettings
 
 from .conftest import Cluster
@@ -109,15 +110,32 @@ async def serve(control_plane: Cluster) -> AsyncIterator[Callable[..., Awaitable
     started: list[TestServer] = []
 
     async def start(namespace: str, **settings: Any) -> Served:
+        """With ``cache_namespaces`` (``()``: every namespace), the shared cache, fed by the session's
+        admin credentials (the chart gives the server's ServiceAccount get/list/watch instead);
+        returns once it has listed."""
         app = make_app(ServerSettings(namespace=namespace, **settings), Kube(str(control_plane.kubeconfig)))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         started.append(server)
+        if CACHE in app:
+            await until(lambda: _ready(app[CACHE], namespace), 60, "the server's cache to list the runs")
         return Served(str(server.make_url("")).rstrip("/"), app)
 
     yield start
     for server in started:
         await server.close()
+
+
+async def _ready(cache: RunCache, namespace: str) -> bool:
+    if cache.ready(namespace):
+        return True
+    await asyncio.sleep(0.1)
+    return False
+
+
+#: Both ways a list is answered: by the apiserver with the caller's token, and from the shared cache
+#: after the apiserver authorized the caller. The rules below hold for both.
+BOTH = pytest.mark.parametrize("cache", [None, ()], ids=["passthrough", "cache"])
 
 
 @dataclasses.dataclass
@@ -312,12 +330,13 @@ async def test_a_get_only_token_is_refused_cancel_exactly_as_kubectl_is(
     assert not _spec(control_plane, ns, name).get("cancelRequested")
 
 
+@BOTH
 async def test_no_token_a_garbage_token_and_a_revoked_token_are_401s(
-    control_plane: Cluster, quiet_namespace: str, serve: Any
+    control_plane: Cluster, quiet_namespace: str, serve: Any, cache: tuple[str, ...] | None
 ) -> None:
     ns = quiet_namespace
     make_accounts(control_plane, ns)
-    served = await serve(ns)
+    served = await serve(ns, cache_namespaces=cache)
     name = await _start(control_plane, ns)
     async with served.http(None) as http:
         for method, path in (("GET", "/api/v1/executions"), ("POST", f"/api/v1/executions/{name}/cancel")):
@@ -329,6 +348,10 @@ async def test_no_token_a_garbage_token_and_a_revoked_token_are_401s(
         garbage = await http.post(f"/api/v1/executions/{name}/cancel")
     assert garbage.status_code == 401 and garbage.json()["reason"] == "Unauthorized", garbage.text
     assert served.clients_made == 1 and len(served.app[TOKENS]) == 0  # asked, refused, forgotten
+    async with served.http("garbage.token.value") as http:
+        listed = await http.get("/api/v1/executions")  # from the cache too: only once the apiserver took the token
+    assert listed.status_code == 401 and listed.json()["reason"] == "Unauthorized", listed.text
+    assert "items" not in listed.json()
 
     # A token bound to a Secret stops being valid when the Secret goes: revoked, as an expired one is.
     secret = f"bound-{uuid.uuid4().hex[:6]}"
@@ -354,13 +377,16 @@ async def test_no_token_a_garbage_token_and_a_revoked_token_are_401s(
     assert not _spec(control_plane, ns, name).get("cancelRequested")
 
 
+@BOTH
 async def test_a_token_of_namespace_a_can_neither_see_nor_touch_namespace_b(
-    control_plane: Cluster, make_namespace: Callable[[], str], serve: Any
+    control_plane: Cluster, make_namespace: Callable[[], str], serve: Any, cache: tuple[str, ...] | None
 ) -> None:
     a, b = make_namespace(), make_namespace()
     accounts = make_accounts(control_plane, a)
     in_b = await _start(control_plane, b)
-    served = await serve(b)  # B is even the server's default namespace
+    served = await serve(b, cache_namespaces=cache)  # B is even the server's default namespace
+    if cache is not None:  # the cache holds B's run: it must still not be shown
+        await until(lambda: _cached(served, b, in_b), 30, "the cache to hold B's run")
     q = f"?namespace={b}"
     async with served.http(accounts.writer) as http:
         answers = {
@@ -373,12 +399,20 @@ async def test_a_token_of_namespace_a_can_neither_see_nor_touch_namespace_b(
             "send event": await http.post(f"/api/v1/executions/{in_b}/events{q}", json={"topic": "t"}),
             "run": await http.post(f"/api/v1/workflows/{NOBODY}/run{q}", json={}),
             "stream a run": await refused_stream(http, f"/api/v1/executions/{in_b}/stream{q}"),
-            "stream the namespace": await refused_stream(http, f"/api/v1/executions/stream{q}"),
+            "stream the namespace": await refused_stream(http, f"/api/v1/executions{q}&watch=true"),
             "a missing run": await http.get(f"/api/v1/executions/no-such-run{q}"),
+            "bulk cancel by name": await http.post(f"/api/v1/executions/cancel{q}", json={"names": [in_b]}),
+            "bulk cancel by filter": await http.post(f"/api/v1/executions/cancel{q}", json={"filter": {}}),
         }
+        bulk = answers.pop("bulk cancel by name")
+        assert bulk.status_code == 200 and [r["status"] for r in bulk.json()["results"]] == [403], bulk.text
         for what, answer in answers.items():
             assert answer.status_code == 403 and answer.json()["reason"] == "Forbidden", (what, answer.text)
-        assert (await http.get(f"/api/v1/executions?namespace={a}")).status_code == 200  # its own: fine
+            if what.startswith(("list", "stream the namespace", "bulk cancel by filter")):  # names no run itself
+                assert in_b not in answer.text, (what, answer.text)
+        assert f'User "{accounts.user("writer")}" cannot list' in answers["list"].json()["error"]
+        own = await http.get(f"/api/v1/executions?namespace={a}")
+        assert own.status_code == 200 and own.json()["items"] == []  # its own: fine
     assert not _spec(control_plane, b, in_b).get("cancelRequested")
     assert control_plane.kubectl("-n", b, "get", "wfx", "-o", "name").stdout.split() == [
         f"workflowexecution.kubestep.io/{in_b}"
@@ -388,10 +422,38 @@ async def test_a_token_of_namespace_a_can_neither_see_nor_touch_namespace_b(
 # ----- start, list, send an event, read the steps and Events ----------------------------------------
 
 
+async def _cached(served: Served, namespace: str, name: str) -> bool:
+    if any(e.name == name for e in served.app[CACHE].matching(namespace, Query())):
+        return True
+    await asyncio.sleep(0.1)
+    return False
+
+
+async def listed_eventually(http: httpx.AsyncClient, expected: int, **params: Any) -> dict[str, Any]:
+    """The list once it holds ``expected`` runs: the cache follows the apiserver by a watch event."""
+
+    async def enough() -> dict[str, Any] | None:
+        answer = await http.get("/api/v1/executions", params=params)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        if len(body["items"]) == expected:
+            return body
+        await asyncio.sleep(0.1)
+        return None
+
+    return await until(enough, 30, f"the list {params} to hold {expected} runs")
+
+
+@BOTH
 async def test_start_list_filter_page_and_send_an_event(
-    control_plane: Cluster, run_namespace: str, admin: KubestepClient, accounts: Accounts, serve: Any
+    control_plane: Cluster,
+    run_namespace: str,
+    admin: KubestepClient,
+    accounts: Accounts,
+    serve: Any,
+    cache: tuple[str, ...] | None,
 ) -> None:
-    served = await serve(run_namespace)
+    served = await serve(run_namespace, cache_namespaces=cache)
     async with served.http(accounts.writer) as http:
         made = await http.post(
             f"/api/v1/workflows/{NOBODY}/run",
@@ -403,8 +465,10 @@ async def test_start_list_filter_page_and_send_an_event(
         other = await http.post("/api/v1/workflows/other-workflow/run", json={"name": "named-run", "queue": "gpu"})
         assert other.status_code == 201 and other.json()["execution_id"] == "named-run", other.text
 
-        listed = (await http.get("/api/v1/executions")).json()
+        listed = await listed_eventually(http, 2)
         assert sorted(e["id"] for e in listed["items"]) == sorted([first, "named-run"]) and listed["continue"] is None
+        source = (await http.get("/api/v1/executions")).headers["X-Kubestep-Source"]
+        assert source == ("apiserver" if cache is None else "cache")
         run = next(e for e in listed["items"] if e["id"] == first)
         assert run["input"] == {"day": "2026-12-02"} and run["run_timeout_seconds"] == 60
         assert run["labels"]["team"] == "data" and run["resource_version"]
@@ -414,13 +478,20 @@ async def test_start_list_filter_page_and_send_an_event(
         assert [e["id"] for e in by_label] == [first]
         await until_phase(admin, first, "Queued")
         await until_phase(admin, "named-run", "Queued")
-        queued = (await http.get("/api/v1/executions", params={"phase": "Queued"})).json()["items"]
-        assert len(queued) == 2
+        await listed_eventually(http, 2, phase="Queued")
         assert (await http.get("/api/v1/executions", params={"phase": "Completed"})).json()["items"] == []
         page = (await http.get("/api/v1/executions", params={"limit": 1})).json()
         assert len(page["items"]) == 1 and page["continue"]
         rest = (await http.get("/api/v1/executions", params={"limit": 1, "continue": page["continue"]})).json()
         assert {page["items"][0]["id"], rest["items"][0]["id"]} == {first, "named-run"} and rest["continue"] is None
+        searched = (await http.get("/api/v1/executions", params={"search": "NAMED"})).json()["items"]
+        assert [e["id"] for e in searched] == ["named-run"]
+        newest = (await http.get("/api/v1/executions", params={"order": "newest"})).json()["items"]
+        assert [e["id"] for e in newest] == sorted(
+            [first, "named-run"],
+            key=lambda n: (next(e["created_at"] for e in listed["items"] if e["id"] == n), n),
+            reverse=True,
+        )
 
         # The apiserver's own validation: a 422 with its message.
         invalid = await http.post(f"/api/v1/workflows/{NOBODY}/run", json={"run_timeout_seconds": 0})
@@ -442,6 +513,162 @@ async def test_start_list_filter_page_and_send_an_event(
         assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
 
 
+# ----- the shared cache ---------------------------------------------------------------------------
+
+
+async def test_the_cache_answers_lists_and_streams_only_to_callers_the_apiserver_lets_list(
+    control_plane: Cluster, quiet_namespace: str, make_namespace: Callable[[], str], serve: Any
+) -> None:
+    """One watch (the server's own) answers every list and namespace stream; each caller is still
+    authorized by the apiserver first, with its own token, and a removed RoleBinding takes effect
+    within the decision's time to live."""
+    ns, other = quiet_namespace, make_namespace()
+    accounts = make_accounts(control_plane, ns)
+    control_plane.kubectl("-n", ns, "create", "serviceaccount", "stranger")
+    stranger = _token(control_plane, ns, "stranger")
+    in_other = await _start(control_plane, other)
+    async with KubestepClient(namespace=ns, kubeconfig=str(control_plane.kubeconfig)) as admin:
+        for i in range(5):
+            await admin.start(NOBODY, {"i": i}, name=f"run-{i}", labels={"team": "a" if i % 2 else "b"})
+        await admin.start("etl", {}, name="stream")  # a run with the name the old stream route took
+    served = await serve(ns, cache_namespaces=(), access_ttl_seconds=1, recheck_seconds=1, heartbeat_seconds=0.5)
+    cache: RunCache = served.app[CACHE]
+    await until(lambda: _cached(served, other, in_other), 30, "the cache to hold the other namespace's run")
+    async with served.http(accounts.reader) as http:
+        listed = await listed_eventually(http, 6)
+        assert (await http.get("/api/v1/executions")).headers["X-Kubestep-Source"] == "cache"
+        assert all(isinstance(e["cache_seq"], int) for e in listed["items"])
+        assert in_other not in json.dumps(listed)
+        assert [
+            e["id"] for e in (await http.get("/api/v1/executions", params={"workflow": "etl"})).json()["items"]
+        ] == ["stream"]
+        team_a = await http.get("/api/v1/executions", params={"labelSelector": "team in (a),team!=b"})
+        assert [e["id"] for e in team_a.json()["items"]] == ["run-1", "run-3"]
+        assert (await http.get("/api/v1/executions", params={"labelSelector": "team in (("})).status_code == 400
+        # Pages over the cache: positions in the order, three of them for 2 + 2 + 2.
+        seen, token, pages = [], None, 0
+        while True:
+            params = {"limit": 2, **({"continue": token} if token else {})}
+            page = (await http.get("/api/v1/executions", params=params)).json()
+            seen += [e["id"] for e in page["items"]]
+            pages, token = pages + 1, page["continue"]
+            if token is None:
+                break
+        assert seen == sorted(seen) and len(seen) == 6 and pages == 3
+        foreign = await http.get("/api/v1/executions", params={"continue": "not-ours"})
+        assert foreign.status_code == 410 and foreign.json()["reason"] == "Expired"
+        # The run named "stream" is reachable by its plain GET.
+        named = await http.get("/api/v1/executions/stream")
+        assert named.status_code == 200 and named.json()["id"] == "stream", named.text
+
+        # The namespace's stream from the cache: the runs as they are, then a change made now.
+        async with stream(served, accounts.reader, "/api/v1/executions?watch=true&search=run-") as changes:
+            assert (await changes.next()) == {"retry": "3000"}
+            snapshot = [json.loads((await changes.next())["data"]) for _ in range(5)]
+            assert sorted(c["execution"]["id"] for c in snapshot) == [f"run-{i}" for i in range(5)]
+            assert all(c["listed"] and c["type"] == "ADDED" for c in snapshot)
+            assert cache.subscribers() == 1
+            await _start(control_plane, ns, NOBODY)  # named nobody-serves-this-…: not a match
+            control_plane.kubectl("-n", ns, "label", "wfx", "run-0", "touched=yes")
+            message = await changes.next()
+            while "comment" in message:
+                message = await changes.next()
+            change = json.loads(message["data"])
+            assert (change["type"], change["execution"]["id"]) == ("MODIFIED", "run-0"), change
+            assert change["execution"]["labels"]["touched"] == "yes"
+            assert change["execution"]["cache_seq"] > max(e["cache_seq"] for e in listed["items"])
+
+    async def subscriber_gone() -> bool:
+        await asyncio.sleep(0.1)
+        return cache.subscribers() == 0
+
+    await until(subscriber_gone, 10, "the stream's subscription to end")
+
+    async with served.http(stranger) as http:
+        refused = await http.get("/api/v1/executions")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == (
+            f'workflowexecutions.kubestep.io is forbidden: User "system:serviceaccount:{ns}:stranger" cannot list '
+            f'resource "workflowexecutions" in API group "kubestep.io" in the namespace "{ns}"'
+        )
+        by_kubectl = control_plane.kubectl(
+            "-n", ns, "get", "wfx", kubeconfig=control_plane.kubeconfig_for_service_account(ns, "stranger"), check=False
+        )
+        assert f"Error from server (Forbidden): {refused.json()['error']}" in by_kubectl.stderr, by_kubectl.stderr
+        assert (await refused_stream(http, "/api/v1/executions?watch=true")).status_code == 403
+
+    async with (
+        stream(served, accounts.reader, "/api/v1/executions?watch=true&snapshot=false") as open_stream,
+        served.http(accounts.reader) as http,
+    ):
+        assert (await open_stream.next()) == {"retry": "3000"}
+        control_plane.kubectl("-n", ns, "delete", "rolebinding", "reader")
+        ended = await open_stream.until("error", timeout=60)  # the stream asks again, and is refused
+        assert json.loads(ended[-1]["data"])["reason"] == "Forbidden", ended[-1]
+
+        async def refused_now() -> bool:
+            await asyncio.sleep(0.2)
+            return (await http.get("/api/v1/executions")).status_code == 403
+
+        await until(refused_now, 30, "the removed binding to take effect on the cache's answers")
+
+
+async def test_bulk_cancel_cancels_each_run_with_the_callers_token(
+    control_plane: Cluster, quiet_namespace: str, serve: Any
+) -> None:
+    ns = quiet_namespace
+    accounts = make_accounts(control_plane, ns)
+    async with KubestepClient(namespace=ns, kubeconfig=str(control_plane.kubeconfig)) as admin:
+        for name in ("etl-1", "etl-2", "etl-3", "web-1"):
+            await admin.start(NOBODY, {}, name=name)
+    served = await serve(ns, cache_namespaces=(ns,))
+    async with served.http(accounts.reader) as http:
+        refused = await http.post("/api/v1/executions/cancel", json={"names": ["etl-1", "etl-2"], "reason": "x"})
+    assert refused.status_code == 200, refused.text
+    assert [(r["execution_id"], r["status"]) for r in refused.json()["results"]] == [("etl-1", 403), ("etl-2", 403)]
+    assert refused.json()["cancelled"] == 0 and not _spec(control_plane, ns, "etl-1").get("cancelRequested")
+
+    async with served.http(accounts.canceller) as http:
+        named = await http.post(
+            "/api/v1/executions/cancel", json={"names": ["etl-1", "no-such-run"], "reason": "runaway spend"}
+        )
+        assert named.status_code == 200, named.text
+        results = {r["execution_id"]: r for r in named.json()["results"]}
+        assert results["etl-1"]["status"] == 200 and results["etl-1"]["cancelled_at"].endswith("Z")
+        assert results["no-such-run"]["status"] == 404 and results["no-such-run"]["reason"] == "NotFound"
+        assert (named.json()["requested"], named.json()["cancelled"], named.json()["failed"]) == (2, 1, 1)
+
+        await until(lambda: _cached_spec(served, ns, "etl-1"), 30, "the cache to see etl-1's cancel")
+        matching = await http.post(
+            "/api/v1/executions/cancel", json={"filter": {"search": "etl"}, "reason": "the etl batch is wrong"}
+        )
+        assert matching.status_code == 200, matching.text
+        assert sorted(r["execution_id"] for r in matching.json()["results"]) == ["etl-1", "etl-2", "etl-3"]
+        for bad in (
+            {"names": ["etl-1"], "filter": {}},  # both
+            {},  # neither
+            {"names": ["../secrets"]},
+            {"filter": {"phase": "Completed"}},  # finished runs: nothing to cancel
+            {"filter": {"label_selector": "a in (("}},
+        ):
+            answer = await http.post("/api/v1/executions/cancel", json=bad)
+            assert answer.status_code == 400, (bad, answer.text)
+    for name in ("etl-1", "etl-2", "etl-3"):
+        spec = _spec(control_plane, ns, name)
+        assert spec["cancelRequested"] is True, name
+    assert _spec(control_plane, ns, "etl-1")["cancelReason"] == "runaway spend"  # the first reason is kept
+    assert _spec(control_plane, ns, "etl-2")["cancelReason"] == "the etl batch is wrong"
+    assert not _spec(control_plane, ns, "web-1").get("cancelRequested")
+
+
+async def _cached_spec(served: Served, namespace: str, name: str) -> bool:
+    entry = next((e for e in served.app[CACHE].matching(namespace, Query(search=name)) if e.name == name), None)
+    if entry is not None and json.loads(entry.body)["cancel_requested"]:
+        return True
+    await asyncio.sleep(0.1)
+    return False
+
+
 # ----- live streams ---------------------------------------------------------------------------------
 
 
@@ -451,7 +678,7 @@ async def test_a_runs_stream_delivers_its_states_until_end_and_the_namespace_str
     workers()
     # Short heartbeats and re-checks, so that both happen during the test.
     served = await serve(run_namespace, heartbeat_seconds=0.5, recheck_seconds=1)
-    async with stream(served, accounts.reader, "/api/v1/executions/stream") as changes:
+    async with stream(served, accounts.reader, "/api/v1/executions?watch=true") as changes:
         assert changes.response.status_code == 200
         assert changes.response.headers["Content-Type"].startswith("text/event-stream")
         assert changes.response.headers["Cache-Control"] == "no-store"
@@ -553,7 +780,7 @@ async def test_a_stream_is_refused_up_front_what_it_could_not_follow(
     served = await serve(ns)
     async with served.http(getter) as http:
         assert (await http.get(f"/api/v1/executions/{name}")).status_code == 200
-        for path in (f"/api/v1/executions/{name}/stream", "/api/v1/executions/stream"):
+        for path in (f"/api/v1/executions/{name}/stream", "/api/v1/executions?watch=true"):
             refused = await refused_stream(http, path)
             assert refused.status_code == 403 and "cannot watch" in refused.json()["error"], refused.text
         missing = await refused_stream(http, "/api/v1/executions/no-such-run/stream")
@@ -595,11 +822,15 @@ async def test_the_cancel_audit_policy_records_the_caller_not_the_server(
 # ----- the command -----------------------------------------------------------------------------------
 
 
-def test_the_kubestep_server_command_serves_and_stops_on_sigterm(control_plane: Cluster, quiet_namespace: str) -> None:
+@pytest.mark.parametrize("cache", [[], ["--cache", "all"]], ids=["passthrough", "cache"])
+def test_the_kubestep_server_command_serves_and_stops_on_sigterm(
+    control_plane: Cluster, quiet_namespace: str, cache: list[str]
+) -> None:
     ns = quiet_namespace
     accounts = make_accounts(control_plane, ns)
     port = free_port()
     argv = [sys.executable, "-m", "kubestep._cli", "server", "--host", "127.0.0.1", "--port", str(port), "-n", ns]
+    argv += cache
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -623,6 +854,8 @@ def test_the_kubestep_server_command_serves_and_stops_on_sigterm(control_plane: 
         assert proc.wait(timeout=30) == 0
         output = proc.stdout.read() if proc.stdout else ""
         assert "serving the API on 127.0.0.1" in output and accounts.reader not in output, output
+        assert ("cache: every namespace" if cache else "cache: off") in output, output
+        assert "GET /healthz" not in output and "GET /readyz" not in output, output  # probes log at DEBUG
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -32,13 +32,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_log
 
 from kubestep._kube import Kube
 
-from . import routes, streams, ui
-from .auth import TokenClients, sweep_every
-from .context import CLOSING, COOKIE, SETTINGS, STREAMS, TOKENS, StreamSlots, caller_token
+from . import bulk, routes, streams, ui
+from .auth import Access, TokenClients, sweep_every
+from .cache import RunCache
+from .context import ACCESS, CACHE, CLOSING, COOKIE, SETTINGS, STREAMS, TOKENS, StreamSlots, caller_token
 from .errors import Problem, problem_for
 from .settings import ServerSettings
 
@@ -61,8 +62,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def make_app(settings: ServerSettings, base: Kube) -> web.Application:
     """The application. ``base``: the server's own apiserver client, from its kubeconfig or its
-    pod's configuration; only its URL and TLS trust are used (``Kube.for_token``), never its
-    credentials."""
+    pod's configuration. Its URL and TLS trust serve every caller's client (``Kube.for_token``);
+    its credentials serve only the shared cache's list and watch (``--cache``), never a caller's
+    request."""
     app = web.Application(middlewares=[_errors, _auth], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[TOKENS] = TokenClients(
@@ -72,12 +74,18 @@ def make_app(settings: ServerSettings, base: Kube) -> web.Application:
         idle_seconds=settings.token_idle_seconds,
     )
     app[STREAMS] = StreamSlots(settings.max_streams)
+    app[ACCESS] = Access(app[TOKENS], ttl=settings.access_ttl_seconds)
+    if settings.cache_namespaces is not None:
+        app[CACHE] = RunCache(base, settings.cache_namespaces, queue_size=settings.stream_queue)
+        app.cleanup_ctx.append(_cache)
     app[CLOSING] = asyncio.Event()
 
-    # The namespace's stream before ``{id}``: a run named "stream" is reachable by every other route
-    # and, for its plain GET, by the list (``?labelSelector=`` or its stream); docs/api.md says so.
-    app.router.add_get("/api/v1/executions/stream", streams.stream_executions, allow_head=False)
+    # The namespace's stream is the list's ``?watch=true`` (as kubectl's ``get -w``), so that no
+    # path below ``/executions/`` is taken from the runs' names: a run named "stream" or "cancel"
+    # has every route (the bulk cancel is a POST on ``/executions/cancel``, one segment short of a
+    # run's ``/executions/{id}/cancel``).
     app.router.add_get("/api/v1/executions", routes.list_executions)
+    app.router.add_post("/api/v1/executions/cancel", bulk.bulk_cancel)
     app.router.add_get("/api/v1/executions/{id}", routes.get_execution)
     app.router.add_post("/api/v1/executions/{id}/cancel", routes.cancel)
     app.router.add_get("/api/v1/executions/{id}/steps", routes.steps)
@@ -130,7 +138,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             problem = Problem(500, "InternalError", "internal error (the server's log has the details)")
         elif problem.status == 401 and request.path.startswith("/api/"):
             with contextlib.suppress(Problem):  # the apiserver refused the token: let it hold no place
-                await request.app[TOKENS].forget(caller_token(request))
+                token = caller_token(request)
+                request.app[ACCESS].forget(token)
+                await request.app[TOKENS].forget(token)
         return _answer(problem)
 
 
@@ -168,6 +178,25 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 async def _closing(app: web.Application) -> None:
     app[CLOSING].set()
+
+
+async def _cache(app: web.Application) -> AsyncIterator[None]:
+    async with app[CACHE].running():
+        yield
+
+
+class AccessLogger(web_log.AccessLogger):
+    """aiohttp's access log, with the probes' lines at DEBUG: the kubelet asks every few seconds,
+    and those lines would bury the requests of people."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in ("/healthz", "/readyz") and response.status < 400:
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug(
+                    '%s "%s %s" %d (probe)', request.remote, request.method, request.path, response.status
+                )
+            return
+        super().log(request, response, time)
 
 
 async def _token_clients(app: web.Application) -> AsyncIterator[None]:

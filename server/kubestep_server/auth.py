@@ -22,12 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from kubestep import KubestepError
 from kubestep._kube import Kube
 
 from .errors import Problem, unauthorized
 
 #: What ``kubestep server`` guards: the runs (the same names as the CRD's).
 GROUP = "kubestep.io"
+VERSION = "v1alpha1"
 RESOURCE = "workflowexecutions"
 
 
@@ -173,3 +175,106 @@ async def sweep_every(clients: TokenClients, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         await clients.sweep()
+
+
+def forbidden(user: str | None, verb: str, namespace: str, why: str | None = None) -> Problem:
+    """The apiserver's own refusal, word for word as ``kubectl`` prints it."""
+    who = f'User "{user}"' if user else "you"
+    return Problem(
+        403,
+        "Forbidden",
+        f'{RESOURCE}.{GROUP} is forbidden: {who} cannot {verb} resource "{RESOURCE}" in API group "{GROUP}" '
+        f'in the namespace "{namespace}"' + (f" ({why})" if why else ""),
+    )
+
+
+@dataclasses.dataclass
+class _Decision:
+    allowed: bool
+    problem: Problem | None
+    expires: float
+
+
+class Access:
+    """Who may list and watch runs, for what the server answers from its own cache (``cache``)
+    instead of asking the apiserver with the caller's token.
+
+    Each decision is the apiserver's: a SelfSubjectAccessReview made **with the caller's token**
+    (which authenticates the token, 401 if the apiserver does not take it, and authorizes the verb
+    in the namespace, in one request), and on a refusal a SelfSubjectReview with the same token for
+    the user's name, so the 403 reads as kubectl's. Both are open to every authenticated user, so
+    the server's own ServiceAccount needs no ``create`` on tokenreviews or subjectaccessreviews
+    (which would let it check any token and probe anyone's rights): only get/list/watch on runs.
+
+    Decisions are kept ``ttl`` seconds (keyed by the token's digest, the verb and the namespace;
+    at most ``size``, the oldest dropped first): a removed RoleBinding takes effect on cached
+    answers within ``ttl``, as a token's review does in the apiserver's own cache. A 401 is never
+    kept: it goes up as it came."""
+
+    def __init__(
+        self,
+        clients: TokenClients,
+        *,
+        ttl: float = 10.0,
+        size: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clients = clients
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._decisions: collections.OrderedDict[tuple[str, str, str], _Decision] = collections.OrderedDict()
+        #: Reviews asked of the apiserver (the rest were answered from the kept decisions).
+        self.reviews = 0
+
+    async def require(self, token: str, verb: str, namespace: str) -> None:
+        """``Problem`` 403 unless the token's holder may ``verb`` runs in ``namespace``."""
+        key = (token_key(token), verb, namespace)
+        now = self._clock()
+        decision = self._decisions.get(key)
+        if decision is None or decision.expires <= now:
+            decision = await self._decide(token, verb, namespace)
+            self._decisions[key] = decision
+            self._decisions.move_to_end(key)
+            while len(self._decisions) > self._size:
+                self._decisions.popitem(last=False)
+        if not decision.allowed:
+            assert decision.problem is not None
+            raise decision.problem
+
+    def forget(self, token: str) -> None:
+        """The apiserver refused ``token``: nothing decided for it stays."""
+        digest = token_key(token)
+        for key in [k for k in self._decisions if k[0] == digest]:
+            del self._decisions[key]
+
+    async def _decide(self, token: str, verb: str, namespace: str) -> _Decision:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {"namespace": namespace, "verb": verb, "group": GROUP, "resource": RESOURCE}
+            },
+        }
+        self.reviews += 1
+        async with self._clients.lease(token) as kube:
+            answer: dict[str, Any] = await kube.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+            status = answer.get("status") or {}
+            expires = self._clock() + self._ttl
+            if status.get("allowed") and not status.get("denied"):
+                return _Decision(True, None, expires)
+            user = await _username(kube)
+        return _Decision(False, forbidden(user, verb, namespace, status.get("reason") or None), expires)
+
+
+async def _username(kube: Kube) -> str | None:
+    """The token's user as the apiserver sees it (a SelfSubjectReview), or None if it will not say."""
+    try:
+        answer: dict[str, Any] = await kube.create(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+    except KubestepError:
+        return None
+    name = ((answer.get("status") or {}).get("userInfo") or {}).get("username")
+    return name if isinstance(name, str) else None

@@ -32,8 +32,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="mark the UI's sign-in cookie Secure (it is whenever a request came over TLS; set this behind a TLS proxy)",
     )
+    s.add_argument(
+        "--cache",
+        metavar="all|NS[,NS…]",
+        help="answer lists and namespace streams from one shared watch of the runs of every namespace (all) or "
+        "of those named, made with the server's own credentials (which then need get/list/watch on "
+        "workflowexecutions there); callers are still authorized by the apiserver first. Default: off",
+    )
     s.add_argument("--verbose", "-v", action="store_true")
     s.set_defaults(func=main)
+
+
+def _cache_scope(value: str | None) -> tuple[str, ...] | None:
+    if value is None or value.strip() in ("", "off"):
+        return None
+    if value.strip() == "all":
+        return ()
+    return tuple(sorted({ns.strip() for ns in value.split(",") if ns.strip()}))
 
 
 def _positive(value: str) -> int:
@@ -49,7 +64,7 @@ def main(args: Any) -> int:
     from kubestep import ConfigurationError
     from kubestep._kube import Kube
 
-    from .app import make_app
+    from .app import AccessLogger, make_app
     from .settings import ServerSettings
 
     logging.basicConfig(
@@ -65,14 +80,24 @@ def main(args: Any) -> int:
         namespace=args.namespace or base.default_namespace or "default",
         max_streams=args.max_streams,
         secure_cookies=args.secure_cookies,
+        cache_namespaces=_cache_scope(args.cache),
     )
+    scope = settings.cache_namespaces
     logging.getLogger("kubestep.server").info(
-        "serving the API on %s:%d; default namespace %s; every request made with its caller's token",
+        "serving the API on %s:%d; default namespace %s; every request made with its caller's token; cache: %s",
         args.host,
         args.port,
         settings.namespace,
+        "off" if scope is None else (", ".join(scope) or "every namespace"),
     )
     # SIGTERM and SIGINT stop it gracefully: open streams end at once (``app._closing``), requests
     # in flight get a few seconds.
-    web.run_app(make_app(settings, base), host=args.host, port=args.port, shutdown_timeout=5, print=None)
+    web.run_app(
+        make_app(settings, base),
+        host=args.host,
+        port=args.port,
+        shutdown_timeout=5,
+        print=None,
+        access_log_class=AccessLogger,
+    )
     return 0

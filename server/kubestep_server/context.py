@@ -18,8 +18,10 @@ from aiohttp import web
 
 from kubestep import KubestepClient
 
-from .auth import TokenClients, bearer_token
+from .auth import Access, TokenClients, bearer_token
+from .cache import ORDERS, Query, RunCache
 from .errors import Problem, bad_request
+from .selectors import SelectorError, parse
 from .settings import ServerSettings
 
 # RFC 1123 label (a namespace) and subdomain (an object's name), as Kubernetes validates them.
@@ -51,6 +53,9 @@ class StreamSlots:
 SETTINGS = web.AppKey("settings", ServerSettings)
 TOKENS = web.AppKey("tokens", TokenClients)
 STREAMS = web.AppKey("streams", StreamSlots)
+ACCESS = web.AppKey("access", Access)
+#: Only with ``--cache``.
+CACHE = web.AppKey("cache", RunCache)
 #: Set when the server stops: open streams end at once instead of holding the shutdown up.
 CLOSING = web.AppKey("closing", asyncio.Event)
 
@@ -82,6 +87,45 @@ def execution_id(request: web.Request) -> str:
     if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
         raise bad_request(f"not a run name (a DNS subdomain: lower case letters, digits, '-', '.'): {name[:80]!r}")
     return name
+
+
+#: ``?phase=``: the phases a run can be in (``status.phase``).
+PHASES = ("Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled")
+
+
+def query_of(request: web.Request) -> Query:
+    """The list's and the stream's filters: ``labelSelector``, ``workflow``, ``phase``, ``search``
+    (400 for a selector the apiserver would refuse, or an unknown phase)."""
+    query = request.query
+    try:
+        selector = parse(query.get("labelSelector"))
+    except SelectorError as e:
+        raise bad_request(f"unable to parse the label selector: {e}") from None
+    phase = query.get("phase") or None
+    if phase is not None and phase not in PHASES:
+        raise bad_request(f"phase must be one of {', '.join(PHASES)}")
+    search = (query.get("search") or "").strip() or None
+    if search is not None and len(search) > 253:
+        raise bad_request("search is a part of a run's name: at most 253 characters")
+    return Query(selector, query.get("workflow") or None, phase, search)
+
+
+def order_of(request: web.Request) -> str:
+    order = request.query.get("order") or "name"
+    if order not in ORDERS:
+        raise bad_request(f"order must be one of {', '.join(ORDERS)}")
+    return order
+
+
+def cache_for(request: web.Request, namespace: str) -> RunCache | None:
+    """The shared cache, if it can answer for ``namespace`` now (``RunCache.ready``)."""
+    cache = request.app.get(CACHE)
+    return cache if cache is not None and cache.ready(namespace) else None
+
+
+def is_name(name: str) -> bool:
+    """Whether ``name`` can be a run's name (a DNS subdomain)."""
+    return len(name) <= 253 and bool(_SUBDOMAIN.fullmatch(name))
 
 
 @contextlib.asynccontextmanager

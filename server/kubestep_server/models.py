@@ -88,7 +88,7 @@ def execution_json(execution: Execution) -> dict[str, Any]:
 
 
 def change_json(change: ExecutionChange) -> dict[str, Any]:
-    """One change of a namespace's runs (``GET /api/v1/executions/stream``)."""
+    """One change of a namespace's runs (``GET /api/v1/executions?watch=true``)."""
     return {"type": change.kind, "listed": change.listed, "execution": execution_json(change.execution)}
 
 

@@ -4,16 +4,30 @@ goes up to the error middleware (``app``), which answers it (``errors.problem_fo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
-from .context import CLOSING, SETTINGS, client_for, execution_id, namespace_of
+from . import streams
+from .cache import TOKEN_PREFIX, BadContinue
+from .context import (
+    ACCESS,
+    CLOSING,
+    SETTINGS,
+    cache_for,
+    caller_token,
+    client_for,
+    execution_id,
+    namespace_of,
+    order_of,
+    query_of,
+)
 from .errors import Problem, bad_request
 from .models import CancelBody, EventBody, RunBody, event_json, execution_json, parse_body, step_json, time_json
 
-#: ``?phase=``: the phases a run can be in (``status.phase``).
-PHASES = ("Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled")
+#: A list answer's header: where it came from, ``cache`` or ``apiserver`` (for operators and tests).
+SOURCE = "X-Kubestep-Source"
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -55,35 +69,79 @@ async def get_execution(request: web.Request) -> web.Response:
         return _json(execution_json(await client.get_execution(name)))
 
 
-async def list_executions(request: web.Request) -> web.Response:
+async def list_executions(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/executions``: one page of a namespace's runs, filtered by ``workflow``,
-    ``phase`` (field selectors the CRD declares) and ``labelSelector``; ``limit`` and ``continue``
-    page through them as ``kubectl get --chunk-size`` does."""
-    namespace, query = namespace_of(request), request.query
+    ``phase``, ``labelSelector`` and ``search`` (a part of the name), ordered by ``order`` (``name``
+    or ``newest``); ``limit`` and ``continue`` page through them. With ``?watch=true``, the
+    namespace's stream instead (``streams.stream_executions``), as ``kubectl get -w`` is the list's.
+
+    From the shared cache when it can answer (``cache``), after the apiserver said, with the
+    caller's token, that the caller may list runs in the namespace (``auth.Access``); otherwise a
+    list on the apiserver with the caller's token."""
+    if request.query.get("watch", "").lower() in ("true", "1"):
+        return await streams.stream_executions(request)
+    namespace, query = namespace_of(request), query_of(request)
+    order = order_of(request)
     settings = request.app[SETTINGS]
+    limit = _int(request.query.get("limit"), "limit", settings.default_page, 1, settings.max_page)
+    continue_token = request.query.get("continue") or None
+    cache = cache_for(request, namespace)
+    if cache is not None:
+        await request.app[ACCESS].require(caller_token(request), "list", namespace)
+        try:
+            page = cache.page(namespace, query, order=order, limit=limit, continue_token=continue_token)
+        except BadContinue as e:
+            raise _expired(str(e)) from None
+        body = b"".join(
+            (
+                b'{"namespace":',
+                _dumps(namespace),
+                b',"items":[',
+                b",".join(page.bodies),
+                b'],"continue":',
+                _dumps(page.continue_token),
+                b',"resource_version":',
+                _dumps(page.resource_version),
+                b"}",
+            )
+        )
+        return web.Response(body=body, content_type="application/json", headers={SOURCE: "cache"})
+    if continue_token is not None and continue_token.startswith(TOKEN_PREFIX):
+        raise _expired("the cache that made this continue token cannot answer now")
     fields = []
-    if query.get("workflow"):
-        fields.append(f"spec.workflow={_field_value(query['workflow'])}")
-    if query.get("phase"):
-        if query["phase"] not in PHASES:
-            raise bad_request(f"phase must be one of {', '.join(PHASES)}")
-        fields.append(f"status.phase={query['phase']}")
-    limit = _int(query.get("limit"), "limit", settings.default_page, 1, settings.max_page)
+    if query.workflow:
+        fields.append(f"spec.workflow={_field_value(query.workflow)}")
+    if query.phase:
+        fields.append(f"status.phase={query.phase}")
     async with client_for(request, namespace) as client:
-        page = await client.list_executions(
-            label_selector=query.get("labelSelector") or None,
+        page_ = await client.list_executions(
+            label_selector=request.query.get("labelSelector") or None,
             field_selector=",".join(fields) or None,
             limit=limit,
-            continue_token=query.get("continue") or None,
+            continue_token=continue_token,
         )
+    # The apiserver cannot search names nor order by age: both are applied to this page only
+    # (docs/api.md), so a page may come back short, or empty with a continue token.
+    items = [e for e in page_.items if query.search is None or query.search.lower() in e.id]
+    if order == "newest":
+        items.sort(key=lambda e: (e.created_at.isoformat() if e.created_at else "", e.id), reverse=True)
     return _json(
         {
             "namespace": namespace,
-            "items": [execution_json(e) for e in page.items],
-            "continue": page.continue_token,
-            "resource_version": page.resource_version,
-        }
+            "items": [execution_json(e) for e in items],
+            "continue": page_.continue_token,
+            "resource_version": page_.resource_version,
+        },
+        headers={SOURCE: "apiserver"},
     )
+
+
+def _expired(why: str) -> Problem:
+    return Problem(410, "Expired", f"{why}: list again without continue")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
 
 
 async def run_workflow(request: web.Request) -> web.Response:

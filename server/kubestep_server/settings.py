@@ -33,6 +33,16 @@ class ServerSettings:
     default_page: int = 100
     max_page: int = 500
     field_manager: str = FIELD_MANAGER
+    #: The shared cache of runs (``cache``): None, off (every list goes to the apiserver with the
+    #: caller's token); ``()``, every namespace; else the namespaces named. Fed by the server's own
+    #: credentials, which then need get/list/watch on runs there (the chart's ``server.cache``).
+    cache_namespaces: tuple[str, ...] | None = None
+    #: How long a caller's access review (``auth.Access``) is trusted for answers from the cache.
+    access_ttl_seconds: float = 10.0
+    #: A namespace stream fed by the cache that falls this many messages behind is ended.
+    stream_queue: int = 1000
+    #: The most runs one bulk cancel may name or match.
+    max_bulk: int = 1000
     #: The UI's sign-in cookie is ``Secure`` always (behind a TLS-terminating proxy), not only when
     #: the request itself came over TLS.
     secure_cookies: bool = False

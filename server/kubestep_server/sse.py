@@ -38,6 +38,14 @@ def message(data: Any, *, event: str | None = None, id: str | None = None) -> by
     return out.encode()
 
 
+def raw_message(data: bytes, *, event: str | None = None, id: str | None = None) -> bytes:
+    """``message`` for ``data`` already encoded as JSON on one line (the cache encodes each run once)."""
+    if b"\n" in data or b"\r" in data:
+        raise ValueError("an SSE data line cannot hold a line break")
+    head = (_field("id", id) if id is not None else "") + (_field("event", event) if event is not None else "")
+    return head.encode() + b"data: " + data + b"\n\n"
+
+
 def retry(milliseconds: int) -> bytes:
     """How long a client waits before it reconnects after the stream broke off."""
     return f"retry: {int(milliseconds)}\n\n".encode()

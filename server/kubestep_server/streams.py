@@ -1,5 +1,6 @@
 """Live streams over Server-Sent Events: every state of one run (``/executions/{id}/stream``), and
-every change of a namespace's runs (``/executions/stream``).
+every change of a namespace's runs (``/executions?watch=true``; from the shared cache when it can
+answer, ``cache``).
 
 Each stream follows with ``KubestepClient.watch_execution``/``watch_executions``, so with the
 informer's rules (``kubestep._informer``: a list, then a watch resumed from its resourceVersion,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -31,7 +33,19 @@ from kubestep import Execution, ExecutionChange, KubestepClient, KubestepError
 
 from . import sse
 from .auth import require
-from .context import CLOSING, SETTINGS, STREAMS, TOKENS, caller_token, execution_id, namespace_of
+from .cache import Query, RunCache, change_message
+from .context import (
+    ACCESS,
+    CLOSING,
+    SETTINGS,
+    STREAMS,
+    TOKENS,
+    cache_for,
+    caller_token,
+    execution_id,
+    namespace_of,
+    query_of,
+)
 from .errors import Problem, problem_for
 from .models import change_json, execution_json, resource_version
 
@@ -81,8 +95,15 @@ async def stream_execution(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_executions(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/executions/stream``: ``?namespace=``, ``?labelSelector=``."""
-    namespace = namespace_of(request)
+    """``GET /api/v1/executions?watch=true``: ``?namespace=``, ``?labelSelector=``, ``?workflow=``,
+    ``?search=``, and ``?snapshot=false`` to skip the runs as they are now (a client that has just
+    read a page wants only what changes). ``phase`` does not filter a stream: a run leaving the
+    phase would never be seen to leave it."""
+    namespace, query = namespace_of(request), dataclasses.replace(query_of(request), phase=None)
+    snapshot = request.query.get("snapshot", "true").lower() not in ("false", "0")
+    cache = cache_for(request, namespace)
+    if cache is not None:
+        return await _stream_from_cache(request, cache, namespace, query, snapshot)
     selector = request.query.get("labelSelector") or None
     settings = request.app[SETTINGS]
     slots = request.app[STREAMS]
@@ -99,11 +120,54 @@ async def stream_executions(request: web.Request) -> web.StreamResponse:
             response = await _open(request)
 
             async def send(change: ExecutionChange) -> bool:
+                if (change.listed and not snapshot) or not query.matches_execution(change.execution):
+                    return False
                 rv = resource_version(change.execution)
                 await response.write(sse.message(change_json(change), event="change", id=rv))
                 return False
 
             await _relay(request, response, client.watch_executions(label_selector=selector), send, check)
+            return response
+    finally:
+        slots.give_back()
+
+
+async def _stream_from_cache(
+    request: web.Request, cache: RunCache, namespace: str, query: Query, snapshot: bool
+) -> web.StreamResponse:
+    """The namespace's stream fed by the shared cache: no list and no watch of its own. The caller
+    must be allowed to list and watch runs in the namespace (``auth.Access``, asked again every
+    ``recheck_seconds``); a stream that falls ``stream_queue`` messages behind is ended (503)."""
+    access, token = request.app[ACCESS], caller_token(request)
+    slots = request.app[STREAMS]
+    slots.take()
+    try:
+
+        async def check() -> None:
+            await access.require(token, "list", namespace)
+            await access.require(token, "watch", namespace)
+
+        await check()
+        with cache.subscribe(namespace, query) as subscriber:  # before the snapshot: nothing falls between
+            response = await _open(request)
+            if snapshot:
+                for i, entry in enumerate(cache.matching(namespace, query)):
+                    await response.write(change_message("ADDED", entry, listed=True))
+                    if i % 256 == 255:
+                        await asyncio.sleep(0)  # thousands of runs: let the other requests in
+
+            async def messages() -> AsyncGenerator[bytes]:
+                while True:
+                    message = await subscriber.queue.get()
+                    if subscriber.overflowed:
+                        raise Problem(503, "ServiceUnavailable", "this stream fell too far behind; reconnect")
+                    yield message
+
+            async def send(message: bytes) -> bool:
+                await response.write(message)
+                return False
+
+            await _relay(request, response, messages(), send, check)
             return response
     finally:
         slots.give_back()

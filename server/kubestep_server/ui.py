@@ -83,15 +83,31 @@ async def can_i(request: web.Request) -> web.Response:
     return web.json_response({"verb": verb, "namespace": namespace, "allowed": allowed})
 
 
-def _page(name: str) -> web.FileResponse:
-    return web.FileResponse(STATIC / name, headers={"Content-Type": "text/html; charset=utf-8"})
+#: Where a page takes the markup every page shares (``static/_header.html``: the bar, the problem box,
+#: the sign-in form), written once instead of in each page.
+HEADER_MARK = "<!-- kubestep:header (ui.py puts _header.html here) -->"
 
 
-async def runs_page(request: web.Request) -> web.FileResponse:
+def assemble(name: str) -> bytes:
+    """The page ``name`` with the shared header in place (done once per page, at start)."""
+    page = (STATIC / name).read_text()
+    if HEADER_MARK not in page:
+        raise RuntimeError(f"{name} lacks the header mark")
+    return page.replace(HEADER_MARK, (STATIC / "_header.html").read_text()).encode()
+
+
+_PAGES = {name: assemble(name) for name in ("index.html", "run.html")}
+
+
+def _page(name: str) -> web.Response:
+    return web.Response(body=_PAGES[name], headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def runs_page(request: web.Request) -> web.Response:
     """``GET /``: the runs list."""
     return _page("index.html")
 
 
-async def run_page(request: web.Request) -> web.FileResponse:
+async def run_page(request: web.Request) -> web.Response:
     """``GET /runs/{namespace}/{name}``: one run (the script reads the names from the path)."""
     return _page("run.html")

@@ -1,5 +1,6 @@
-"""The browser tests start the server as tests/test_server.py does."""
+"""The browser tests start the server, make the accounts and the admin client as
+tests/test_server.py does: its fixtures, shared rather than copied."""
 
-from ..test_server import serve
+from ..test_server import accounts, admin, serve
 
-__all__ = ["serve"]
+__all__ = ["accounts", "admin", "serve"]

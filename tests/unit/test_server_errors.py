@@ -96,3 +96,35 @@ def test_what_is_not_the_sdks_is_left_to_the_500_handler() -> None:
         "error": "done",
         "reason": "AlreadyFinished",
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"names": ["a"], "filter": {}},
+        {"names": []},
+        {"names": ["../etc"]},
+        {"names": ["a"], "reson": "typo"},
+        {"filter": {"phase": "Running", "labelSelector": "x"}},
+        {"names": ["a"], "grace_period_seconds": -1},
+    ],
+)
+def test_a_bulk_cancel_names_runs_or_a_filter_never_both_nor_neither(body: dict[str, object]) -> None:
+    import json
+
+    from kubestep_server.bulk import BulkCancelBody
+    from kubestep_server.errors import Problem
+    from kubestep_server.models import parse_body
+
+    with pytest.raises(Problem) as refused:
+        parse_body(BulkCancelBody, json.dumps(body).encode())
+    assert refused.value.status == 400
+
+
+def test_a_bulk_cancel_keeps_each_name_once_in_order() -> None:
+    from kubestep_server.bulk import BulkCancelBody
+    from kubestep_server.models import parse_body
+
+    body = parse_body(BulkCancelBody, b'{"names": ["b", "a", "b"], "reason": "why"}')
+    assert body.names == ["b", "a"] and body.reason == "why"

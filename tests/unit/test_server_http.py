@@ -60,7 +60,9 @@ ROUTES = [
     ("GET", "/api/v1/executions/r1/events"),
     ("POST", "/api/v1/executions/r1/events"),
     ("GET", "/api/v1/executions/r1/stream"),
-    ("GET", "/api/v1/executions/stream"),
+    ("GET", "/api/v1/executions?watch=true"),
+    ("GET", "/api/v1/executions/stream"),  # a run named "stream"
+    ("POST", "/api/v1/executions/cancel"),
     ("POST", "/api/v1/workflows/steps/run"),
     ("GET", "/api/v1/no/such/route"),
 ]

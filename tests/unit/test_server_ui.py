@@ -106,3 +106,35 @@ def test_the_ui_has_no_inline_script_style_or_html_sink() -> None:
             for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "localStorage"):
                 assert sink not in text, (name, sink)
         assert "http://" not in text and "https://" not in text, name  # nothing fetched from elsewhere
+
+
+async def test_every_page_has_the_shared_header_once(served: tuple[httpx.AsyncClient, TestServer]) -> None:
+    http, _ = served
+    for path in ("/", "/runs/ns1/r1"):
+        page = (await http.get(path)).text
+        assert page.count("<header>") == 1 and page.count('id="sign-in"') == 1 and page.count('id="problem"') == 1
+        assert ui.HEADER_MARK not in page
+    for name in ("index.html", "run.html"):  # written once, in _header.html
+        assert "<header>" not in (ui.STATIC / name).read_text()
+
+
+def test_probe_requests_are_logged_at_debug_and_the_rest_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    from unittest import mock
+
+    from kubestep_server.app import AccessLogger
+
+    log = logging.getLogger("test.access")
+    access = AccessLogger(log, '%r "%r" %s')
+    response = mock.Mock(status=200, body_length=3, headers={})
+
+    def request(path: str) -> mock.Mock:
+        version = mock.Mock(major=1, minor=1)
+        return mock.Mock(path=path, method="GET", remote="10.0.0.1", headers={}, path_qs=path, version=version)
+
+    with caplog.at_level(logging.DEBUG, logger="test.access"):
+        access.log(request("/healthz"), response, 0.001)
+        access.log(request("/readyz"), response, 0.001)
+        access.log(request("/api/v1/executions"), response, 0.001)
+    levels = [(r.levelname, "probe" in r.getMessage()) for r in caplog.records]
+    assert levels == [("DEBUG", True), ("DEBUG", True), ("INFO", False)], levels

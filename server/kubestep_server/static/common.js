@@ -47,17 +47,27 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
+// The message goes in as text. A refusal (403) also offers a way out: back to the list, or signing
+// in with another token (the cookie is cleared first: no script can read or replace it).
 export function showProblem(error) {
   const box = document.getElementById("problem");
+  const actions = document.getElementById("problem-actions");
   if (!error) {
     box.hidden = true;
-    box.textContent = "";
+    document.getElementById("problem-text").textContent = "";
+    actions.hidden = true;
     return;
   }
   const status = error.status ? `${error.status} ` : "";
   const what = error.status === 403 ? "Refused by Kubernetes RBAC: " : "Error: ";
-  box.textContent = `${status}${what}${error.message}`;
+  document.getElementById("problem-text").textContent = `${status}${what}${error.message}`;
+  actions.hidden = error.status !== 403;
   box.hidden = false;
+}
+
+async function switchToken() {
+  await api("/api/v1/session", { method: "DELETE" });
+  window.location.reload();
 }
 
 export function age(iso, now = Date.now()) {
@@ -106,10 +116,8 @@ export function asText(value) {
 // Shows the sign-in form until the cookie is set; resolves once signed in.
 // `probe` is a GET that needs a token (401 when there is none or it is no longer accepted).
 export async function signedIn(probe) {
-  document.getElementById("sign-out").addEventListener("click", async () => {
-    await api("/api/v1/session", { method: "DELETE" });
-    window.location.reload();
-  });
+  document.getElementById("sign-out").addEventListener("click", switchToken);
+  document.getElementById("switch-token").addEventListener("click", switchToken);
   try {
     await api(probe);
     document.getElementById("sign-out").hidden = false;

@@ -99,7 +99,11 @@ function render(run) {
   const info = document.getElementById("cancel-info");
   const c = run.cancellation;
   if (c) {
-    const who = c.requested_by_user || c.requested_by || "unknown";
+    // Only the cluster's cancel-audit admission policy records who the user was (requestedByUser);
+    // without it all that is known is the writing client's field manager, which says how, not who.
+    const who = c.requested_by_user
+      ? c.requested_by_user
+      : `an unknown user (the cancel-audit policy is off; written by ${c.requested_by || "an unnamed client"})`;
     info.replaceChildren(
       el("strong", {}, "Cancel requested"),
       ` at ${c.requested_at || "?"} by `,
