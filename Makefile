@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools browser node-tools test unit demo bench bench-peer chaos image node node-down node-e2e kind-e2e lint clean
+.PHONY: help venv tools browser node-tools test unit demo bench bench-server bench-peer chaos image node node-down node-e2e kind-e2e lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
 	@echo "make demo      set up and run the demo on the local control plane"
 	@echo "make bench     cancel-latency and timeout-overshoot benchmark (writes bench/results/; BENCH_ARGS=... passes options)"
+	@echo "make bench-journal  the step stores (journal vs status) side by side: steps/s, writes, etcd bytes per step (issue 19)"
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
 	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
@@ -46,6 +47,14 @@ demo: venv tools
 
 bench: venv tools
 	$(BIN)/python bench/cancel_latency.py $(BENCH_ARGS)
+
+# Issue 19's benchmark of record: each step store (KUBESTEP_STEP_STORE=batch, then status) on one plane.
+bench-journal: venv tools
+	$(BIN)/python bench/step_journal.py $(BENCH_ARGS)
+
+# kubestep server at 10,000 runs, without and with its cache (bench/server_load.py; BENCH_ARGS=...).
+bench-server: venv tools
+	$(BIN)/python bench/server_load.py $(BENCH_ARGS)
 
 # The project image without Docker or a registry (needs root, buildah, podman, mmdebstrap, runc).
 image:
