@@ -15,6 +15,7 @@ from .._settings import WorkerSettings
 from .._workflow import registered
 from . import health
 from .leasing import IdentityInUse, WorkflowCollision
+from .preflight import OutdatedCRDs
 from .worker import EXIT_RESTART, Worker
 
 
@@ -43,7 +44,7 @@ def run(settings: WorkerSettings) -> None:
         probes = await health.start(worker, settings.health_port) if settings.health_port else None
         try:
             await worker.run()
-        except (IdentityInUse, WorkflowCollision) as e:
+        except (IdentityInUse, WorkflowCollision, OutdatedCRDs) as e:
             raise SystemExit(f"kubestep worker: {e}") from None
         finally:
             if probes is not None:

@@ -35,6 +35,7 @@ from .._kube import Kube, settle
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
 from .._workflow import Workflow
+from . import preflight
 from .committing import GroupCommit
 from .leasing import WorkerLease
 from .letting_go import let_go
@@ -94,6 +95,8 @@ class Worker:
     # ----- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.journal is not None:
+            await preflight.check(self.control)  # the step journal needs the CRDs of this release
         await self.lease.acquire()
         renewer = asyncio.create_task(self.lease.renew_forever())
         watcher = asyncio.create_task(self._watch_forever())

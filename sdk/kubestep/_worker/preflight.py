@@ -1,0 +1,61 @@
+"""Before a worker claims anything: are the cluster's CRDs as new as this worker?
+
+Helm never upgrades a chart's ``crds/``, so an upgrade leaves the old WorkflowExecution CRD in place
+until someone applies the new one. Its structural schema would silently drop the step journal's
+fields (``journalLsn``, ``journalFences``) from every status write, and a dropped fence lets records
+of a holder that lost its run count. So a worker that journals refuses to start until the StepBatch
+resource is served and the WorkflowExecution schema knows those fields, and says what to apply. Both
+are read from discovery and the OpenAPI document, which any authenticated user may read: a worker
+needs no RBAC on CRDs for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _protocol as api
+from .._errors import NotFoundError
+from .._kube import Kube
+from .._protocol import batches
+
+APPLY = (
+    "apply the CRDs of this release first (Helm never upgrades a chart's crds/): "
+    "kubectl apply --server-side -f crds/ (or the chart's crds/ directory)"
+)
+
+
+class OutdatedCRDs(Exception):
+    """The cluster's CRDs are older than this worker."""
+
+
+def _workflow_execution_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
+    for schema in ((doc.get("components") or {}).get("schemas") or {}).values():
+        for gvk in schema.get("x-kubernetes-group-version-kind") or []:
+            if gvk.get("group") == api.GROUP and gvk.get("kind") == api.KIND:
+                return dict(schema)
+    return None
+
+
+def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
+    """What this worker needs that the cluster's CRDs lack (pure: ``check`` reads the inputs)."""
+    out = []
+    if batches.BATCH_PLURAL not in resources:
+        out.append(f"the {batches.BATCH_KIND} CRD (stepbatches.{api.GROUP})")
+    schema = _workflow_execution_schema(openapi)
+    status = (((schema or {}).get("properties") or {}).get("status") or {}).get("properties") or {}
+    if not {"journalLsn", "journalFences"} <= set(status):
+        out.append(f"the step journal's status fields in the {api.KIND} CRD (journalLsn, journalFences)")
+    return out
+
+
+async def check(kube: Kube) -> None:
+    """Raises ``OutdatedCRDs`` with what to apply if the CRDs are older than this worker."""
+    version = f"/apis/{api.GROUP}/{api.VERSION}"
+    try:
+        group = await kube.get(version)
+        openapi = await kube.get(f"/openapi/v3{version}")
+    except NotFoundError:
+        raise OutdatedCRDs(f"the {api.API_VERSION} API is not served: {APPLY}") from None
+    resources = {r.get("name", "") for r in group.get("resources") or []}
+    lacking = missing(resources, openapi)
+    if lacking:
+        raise OutdatedCRDs(f"this worker needs {' and '.join(lacking)}: {APPLY}")
