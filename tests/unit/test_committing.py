@@ -145,3 +145,31 @@ async def test_two_attempts_of_one_run_never_share_a_batch() -> None:
     await asyncio.gather(blocker, old, new)
     assert [[r["attempt"] for r in c["spec"]["runs"]] for c in server.created[1:]] == [[1], [2]]
     await gc.close()
+
+
+async def test_a_big_batch_in_flight_does_not_hold_up_the_runs_of_the_other_batches_of_its_flush() -> None:
+    class Slow(Apiserver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.big = asyncio.Event()
+
+        async def request(self, method: str, path: str, *, json_body: Any = None, **kw: Any) -> Any:
+            if any(r["uid"] == "big" for r in json_body["spec"]["runs"]):
+                await self.big.wait()
+            return await super().request(method, path, json_body=json_body, **kw)
+
+    server = Slow()
+    gc = commit_of(server, max_bytes=2000)
+    server.gate.clear()
+    blocker = asyncio.ensure_future(gc.commit("r0", "u0", 1, entries(1)))
+    await asyncio.sleep(0.01)
+    large = [{"lsn": 1, "record": {"key": "s1", "kind": "Run", "state": "Completed", "output": "x" * 5000}}]
+    big = asyncio.ensure_future(gc.commit("rb", "big", 1, large))
+    small = asyncio.ensure_future(gc.commit("rs", "small", 1, entries(1)))
+    await asyncio.sleep(0.01)
+    server.gate.set()
+    await asyncio.wait_for(small, 5)
+    assert not big.done(), "the big one is still being written"
+    server.big.set()
+    await asyncio.gather(blocker, big)
+    await gc.close()

@@ -144,16 +144,23 @@ class GroupCommit:
 
     async def _flush(self, taken: list[_Waiter]) -> None:
         live = [w for w in taken if not w.done.done()]  # a waiter cancelled meanwhile (a stop) is dropped
-        groups = _pack(live, self.max_bytes)
-        results = await asyncio.gather(*(self._write(g) for g in groups), return_exceptions=True)
-        for group, result in zip(groups, results, strict=True):
-            for w in group:
-                if w.done.done():
-                    continue
-                if isinstance(result, BaseException):
-                    w.done.set_exception(result)
-                else:
-                    w.done.set_result(None)
+        await asyncio.gather(*(self._write_and_wake(g) for g in _pack(live, self.max_bytes)))
+
+    async def _write_and_wake(self, group: list[_Waiter]) -> None:
+        """Each group's runs go on as soon as their own batch is in: a big one (a step that returned
+        a large output goes alone) does not hold up the runs of the other batches of its flush."""
+        try:
+            await self._write(group)
+            error: BaseException | None = None
+        except Exception as exc:
+            error = exc
+        for w in group:
+            if w.done.done():
+                continue
+            if error is not None:
+                w.done.set_exception(error)
+            else:
+                w.done.set_result(None)
 
     async def _write(self, group: list[_Waiter]) -> None:
         self._counter += 1
