@@ -96,7 +96,7 @@ def test_the_server_is_off_by_default_and_its_policy_admits_only_its_port_and_re
     assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
     ports = [{(p["port"], p["protocol"]) for p in r["ports"]} for r in policy["spec"]["egress"]]
     assert ports == [{(443, "TCP"), (6443, "TCP")}, {(53, "UDP"), (53, "TCP")}]
-    # Its ServiceAccount is bound to nothing: it acts with each caller's token.
+    # Its ServiceAccount is bound only to read runs, for its cache: it writes with each caller's token.
     bound = [
         d["metadata"]["name"]
         for d in docs
@@ -104,5 +104,8 @@ def test_the_server_is_off_by_default_and_its_policy_admits_only_its_port_and_re
         for s in d.get("subjects") or []
         if s.get("name") == "r-kubestep-server"
     ]
-    assert bound == []
-    assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole") and "server" in d["metadata"]["name"]]
+    assert bound == ["r-kubestep-server-cache"]
+    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole") and "server" in d["metadata"]["name"]]
+    assert [r["rules"] for r in roles] == [
+        [{"apiGroups": ["kubestep.io"], "resources": ["workflowexecutions"], "verbs": ["get", "list", "watch"]}]
+    ]
