@@ -828,7 +828,11 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "patch", WFX, OWN, False),  # never the spec
     ("namespaced", "operator", "update", WFX, OWN, False),
     ("namespaced", "operator", "create", WFX, OWN, False),
-    ("namespaced", "operator", "delete", WFX, OWN, False),
+    # Retention: a finished run past its ttlSecondsAfterFinished (a DELETE with its uid as precondition);
+    # still never create, patch or update (the spec is the user's).
+    ("namespaced", "operator", "delete", WFX, OWN, True),
+    ("namespaced", "operator", "delete", WFX, OTHER, False),
+    ("namespaced", "operator", "deletecollection", WFX, OWN, False),
     ("namespaced", "operator", "update", STATUS, OWN, False),
     ("namespaced", "operator", "create", LEASES, OWN, True),  # its leader Lease (create takes no name)
     ("namespaced", "operator", "update", LEASES + "#kubestep-operator", OWN, True),
@@ -891,6 +895,7 @@ RBAC_MATRIX = [
     ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
     ("cluster-wide", "operator", "patch", WFX, OTHER, False),  # never the spec
     ("cluster-wide", "operator", "create", WFX, OTHER, False),
+    ("cluster-wide", "operator", "delete", WFX, OTHER, True),  # retention, as namespaced
     ("cluster-wide", "operator", "list", "namespaces", CLUSTER, False),  # not needed with -A
     ("cluster-wide", "operator", "get", "secrets", OTHER, False),
     ("cluster-wide", "worker", "patch", STATUS, OWN, True),

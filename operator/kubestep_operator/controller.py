@@ -15,6 +15,13 @@ operator never mistakes live workers for gone ones.
 The same informer of runs keeps, for every run in scope (finished ones too), what the step journal's
 collector needs to know (``collecting.Journals``); the acting replica sweeps the StepBatches no run
 needs any more every ``collect_seconds`` (``collecting.py``).
+
+Retention: a finished run with a TTL (``spec.ttlSecondsAfterFinished``, else ``run_ttl_seconds``) is kept
+in a third store, ``expiring`` (its uid and when it expires, ``reconciling.expires_at``), and the one
+scheduler holds its expiry under an ``ExpiryKey``. When that fires, the deletion goes to the write backlog
+at the lowest urgency (after every write that moves a run) and a writer DELETEs the run with its uid as a
+precondition, so a run re-created under the same name is never deleted by a stale plan; Background
+propagation lets the garbage collector take its journal ConfigMaps, and the collector its StepBatches.
 """
 
 from __future__ import annotations
@@ -29,12 +36,12 @@ from collections.abc import Hashable
 from typing import Any
 
 from kubestep import _protocol as api
-from kubestep._errors import ApiError, InvalidError, NotFoundError, TransportError, lost_race
+from kubestep._errors import ApiError, ForbiddenError, InvalidError, NotFoundError, TransportError, lost_race
 from kubestep._kube import Kube
 
 from . import measuring
 from .collecting import Collector, Journals
-from .keys import LeaseKey, RunKey
+from .keys import ExpiryKey, LeaseKey, RunKey
 from .reconciling import (
     OPERATOR,
     Decision,
@@ -44,6 +51,7 @@ from .reconciling import (
     body_ref,
     cancel_requested,
     decide,
+    expires_at,
     urgency,
 )
 from .recording import Recorder
@@ -55,6 +63,16 @@ logger = logging.getLogger("kubestep.operator")
 
 LEASES_PATH = "/apis/coordination.k8s.io/v1"
 WORKER_LEASES = {"labelSelector": f"{api.LABEL_WORKER}=true"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Expiry:
+    """A finished run the operator deletes at ``at``, as it was judged: its uid and resourceVersion (the
+    DELETE's preconditions: a run changed since, its TTL lengthened say, is judged again on that change)."""
+
+    uid: str
+    at: dt.datetime
+    resource_version: str | None = None
 
 
 def liveness_of(lease: dict[str, Any], now: dt.datetime) -> tuple[LeaseKey, Liveness] | None:
@@ -92,19 +110,22 @@ class Controller:
     list_bytes: int = 4 << 20  # what a page of runs should weigh when listing (``kubestep._informer``)
     writers: int = 8  # writes in flight at most
     collect_seconds: float = 15.0  # StepBatch collection sweeps (``collecting.py``); 0: none
+    run_ttl_seconds: int | None = None  # retention of finished runs whose spec sets no TTL; None: kept
     event_senders: int = 2
     executions: dict[RunKey, Snapshot] = dataclasses.field(default_factory=dict)  # unfinished runs
+    expiring: dict[RunKey, Expiry] = dataclasses.field(default_factory=dict)  # finished runs with a TTL
     workers: dict[LeaseKey, Liveness] = dataclasses.field(default_factory=dict)
     # What was said once per generation of a run (``once``): its uid, generation, and what was said.
     ignored: dict[RunKey, tuple[str | None, int | None, frozenset[str]]] = dataclasses.field(default_factory=dict)
-    failures: dict[RunKey, int] = dataclasses.field(default_factory=dict)  # failed writes in a row
+    failures: dict[RunKey | ExpiryKey, int] = dataclasses.field(default_factory=dict)  # failed writes in a row
     announced: set[RunKey] = dataclasses.field(default_factory=set)  # unfinished runs whose cancel was told
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._leases_seen: set[Scope] = set()
         self.scheduler = Scheduler(self.fire)
-        self.backlog: Backlog[RunKey] = Backlog()
+        self.backlog: Backlog[RunKey | ExpiryKey] = Backlog()
+        self._deny_said = False  # a refused delete (RBAC) is said once at WARNING
         self.recorder = Recorder(self.kube, OPERATOR)
         self.lease_informers = [
             scoped_informer(self.watch, _leases_path(s), s, self.on_lease, self.leases_listed, dict(WORKER_LEASES))
@@ -132,6 +153,7 @@ class Controller:
         )
         measuring.SCHEDULED.set_function(lambda: len(self.scheduler))
         measuring.UNFINISHED.set_function(lambda: len(self.executions))
+        measuring.EXPIRING.set_function(lambda: len(self.expiring))
         for level in Urgency:
             measuring.BACKLOG.labels(level.name).set_function(functools.partial(self.backlog.count, level))
         measuring.WRITES_IN_FLIGHT.set_function(lambda: self.backlog.busy)
@@ -150,6 +172,11 @@ class Controller:
         self._spawn(self._watch_runs(), "informers of runs")
         if self.collect_seconds > 0:
             self._spawn(self.collector.run(), "StepBatch collector")
+        if self.run_ttl_seconds is not None:
+            logger.info(
+                "finished runs whose spec sets no ttlSecondsAfterFinished are deleted %d s after they finish",
+                self.run_ttl_seconds,
+            )
 
     async def _watch_runs(self) -> None:
         # Workers first: deciding on runs before every live Lease is known would mark served runs
@@ -184,6 +211,7 @@ class Controller:
             "listed": all(i.listed.is_set() for i in informers),
             "silent_seconds": round(max((now - i.last_contact for i in informers), default=0.0), 1),
             "unfinished_runs": len(self.executions),
+            "expiring_runs": len(self.expiring),
             "backlog": len(self.backlog),
         }
 
@@ -195,6 +223,7 @@ class Controller:
         key = RunKey(meta["namespace"], meta["name"])
         if kind == "DELETED":
             self.forget(key)
+            self.unexpire(key)
             self.ignored.pop(key, None)
             return
         said = self.ignored.get(key)
@@ -204,6 +233,7 @@ class Controller:
             s = Snapshot.from_body(body, self.grace_seconds, self.cancel_audit)
         except Exception as e:  # a malformed object: this run only
             self.forget(key)
+            self.unexpire(key)  # kept: nothing is deleted on what could not be read
             if self.once(key, meta.get("uid"), meta.get("generation"), "unreadable"):
                 self._object_failed("read", body_ref(body), e, then="it ignores the run until it changes")
             return
@@ -218,6 +248,7 @@ class Controller:
             self.recorder.post(s.body_ref, *cancel_requested(s))
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
+            self.retain(s)
             ended_by_it = (
                 s.phase == api.Phase.CANCELLED and (s.cancellation or {}).get("reason") == api.StopReason.REQUESTED
             )
@@ -231,6 +262,7 @@ class Controller:
                     s.body_ref, "Normal", "CancelIgnored", f"run already {s.phase}; cancellation has no effect"
                 )
             return
+        self.unexpire(key)  # unfinished: a new run under the name of a finished one
         self.executions[key] = s
         self.consider(s)
 
@@ -252,6 +284,8 @@ class Controller:
             self.forget(key)
         for key in [k for k in self.ignored if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             del self.ignored[key]
+        for key in [k for k in self.expiring if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
+            self.unexpire(key)
 
     def on_lease(self, kind: str, body: dict[str, Any]) -> None:
         try:
@@ -370,7 +404,10 @@ class Controller:
         while True:
             key = await self.backlog.take()
             try:
-                await self.write(key)
+                if isinstance(key, ExpiryKey):
+                    await self.expire(key)
+                else:
+                    await self.write(key)
             except Exception:  # a bug must not kill the writer: log, and look again later
                 logger.exception("deciding %s failed", key)
                 self.retry(key, api.now())
@@ -419,7 +456,7 @@ class Controller:
         if d.event is not None:
             self.recorder.post(s.body_ref, *d.event)
 
-    def retry(self, key: RunKey, now: dt.datetime) -> None:
+    def retry(self, key: RunKey | ExpiryKey, now: dt.datetime) -> None:
         """Looks again after a backoff with jitter: outside the backlog, so retries never crowd it."""
         failures = self.failures[key] = self.failures.get(key, 0) + 1
         self.scheduler.schedule(key, now + dt.timedelta(seconds=retry_delay(failures)))
@@ -432,9 +469,106 @@ class Controller:
         self.failures.pop(key, None)
         self.announced.discard(key)
 
+    # ----- retention ---------------------------------------------------------------------------
+
+    def retain(self, s: Snapshot) -> None:
+        """A finished run: plans its deletion at the end of its TTL, or drops the plan if none applies
+        (any more: its spec's TTL removed with no default, or it is being deleted already)."""
+        at = expires_at(s, self.run_ttl_seconds)
+        if at is None or not s.uid:
+            self.unexpire(s.key)
+            return
+        self.expiring[s.key] = Expiry(s.uid, at, s.resource_version)
+        self.scheduler.schedule(ExpiryKey(s.namespace, s.name), at)  # one already due fires at once
+
+    def unexpire(self, key: RunKey) -> None:
+        """No deletion is planned for ``key`` any more (it is gone, unfinished, or kept)."""
+        if self.expiring.pop(key, None) is None:
+            return
+        ek = ExpiryKey(key.namespace, key.name)
+        self.scheduler.schedule(ek, None)
+        self.backlog.discard(ek)
+        self.failures.pop(ek, None)
+
+    async def expire(self, key: ExpiryKey) -> None:
+        """Deletes a finished run whose TTL ran out: a DELETE on its uid and resourceVersion (a run re-created
+        under its name is another object, and one changed since it was judged is judged again on the event
+        that tells the change: the apiserver refuses either with 409), Background propagation (the garbage
+        collector deletes its journal ConfigMaps; the StepBatches go with the collector's next sweeps).
+        Not posted as an Event (it would outlive nothing worth reading): logged, and counted."""
+        e = self.expiring.get(key.run)
+        if e is None:  # gone, re-created unfinished, or kept since it was offered
+            self.failures.pop(key, None)
+            return
+        now = api.now()
+        if now < e.at:  # planned again (a longer TTL) since it was offered
+            self.scheduler.schedule(key, e.at)
+            return
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": e.uid, **({"resourceVersion": e.resource_version} if e.resource_version else {})},
+        }
+        try:
+            await self.kube.request("DELETE", api.execution_path(key.namespace, key.name), json_body=options)
+        except (ApiError, TransportError) as err:
+            if isinstance(err, NotFoundError):
+                self._expired(key, e)  # already gone: what was asked is done
+                logger.debug("%s/%s was gone already when its TTL ran out", key.namespace, key.name)
+                return
+            if isinstance(err, ApiError) and err.status_code == 409:
+                # Another run holds the name now, or this one changed since it was judged: the event that
+                # tells it plans again (``retain``).
+                self._expired(key, e)
+                return
+            if isinstance(err, ForbiddenError):
+                # Retrying every run would only repeat the refusal: said once, kept until the next
+                # event of the run or a restart of the operator with the RBAC fixed.
+                self._expired(key, e)
+                level = logging.DEBUG if self._deny_said else logging.WARNING
+                self._deny_said = True
+                logger.log(
+                    level,
+                    "could not delete %s/%s at the end of its TTL (%s): the operator's RBAC must allow delete "
+                    "of workflowexecutions; finished runs are kept",
+                    key.namespace,
+                    key.name,
+                    err,
+                )
+                return
+            measuring.WRITE_ERRORS.inc()
+            logger.error("deleting %s/%s at the end of its TTL failed: %r", key.namespace, key.name, err)
+            self.retry(key, now)
+            return
+        self._expired(key, e)
+        measuring.RUNS_DELETED.inc()
+        logger.info(
+            "deleted %s/%s (uid %s): finished, its ttlSecondsAfterFinished ran out at %s",
+            key.namespace,
+            key.name,
+            e.uid,
+            api.fmt_time(e.at),
+        )
+
+    def _expired(self, key: ExpiryKey, e: Expiry) -> None:
+        """The plan ``e`` is done with (unless a newer one replaced it meanwhile)."""
+        self.failures.pop(key, None)
+        if self.expiring.get(key.run) == e:
+            del self.expiring[key.run]
+            self.scheduler.schedule(key, None)
+
     def fire(self, key: Hashable) -> None:
-        """The scheduler's wake-up: a run's deadline or wake-up, or a worker's Lease expiring."""
-        if isinstance(key, LeaseKey):  # queued runs may lose their worker, held runs their holder
+        """The scheduler's wake-up: a run's deadline or wake-up, a worker's Lease expiring, or a finished
+        run's TTL running out."""
+        if isinstance(key, ExpiryKey):
+            e = self.expiring.get(key.run)
+            if e is not None:
+                if e.at > api.now():
+                    self.scheduler.schedule(key, e.at)
+                else:
+                    self.backlog.offer(key, Urgency.EXPIRE)
+        elif isinstance(key, LeaseKey):  # queued runs may lose their worker, held runs their holder
             live = self.workers.get(key)
             if live is not None and live.expires <= api.now():
                 del self.workers[key]  # gone for good unless it renews (a new event re-adds it)

@@ -59,6 +59,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         writers=ours.writers,
         event_senders=EVENT_SENDERS,
         collect_seconds=ours.collect_seconds,
+        run_ttl_seconds=ours.run_ttl_seconds,
     )
     if not ours.leader_election:
         lead(controller)

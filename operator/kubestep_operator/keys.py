@@ -27,3 +27,19 @@ class LeaseKey:
 
     def __str__(self) -> str:
         return f"lease of {self.holder} in {self.namespace}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpiryKey:
+    """A finished run's deletion at the end of its TTL (retention): planned and written apart from its
+    decisions, so neither plan replaces the other in the scheduler or the write backlog."""
+
+    namespace: str
+    name: str
+
+    @property
+    def run(self) -> RunKey:
+        return RunKey(self.namespace, self.name)
+
+    def __str__(self) -> str:
+        return f"expiry of {self.namespace}/{self.name}"

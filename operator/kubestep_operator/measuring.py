@@ -3,7 +3,8 @@
 kopf has no metrics of its own, so these count what the operator decides:
 every transition it writes (by phase and reason), writes that lost a race,
 writes that failed and were retried, objects it could not handle, the size of the one scheduler that holds every deadline and
-wake-up, the write backlog by urgency, and the StepBatches it collected. Write throughput is
+wake-up, the write backlog by urgency, the StepBatches it collected, and the finished runs it deleted at the end
+of their TTL (retention). Write throughput is
 ``rate(kubestep_operator_write_seconds_count[1m])``.
 """
 
@@ -55,4 +56,13 @@ OBJECT_ERRORS = Counter(
 BATCHES_COLLECTED = Counter(
     "kubestep_operator_batches_collected_total",
     "StepBatches the operator deleted because no run needs them any more (collecting.py).",
+)
+RUNS_DELETED = Counter(
+    "kubestep_operator_runs_deleted_total",
+    "Finished runs the operator deleted at the end of their TTL (spec.ttlSecondsAfterFinished, else "
+    "KUBESTEP_RUN_TTL_SECONDS), their journal ConfigMaps with them; a run found gone already is not counted.",
+)
+EXPIRING = Gauge(
+    "kubestep_operator_expiring_runs",
+    "Finished runs with a TTL that the operator will delete when it runs out.",
 )

@@ -57,6 +57,11 @@ class Snapshot:
     waiting_for_topic: str | None = None
     event_ready: bool = False
     queue: str = ""  # spec.queue: only workers of this queue may run it ("": the default queue)  # an event the run waits for has arrived and is not consumed
+    # Retention (``expires_at``): spec.ttlSecondsAfterFinished (None: the operator's default), when the
+    # run finished (status.finishedAt), and whether it is being deleted already (metadata.deletionTimestamp).
+    ttl_seconds_after_finished: int | None = None
+    finished_at: dt.datetime | None = None
+    deleting: bool = False
 
     @property
     def key(self) -> RunKey:
@@ -90,6 +95,9 @@ class Snapshot:
             waiting_for_topic=topic,
             event_ready=topic is not None and api.events_pending(spec, status, topic) > 0,
             queue=api.run_queue(body),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            finished_at=api.parse_time(status.get("finishedAt")),
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
     def condition_list(self) -> list[dict[str, Any]]:
@@ -364,6 +372,28 @@ def _decide_held(
     return Decision(next_due=min(due))
 
 
+def expires_at(s: Snapshot, default_ttl: int | None) -> dt.datetime | None:
+    """When a finished run is deleted (retention, like a Job's ``ttlSecondsAfterFinished``): its
+    ``status.finishedAt`` plus its ``spec.ttlSecondsAfterFinished``, or plus ``default_ttl`` (the
+    operator's ``KUBESTEP_RUN_TTL_SECONDS``) when its spec sets none. None while the run is unfinished,
+    when no TTL applies (kept until someone deletes it), when it is being deleted already, and when it
+    records no ``finishedAt`` (every terminal transition writes one: a run without it is kept rather
+    than deleted on a guess). ``finishedAt`` is its writer's clock, so a writer whose clock runs ahead
+    delays the deletion by as much, never hastens it. Pure."""
+    if s.phase not in api.TERMINAL_PHASES or s.finished_at is None or s.deleting:
+        return None
+    ttl = s.ttl_seconds_after_finished if s.ttl_seconds_after_finished is not None else default_ttl
+    if ttl is None:
+        return None
+    return api.later(s.finished_at, max(0, ttl))  # clamped: never overflows
+
+
+def due_for_deletion(s: Snapshot, now: dt.datetime, default_ttl: int | None) -> bool:
+    """Whether the finished run ``s`` is to be deleted ``now`` (``expires_at``). Pure."""
+    at = expires_at(s, default_ttl)
+    return at is not None and now >= at
+
+
 def cancel_requested(s: Snapshot) -> tuple[str, str, str]:
     """The Event that says a user asked to cancel ``s``: posted once per run, whatever ends it (a
     holder that ends the run within its head start writes no Cancelling, and was silent before)."""
@@ -389,6 +419,7 @@ class Urgency(enum.IntEnum):
     STOP = 0  # a cancel or an exhausted budget: Cancelling, Cancelled
     PROGRESS = 1  # a run moves on: wait over, worker lost
     ADMIT = 2  # a new run is queued, or its Scheduled condition refreshed
+    EXPIRE = 3  # a finished run past its TTL is deleted: housekeeping, after every write that moves a run
 
 
 def urgency(s: Snapshot, d: Decision) -> Urgency:

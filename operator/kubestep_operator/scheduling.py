@@ -2,7 +2,8 @@
 
 One task and a heap for thousands of runs, not a timer per run. The heap is
 only a cache of *when to look again*: each entry names a key (a run's
-``RunKey``, or a worker Lease's ``LeaseKey`` for when it expires), and firing
+``RunKey``, a worker Lease's ``LeaseKey`` for when it expires, or a finished
+run's ``ExpiryKey`` for when its TTL runs out), and firing
 it calls the ``Controller``, which decides afresh from the run's latest
 snapshot (what the informers last reported), so a stale entry costs a lookup
 and nothing else. A key holds one plan at a time: ``schedule`` replaces it (or

@@ -103,13 +103,16 @@ class KubestepClient:
         cancel_grace_period_seconds: int | None = None,
         labels: dict[str, str] | None = None,
         queue: str | None = None,
+        ttl_seconds_after_finished: int | None = None,
     ) -> ExecutionHandle:
         """Creates a WorkflowExecution; the apiserver validates it (schema and CEL).
 
         ``run_timeout_seconds``: budget of continuous running time; ``queue_timeout_seconds``:
         cancel it if no worker claims it this long after it is queued; ``cancel_grace_period_seconds``:
         how long a step in flight may finish after a stop (default: the installation's, 30 s);
-        ``queue``: only workers started with this queue may run it (default: the default queue)."""
+        ``queue``: only workers started with this queue may run it (default: the default queue);
+        ``ttl_seconds_after_finished``: the operator deletes the run (and its history) this long after
+        it finishes (default: the installation's, ``KUBESTEP_RUN_TTL_SECONDS``; none: kept)."""
         meta: dict[str, Any] = {"labels": dict(labels or {})}
         if len(workflow_id) <= 63:
             meta["labels"][api.LABEL_WORKFLOW] = workflow_id
@@ -127,6 +130,8 @@ class KubestepClient:
             spec["cancelGracePeriodSeconds"] = cancel_grace_period_seconds
         if queue:
             spec["queue"] = queue
+        if ttl_seconds_after_finished is not None:
+            spec["ttlSecondsAfterFinished"] = ttl_seconds_after_finished
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": spec}
         obj = await self._kube.create(self._path(), body, self._manager)
         return ExecutionHandle(self, obj["metadata"]["name"], workflow_id)

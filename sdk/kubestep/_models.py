@@ -115,6 +115,8 @@ class Execution(_Model):
     events: list[dict[str, Any]] = []
     #: ``spec.queue``: only workers started with this queue may run it (None: the default queue).
     queue: str | None = None
+    #: ``spec.ttlSecondsAfterFinished``: deleted this long after it finishes (None: the installation's default).
+    ttl_seconds_after_finished: int | None = None
     labels: dict[str, str] = {}
     uid: str | None = None
     #: ``metadata.creationTimestamp``.
@@ -155,6 +157,7 @@ class Execution(_Model):
             cancel_reason=spec.get("cancelReason"),
             events=list(spec.get("events") or []),
             queue=spec.get("queue") or None,
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
             labels=dict(meta.get("labels") or {}),
             uid=meta.get("uid"),
             created_at=parse_time(meta.get("creationTimestamp")),

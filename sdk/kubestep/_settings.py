@@ -18,6 +18,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | operator: writes in flight | | ``KUBESTEP_OPERATOR_WRITERS`` | 8 |
 | operator: bytes a page of runs should weigh when listing | | ``KUBESTEP_OPERATOR_LIST_BYTES`` | 4 MiB (0: pages of 500) |
 | operator: how often it collects the StepBatches no run needs any more (s; 0: never) | | ``KUBESTEP_OPERATOR_COLLECT_SECONDS`` | 15 |
+| operator: how long a finished run is kept (s) before it is deleted, for runs whose spec sets no ``ttlSecondsAfterFinished`` | | ``KUBESTEP_RUN_TTL_SECONDS`` | none: kept until deleted (the chart sets a day) |
 | who cancelled: trust the audit annotation | | ``KUBESTEP_CANCEL_AUDIT`` | false (the chart sets it with ``cancelAudit.enabled``) |
 | operator: leader election | ``--leader-elect`` | | off (the chart turns it on) |
 | operator: its Lease | ``--leader-election-namespace``, ``--leader-election-id`` | ``POD_NAMESPACE`` | kubestep-operator |
@@ -72,6 +73,15 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SystemExit(f"{name}={env[name]!r} is not a valid flag (true or false)")
+
+
+MAX_RUN_TTL_SECONDS = 315_360_000  # ten years, as spec.ttlSecondsAfterFinished's maximum
+
+
+def _ttl(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_RUN_TTL_SECONDS:
+        raise SystemExit(f"KUBESTEP_RUN_TTL_SECONDS={value}: expected 0 to {MAX_RUN_TTL_SECONDS} (or unset: keep runs)")
+    return value
 
 
 STEP_STORES = ("batch", "status")
@@ -158,6 +168,9 @@ class OperatorSettings:
     cancel_audit: bool = False  # KUBESTEP_CANCEL_AUDIT: the canceller annotation is vouched for
     list_bytes: int = 4 << 20  # KUBESTEP_OPERATOR_LIST_BYTES: a page of runs' weight (0: pages of 500)
     collect_seconds: float = 15.0  # KUBESTEP_OPERATOR_COLLECT_SECONDS: StepBatch collection sweeps (0: none)
+    # KUBESTEP_RUN_TTL_SECONDS: finished runs whose spec sets no ttlSecondsAfterFinished are deleted this
+    # long after they finished; None: kept until someone deletes them.
+    run_ttl_seconds: int | None = None
 
     @classmethod
     def load(
@@ -196,4 +209,5 @@ class OperatorSettings:
             cancel_audit=_flag(env, "KUBESTEP_CANCEL_AUDIT"),
             list_bytes=_pick(None, env, "KUBESTEP_OPERATOR_LIST_BYTES", 4 << 20, int),
             collect_seconds=_pick(None, env, "KUBESTEP_OPERATOR_COLLECT_SECONDS", 15.0, float),
+            run_ttl_seconds=_ttl(_pick(None, env, "KUBESTEP_RUN_TTL_SECONDS", None, int)),
         )
