@@ -25,6 +25,7 @@ import yaml
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
+from kubestep._protocol import batches
 from kubestep_dev.locations import find_binary
 
 from ..conftest import Cluster
@@ -312,6 +313,33 @@ def test_a_worker_creates_only_journal_configmaps_and_events_about_runs(control_
     assert _configmap(control_plane, s, s.as_a, run).returncode == 0
     _refused(_event_about(control_plane, s, s.as_a, "ConfigMap", "anything"), "Events about a WorkflowExecution")
     assert _event_about(control_plane, s, s.as_a, api.KIND, run["metadata"]["name"]).returncode == 0
+
+
+def _batch(cluster: Cluster, s: Setup, who: Path, worker: str, run: dict[str, Any]) -> Any:
+    entry = {"lsn": 1, "record": {"key": "forged", "kind": "Run", "state": "Completed", "output": "forged"}}
+    runs = [{"name": run["metadata"]["name"], "uid": run["metadata"]["uid"], "attempt": 1, "entries": [entry]}]
+    body = {
+        "apiVersion": api.API_VERSION,
+        "kind": batches.BATCH_KIND,
+        "metadata": {"name": f"b-{uuid.uuid4().hex[:6]}", "namespace": s.namespace},
+        "spec": {"worker": worker, "runs": runs},
+    }
+    return cluster.kubectl("-n", s.namespace, "create", "-f", "-", input=json.dumps(body), kubeconfig=who, check=False)
+
+
+def test_a_worker_creates_step_batches_only_as_itself_and_never_changes_or_deletes_one(
+    control_plane: Cluster, policy: Setup
+) -> None:
+    """A claim counts only the batches of the run's holder (``batches.counted``): so no worker may
+    write one in another's name, or a token of worker b could pass off step outputs for a's runs."""
+    s = policy
+    run = _get(control_plane, s, "wfx", _run(control_plane, s, ALLOWED, {"phase": "Running", "worker": s.a}))
+    _refused(_batch(control_plane, s, s.as_b, s.a, run), "may only create StepBatches it writes itself")
+    own = _batch(control_plane, s, s.as_b, s.b, run)
+    assert own.returncode == 0, own.stderr
+    name = own.stdout.split()[0]  # "stepbatch.kubestep.io/b-… created"
+    done = control_plane.kubectl("-n", s.namespace, "delete", name, kubeconfig=s.as_b, check=False)
+    assert done.returncode != 0, "a worker never deletes a batch (the operator collects them)"
 
 
 async def test_a_worker_on_its_pod_token_runs_a_workflow_to_the_end_under_the_policy(

@@ -10,8 +10,10 @@ from kubestep._protocol import batches as b
 from kubestep._protocol.batches import Entry, Member
 
 
-def e(attempt: int, lsn: int, key: str | None = None) -> Entry:
-    return Entry(attempt, lsn, {"key": key or f"s{lsn}", "kind": "Run", "state": "Completed"})
+def e(attempt: int, lsn: int, key: str | None = None, worker: str = "") -> Entry:
+    """An entry of ``worker``'s batch; by default the holder of its attempt (``w<attempt>``)."""
+    record = {"key": key or f"s{lsn}", "kind": "Run", "state": "Completed"}
+    return Entry(attempt, lsn, record, worker or f"w{attempt}")
 
 
 def lsns(entries: list[Entry]) -> list[tuple[int, int]]:
@@ -19,18 +21,26 @@ def lsns(entries: list[Entry]) -> list[tuple[int, int]]:
 
 
 def test_the_open_attempts_entries_newer_than_status_count_gap_free() -> None:
-    status = {"attempt": 3, "journalLsn": 4}
+    status = {"attempt": 3, "journalLsn": 4, "journalHolder": "w3"}
     found = [e(3, 3), e(3, 5), e(3, 6), e(3, 8)]  # 3 is in status already; 7 has not landed (or never will)
     assert lsns(b.counted(status, found, open_attempt=3)) == [(3, 5), (3, 6)]
 
 
 def test_a_holder_that_lost_its_run_writes_past_its_fence_in_vain() -> None:
     # Attempt 3 crashed after lsn 6 (as the claim of attempt 4 saw it); its zombie wrote 7 and 8 later.
-    status = {"attempt": 4, "journalLsn": 4, "journalFences": [{"attempt": 3, "lsn": 6}]}
+    status = {
+        "attempt": 4,
+        "journalLsn": 4,
+        "journalHolder": "w4",
+        "journalFences": [{"attempt": 3, "lsn": 6, "worker": "w3"}],
+    }
     found = [e(3, 5), e(3, 6), e(3, 7, "zombie"), e(4, 7), e(4, 8), e(3, 8, "zombie")]
     counted = b.counted(status, found, open_attempt=4)
     assert lsns(counted) == [(3, 5), (3, 6), (4, 7), (4, 8)]
-    assert b.fences_at_claim(status, counted) == [{"attempt": 3, "lsn": 6}, {"attempt": 4, "lsn": 8}]
+    assert b.fences_at_claim(status, counted) == [
+        {"attempt": 3, "lsn": 6, "worker": "w3"},
+        {"attempt": 4, "lsn": 8, "worker": "w4"},
+    ]
 
 
 def test_entries_of_an_attempt_neither_fenced_nor_open_never_count() -> None:
@@ -39,8 +49,23 @@ def test_entries_of_an_attempt_neither_fenced_nor_open_never_count() -> None:
 
 
 def test_a_duplicate_write_counts_once() -> None:
-    status = {"attempt": 1, "journalLsn": 0}
+    status = {"attempt": 1, "journalLsn": 0, "journalHolder": "w1"}
     assert lsns(b.counted(status, [e(1, 1), e(1, 1), e(1, 2)], open_attempt=1)) == [(1, 1), (1, 2)]
+
+
+def test_another_worker_s_batch_naming_the_run_never_counts() -> None:
+    """A token of another worker may create a StepBatch naming any run (RBAC cannot say which), but
+    admission holds its spec.worker to that worker's pod: only the holder's batches count."""
+    status = {
+        "attempt": 2,
+        "journalLsn": 1,
+        "journalHolder": "w2",
+        "journalFences": [{"attempt": 1, "lsn": 3, "worker": "w1"}],
+    }
+    forged = [e(1, 2, "forged", worker="mallory"), e(2, 2, "forged", worker="mallory")]
+    assert b.counted(status, forged, open_attempt=2) == []
+    assert lsns(b.counted(status, [*forged, e(1, 2), e(1, 3), e(2, 4)], open_attempt=2)) == [(1, 2), (1, 3), (2, 4)]
+    assert b.counted({"attempt": 2, "journalLsn": 1}, [e(2, 2)], open_attempt=2) == [], "no holder named: none"
 
 
 def test_a_batch_is_garbage_once_every_run_in_it_is_checkpointed_past_it_gone_or_superseded() -> None:

@@ -83,10 +83,15 @@ def members(labels: Mapping[str, str]) -> list[Member]:
 
 def fences(status: Mapping[str, Any]) -> dict[int, int]:
     """``status.journalFences`` as {attempt: last lsn that counts}."""
-    out: dict[int, int] = {}
+    return {attempt: lsn for attempt, (lsn, _) in _fences(status).items()}
+
+
+def _fences(status: Mapping[str, Any]) -> dict[int, tuple[int, str]]:
+    """``status.journalFences`` as {attempt: (last lsn that counts, the worker that held it)}."""
+    out: dict[int, tuple[int, str]] = {}
     for f in status.get("journalFences") or []:
         try:
-            out[int(f["attempt"])] = int(f["lsn"])
+            out[int(f["attempt"])] = (int(f["lsn"]), str(f.get("worker") or ""))
         except (KeyError, TypeError, ValueError):
             continue
     return out
@@ -101,22 +106,25 @@ def journal_lsn(status: Mapping[str, Any]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One record made durable in a batch."""
+    """One record made durable in a batch, and the worker that wrote the batch (``spec.worker``,
+    which admission holds to the writer's own pod)."""
 
     attempt: int
     lsn: int
     record: dict[str, Any]
+    worker: str = ""
 
 
 def entries_of(batch: Mapping[str, Any], uid: str) -> list[Entry]:
     """The entries a batch object holds for the run ``uid``."""
     out = []
-    for run in (batch.get("spec") or {}).get("runs") or []:
+    spec = batch.get("spec") or {}
+    for run in spec.get("runs") or []:
         if run.get("uid") != uid:
             continue
         attempt = int(run.get("attempt") or 0)
         for e in run.get("entries") or []:
-            out.append(Entry(attempt, int(e["lsn"]), dict(e["record"])))
+            out.append(Entry(attempt, int(e["lsn"]), dict(e["record"]), str(spec.get("worker") or "")))
     return out
 
 
@@ -125,17 +133,22 @@ def counted(status: Mapping[str, Any], entries: Iterable[Entry], *, open_attempt
     fence, or of ``open_attempt`` (the attempt a claim is about to close: any gap-free run of them).
 
     Each attempt's entries count only as a gap-free run from where the status or the previous
-    attempt left off; an entry with an lsn already taken (a duplicate write) counts once."""
+    attempt left off; an entry with an lsn already taken (a duplicate write) counts once. Only the
+    batches of the worker that held an attempt count for it (``status.journalHolder``, then the
+    fence's ``worker``): another worker's token may create batches naming any run, but admission
+    holds ``spec.worker`` to its own pod, so it cannot pass off records as the holder's."""
     base = journal_lsn(status)
-    fenced = fences(status)
+    fenced = _fences(status)
+    holder = str(status.get("journalHolder") or "")
     by_lsn: dict[int, Entry] = {}
     for e in entries:
         if e.lsn <= base:
             continue
         if e.attempt in fenced:
-            if e.lsn > fenced[e.attempt]:
+            last, worker = fenced[e.attempt]
+            if e.lsn > last or e.worker != worker:
                 continue
-        elif e.attempt != open_attempt:
+        elif e.attempt != open_attempt or not holder or e.worker != holder:
             continue
         by_lsn.setdefault(e.lsn, e)
     out: list[Entry] = []
@@ -147,13 +160,14 @@ def counted(status: Mapping[str, Any], entries: Iterable[Entry], *, open_attempt
     return out
 
 
-def fences_at_claim(status: Mapping[str, Any], counting: list[Entry]) -> list[dict[str, int]]:
+def fences_at_claim(status: Mapping[str, Any], counting: list[Entry]) -> list[dict[str, Any]]:
     """``status.journalFences`` for a claim that counts ``counting`` (``counted``): every attempt
     with records past ``journalLsn``, each up to its last counted record."""
-    last: dict[int, int] = {}
+    last: dict[int, Entry] = {}
     for e in counting:
-        last[e.attempt] = max(last.get(e.attempt, 0), e.lsn)
-    return [{"attempt": a, "lsn": n} for a, n in sorted(last.items())]
+        if e.attempt not in last or e.lsn > last[e.attempt].lsn:
+            last[e.attempt] = e
+    return [{"attempt": a, "lsn": e.lsn, "worker": e.worker} for a, e in sorted(last.items())]
 
 
 def garbage(member: Member, status: Mapping[str, Any] | None) -> bool:

@@ -42,8 +42,8 @@ def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
         out.append(f"the {batches.BATCH_KIND} CRD (stepbatches.{api.GROUP})")
     schema = _workflow_execution_schema(openapi)
     status = (((schema or {}).get("properties") or {}).get("status") or {}).get("properties") or {}
-    if not {"journalLsn", "journalFences"} <= set(status):
-        out.append(f"the step journal's status fields in the {api.KIND} CRD (journalLsn, journalFences)")
+    if not {"journalLsn", "journalFences", "journalHolder"} <= set(status):
+        out.append(f"the step journal's status fields in the {api.KIND} CRD (journalLsn, journalFences, journalHolder)")
     return out
 
 

@@ -359,8 +359,11 @@ class Run:
             at=wall,
             generation=self.obj["metadata"].get("generation"),
         )
+        # Whose batches count for this attempt (batches.counted): this worker's, as admission
+        # holds a batch's spec.worker to its writer's pod.
+        patch = {**patch, "journalHolder": self.worker}
         if newer or status.get("journalFences"):
-            patch = {**patch, "journalFences": batches.fences_at_claim(status, newer)}
+            patch["journalFences"] = batches.fences_at_claim(status, newer)
         try:
             with STATUS_WRITE_SECONDS.labels("claim").time():
                 obj = await self.control.update_status(self.obj, patch)
