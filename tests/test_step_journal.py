@@ -52,7 +52,7 @@ async def test_steps_are_durable_in_batches_and_status_catches_up_every_few_seco
     assert "STEP" in columns.splitlines()[0], columns
     result = await h.result(timeout=60)
     e = await h.status()
-    assert e.status.steps_completed == 40 and len(result["tokens"]) == 40
+    assert e.status.steps_completed == 40 and len(result["tokens"]) == 40 and e.status.current_step == "step-39"
     done = (await client._get_object(h.id))["status"]
     assert done["journalLsn"] == 40 and not done.get("journalFences"), "the ending wrote every record"
 

@@ -87,6 +87,8 @@ class ExecutionStatus(_Model):
     waiting_for: dict[str, str] | None = Field(None, alias="waitingFor")
     events_consumed: list[str] = Field([], alias="eventsConsumed")
     steps_completed: int = Field(0, alias="stepsCompleted")
+    #: The key of the step the run reached last (the ``STEP`` column of ``kubectl get wfx``).
+    current_step: str | None = Field(None, alias="currentStep")
     #: The most recent step records; older ones are archived (``journal``).
     steps: list[StepRecord] = []
     journal: list[JournalRef] = []
