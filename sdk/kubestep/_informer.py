@@ -159,6 +159,7 @@ class Informer:
 
     listed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # the first list is done
     last_contact: float = dataclasses.field(default_factory=time.monotonic)  # a list page, an event or a bookmark
+    last_failure: float = -1.0  # when a list or watch last failed or broke off (clock), -1: never
     lists: int = 0  # complete lists, the first included
     resumes: int = 0  # watches opened again from a resourceVersion already held
     resource_version: str | None = None  # the last one seen: where a watch resumes
@@ -176,6 +177,7 @@ class Informer:
                     await self._relist_after("the list's continue token expired (410)")
                     continue
                 except (ApiError, TransportError, ValueError, KeyError, TypeError) as e:
+                    self.last_failure = self.clock()
                     delay = self.backoff.next()
                     logger.warning("listing %s failed (%r); again in %.1f s", self.name, e, delay)
                     await self.sleep(delay)
@@ -189,6 +191,7 @@ class Informer:
             except Gone:
                 await self._relist_after("the resourceVersion expired (410)")
             except TransportError as e:
+                self.last_failure = self.clock()
                 if events[0] > 0 or self.clock() - started >= SHORT_WATCH:
                     self._resumed(f"the watch broke off ({e})")  # it was healthy: at once, like a server close
                     continue
@@ -196,7 +199,15 @@ class Informer:
             except (_ShortWatch, ApiError, ValueError, KeyError, TypeError) as e:
                 await self._retry_watch(e)
 
+    @property
+    def blind(self) -> bool:
+        """A list or watch failed and nothing has come since (no page, event or bookmark): changes
+        may be going unseen. A caller that must not miss one for long (a worker's cancels) reads
+        for itself meanwhile."""
+        return self.last_failure >= 0 and self.last_contact <= self.last_failure
+
     async def _retry_watch(self, cause: Exception) -> None:
+        self.last_failure = self.clock()
         delay = self.backoff.next()
         logger.info("watching %s failed (%r); resuming in %.1f s", self.name, cause, delay)
         await self.sleep(delay)
@@ -210,6 +221,7 @@ class Informer:
     async def _relist_after(self, why: str) -> None:
         """A 410: list again, at once if nothing failed for a while, else after a backoff. It counts as
         a failure either way, so a 410 straight after each list does not re-list without pause."""
+        self.last_failure = self.clock()
         fresh = self.backoff.fresh
         delay = self.backoff.next()
         if fresh:

@@ -352,3 +352,39 @@ async def test_it_stops_when_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_it_says_it_is_blind_from_a_failure_until_something_comes_again() -> None:
+    """The worker reads its held runs itself while its watch is blind (``Worker._read_while_blind``)."""
+    blind_at: list[bool] = []
+    informer: Informer | None = None
+
+    def note(change: Change) -> None:
+        assert informer is not None
+        blind_at.append(informer.blind)
+
+    clock = Clock()
+    script = Script(
+        clock,
+        [
+            ("list", ["a"], "10"),
+            ("watch", [], ApiError(500, "etcd leader changed", None)),  # failed: blind...
+            ("watch", [event("MODIFIED", "a", "11")]),  # ... until this event
+        ],
+    )
+    async def sleep(seconds: float) -> None:  # the backoff after the failed watch
+        assert informer is not None
+        blind_at.append(informer.blind)
+        await clock.sleep(seconds)
+
+    informer = Informer(
+        script, "/apis/x/v1/namespaces/ns/things", note, sleep=sleep, clock=clock,
+        rng=random.Random(7), backoff=Backoff(clock=clock, rng=random.Random(7)),
+    )  # fmt: skip
+    assert not informer.blind
+    with pytest.raises(Finished):
+        await informer.run()
+    assert blind_at == [False, True, False], "blind from the failure until the event came"
+    assert informer.last_failure >= 0 and not informer.blind
+    informer.last_failure = clock() + 1  # a failure after the last contact
+    assert informer.blind

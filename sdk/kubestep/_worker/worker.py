@@ -45,6 +45,7 @@ from .unwinding import Release
 logger = logging.getLogger("kubestep.worker")
 
 EVENTS_AT_EXIT = 5.0  # seconds a stopping worker waits for its last Events to be sent
+BLIND_READ_SECONDS = 0.5  # how often held runs are read while their watch is down
 EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
 
 
@@ -80,6 +81,8 @@ class Worker:
             queue=settings.queue,
         )
         self.runs: dict[str, Run] = {}
+        self._held_informer: Informer | None = None
+        self._held_selector = ""
         # The step journal: one group commit for every run this worker holds (committing.py).
         self.journal = (
             GroupCommit(kube, namespace, name, outage_seconds=max(3.0 * settings.lease_seconds, 30.0))
@@ -179,6 +182,7 @@ class Worker:
             )
             streams = {"all": ""}
         path = api.execution_path(self.namespace)
+        self._held_selector = streams.get("held", "")
         informers = [
             Informer(
                 self.control,
@@ -189,7 +193,9 @@ class Worker:
             )
             for stream, selector in streams.items()
         ]
+        self._held_informer = informers[0]  # "held", or the one unfiltered stream
         tasks = [asyncio.create_task(informer.run()) for informer in informers]
+        tasks.append(asyncio.create_task(self._read_while_blind()))
         try:
             await asyncio.gather(*(i.listed.wait() for i in informers))
             self.ready.set()
@@ -197,6 +203,34 @@ class Worker:
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def _read_while_blind(self) -> None:
+        """While the watch of the held runs is down (the apiserver restarting, say), read them every
+        ``BLIND_READ_SECONDS``. The step journal writes no status per step, so a held run would
+        otherwise learn of a cancel only when the watch is back, and go on starting steps meanwhile
+        (the chaos soak found three steps started after a cancel while the watch backed off)."""
+        while True:
+            await asyncio.sleep(BLIND_READ_SECONDS)
+            informer = self._held_informer
+            if informer is None or not informer.blind or not self.runs:
+                continue
+            params = {"fieldSelector": self._held_selector} if self._held_selector else {}
+            try:
+                listing = await self.control.get(api.execution_path(self.namespace), params)
+            except (ApiError, TransportError) as e:
+                logger.debug("reading held runs while the watch is down: %r", e)
+                continue
+            seen = set()
+            for obj in listing.get("items") or []:
+                seen.add(obj["metadata"]["name"])
+                run = self.runs.get(obj["metadata"]["name"])
+                if run is not None:
+                    obj.setdefault("apiVersion", api.API_VERSION)
+                    obj.setdefault("kind", api.KIND)
+                    run.observe(obj)
+            for name, run in list(self.runs.items()):
+                if run.claimed and name not in seen:
+                    self._spawn(self._reread(run))  # deleted, lost or ended: a read tells which
 
     def _on_change(self, stream: str, change: Change) -> None:
         obj = change.obj
