@@ -372,6 +372,7 @@ async def test_it_says_it_is_blind_from_a_failure_until_something_comes_again() 
             ("watch", [event("MODIFIED", "a", "11")]),  # ... until this event
         ],
     )
+
     async def sleep(seconds: float) -> None:  # the backoff after the failed watch
         assert informer is not None
         blind_at.append(informer.blind)
