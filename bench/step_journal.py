@@ -358,6 +358,28 @@ async def cancels(client: KubestepClient, names: list[str], count: int, budget: 
     }
 
 
+async def overshoots(client: KubestepClient, count: int, batch: int = 10) -> dict[str, Any]:
+    """Goal 3's other half at the load: runs with a 1 s budget started ``batch`` at a time beside the
+    load; overshoot = ``finishedAt`` − the deadline (a RunTimeout's ``cancellation.requestedAt`` is the
+    deadline itself), as ``bench/cancel_latency.py`` measures it on an idle plane."""
+    out: list[float] = []
+    other: dict[str, int] = defaultdict(int)
+    while len(out) + sum(other.values()) < count:
+        handles = await asyncio.gather(
+            *(client.start("until-cancelled", {"seconds": 0.01}, run_timeout_seconds=1) for _ in range(batch))
+        )
+        await asyncio.gather(*(client.wait(h.id, timeout=60) for h in handles), return_exceptions=True)
+        for h in handles:
+            st = (await h.status()).status
+            if st.reason != api.StopReason.RUN_TIMEOUT or not (st.finished_at and st.cancellation):
+                other[str(st.reason)] += 1
+                continue
+            requested = st.cancellation.requested_at
+            assert requested is not None
+            out.append((st.finished_at - requested).total_seconds() * 1000)
+    return {"overshoot_ms": summary(out) if out else None, "not_timed_out": dict(other)}
+
+
 async def namespace_objects(client: KubestepClient) -> dict[str, dict[str, int]]:
     """Objects of the benchmark's namespace and their size as JSON, by resource."""
     ns = client.namespace
@@ -450,6 +472,10 @@ async def measure_store(plane: ControlPlane, store: str, args: argparse.Namespac
                 result["cancel"] = await cancels(client, names, args.cancels, args.cancel_budget)
                 c1 = await scraper.port(port)
                 result["cancel"]["steps_per_s_meanwhile"] = (completed(c1) - completed(c0)) / (time.monotonic() - t0)
+
+            if args.timeouts:
+                print(f"[{store}] {args.timeouts} timeouts at the load ...", file=sys.stderr, flush=True)
+                result["timeout"] = await overshoots(client, args.timeouts)
 
             end = parsed(await scraper.snapshot(None))
             result["end"] = {
@@ -601,7 +627,7 @@ def report(results: dict[str, Any]) -> str:
         "| store | steps/s | API writes/step | wfx | wfx/status | stepbatches | configmaps | events | leases "
         "| etcd WAL B/step | etcd put B/step | etcd puts/step | etcd DB after (in use) MB "
         "| watch events/step: all / worker / others | 1 run: ms/step, overhead ÷ small write "
-        "| cancel p50 / p99 ms |"
+        "| cancel p50 / p99 ms | timeout overshoot p50 / p99 ms |"
     )
     lines = [head, "|" + "---|" + "---:|" * (head.count("|") - 2)]
     for r in results["stores"]:
@@ -614,6 +640,7 @@ def report(results: dict[str, Any]) -> str:
         ev = load.get("watch_events_per_step", {})
         end = (r.get("end") or {}).get("etcd") or {}
         c = (r.get("cancel") or {}).get("cancel_to_cancelled_ms")
+        o = (r.get("timeout") or {}).get("overshoot_ms")
         all_ev = ev.get("_total")
         worker_ev = load.get("worker_watch_events_per_step")
         lines.append(
@@ -644,6 +671,7 @@ def report(results: dict[str, Any]) -> str:
                     if one
                     else "—",
                     f"{_f(c['p50'], '{:.0f}')} / {_f(c['p99'], '{:.0f}')} (n={c['n']})" if c else "—",
+                    f"{_f(o['p50'], '{:.0f}')} / {_f(o['p99'], '{:.0f}')} (n={o['n']})" if o else "—",
                 ]
             )
             + " |"
@@ -663,7 +691,8 @@ def report(results: dict[str, Any]) -> str:
         "`kubestep_worker_watch_events_total`, and the difference (operator + controller-manager informers; the "
         "operator has no per-event counter). One run: 10 ms steps, overhead = time per step − the step's own "
         "time; small write = p50 of sequential merge PATCHes of a small ConfigMap around that window. Goals "
-        "(issue 19): ≥ 1,000 steps/s, ≤ 0.1 writes/step, overhead ≤ 1.5 × small write, cancel p99 ≤ 250 ms.",
+        "(issue 19): ≥ 1,000 steps/s, ≤ 0.1 writes/step, overhead ≤ 1.5 × small write, cancel p99 ≤ 250 ms, timeout overshoot p99 ≤ 100 ms (runs with a 1 s budget "
+        "started 10 at a time beside the load; `finishedAt` − the deadline).",
     ]
     if bg.get("writes_per_s"):
         notes.append(
@@ -731,6 +760,7 @@ def main() -> None:
     ap.add_argument("--one-seconds", type=float, default=10, help="the window of one run alone")
     ap.add_argument("--floor-samples", type=int, default=200, help="small writes (half before, half after)")
     ap.add_argument("--cancels", type=int, default=20, help="cancels at the load (0: none)")
+    ap.add_argument("--timeouts", type=int, default=20, help="runs timed out (1 s budget) at the load (0: none)")
     ap.add_argument("--cancel-budget", type=float, default=45, help="seconds; no cancel starts after it")
     ap.add_argument("--pause", type=float, default=10, help="between stores, and the idle baseline first")
     ap.add_argument("--stores", default="batch,status")
@@ -746,6 +776,7 @@ def main() -> None:
         "warmup": args.warmup,
         "one_seconds": args.one_seconds,
         "cancels": args.cancels,
+        "timeouts": args.timeouts,
         "stores": [],
     }
     try:
