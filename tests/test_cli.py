@@ -84,7 +84,11 @@ def test_cancel_by_name_selector_and_all_with_per_run_results(
             control_plane, run_namespace, "run", "until-cancelled", "--input", '{"seconds": 0.05}', "-o", "name"
         )
         names.append(out.stdout.strip().rsplit("/", 1)[1])
-    queued = kubestep(control_plane, run_namespace, "run", "nobody-serves-this", "-o", "name").stdout.strip()
+    queued = kubestep(
+        control_plane, run_namespace, "run", "nobody-serves-this", "--ttl", "7200", "-o", "name"
+    ).stdout.strip()
+    shown = json.loads(kubestep(control_plane, run_namespace, "get", queued, "-o", "json").stdout)
+    assert shown["spec"]["ttlSecondsAfterFinished"] == 7200, shown
     one = kubestep(control_plane, run_namespace, "cancel", names[0], "missing-run", "--reason", "by name")
     assert one.returncode == 4  # one of them does not exist
     assert one.stdout.splitlines() == [

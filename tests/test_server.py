@@ -457,7 +457,12 @@ async def test_start_list_filter_page_and_send_an_event(
     async with served.http(accounts.writer) as http:
         made = await http.post(
             f"/api/v1/workflows/{NOBODY}/run",
-            json={"payload": {"day": "2026-12-02"}, "run_timeout_seconds": 60, "labels": {"team": "data"}},
+            json={
+                "payload": {"day": "2026-12-02"},
+                "run_timeout_seconds": 60,
+                "labels": {"team": "data"},
+                "ttl_seconds_after_finished": 3600,
+            },
         )
         assert made.status_code == 201, made.text
         first = made.json()["execution_id"]
@@ -471,6 +476,7 @@ async def test_start_list_filter_page_and_send_an_event(
         assert source == ("apiserver" if cache is None else "cache")
         run = next(e for e in listed["items"] if e["id"] == first)
         assert run["input"] == {"day": "2026-12-02"} and run["run_timeout_seconds"] == 60
+        assert run["ttl_seconds_after_finished"] == 3600
         assert run["labels"]["team"] == "data" and run["resource_version"]
         by_workflow = (await http.get("/api/v1/executions", params={"workflow": NOBODY})).json()["items"]
         assert [e["id"] for e in by_workflow] == [first]

@@ -53,8 +53,10 @@ class Workflow:
         queue_timeout_seconds: int | None = None,
         cancel_grace_period_seconds: int | None = None,
         queue: str | None = None,
+        ttl_seconds_after_finished: int | None = None,
     ) -> ExecutionHandle:
-        """Creates a WorkflowExecution for this workflow and returns its handle."""
+        """Creates a WorkflowExecution for this workflow and returns its handle (the arguments:
+        ``KubestepClient.start``)."""
         return await client.start(
             self.id,
             payload,
@@ -63,6 +65,7 @@ class Workflow:
             queue_timeout_seconds=queue_timeout_seconds,
             cancel_grace_period_seconds=cancel_grace_period_seconds,
             queue=queue,
+            ttl_seconds_after_finished=ttl_seconds_after_finished,
         )
 
 

@@ -39,6 +39,8 @@ class RunBody(_Body):
     queue_timeout_seconds: int | None = None
     cancel_grace_period_seconds: int | None = None
     queue: str | None = None
+    #: ``spec.ttlSecondsAfterFinished``: delete the run this long after it finishes (default: the installation's).
+    ttl_seconds_after_finished: int | None = None
     #: The run's name; default, the workflow's followed by a random suffix.
     name: str | None = None
     labels: dict[str, str] | None = None

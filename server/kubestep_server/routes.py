@@ -158,6 +158,7 @@ async def run_workflow(request: web.Request) -> web.Response:
             queue_timeout_seconds=body.queue_timeout_seconds,
             cancel_grace_period_seconds=body.cancel_grace_period_seconds,
             queue=body.queue,
+            ttl_seconds_after_finished=body.ttl_seconds_after_finished,
             name=body.name,
             labels=body.labels,
         )

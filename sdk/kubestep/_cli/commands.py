@@ -141,6 +141,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--queue-timeout", type=int, help="queueTimeoutSeconds: cancel if no worker claims it in time")
     p.add_argument("--grace", type=int, help="cancelGracePeriodSeconds for a step in flight after a stop")
     p.add_argument("--queue", help="only workers started with this queue may run it")
+    p.add_argument(
+        "--ttl",
+        type=int,
+        help="ttlSecondsAfterFinished: delete the run this long after it ends (default: the install's)",
+    )
     p.add_argument("--name", help="the run's name (default: generated from the workflow)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--wait", action="store_true", help="wait for the end; exit 0 Completed, 1 Failed, 2 Cancelled")
@@ -198,6 +203,7 @@ async def _run(args: argparse.Namespace) -> int:
             cancel_grace_period_seconds=args.grace,
             labels=labels,
             queue=args.queue,
+            ttl_seconds_after_finished=args.ttl,
         )
         if not args.wait:
             render.print_executions(args.output, [await client.get_execution(handle.id)], client.namespace, single=True)
