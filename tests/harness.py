@@ -7,11 +7,14 @@ pods; tests that start, stop or kill processes are then skipped on kind only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,6 +48,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def private_namespace(control_plane: Any, prefix: str) -> AsyncIterator[tuple[str, KubestepClient]]:
+    """A namespace of its own, which the suite's operator does not serve (it serves ``t-*``): for a
+    test that starts an operator of its own with settings of its own."""
+    namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    async with KubestepClient(namespace=namespace, kubeconfig=str(control_plane.kubeconfig)) as client:
+        yield namespace, client
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def operator_for(control_plane: Any, logs: Path, namespace: str, env: dict[str, str]) -> tuple[Proc, int]:
+    """An operator of this test's own serving ``namespace`` alone, and its metrics port."""
+    metrics = free_port()
+    proc = start_operator(
+        control_plane.kubeconfig, logs, [namespace], env={**env, "KUBESTEP_METRICS_PORT": str(metrics)}
+    )
+    return proc, metrics
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from kubestep import KubestepClient, _batches
 from kubestep import _protocol as api
 from kubestep._protocol import batches as b
 
-from .harness import E2E, Proc, free_port, scrape, start_operator, until
+from .harness import E2E, Proc, operator_for, private_namespace, scrape, until
 
 pytestmark = pytest.mark.skipif(E2E, reason="starts its own operator process: local control plane only, not kind")
 
@@ -33,12 +32,8 @@ SWEEP = {"KUBESTEP_OPERATOR_COLLECT_SECONDS": "1"}
 
 @pytest.fixture
 async def scene(control_plane: Any) -> AsyncIterator[tuple[str, KubestepClient]]:
-    """A namespace no other operator serves."""
-    namespace = f"collect-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    async with KubestepClient(namespace=namespace, kubeconfig=str(control_plane.kubeconfig)) as client:
-        yield namespace, client
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    async with private_namespace(control_plane, "collect") as made:
+        yield made
 
 
 async def batch_names(client: KubestepClient, namespace: str) -> set[str]:
@@ -50,15 +45,8 @@ async def test_the_operator_collects_exactly_the_batches_no_run_needs(
     control_plane: Any, scene: tuple[str, KubestepClient], procs: list[Proc], tmp_path: Path
 ) -> None:
     namespace, client = scene
-    metrics = free_port()
-    procs.append(
-        start_operator(
-            control_plane.kubeconfig,
-            tmp_path,
-            [namespace],
-            env={**SWEEP, "KUBESTEP_METRICS_PORT": str(metrics)},
-        )
-    )
+    operator, metrics = operator_for(control_plane, tmp_path, namespace, SWEEP)
+    procs.append(operator)
     kube = client._kube
 
     # The runs, and what their status says.

@@ -22,7 +22,16 @@ from kubestep import ExecutionNotFoundError, KubestepClient
 from kubestep import _protocol as api
 from kubestep._errors import ApiError, InvalidError
 
-from .harness import E2E, Proc, free_port, scrape, start_operator, start_worker, until, until_phase
+from .harness import (
+    E2E,
+    Proc,
+    operator_for,
+    private_namespace,
+    scrape,
+    start_worker,
+    until,
+    until_phase,
+)
 
 local_only = pytest.mark.skipif(E2E, reason="starts its own worker processes: local control plane only, not kind")
 
@@ -138,12 +147,8 @@ async def test_a_run_recreated_under_a_deleted_runs_name_is_not_deleted_by_the_o
 
 @pytest.fixture
 async def own_namespace(control_plane: Any) -> AsyncIterator[tuple[str, KubestepClient]]:
-    """A namespace no other operator serves (the suite's serves ``t-*``)."""
-    namespace = f"retain-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    async with KubestepClient(namespace=namespace, kubeconfig=str(control_plane.kubeconfig)) as client:
-        yield namespace, client
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    async with private_namespace(control_plane, "retain") as made:
+        yield made
 
 
 @pytest.mark.skipif(E2E, reason="starts its own operator process: local control plane only, not kind")
@@ -151,15 +156,8 @@ async def test_the_operators_default_ttl_applies_to_runs_whose_spec_sets_none(
     control_plane: Any, own_namespace: tuple[str, KubestepClient], procs: list[Proc], tmp_path: Path
 ) -> None:
     namespace, client = own_namespace
-    metrics = free_port()
-    procs.append(
-        start_operator(
-            control_plane.kubeconfig,
-            tmp_path,
-            [namespace],
-            env={"KUBESTEP_RUN_TTL_SECONDS": "1", "KUBESTEP_METRICS_PORT": str(metrics)},
-        )
-    )
+    operator, metrics = operator_for(control_plane, tmp_path, namespace, {"KUBESTEP_RUN_TTL_SECONDS": "1"})
+    procs.append(operator)
     procs.append(start_worker(control_plane.kubeconfig, tmp_path, namespace, name="defaulted"))
 
     by_default = await client.start("steps", {"count": 2, "seconds": 0.01})
