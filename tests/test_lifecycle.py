@@ -271,6 +271,25 @@ async def test_a_result_too_large_for_the_object_fails_with_a_clear_reason(
     assert e.status.attempt == 1
 
 
+async def test_steps_whose_outputs_together_outgrow_an_object_complete_and_keep_their_history(
+    client: KubestepClient, workers: Any
+) -> None:
+    """Status keeps a few records by count and by bytes; a step output of up to about 1 MiB is
+    stored (docs/design.md, "Limits"); one over it fails the run with the ConfigMap's limit named."""
+    workers()
+    h = await client.start("big-outputs", {"count": 4, "bytes": 600_000})
+    assert await h.result(timeout=60) == 4
+    history = await client.step_history(h.id)
+    assert [s.key for s in history] == [f"out-{i}" for i in range(4)]
+    assert all(s.output == "x" * 600_000 for s in history)
+    too_big = await client.start("big-outputs", {"count": 1, "bytes": 1_200_000})
+    with pytest.raises(kubestep.ExecutionFailedError):
+        await too_big.result(timeout=30)
+    e = await too_big.status()
+    assert e.status.reason == "WorkerError" and e.status.error, e.status
+    assert "1048576 bytes" in e.status.error["message"], e.status.error
+
+
 # ----- h: kubectl patch, kubectl apply and the SDK all cancel --------------------------------
 
 

@@ -118,6 +118,20 @@ async def big_result(ctx: WorkflowContext, input: dict[str, Any] | None) -> str:
     return "x" * int((input or {}).get("bytes", 2_000_000))
 
 
+async def _characters(n: int) -> str:
+    return "x" * n
+
+
+@workflow(id="big-outputs")
+async def big_outputs(ctx: WorkflowContext, input: dict[str, Any] | None) -> int:
+    """``count`` steps each returning ``bytes`` characters: together more than one object holds,
+    each alone less (status keeps a few records; the rest go to the journal by their bytes)."""
+    cfg = input or {}
+    for i in range(int(cfg.get("count", 3))):
+        await ctx.step.run(f"out-{i}", _characters, int(cfg.get("bytes", 600_000)))
+    return int(cfg.get("count", 3))
+
+
 # ----- stopping runaway work: grace periods, cleanup, step timeouts -------------------------------
 
 

@@ -202,3 +202,18 @@ def test_a_claim_loads_the_newer_batch_entries_after_status_as_records_to_send_n
     assert ledger.unsent, "status does not have them yet: the next checkpoint writes them"
     ledger.put(rec("c"))
     assert [e["lsn"] for e in ledger.pending] == [5]
+
+
+def test_a_few_large_records_are_archived_by_their_bytes_down_to_half_of_them() -> None:
+    """Eight records of 600 KB would make a status etcd refuses: bytes count as well as records."""
+    ledger = Ledger({}, window=8)
+    big = {**rec("a"), "output": "x" * 100}
+    ledger.put(big)
+    assert ledger.to_archive(max_bytes=400) is None  # one record (~160 bytes), under the bytes
+    for key in "bcd":
+        ledger.put({**rec(key), "output": "x" * 100})
+    assert ledger.to_archive(max_bytes=400) == (0, 3)  # ~640 bytes: down to at most half of 400
+    ledger.put(rec("e", api.StepState.WAITING, "Wait"))
+    ledger.archived = 3
+    ledger.put({**rec("d"), "output": "y" * 400})  # replaced: its size is measured again
+    assert ledger.to_archive(max_bytes=400) == (3, 4)

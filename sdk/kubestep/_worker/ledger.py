@@ -16,6 +16,7 @@ with the next write.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,11 @@ from .._protocol import batches
 from .._protocol.replay import Replay
 
 FINAL = frozenset({api.StepState.COMPLETED, api.StepState.FAILED, api.StepState.INTERRUPTED})  # never change
+
+# status.steps' share of the object, in JSON bytes: past it the oldest final records are archived
+# too, however few (a few large step outputs). etcd stores 1.5 MiB at most per object, and the
+# apiserver's request to etcd of a JSON patch carries the old object and the new (2 MiB at most).
+STATUS_STEP_BYTES = 256 * 1024
 
 Sent = tuple[int, dict[int, int], int, int]  # (records up to, dirty sent with their versions, archived, lsn)
 
@@ -43,6 +49,7 @@ class Ledger:
         """The whole history at a claim: the journal's records, then status.steps, then the StepBatch
         entries newer than status that count (``batches.counted``), as records not yet in status."""
         self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
+        self._sizes: dict[int, int] = {}  # JSON bytes of records[i], computed when first needed
         self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
         self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.StepState.COMPLETED)
         self.journal = list(status.get("journal") or [])
@@ -119,6 +126,7 @@ class Ledger:
             self.completed += 1
         if i is not None and i >= self.archived:
             self.records[i] = rec
+            self._sizes.pop(i, None)
             self.dirty[i] = self.dirty.get(i, 0) + 1  # even if unflushed: an append of it may be in flight
             return
         # New, or its earlier record is archived (immutable): append; the last one counts.
@@ -195,13 +203,23 @@ class Ledger:
 
     # ----- archiving --------------------------------------------------------------------------
 
-    def to_archive(self) -> tuple[int, int] | None:
+    def _size(self, i: int) -> int:
+        size = self._sizes.get(i)
+        if size is None:
+            size = self._sizes[i] = len(json.dumps(self.records[i], separators=(",", ":")))
+        return size
+
+    def to_archive(self, max_bytes: int = STATUS_STEP_BYTES) -> tuple[int, int] | None:
         """The oldest final records to move into the journal once status holds more than ``window``
-        (down to half of it), as (start, end), or None."""
-        if self.window <= 0 or len(self.records) - self.archived <= self.window:
+        records or ``max_bytes`` of them (down to half of either), as (start, end), or None."""
+        if self.window <= 0:
+            return None
+        size = sum(self._size(i) for i in range(self.archived, len(self.records)))
+        if len(self.records) - self.archived <= self.window and size <= max_bytes:
             return None
         end, i = len(self.records) - self.window // 2, self.archived
-        while i < end and self.records[i]["state"] in FINAL:
+        while i < len(self.records) and self.records[i]["state"] in FINAL and (i < end or size > max_bytes // 2):
+            size -= self._size(i)
             i += 1
         return (self.archived, i) if i > self.archived else None
 
