@@ -1,4 +1,5 @@
-# The Kubestep image: the `kubestep` command with the operator extra (kopf), and the HTTP API.
+# The Kubestep image: the `kubestep` command with the operator extra (kopf) and the Postgres step
+# store's driver (asyncpg, for `KUBESTEP_STEP_STORE=postgres`), and the HTTP API.
 # The chart runs it as `kubestep operator ...` and `kubestep worker MODULE ...`; `kubestep server`
 # serves the API (docs/api.md).
 #
@@ -30,7 +31,7 @@ COPY server ./server
 # no part of the runtime. .dockerignore keeps it out of the context and hatchling skips the absent
 # package, so the wheel built here has none of it; its `dev` entry point stays registered and the
 # CLI skips a command whose package is not installed.
-RUN pip wheel --wheel-dir /wheels '.[operator]'
+RUN pip wheel --wheel-dir /wheels '.[operator,postgres]'
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -48,7 +49,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # they add no layer to the image. The build fails if the dev tooling got in
 # after all, if the server or its UI's files did not, or if the CLI does not load without the tooling.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels 'kubestep[operator]' \
+    pip install --no-index --find-links /wheels 'kubestep[operator,postgres]' \
  && ! python3 -c 'import kubestep_dev' 2>/dev/null \
  && python3 -c 'import kubestep_server.app' \
  && python3 -c 'import kubestep_server.ui as u; assert (u.STATIC / "index.html").is_file(), "the UI is missing"' \

@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools browser node-tools test unit demo bench bench-server bench-peer chaos image node node-down node-e2e kind-e2e lint clean
+.PHONY: help venv tools browser postgres node-tools test unit demo bench bench-server bench-peer chaos image node node-down node-e2e kind-e2e lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
 	@echo "make demo      set up and run the demo on the local control plane"
 	@echo "make bench     cancel-latency and timeout-overshoot benchmark (writes bench/results/; BENCH_ARGS=... passes options)"
 	@echo "make bench-journal  the step stores (journal vs status) side by side: steps/s, writes, etcd bytes per step (issue 19)"
+	@echo "make bench-etcd-growth  etcd's DB size over 10 min of the goal-1 load, sampled every 30 s (issue 19)"
+	@echo "make bench-retention  10,000 runs/day compressed (k=144): objects and bytes in the TTL steady state (issue 19)"
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
 	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
@@ -36,7 +38,12 @@ tools:
 browser:
 	command -v chromium >/dev/null || (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: venv tools browser
+# The Postgres step store's tests start Debian's PostgreSQL server as a local process
+# (dev/kubestep_dev/postgres.py, like the control plane); they fail, never skip, without it.
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
+test: venv tools browser postgres
 	$(BIN)/pytest
 
 unit: venv
@@ -51,6 +58,15 @@ bench: venv tools
 # Issue 19's benchmark of record: each step store (KUBESTEP_STEP_STORE=batch, then status) on one plane.
 bench-journal: venv tools
 	$(BIN)/python bench/step_journal.py $(BENCH_ARGS)
+
+# Issue 19, goal 4: etcd's DB size and the namespace's objects over 10 min at the goal-1 rate (bench/etcd_growth.py).
+.PHONY: bench-etcd-growth bench-retention
+bench-etcd-growth: venv tools
+	$(BIN)/python bench/etcd_growth.py $(BENCH_ARGS)
+
+# Issue 19, retention: 10,000 runs/day with a day's TTL, compressed k-fold (bench/retention_steady.py).
+bench-retention: venv tools
+	$(BIN)/python bench/retention_steady.py $(BENCH_ARGS)
 
 # kubestep server at 10,000 runs, without and with its cache (bench/server_load.py; BENCH_ARGS=...).
 bench-server: venv tools

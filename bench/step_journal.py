@@ -1,8 +1,9 @@
 """The benchmark of record for issue 19 (the step journal): each step store measured in one run, on one plane.
 
 On a fresh local control plane (its own state dir, ``~/.cache/kubestep/bench-journal``), for each
-store in ``--stores`` (``batch`` then ``status``; a fresh namespace, operator and worker each, a pause
-between), with the worker started with ``KUBESTEP_STEP_STORE=<store>``:
+store in ``--stores`` (``batch`` then ``status``, and ``postgres`` if named: a local PostgreSQL from
+Debian's package, ``kubestep_dev.postgres``, started for it; a fresh namespace, operator and worker each,
+a pause between), with the worker started with ``KUBESTEP_STEP_STORE=<store>``:
 
 1. **one run alone** (goal 2): time per 10 ms step of one ``until-cancelled`` run for ``--one-seconds``,
    less the step's own time (the worker's ``kubestep_worker_step_seconds``) = overhead per step, beside
@@ -33,7 +34,10 @@ measures the idle plane's own writes (the controller-manager's and the like). Th
 apiserver, the controller-manager, the operator and the worker over the window, and the machine's, are
 recorded: the difference is other processes' load, this machine's noise.
 
-    python bench/step_journal.py [--runs 100] [--seconds 30] [--warmup 5] [--stores batch,status]
+    python bench/step_journal.py [--runs 100] [--seconds 30] [--warmup 5] [--stores batch,status,postgres]
+
+With ``postgres`` the API writes and etcd bytes per step are what is left in the cluster (the status
+checkpoints, claims and endings); the database's own CPU is not in the CPU table.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from kubestep._protocol.batches import batch_path
 from kubestep_dev.controlplane import ControlPlane
 from kubestep_dev.local import Proc, start_operator, start_worker
 from kubestep_dev.ports import Ports
+from kubestep_dev.postgres import LocalPostgres
 
 HERE = Path(__file__).resolve().parent
 STATE = Path(os.path.expanduser("~/.cache/kubestep/bench-journal"))
@@ -433,7 +438,11 @@ async def measure_store(plane: ControlPlane, store: str, args: argparse.Namespac
                 ns,
                 f"journal-{store}",
                 concurrency=args.runs + 10,
-                env={"KUBESTEP_STEP_STORE": store, "KUBESTEP_METRICS_PORT": str(port)},
+                env={
+                    "KUBESTEP_STEP_STORE": store,
+                    "KUBESTEP_METRICS_PORT": str(port),
+                    **({"KUBESTEP_POSTGRES_DSN": args.postgres_dsn} if store == "postgres" else {}),
+                },
             )
             procs.append(worker)
             result["worker_log"] = str(worker.log)
@@ -779,6 +788,11 @@ def main() -> None:
     ControlPlane(STATE, progress=None).down(purge=True)  # a fresh plane each time
     plane = ControlPlane(STATE, ports=Ports.free())
     plane.up()
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    database = LocalPostgres() if "postgres" in stores else None
+    if database is not None:
+        database.start()
+        args.postgres_dsn = database.dsn
     results: dict[str, Any] = {
         "runs": args.runs,
         "seconds": args.seconds,
@@ -789,7 +803,7 @@ def main() -> None:
         "stores": [],
     }
     try:
-        for store in (s.strip() for s in args.stores.split(",") if s.strip()):
+        for store in stores:
             print(f"pause, idle plane {args.pause:g} s ...", file=sys.stderr, flush=True)
             try:
                 idle = asyncio.run(background(plane, args.pause))
@@ -808,6 +822,8 @@ def main() -> None:
                 )
     finally:
         plane.down()
+        if database is not None:
+            database.destroy()
     results["machine"] = {
         "cpus": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(),

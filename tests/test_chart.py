@@ -71,6 +71,8 @@ INSTALL_VALUES = [
     "server.enabled=true",
 ]
 # The server with every networkPolicy knob turned, in a namespace of its own.
+# The Postgres step store, its DSN in a Secret of the user's (docs/install.md).
+POSTGRES_VALUES = ["--set", "stepStore=postgres,postgres.existingSecret=kubestep-pg,postgres.secretKey=url"]
 SERVER_VALUES = [
     *("--set", "server.enabled=true", "--set", "server.namespace=runs", "--set", "server.verbose=true"),
     *("--set", "server.serviceAccount.annotations.team=ops", "--set", "server.service.annotations.team=ops"),
@@ -219,6 +221,7 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
         pytest.param(["--set", "server.enabled=true"], id="server"),
         pytest.param(SERVER_VALUES, id="server-network-policy"),
         pytest.param(["--set", "server.enabled=true", "--set", "networkPolicy.enabled=false"], id="server-no-policy"),
+        pytest.param(["-f", str(KIND_VALUES), *POSTGRES_VALUES], id="postgres-store"),
     ],
 )
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
@@ -244,6 +247,41 @@ def test_chart_refuses_a_worker_in_an_unwatched_namespace(helm: Path) -> None:
         timeout=60,
     )
     assert proc.returncode != 0 and "does not watch" in proc.stderr, proc.stderr
+
+
+def _worker_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    (deployment,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker-examples")
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: list[dict[str, Any]] = container["env"]
+    return env
+
+
+def test_the_postgres_store_gives_workers_the_dsn_from_the_secret_and_batch_gives_nothing(helm: Path) -> None:
+    env = {e["name"]: e for e in _worker_env(render(helm, "ns", "-f", str(KIND_VALUES), *POSTGRES_VALUES))}
+    assert env["KUBESTEP_STEP_STORE"]["value"] == "postgres"
+    dsn = env["KUBESTEP_POSTGRES_DSN"]
+    assert dsn["valueFrom"] == {"secretKeyRef": {"name": "kubestep-pg", "key": "url"}} and "value" not in dsn
+    default = {e["name"] for e in _worker_env(render(helm, "ns", "-f", str(KIND_VALUES)))}
+    assert not default & {"KUBESTEP_STEP_STORE", "KUBESTEP_POSTGRES_DSN"}, "batch is the workers' own default"
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (["--set", "stepStore=postgres"], "needs postgres.existingSecret"),
+        (["--set", "stepStore=etcd"], "must be one of"),
+    ],
+)
+def test_chart_refuses_a_step_store_it_cannot_run(helm: Path, values: list[str], says: str) -> None:
+    proc = subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "-f", str(KIND_VALUES), *values],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
 
 
 def test_chart_refuses_one_port_for_a_workers_probes_and_metrics(helm: Path) -> None:

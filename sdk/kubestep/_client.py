@@ -17,9 +17,9 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
-from . import _batches
 from . import _journal as journal
 from . import _protocol as api
+from . import _settings
 from ._errors import (
     ExecutionCancelledError,
     ExecutionFailedError,
@@ -33,6 +33,7 @@ from ._informer import Change, Informer
 from ._kube import Kube
 from ._models import Execution, ExecutionList, RunEvent, StepRecord
 from ._protocol import batches
+from ._stores import KubeStore, StepStore
 
 
 def _generate_name(workflow_id: str) -> str:
@@ -49,7 +50,10 @@ class KubestepClient:
     """Talks to the cluster from kubeconfig ($KUBECONFIG, ~/.kube/config) or in-cluster config.
 
     ``field_manager`` names the client's writes to the apiserver; a cancel records it as who
-    asked (``status.cancellation.requestedBy``)."""
+    asked (``status.cancellation.requestedBy``). ``postgres_dsn`` (default ``$KUBESTEP_POSTGRES_DSN``
+    or the file ``$KUBESTEP_POSTGRES_DSN_FILE``): the Postgres step store, read for the records newer
+    than a run's checkpoint, its archived chunks, and the runs retention deleted (their final state
+    is kept there); needs ``kubestep[postgres]``."""
 
     def __init__(
         self,
@@ -58,28 +62,49 @@ class KubestepClient:
         kubeconfig: str | None = None,
         context: str | None = None,
         field_manager: str = FIELD_MANAGER,
+        postgres_dsn: str | None = None,
     ) -> None:
-        self._bind(Kube(kubeconfig, context), namespace, field_manager, owns_kube=True)
+        dsn = postgres_dsn or _settings.postgres_dsn()
+        self._bind(Kube(kubeconfig, context), namespace, field_manager, owns_kube=True, dsn=dsn)
 
     @classmethod
     def from_kube(
-        cls, kube: Kube, namespace: str | None = None, *, field_manager: str = FIELD_MANAGER
+        cls,
+        kube: Kube,
+        namespace: str | None = None,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        postgres_dsn: str | None = None,
     ) -> KubestepClient:
         """A client over a connection the caller holds (``kubestep._kube.Kube``) instead of one read
         from kubeconfig: ``kubestep server`` makes each caller's requests over ``Kube.for_token``,
         with the caller's own token, and wraps it in a client per namespace. Cheap (nothing is
-        read or opened); ``aclose`` leaves ``kube`` open, since the caller owns it."""
+        read or opened); ``aclose`` leaves ``kube`` open, since the caller owns it. The environment is
+        not read: ``postgres_dsn`` only if given."""
         client = cls.__new__(cls)
-        client._bind(kube, namespace, field_manager, owns_kube=False)
+        client._bind(kube, namespace, field_manager, owns_kube=False, dsn=postgres_dsn)
         return client
 
-    def _bind(self, kube: Kube, namespace: str | None, field_manager: str, *, owns_kube: bool) -> None:
+    def _bind(
+        self, kube: Kube, namespace: str | None, field_manager: str, *, owns_kube: bool, dsn: str | None = None
+    ) -> None:
         self._kube = kube
         self._owns_kube = owns_kube
         self.namespace = namespace or kube.default_namespace or "default"
         self._manager = {"fieldManager": field_manager}
+        self._store: StepStore = KubeStore(kube)
+        if dsn:
+            try:
+                from ._postgres import PostgresStore  # asyncpg only for those who read the Postgres store
+            except ImportError as e:
+                raise ImportError(
+                    f"a Postgres step store DSN is set, and reading it needs asyncpg ({e}): "
+                    "pip install 'kubestep[postgres]'"
+                ) from None
+            self._store = PostgresStore(dsn, kube)
 
     async def aclose(self) -> None:
+        await self._store.close()
         if self._owns_kube:
             await self._kube.aclose()
 
@@ -139,8 +164,9 @@ class KubestepClient:
     async def get_execution(self, execution_id: str) -> Execution:
         """The run as it is now. Its status is exact: step records its worker has made durable
         since the last status checkpoint (in StepBatches, a few seconds' worth at most) are folded
-        in, so ``status.steps`` and ``steps_completed`` count every step that finished."""
-        obj = await self._get_object(execution_id)
+        in, so ``status.steps`` and ``steps_completed`` count every step that finished. With the
+        Postgres store, a finished run deleted since (retention) is read from there."""
+        obj = await self._get_or_kept(execution_id)
         newer = await self._batch_entries(obj)
         if newer:
             obj = {**obj, "status": batches.fold(obj.get("status") or {}, newer)}
@@ -149,27 +175,35 @@ class KubestepClient:
     async def step_history(self, execution_id: str) -> list[StepRecord]:
         """Every step record of a run, in order: those archived in its journal ConfigMaps,
         then ``status.steps``; where a step was recorded twice (run again after failing),
-        its last record."""
-        obj = await self._get_object(execution_id)
+        its last record. With the Postgres store, also of a finished run deleted since (retention)."""
+        obj = await self._get_or_kept(execution_id)
         status = obj.get("status") or {}
-        archived = await journal.load(
-            self._kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
-        )
-        # Records newer than status's last checkpoint are in StepBatches (the step journal).
+        archived = await self._store.load(self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid"))
+        # Records newer than status's last checkpoint are in the step store (StepBatches, Postgres).
         newer = [e.record for e in await self._batch_entries(obj)]
         records = archived + list(status.get("steps") or []) + newer
         return [StepRecord.model_validate(r) for r in journal.history(records)]
 
+    async def _get_or_kept(self, execution_id: str) -> dict[str, Any]:
+        """The run's object; once it is deleted, its final state as the Postgres store kept it."""
+        try:
+            return await self._get_object(execution_id)
+        except ExecutionNotFoundError:
+            kept = await self._store.finished(self.namespace, execution_id)
+            if kept is None:
+                raise
+            return kept
+
     async def _batch_entries(self, obj: dict[str, Any]) -> list[batches.Entry]:
-        """A run's StepBatch entries that count (``_protocol/batches.py``): none if the StepBatch
-        CRD is not installed or the caller may not read them (then history is as of the run's
-        last checkpoint, a few seconds old at most while it runs)."""
+        """A run's entries in the step store that count (``_protocol/batches.py``): none if the
+        StepBatch CRD is not installed or the caller may not read them (then history is as of the
+        run's last checkpoint, a few seconds old at most while it runs)."""
         status = obj.get("status") or {}
         attempt = int(status.get("attempt") or 0)
         if attempt == 0 or status.get("phase") in _WORKER_WROTE_ALL:
             return []
         try:
-            found = await _batches.entries(self._kube, self.namespace, obj["metadata"]["uid"])
+            found = await self._store.entries(self.namespace, obj["metadata"]["uid"])
         except (NotFoundError, ForbiddenError):
             return []
         return batches.counted(status, found, open_attempt=attempt)

@@ -32,6 +32,10 @@ operator may write) keeps each chunk's SHA-256, and a resumed run or ``step_hist
 chunk whose content, or whose execution label, does not match. A user who may edit ConfigMaps can
 delete a chunk and create another of the same name with forged outputs; replay would have taken
 them for steps that ran.
+
+With the Postgres step store (``_postgres.py``) chunks are rows of a table instead, keyed by the run's
+uid: their ref's ``configMap`` is ``postgres:<chunk>`` (the CRD's field, kept: a ConfigMap's name has
+no colon, so the two never mix) and ``load`` reads them from the store, with the same digest check.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from . import _protocol as api
 from ._errors import JournalError, NotFoundError
@@ -51,13 +55,22 @@ STATUS_STEPS = 8  # records kept in status.steps (KUBESTEP_STATUS_STEPS); older 
 FANOUT = 16  # chunks of one level merged into one of the next
 CHUNK_BYTES = 512 * 1024  # a ConfigMap holds at most 1 MiB
 LOAD_CONCURRENCY = 8  # reads at once when a run with a long journal is resumed
+POSTGRES_REF = "postgres:"  # a ref whose configMap starts so names a chunk in the Postgres store
+
+
+class ChunkSource(Protocol):
+    """Where chunks that are not ConfigMaps are read from (the Postgres store)."""
+
+    async def chunk(self, uid: str, name: str) -> str | None:
+        """The chunk's JSON as written, or None if there is none of that name for the run ``uid``."""
+        ...
 
 
 def _path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
 
 
-def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+def chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     chunk: list[dict[str, Any]] = []
     size = 2
     for rec in records:
@@ -86,7 +99,7 @@ async def archive(
     """Writes ``records`` into new ConfigMaps; returns their ``status.journal`` entries, in order."""
     meta = execution["metadata"]
     refs = []
-    for chunk in _chunks(records):
+    for chunk in chunks(records):
         data = json.dumps(chunk, separators=(",", ":"))
         body = {
             "apiVersion": "v1",
@@ -119,32 +132,50 @@ def digest(data: str) -> str:
 
 
 async def load(
-    kube: Kube, namespace: str, refs: list[dict[str, Any]], owner_uid: str | None = None
+    kube: Kube,
+    namespace: str,
+    refs: list[dict[str, Any]],
+    owner_uid: str | None = None,
+    source: ChunkSource | None = None,
 ) -> list[dict[str, Any]]:
     """The archived records listed by ``status.journal``, in order; a chunk that is not the one
-    its writer recorded (digest, or the execution it names) is refused."""
+    its writer recorded (digest, or the execution it names) is refused. Chunks in the Postgres
+    store (``POSTGRES_REF``) are read from ``source``."""
     gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
-    async def one(ref: dict[str, Any]) -> list[dict[str, Any]]:
+    async def fetch(name: str) -> str:
+        if name.startswith(POSTGRES_REF):
+            if source is None or owner_uid is None:
+                raise JournalError(
+                    f"journal chunk {name} is in the Postgres step store: set KUBESTEP_POSTGRES_DSN to read it"
+                )
+            async with gate:
+                found = await source.chunk(owner_uid, name)
+            if found is None:
+                raise JournalError(f"journal chunk {name} is missing from the Postgres step store")
+            return found
         try:
             async with gate:
-                cm = await kube.get(_path(namespace, ref["configMap"]))
+                cm = await kube.get(_path(namespace, name))
         except NotFoundError:
-            raise JournalError(f"journal ConfigMap {ref['configMap']} is missing") from None
-        data = (cm.get("data") or {}).get(DATA_KEY) or "[]"
+            raise JournalError(f"journal ConfigMap {name} is missing") from None
         labels = (cm.get("metadata") or {}).get("labels") or {}
         if owner_uid is not None and labels.get(api.LABEL_EXECUTION_UID) != owner_uid:
-            raise JournalError(f"journal ConfigMap {ref['configMap']} belongs to another execution")
+            raise JournalError(f"journal ConfigMap {name} belongs to another execution")
+        data: str = (cm.get("data") or {}).get(DATA_KEY) or "[]"
+        return data
+
+    async def one(ref: dict[str, Any]) -> list[dict[str, Any]]:
+        name = ref["configMap"]
+        data = await fetch(name)
         if ref.get("sha256") and digest(data) != ref["sha256"]:
             raise JournalError(
-                f"journal ConfigMap {ref['configMap']} is not the one the worker wrote (its SHA-256 differs "
+                f"journal chunk {name} is not the one the worker wrote (its SHA-256 differs "
                 "from status.journal): it was replaced"
             )
         records: list[dict[str, Any]] = json.loads(data)
         if len(records) != ref["steps"]:
-            raise JournalError(
-                f"journal ConfigMap {ref['configMap']} holds {len(records)} records, status.journal says {ref['steps']}"
-            )
+            raise JournalError(f"journal chunk {name} holds {len(records)} records, status.journal says {ref['steps']}")
         return records
 
     out: list[dict[str, Any]] = []

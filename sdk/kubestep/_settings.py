@@ -9,7 +9,8 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: runs at once | ``--concurrency`` | | 10 |
 | worker: checkpoint interval (s) | | ``KUBESTEP_CHECKPOINT_SECONDS`` | 0 (every step) |
 | worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
-| worker: where a step is made durable: ``batch`` (the step journal) or ``status`` | | ``KUBESTEP_STEP_STORE`` | batch |
+| worker: where a step is made durable: ``batch`` (the step journal), ``status`` or ``postgres`` | ``--step-store`` | ``KUBESTEP_STEP_STORE`` | batch |
+| worker and client: the Postgres step store's DSN (or a file holding it, a mounted Secret) | | ``KUBESTEP_POSTGRES_DSN``, ``KUBESTEP_POSTGRES_DSN_FILE`` | none |
 | worker: with the step journal, how often a running run's status catches up (s) | | ``KUBESTEP_STATUS_SECONDS`` | 5 |
 | worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
@@ -29,6 +30,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import socket
@@ -84,7 +86,7 @@ def _ttl(value: int | None) -> int | None:
     return value
 
 
-STEP_STORES = ("batch", "status")
+STEP_STORES = ("batch", "status", "postgres")
 STATUS_SECONDS = 5.0
 
 
@@ -92,6 +94,39 @@ def _store(value: str) -> str:
     if value not in STEP_STORES:
         raise SystemExit(f"KUBESTEP_STEP_STORE={value!r}: expected one of {', '.join(STEP_STORES)}")
     return value
+
+
+def postgres_dsn(env: Mapping[str, str] = os.environ) -> str | None:
+    """The Postgres step store's DSN: ``KUBESTEP_POSTGRES_DSN``, else the content of the file
+    ``KUBESTEP_POSTGRES_DSN_FILE`` names (a Secret mounted as a file keeps it out of the pod's spec
+    and environment listing); None if neither is set."""
+    dsn = env.get("KUBESTEP_POSTGRES_DSN", "").strip()
+    if dsn:
+        return dsn
+    path = env.get("KUBESTEP_POSTGRES_DSN_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise SystemExit(f"KUBESTEP_POSTGRES_DSN_FILE={path!r}: cannot read it: {e.strerror}") from None
+
+
+def _postgres(store: str, env: Mapping[str, str]) -> str | None:
+    """The DSN, checked when the Postgres store is chosen: a worker that would fail at its first
+    step instead says at start-up what is missing."""
+    dsn = postgres_dsn(env)
+    if store != "postgres":
+        return dsn
+    if dsn is None:
+        raise SystemExit(
+            "KUBESTEP_STEP_STORE=postgres needs the database: set KUBESTEP_POSTGRES_DSN "
+            "(postgresql://user:password@host:5432/db) or KUBESTEP_POSTGRES_DSN_FILE (a file holding it)"
+        )
+    if importlib.util.find_spec("asyncpg") is None:
+        raise SystemExit("KUBESTEP_STEP_STORE=postgres needs asyncpg: pip install 'kubestep[postgres]'")
+    return dsn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +140,10 @@ class WorkerSettings:
     grace_seconds: float = GRACE_SECONDS
     checkpoint_seconds: float = 0.0
     status_steps: int = STATUS_STEPS
-    step_store: str = "batch"  # "batch": group commit into StepBatches; "status": each step a status write
+    # "batch": group commit into StepBatches; "status": each step a status write; "postgres": group
+    # commit into Postgres rows (``postgres_dsn``)
+    step_store: str = "batch"
+    postgres_dsn: str | None = dataclasses.field(default=None, repr=False)  # a password may be in it
     status_seconds: float = STATUS_SECONDS
     http_connections: int = HTTP_CONNECTIONS
     metrics_port: int | None = None
@@ -126,7 +164,9 @@ class WorkerSettings:
         metrics_port: int | None = None,
         health_port: int | None = None,
         queue: str | None = None,
+        step_store: str | None = None,
     ) -> WorkerSettings:
+        store = _store(step_store or env.get("KUBESTEP_STEP_STORE") or "batch")
         return cls(
             module=module,
             namespace=namespace or env.get("POD_NAMESPACE") or None,
@@ -137,7 +177,8 @@ class WorkerSettings:
             grace_seconds=_pick(None, env, "KUBESTEP_CANCEL_GRACE_SECONDS", GRACE_SECONDS, float),
             checkpoint_seconds=_pick(None, env, "KUBESTEP_CHECKPOINT_SECONDS", 0.0, float),
             status_steps=_pick(None, env, "KUBESTEP_STATUS_STEPS", STATUS_STEPS, int),
-            step_store=_store(env.get("KUBESTEP_STEP_STORE") or "batch"),
+            step_store=store,
+            postgres_dsn=_postgres(store, env),
             status_seconds=_pick(None, env, "KUBESTEP_STATUS_SECONDS", STATUS_SECONDS, float),
             http_connections=_pick(None, env, "KUBESTEP_HTTP_CONNECTIONS", HTTP_CONNECTIONS, int),
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,

@@ -44,6 +44,7 @@ from kubestep_dev import local
 from kubestep_dev.controlplane import APISERVER, ETCD, ControlPlane
 from kubestep_dev.locations import cache_dir
 from kubestep_dev.ports import Ports
+from kubestep_dev.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ["seq", "waits", "concurrent", "raises", "sync"]
@@ -66,6 +67,12 @@ class Config:
     step_seconds: float = 0.3
     timeout_seconds: int = 2  # the short runTimeoutSeconds a fifth of the runs get
     seed: int = 0
+    # The workers' step store (KUBESTEP_STEP_STORE). With ``postgres`` a local server of the soak's
+    # own (kubestep_dev.postgres) holds the records, and is itself stopped ``postgres_outages`` times
+    # for ``postgres_down_seconds`` (a fast shutdown: connections cut, as in a failover).
+    store: str = "batch"
+    postgres_outages: int = 2
+    postgres_down_seconds: float = 5.0
 
 
 @dataclasses.dataclass
@@ -113,12 +120,17 @@ class Soak:
         self.operator: local.Proc | None = None
         self.cancels: dict[str, float] = {}  # run → when the API accepted its cancel (time.time())
         self.spec: dict[str, dict[str, Any]] = {}
+        self.postgres: LocalPostgres | None = None
 
     # ----- processes ----------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
         path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        return {"KUBESTEP_CHAOS_LOG": str(self.log), "PYTHONPATH": path, "KUBESTEP_CANCEL_GRACE_SECONDS": "10"}
+        env = {"KUBESTEP_CHAOS_LOG": str(self.log), "PYTHONPATH": path, "KUBESTEP_CANCEL_GRACE_SECONDS": "10"}
+        env["KUBESTEP_STEP_STORE"] = self.cfg.store
+        if self.postgres is not None:
+            env["KUBESTEP_POSTGRES_DSN"] = self.postgres.dsn
+        return env
 
     def start_worker(self) -> None:
         self.workers.append(
@@ -164,6 +176,13 @@ class Soak:
         self.faults[label] += 1
         await asyncio.sleep(1.0)
         await asyncio.to_thread(self.plane.up)  # restarts what is missing, on the same data
+
+    async def postgres_outage(self) -> None:
+        assert self.postgres is not None
+        await asyncio.to_thread(self.postgres.stop)
+        self.faults["postgres down"] += 1
+        await asyncio.sleep(self.cfg.postgres_down_seconds)
+        await asyncio.to_thread(self.postgres.start)
 
     def stop_all(self) -> None:
         for p in [*self.workers, *([self.operator] if self.operator else [])]:
@@ -231,6 +250,9 @@ class Soak:
             (span * (i + 0.5) / max(1, self.cfg.apiserver_kills), "apiserver") for i in range(self.cfg.apiserver_kills)
         ]
         plan += [(span * 0.7, "etcd") for _ in range(self.cfg.etcd_kills)]
+        if self.postgres is not None:
+            n = self.cfg.postgres_outages
+            plan += [(span * (i + 0.3) / max(1, n), "postgres") for i in range(n)]
         start = time.monotonic()
         for at, kind in sorted(plan):
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
@@ -238,6 +260,8 @@ class Soak:
                 self.kill_worker()
             elif kind == "operator":
                 await self.kill_operator()
+            elif kind == "postgres":
+                await self.postgres_outage()
             elif kind == "apiserver":
                 await self.kill_component(APISERVER, "apiserver SIGKILL")
             else:
@@ -247,6 +271,9 @@ class Soak:
 
     async def run(self) -> Report:
         self.plane.kubectl("create", "namespace", self.ns)
+        if self.cfg.store == "postgres":
+            self.postgres = LocalPostgres(self.work / "postgres")
+            await asyncio.to_thread(self.postgres.start)
         self.start_operator()
         for _ in range(self.cfg.workers):
             self.start_worker()
@@ -259,6 +286,8 @@ class Soak:
                 return await self.check(client, settled)
         finally:
             self.stop_all()
+            if self.postgres is not None:
+                self.postgres.destroy()
 
     async def settle(self, client: KubestepClient, since: float) -> float | None:
         while time.monotonic() - since < self.cfg.settle_timeout:

@@ -45,6 +45,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(default $KUBESTEP_HEALTH_PORT; off)",
     )
     w.add_argument("--queue", help="claim only runs of this queue (spec.queue; default $KUBESTEP_QUEUE; none)")
+    w.add_argument(
+        "--step-store",
+        choices=["batch", "status", "postgres"],
+        help="where a step is made durable: batch (StepBatches), status (a status write per step) or postgres "
+        "(needs $KUBESTEP_POSTGRES_DSN or $KUBESTEP_POSTGRES_DSN_FILE and kubestep[postgres]) "
+        "(default $KUBESTEP_STEP_STORE or batch)",
+    )
     w.set_defaults(func=main)
 
 
@@ -71,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             health_port=args.health_port,
             queue=args.queue,
+            step_store=args.step_store,
         )
     )
     return 0

@@ -8,10 +8,15 @@ write. While a write is in flight the next records queue, and the next write sta
 this one returns: under load each write carries many runs' records; with one run alone a record
 goes at once and pays one write's round trip, as before. There is no timer to wait out.
 
-A write that fails transiently (apiserver restarting, 5xx, 429) is tried again under the same name
-for as long as a status write would ride out an outage (``letting_go.Outage``); one already there
-under that name is this very batch (its first answer was lost). Any other failure is handed to each
-waiting run, which lets go of its run as after a failed status write.
+What a flush writes to is a ``StepStore`` (``_stores.py``): StepBatches by default, rows in Postgres
+with ``KUBESTEP_STEP_STORE=postgres`` (one statement per flush). The queue, the packing and the
+wake-ups are the same for both; only the write differs.
+
+A write that fails transiently (apiserver or Postgres restarting, 5xx, 429) is tried again, the same
+write, for as long as a status write would ride out an outage (``letting_go.Outage``); each store's
+write is idempotent (a batch already there under its name, rows already there under their key, is
+this very write, whose first answer was lost). Any other failure, or an outage longer than that, is
+handed to each waiting run, which lets go of its run as after a failed status write.
 
 The rules for what a batch holds and which of its records count: ``_protocol/batches.py``.
 """
@@ -22,16 +27,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import re
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import _batches
 from .._kube import Kube
 from .._metrics import BATCH_RECORDS, BATCH_WRITE_SECONDS
-from .._protocol import batches as b
+from .._stores import KubeStore, StepStore
 from .letting_go import Outage
 
 BATCH_BYTES = 256 * 1024  # a batch well under etcd's 1.5 MiB request limit, so one slow write stays short
@@ -78,11 +80,8 @@ def _runs(group: list[_Waiter]) -> list[dict[str, Any]]:
     return list(runs.values())
 
 
-_NOT_IN_NAME = re.compile(r"[^a-z0-9.-]+")
-
-
 class GroupCommit:
-    """The one writer of a worker's StepBatches in ``namespace``."""
+    """The one writer of a worker's step records in ``namespace``: StepBatches, or ``store``'s."""
 
     def __init__(
         self,
@@ -93,24 +92,19 @@ class GroupCommit:
         outage_seconds: float,
         max_bytes: int = BATCH_BYTES,
         clock: Callable[[], float] = time.time,
+        store: StepStore | None = None,
     ) -> None:
-        self.kube = kube
         self.namespace = namespace
-        self.worker = worker
         self.outage_seconds = outage_seconds
         self.max_bytes = max_bytes
-        self.clock = clock
-        # Names are never reused, so a batch found under its name is the one this writer wrote.
-        stem = _NOT_IN_NAME.sub("-", worker.lower()).strip("-.")[:200] or "worker"
-        self._stem = f"{stem}-{secrets.token_hex(3)}"
-        self._counter = 0
+        self.store: StepStore = store if store is not None else KubeStore(kube, namespace, worker, clock)
         self._queue: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.writes = 0
 
     async def commit(self, name: str, uid: str, attempt: int, entries: list[dict[str, Any]]) -> None:
-        """Returns once ``entries`` (``[{lsn, record}]`` of one run) are in etcd; raises what the
+        """Returns once ``entries`` (``[{lsn, record}]`` of one run) are in the store; raises what the
         write raised if they could not be."""
         if not entries:
             return
@@ -163,15 +157,8 @@ class GroupCommit:
                 w.done.set_result(None)
 
     async def _write(self, group: list[_Waiter]) -> None:
-        self._counter += 1
-        batch = _batches.body(
-            self.namespace,
-            f"{self._stem}-{self._counter}",
-            self.worker,
-            int(self.clock() // b.EPOCH_SECONDS),
-            _runs(group),
-        )
+        write = self.store.prepare(_runs(group))  # once: its retries are the same write
         BATCH_RECORDS.observe(sum(len(w.entries) for w in group))
         with BATCH_WRITE_SECONDS.time():
-            await Outage(self.outage_seconds).retrying(lambda: _batches.write(self.kube, batch))
+            await Outage(self.outage_seconds).retrying(write)
         self.writes += 1

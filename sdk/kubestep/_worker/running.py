@@ -32,8 +32,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .. import _batches
-from .. import _journal as journal
 from .. import _protocol as api
 from .._context import Stop, WorkflowContext
 from .._errors import (
@@ -55,6 +53,7 @@ from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._protocol import batches
 from .._settings import WorkerSettings
+from .._stores import KubeStore, StepStore
 from .._workflow import Workflow
 from . import endings, stepping
 from .committing import GroupCommit
@@ -98,8 +97,11 @@ class Run:
         journal: GroupCommit | None = None,
     ) -> None:
         self.kube = kube  # step records and the journal: the busy lane
-        # The step journal (group commit into StepBatches), or None: every step a status write.
+        # The step journal (group commit into StepBatches or Postgres rows), or None: every step a
+        # status write.
         self.journal = journal
+        # Where records are read back at a claim and archived chunks go (``_stores.py``).
+        self.store: StepStore = journal.store if journal is not None else KubeStore(kube)
         # Claims and endings (a cancel's Cancelled write above all) on connections of their own,
         # so they never wait behind other runs' step writes in the pool.
         self.control = control or kube
@@ -339,15 +341,18 @@ class Run:
         spec, status = self.obj.get("spec") or {}, self.obj.get("status") or {}
         if status.get("phase") != api.Phase.QUEUED or spec.get("cancelRequested"):
             return False
-        # Records an earlier holder made durable in StepBatches but not yet in status: read before
-        # the claim, which fixes how far each earlier attempt's records count (batches.py: fencing).
+        # Records an earlier holder made durable in the step store (StepBatches, Postgres) but not yet
+        # in status: read before the claim, which fixes how far each earlier attempt's records count
+        # (batches.py: fencing). Read through an outage of the store: nothing is claimed yet.
         newer: list[batches.Entry] = []
         prior = int(status.get("attempt") or 0)
         if prior > 0:
-            try:
-                found = await _batches.entries(self.kube, self.namespace, self.obj["metadata"]["uid"])
-            except NotFoundError:
-                found = []  # no StepBatch CRD (an install from before the step journal): nothing in one
+            found: list[batches.Entry] = []
+
+            async def read() -> None:
+                found[:] = await self.store.entries(self.namespace, self.obj["metadata"]["uid"])
+
+            await Outage(self._outage_seconds).retrying(read)
             newer = batches.counted(status, found, open_attempt=prior)
         wall, mono = api.now(), time.monotonic()
         budget = api.segment_budget(spec, status)
@@ -386,9 +391,7 @@ class Run:
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
         status = obj.get("status") or {}
-        archived = await journal.load(
-            self.kube, self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid")
-        )
+        archived = await self.store.load(self.namespace, list(status.get("journal") or []), obj["metadata"].get("uid"))
         self.ledger.load(archived, status, newer)
         self._last_status_write = time.monotonic()
         return True
@@ -467,8 +470,8 @@ class Run:
         self.ledger.put(rec)
 
     async def _archive(self) -> None:
-        """Moves the oldest final records into journal ConfigMaps (``Ledger.to_archive``); the next
-        status write lists them and drops them from status.steps."""
+        """Moves the oldest final records into journal chunks (``Ledger.to_archive``: ConfigMaps, or
+        rows with the Postgres store); the next status write lists them and drops them from status.steps."""
         span = self.ledger.to_archive()
         if span is None:
             return
@@ -478,7 +481,7 @@ class Run:
         # keys while the ConfigMaps are written must append it, not change the copy.
         ledger.archived = end
         try:
-            refs = ledger.journal + await journal.archive(self.kube, self.obj, ledger.records[start:end])
+            refs = ledger.journal + await self.store.archive(self.obj, ledger.records[start:end], 0)
         except BaseException:
             ledger.archived = start
             raise
@@ -487,7 +490,7 @@ class Run:
         merge = ledger.merge_span(refs)
         if merge is not None:
             first, last, level, a, b = merge
-            merged = await journal.archive(self.kube, self.obj, ledger.records[a:b], level=level + 1)
+            merged = await self.store.archive(self.obj, ledger.records[a:b], level + 1)
             refs = refs[:first] + merged + refs[last:]
         ledger.journal = refs
 
@@ -776,7 +779,10 @@ class Run:
             outcome = await self._run_workflow()
             while True:
                 try:
-                    return await self._conclude(outcome)
+                    kind = await self._conclude(outcome)
+                    if kind in api.TERMINAL_PHASES:
+                        await self._keep()
+                    return kind
                 except StopExecution:
                     # Told to stop while writing another ending (a write conflict
                     # showed us the cancellation): the stop wins.
@@ -865,6 +871,14 @@ class Run:
         else:
             return str(value.why)
         return kind
+
+    async def _keep(self) -> None:
+        """The run ended: the store keeps its final object (the Postgres store: history after the
+        object is deleted). The ending is written already, so an outage here costs only that copy."""
+        try:
+            await Outage(self._outage_seconds).retrying(lambda: self.store.ended(self.obj))
+        except Exception as exc:
+            logger.warning("run %s: the step store did not keep its final state: %r", self.name, exc)
 
     async def _finish_completed(self, result: Any) -> None:
         at = api.now()

@@ -34,6 +34,7 @@ from .._informer import Change, Informer
 from .._kube import Kube, settle
 from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
+from .._stores import KubeStore, StepStore
 from .._workflow import Workflow
 from . import preflight
 from .committing import GroupCommit
@@ -83,10 +84,12 @@ class Worker:
         self.runs: dict[str, Run] = {}
         self._held_informer: Informer | None = None
         self._held_selector = ""
-        # The step journal: one group commit for every run this worker holds (committing.py).
+        # The step journal: one group commit for every run this worker holds (committing.py), into
+        # StepBatches or Postgres rows (_stores.py).
+        self.store = step_store(settings, kube, namespace)
         self.journal = (
-            GroupCommit(kube, namespace, name, outage_seconds=max(3.0 * settings.lease_seconds, 30.0))
-            if settings.step_store == "batch"
+            GroupCommit(kube, namespace, name, outage_seconds=max(3.0 * settings.lease_seconds, 30.0), store=self.store)
+            if settings.step_store != "status"
             else None
         )
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -100,11 +103,18 @@ class Worker:
     async def run(self) -> None:
         if self.journal is not None:
             await preflight.check(self.control)  # the step journal needs the CRDs of this release
+        await self._start_store()
         await self.lease.acquire()
         renewer = asyncio.create_task(self.lease.renew_forever())
         watcher = asyncio.create_task(self._watch_forever())
         checkpoints = asyncio.create_task(self._checkpoint_forever())
-        logger.info("worker %s serving %s in namespace %s", self.name, sorted(self.workflows), self.namespace)
+        logger.info(
+            "worker %s serving %s in namespace %s (step store: %s)",
+            self.name,
+            sorted(self.workflows),
+            self.namespace,
+            self.settings.step_store,
+        )
         try:
             await self._stopping.wait()
         finally:
@@ -116,10 +126,24 @@ class Worker:
             checkpoints.cancel()
             if self.journal is not None:
                 await self.journal.close()
+            await self.store.close()
             await settle(EVENTS_AT_EXIT)  # the Events of the runs' endings, before the connections close
             renewer.cancel()
             await self.lease.release()
             logger.info("worker %s stopped", self.name)
+
+    async def _start_store(self) -> None:
+        """The store ready (the Postgres store's tables) before the Lease says this worker serves:
+        a database that does not answer yet is waited for, as a pod's would be at start-up."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.start()
+                return
+            except TransportError as e:
+                logger.warning("worker %s: the %s step store is not reachable yet (%s)", self.name, self.store.kind, e)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     def stop(self) -> None:
         """Stop claiming; hand runs back at their next step boundary; then exit."""
@@ -354,6 +378,16 @@ class Worker:
             await self.control.update_status(obj, patch)
         except (ApiError, TransportError) as e:
             logger.info("could not re-queue %s: %s", obj["metadata"]["name"], e)
+
+
+def step_store(settings: WorkerSettings, kube: Kube, namespace: str) -> StepStore:
+    """The store ``KUBESTEP_STEP_STORE`` names (``status`` still archives into ConfigMaps)."""
+    if settings.step_store == "postgres":
+        assert settings.postgres_dsn is not None  # WorkerSettings.load refuses postgres without one
+        from .._postgres import PostgresStore  # asyncpg is imported only by those who chose it
+
+        return PostgresStore(settings.postgres_dsn, kube, namespace, settings.name)
+    return KubeStore(kube, namespace, settings.name)
 
 
 _OUTCOMES = frozenset(

@@ -1,0 +1,266 @@
+"""The Postgres step store (``KUBESTEP_STEP_STORE=postgres``): step records, archived chunks and
+finished runs in PostgreSQL, for installations whose etcd should not carry every step.
+
+The run's control state stays in its custom resource (spec, phase, cancellation, deadlines and the
+status checkpoint: counts, ``currentStep``, ``journalLsn``, ``journalFences``), so cancel, timeouts,
+``kubectl wait`` and the operator are unchanged; the operator never talks to Postgres.
+
+* **Records**: one row per record, ``(uid, attempt, lsn)`` the key, appended by the worker's group
+  commit with one statement per flush for every run in it (``unnest`` of arrays) and ``ON CONFLICT DO
+  NOTHING``: a retry whose first answer was lost finds its rows there. Rows carry the attempt, the
+  lsn and the writer, so ``batches.counted`` and the claim's fences apply as to StepBatches.
+* **Chunks**: the records a checkpoint moves out of status, keyed ``(uid, chunk)``; ``status.journal``
+  refs name them ``postgres:<chunk>`` with their SHA-256, which ``_journal.load`` checks as for a
+  ConfigMap. No ConfigMap is written.
+* **Runs**: when a worker ends a run (Completed, Failed, Cancelled) it keeps the final object here and
+  drops the run's record rows (its status holds every record by then) and the chunks its journal
+  no longer lists (merged away). After retention deletes the object, ``kubestep get``/``steps`` (a
+  client with the DSN) still show the run from this table; ``kubectl`` no longer does.
+
+An unreachable server, or one refusing connections (restarting, out of connections, a rotated
+password), raises ``TransportError``, which the worker rides out like an apiserver outage
+(``letting_go.Outage``) and then hands the run back: a store outage pauses runs, never fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from . import _journal as journal
+from ._errors import TransportError
+from ._kube import Kube
+from ._protocol import batches as b
+from ._stores import KubeStore, Runs
+
+logger = logging.getLogger("kubestep.postgres")
+
+POOL_SIZE = 8  # connections at most: a flush, the claims' reads, archives and endings at once
+COMMAND_SECONDS = 30.0  # a statement that takes longer is a hung server: retried like an outage
+SCHEMA_LOCK = 0x6B75_6265_7374_6570  # "kubestep": one schema creation at a time across workers
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kubestep_steps (
+    uid       text   NOT NULL,
+    attempt   bigint NOT NULL,
+    lsn       bigint NOT NULL,
+    namespace text   NOT NULL,
+    name      text   NOT NULL,
+    worker    text   NOT NULL,
+    record    text   NOT NULL,  -- JSON as the worker encoded it (jsonb would refuse a \\u0000 in an output)
+    PRIMARY KEY (uid, attempt, lsn)
+);
+CREATE TABLE IF NOT EXISTS kubestep_chunks (
+    uid   text NOT NULL,
+    chunk text NOT NULL,
+    data  text NOT NULL,
+    PRIMARY KEY (uid, chunk)
+);
+CREATE TABLE IF NOT EXISTS kubestep_runs (
+    uid         text        PRIMARY KEY,
+    namespace   text        NOT NULL,
+    name        text        NOT NULL,
+    finished_at timestamptz NOT NULL,
+    object      text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kubestep_runs_by_name ON kubestep_runs (namespace, name, finished_at DESC);
+"""
+
+INSERT_STEPS = """
+INSERT INTO kubestep_steps (uid, attempt, lsn, namespace, name, worker, record)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+ON CONFLICT DO NOTHING
+"""
+
+# Errors of the connection, not of the statement: worth another try once the server answers again.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08, and a connection that died under a statement
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: a password being rotated
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def rows(namespace: str, worker: str, runs: Runs) -> tuple[list[Any], ...]:
+    """``runs`` as the seven columns ``INSERT_STEPS`` unnests, one element per record."""
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+    for run in runs:
+        for e in run["entries"]:
+            for col, value in zip(
+                cols,
+                (run["uid"], int(run["attempt"]), int(e["lsn"]), namespace, run["name"], worker, _json(e["record"])),
+                strict=True,
+            ):
+                col.append(value)
+    return cols
+
+
+def finished_at(execution: dict[str, Any]) -> dt.datetime:
+    raw = (execution.get("status") or {}).get("finishedAt")
+    try:
+        return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else dt.datetime.now(dt.UTC)
+    except ValueError:
+        return dt.datetime.now(dt.UTC)
+
+
+class PostgresStore:
+    """A ``StepStore`` on PostgreSQL; ``kube`` still serves what runs recorded before (StepBatches,
+    ConfigMap chunks), so a fleet moved from ``batch`` to ``postgres`` loses no history."""
+
+    kind = "postgres"
+
+    def __init__(self, dsn: str, kube: Kube, namespace: str = "", worker: str = "") -> None:
+        self.dsn = dsn
+        self.namespace = namespace
+        self.worker = worker
+        self._kube_store = KubeStore(kube, namespace, worker)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()  # the first users at once make one pool, not one each
+        self.writes = 0
+
+    # ----- connections ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; what goes wrong with the server comes out as ``TransportError``."""
+        try:
+            async with self._pool_lock:
+                if self._pool is None:
+                    # min_size 0: no connection is opened before one is needed, and an idle one is
+                    # closed after max_inactive_connection_lifetime: an idle worker holds nothing.
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn,
+                        min_size=0,
+                        max_size=POOL_SIZE,
+                        command_timeout=COMMAND_SECONDS,
+                        max_inactive_connection_lifetime=60.0,
+                    )
+                pool = self._pool
+            async with pool.acquire(timeout=COMMAND_SECONDS) as conn:
+                yield conn
+        except _TRANSIENT as exc:
+            raise TransportError(f"the Postgres step store: {type(exc).__name__}: {exc}") from exc
+
+    async def start(self) -> None:
+        """Creates the tables if they are not there (idempotent: every worker does it at start-up,
+        one at a time under an advisory lock, so two starting at once never race on the catalog)."""
+        try:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await conn.execute(SCHEMA)
+        except (asyncpg.PostgresError, asyncpg.exceptions.ClientConfigurationError, ValueError) as e:
+            # Not an outage (those come out as TransportError, and the worker waits them out): a DSN
+            # that is not one, a database that does not exist, a role that may not create tables.
+            raise SystemExit(
+                f"kubestep worker: the Postgres step store cannot be used: {type(e).__name__}: {e}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # ----- records ----------------------------------------------------------------------------
+
+    def prepare(self, runs: Runs) -> Callable[[], Awaitable[None]]:
+        cols = rows(self.namespace, self.worker, runs)
+
+        async def write() -> None:
+            async with self._connection() as conn:
+                await conn.execute(INSERT_STEPS, *cols)
+            self.writes += 1
+
+        return write
+
+    async def entries(self, namespace: str, uid: str) -> list[b.Entry]:
+        """The run's rows, and its StepBatch entries (written before the fleet moved to Postgres)."""
+        async with self._connection() as conn:
+            found = await conn.fetch(
+                "SELECT attempt, lsn, worker, record FROM kubestep_steps WHERE uid = $1 AND namespace = $2",
+                uid,
+                namespace,
+            )
+        out = [b.Entry(int(r["attempt"]), int(r["lsn"]), json.loads(r["record"]), str(r["worker"])) for r in found]
+        return out + await self._kube_store.entries(namespace, uid)
+
+    # ----- chunks -----------------------------------------------------------------------------
+
+    async def archive(
+        self, execution: dict[str, Any], records: list[dict[str, Any]], level: int
+    ) -> list[dict[str, Any]]:
+        uid = execution["metadata"]["uid"]
+        refs, values = [], []
+        for chunk in journal.chunks(records):
+            data = _json(chunk)
+            name = journal.POSTGRES_REF + secrets.token_hex(8)
+            values.append((uid, name, data))
+            refs.append(
+                {
+                    "configMap": name,
+                    "steps": len(chunk),
+                    "sha256": journal.digest(data),
+                    **({"level": level} if level else {}),
+                }
+            )
+        async with self._connection() as conn:
+            # A retry writes under new names: the lost first try's rows are orphans, dropped when the run ends.
+            await conn.executemany(
+                "INSERT INTO kubestep_chunks (uid, chunk, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", values
+            )
+        return refs
+
+    async def chunk(self, uid: str, name: str) -> str | None:
+        async with self._connection() as conn:
+            data: str | None = await conn.fetchval(
+                "SELECT data FROM kubestep_chunks WHERE uid = $1 AND chunk = $2", uid, name
+            )
+        return data
+
+    async def load(self, namespace: str, refs: list[dict[str, Any]], uid: str | None) -> list[dict[str, Any]]:
+        return await journal.load(self._kube_store.kube, namespace, refs, uid, source=self)
+
+    # ----- finished runs ----------------------------------------------------------------------
+
+    async def ended(self, execution: dict[str, Any]) -> None:
+        """Keeps the run's final object, and drops what its status now holds itself: its record rows
+        (every record is in status or a listed chunk once its holder ended it) and unlisted chunks."""
+        meta = execution["metadata"]
+        listed = [r["configMap"] for r in (execution.get("status") or {}).get("journal") or []]
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO kubestep_runs (uid, namespace, name, finished_at, object) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (uid) DO UPDATE SET finished_at = excluded.finished_at, object = excluded.object",
+                meta["uid"],
+                meta["namespace"],
+                meta["name"],
+                finished_at(execution),
+                _json(execution),
+            )
+            await conn.execute("DELETE FROM kubestep_steps WHERE uid = $1", meta["uid"])
+            await conn.execute(
+                "DELETE FROM kubestep_chunks WHERE uid = $1 AND NOT (chunk = ANY($2::text[]))", meta["uid"], listed
+            )
+
+    async def finished(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The newest finished run of that name kept here (after its object was deleted), or None."""
+        async with self._connection() as conn:
+            raw = await conn.fetchval(
+                "SELECT object FROM kubestep_runs WHERE namespace = $1 AND name = $2 ORDER BY finished_at DESC LIMIT 1",
+                namespace,
+                name,
+            )
+        return json.loads(raw) if raw is not None else None
