@@ -42,8 +42,14 @@ def _generate_name(workflow_id: str) -> str:
 
 
 FIELD_MANAGER = "kubestep-sdk"
-# Phases only a holder writes, with every record in status: no StepBatch has anything newer.
+# Phases only a holder writes, with every record in status: no StepBatch has anything newer. Not
+# Failed/WorkerError: a worker that gave up on a run (a status too large to store, say) ends it
+# without the records it could not write, and those the batches hold are the end of its history.
 _WORKER_WROTE_ALL = frozenset({api.Phase.WAITING, api.Phase.COMPLETED, api.Phase.FAILED})
+
+
+def _wrote_all(status: dict[str, Any]) -> bool:
+    return status.get("phase") in _WORKER_WROTE_ALL and status.get("reason") != api.Reason.WORKER_ERROR
 
 
 class KubestepClient:
@@ -200,7 +206,7 @@ class KubestepClient:
         run's last checkpoint, a few seconds old at most while it runs)."""
         status = obj.get("status") or {}
         attempt = int(status.get("attempt") or 0)
-        if attempt == 0 or status.get("phase") in _WORKER_WROTE_ALL:
+        if attempt == 0 or _wrote_all(status):
             return []
         try:
             found = await self._store.entries(self.namespace, obj["metadata"]["uid"])
