@@ -19,7 +19,7 @@ from .._protocol import batches
 
 APPLY = (
     "apply the CRDs of this release first (Helm never upgrades a chart's crds/): "
-    "kubectl apply --server-side -f crds/ (or the chart's crds/ directory)"
+    "kubectl apply --server-side --force-conflicts -f crds/ (or the chart's crds/ directory)"
 )
 
 
