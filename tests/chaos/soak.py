@@ -272,7 +272,9 @@ class Soak:
     async def run(self) -> Report:
         self.plane.kubectl("create", "namespace", self.ns)
         if self.cfg.store == "postgres":
-            self.postgres = LocalPostgres(self.work / "postgres")
+            # Its own directory, not one under the soak's: the server runs as the ``postgres`` user when
+            # the soak runs as root, and the soak's mkdtemp directory (0700, root) would shut it out.
+            self.postgres = LocalPostgres()
             await asyncio.to_thread(self.postgres.start)
         self.start_operator()
         for _ in range(self.cfg.workers):
