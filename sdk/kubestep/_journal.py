@@ -22,10 +22,17 @@ The status window is small (``STATUS_STEPS``, 8 records) because every step's
 write costs the apiserver in proportion to the whole object: on two cores 100
 runs recorded 150 steps/s with 8 records in status, 92 with 16, 71 with 50
 (``bench/README.md``). Small windows make many small chunks, so chunks are
-merged like an LSM tree: the oldest ``FANOUT`` chunks of one level become one
-chunk of the next, which keeps ``status.journal`` to a few dozen entries for
-any run length. Merged-away chunks are orphans (a worker may not delete
-ConfigMaps); they go with the execution.
+merged like an LSM tree: ``FANOUT`` consecutive chunks of one level become
+chunks of the next. Merged-away chunks are orphans (a worker may not delete
+ConfigMaps); they go with the execution. So a merge is made only where it pays:
+when its records fit in at most half as many chunks as it replaces
+(``worthwhile``). Chunks that are full already (``CHUNK_BYTES``) would come out
+as many as went in, one level up, to be rewritten again by the next level's
+merge: every byte of a long run written once per level, every copy but the last
+an orphan (93% of the journal's ConfigMaps after 10 minutes at 650 steps/s did
+so, ``bench/results/etcd_growth.md``). ``status.journal`` then grows by one
+entry (~130 bytes) per chunk that no merge can shrink, about 1,000 records
+each: a small share of what those chunks hold in etcd.
 
 A chunk is trusted only as what its writer wrote: ``status.journal`` (which only the holder and the
 operator may write) keeps each chunk's SHA-256, and a resumed run or ``step_history`` refuses a
@@ -43,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from . import _protocol as api
@@ -70,27 +77,49 @@ def _path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
 
 
-def chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+def record_bytes(rec: dict[str, Any]) -> int:
+    """A record's JSON bytes in a chunk (``archive`` writes compact JSON)."""
+    return len(json.dumps(rec, separators=(",", ":")))
+
+
+def _cuts(sizes: Iterable[int]) -> Iterator[int]:
+    """Where ``chunks`` ends each chunk but the last, given the records' ``record_bytes``: a chunk
+    is a JSON list (2 bytes, and a comma between records) of at most CHUNK_BYTES, or one record."""
     size = 2
-    for rec in records:
-        n = len(json.dumps(rec)) + 1
-        if chunk and size + n > CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 2
-        chunk.append(rec)
-        size += n
-    if chunk:
-        yield chunk
+    for i, n in enumerate(sizes):
+        if i and size + n + 1 > CHUNK_BYTES:
+            yield i
+            size = 2
+        size += n + 1
 
 
-def merge_plan(refs: list[dict[str, Any]]) -> tuple[int, int, int] | None:
-    """The oldest run of FANOUT consecutive chunks of one level, as (first, end, level), if any."""
+def chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    start = 0
+    for cut in _cuts(record_bytes(rec) for rec in records):
+        yield records[start:cut]
+        start = cut
+    if records:
+        yield records[start:]
+
+
+def chunk_count(sizes: Iterable[int]) -> int:
+    """How many chunks records of these ``record_bytes`` make (``chunks``), without writing them."""
+    sizes = list(sizes)
+    return (sum(1 for _ in _cuts(sizes)) + 1) if sizes else 0
+
+
+def merge_candidates(refs: list[dict[str, Any]]) -> Iterator[tuple[int, int, int]]:
+    """Every run of FANOUT consecutive chunks of one level, oldest first, as (first, end, level)."""
     for first in range(len(refs) - FANOUT + 1):
         level = refs[first].get("level", 0)
         if all(r.get("level", 0) == level for r in refs[first : first + FANOUT]):
-            return first, first + FANOUT, level
-    return None
+            yield first, first + FANOUT, level
+
+
+def worthwhile(replaced: int, sizes: Iterable[int]) -> bool:
+    """Whether merging ``replaced`` chunks whose records have these ``record_bytes`` pays: they fit
+    in at most half as many (see the module's docstring)."""
+    return chunk_count(sizes) <= replaced // 2
 
 
 async def archive(

@@ -16,7 +16,6 @@ with the next write.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +49,7 @@ class Ledger:
         entries newer than status that count (``batches.counted``), as records not yet in status."""
         self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
         self._sizes: dict[int, int] = {}  # JSON bytes of records[i], computed when first needed
+        self._prefix: list[int] = [0]  # _prefix[i]: the _size of records[:i], archived ones only
         self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
         self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.StepState.COMPLETED)
         self.journal = list(status.get("journal") or [])
@@ -206,8 +206,16 @@ class Ledger:
     def _size(self, i: int) -> int:
         size = self._sizes.get(i)
         if size is None:
-            size = self._sizes[i] = len(json.dumps(self.records[i], separators=(",", ":")))
+            size = self._sizes[i] = journal.record_bytes(self.records[i])
         return size
+
+    def _archived_bytes(self, a: int, b: int) -> int:
+        """The ``_size`` of archived records ``a`` to ``b``, from prefix sums: archived records never
+        change (``put`` appends a key's newer record), so the sums are computed once per record."""
+        prefix = self._prefix
+        while len(prefix) <= b:
+            prefix.append(prefix[-1] + self._size(len(prefix) - 1))
+        return prefix[b] - prefix[a]
 
     def to_archive(self, max_bytes: int = STATUS_STEP_BYTES) -> tuple[int, int] | None:
         """The oldest final records to move into the journal once status holds more than ``window``
@@ -224,11 +232,18 @@ class Ledger:
         return (self.archived, i) if i > self.archived else None
 
     def merge_span(self, refs: list[dict[str, Any]]) -> tuple[int, int, int, int, int] | None:
-        """If ``refs`` call for a merge (``journal.merge_plan``): (first ref, end ref, level, first record,
-        end record) of the chunks to write as one."""
-        plan = journal.merge_plan(refs)
-        if plan is None:
-            return None
-        first, last, level = plan
-        a = sum(r["steps"] for r in refs[:first])
-        return first, last, level, a, a + sum(r["steps"] for r in refs[first:last])
+        """If ``refs`` call for a merge: (first ref, end ref, level, first record, end record) of the
+        oldest run of chunks (``journal.merge_candidates``) that it pays to write as fewer
+        (``journal.worthwhile``; a quick test of their bytes first, so that a long run's full chunks,
+        which never merge, cost little to pass over at every archive)."""
+        starts = [0]
+        for r in refs:
+            starts.append(starts[-1] + r["steps"])
+        most = (journal.FANOUT // 2) * journal.CHUNK_BYTES
+        for first, end, level in journal.merge_candidates(refs):
+            a, b = starts[first], starts[end]
+            if self._archived_bytes(a, b) > most:
+                continue
+            if journal.worthwhile(end - first, (self._size(i) for i in range(a, b))):
+                return first, end, level, a, b
+        return None

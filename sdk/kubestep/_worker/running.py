@@ -486,7 +486,7 @@ class Run:
             ledger.archived = start
             raise
         # Keep status.journal short however long the run: merge the oldest run of FANOUT chunks
-        # of a level into one chunk of the next (journal.merge_plan).
+        # of a level into fewer of the next, where that pays (Ledger.merge_span).
         merge = ledger.merge_span(refs)
         if merge is not None:
             first, last, level, a, b = merge
