@@ -101,6 +101,11 @@ class JournalError(KubestepError):
     """An archived chunk of a run's step records is missing or does not match status.journal."""
 
 
+class StepStoreUnreachableError(JournalError):
+    """A run's records are in a step store this reader was not given (the Postgres store, without a
+    DSN): nothing is wrong with the run; another reader, given the DSN, reads them."""
+
+
 class InvalidInputError(KubestepError, ValueError):
     """A run's input or an event's data that cannot be stored: not JSON (NaN, infinities, objects
     JSON cannot encode), or larger than ``MAX_PAYLOAD_BYTES``. Raised before anything is sent."""

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from . import _protocol as api
-from ._errors import JournalError, NotFoundError
+from ._errors import JournalError, NotFoundError, StepStoreUnreachableError
 from ._kube import Kube
 
 DATA_KEY = "steps.json"
@@ -175,7 +175,7 @@ async def load(
     async def fetch(name: str) -> str:
         if name.startswith(POSTGRES_REF):
             if source is None or owner_uid is None:
-                raise JournalError(
+                raise StepStoreUnreachableError(
                     f"journal chunk {name} is in the Postgres step store: set KUBESTEP_POSTGRES_DSN to read it"
                 )
             async with gate:

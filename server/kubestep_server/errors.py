@@ -17,7 +17,9 @@ from kubestep import (
     ForbiddenError,
     InvalidError,
     InvalidInputError,
+    JournalError,
     NotFoundError,
+    StepStoreUnreachableError,
     TooLargeError,
     TransportError,
 )
@@ -87,6 +89,17 @@ def problem_for(error: Exception) -> Problem | None:
         return Problem(502, "BadGateway", "the Kubernetes API server could not be reached; try again")
     if isinstance(error, ApiError):
         return _api_problem(error)
+    if isinstance(error, StepStoreUnreachableError):
+        # The chart gives this server no DSN (docs/api.md): the run is fine, its archive is in Postgres.
+        return Problem(
+            501,
+            "NotImplemented",
+            f"{error}; this server does not read the Postgres step store: "
+            "`kubestep steps` with KUBESTEP_POSTGRES_DSN set shows the whole history",
+        )
+    if isinstance(error, JournalError):
+        # A chunk missing or replaced (digest): the run's data, not this server, is at fault; say which.
+        return Problem(500, "JournalUnreadable", str(error))
     return None
 
 

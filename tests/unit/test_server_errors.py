@@ -15,7 +15,9 @@ from kubestep import (
     ForbiddenError,
     InvalidError,
     InvalidInputError,
+    JournalError,
     NotFoundError,
+    StepStoreUnreachableError,
     TooLargeError,
     TransportError,
 )
@@ -128,3 +130,13 @@ def test_a_bulk_cancel_keeps_each_name_once_in_order() -> None:
 
     body = parse_body(BulkCancelBody, b'{"names": ["b", "a", "b"], "reason": "why"}')
     assert body.names == ["b", "a"] and body.reason == "why"
+
+
+def test_a_journal_the_server_cannot_read_says_why_instead_of_a_bare_500() -> None:
+    """The server has no DSN of the Postgres step store: a run whose archive is there gets a 501 that
+    names the way to read it; a replaced or missing chunk a 500 that names the chunk (not a server bug)."""
+    postgres = problem_for(StepStoreUnreachableError("journal chunk postgres:7 is in the Postgres step store"))
+    assert postgres is not None and postgres.status == 501 and "KUBESTEP_POSTGRES_DSN" in postgres.message
+    broken = problem_for(JournalError("journal ConfigMap r-steps-x is missing"))
+    assert broken is not None and broken.status == 500 and broken.reason == "JournalUnreadable"
+    assert "r-steps-x" in broken.message
