@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -49,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "charts" / "kubestep"
 KIND_VALUES = CHART / "ci" / "kind-values.yaml"
 RELEASE = "kubestep"
+_DENIED = re.compile(r"(?<![\d,.])403(?!\d)")  # an HTTP status in a log line
 OPERATOR_SA = "kubestep-operator"
 WORKER_SA = "kubestep-worker"
 SERVER_SA = "kubestep-server"
@@ -222,6 +224,7 @@ def clusterwide_release(control_plane: Cluster, helm: Path) -> Iterator[str]:
         pytest.param(SERVER_VALUES, id="server-network-policy"),
         pytest.param(["--set", "server.enabled=true", "--set", "networkPolicy.enabled=false"], id="server-no-policy"),
         pytest.param(["-f", str(KIND_VALUES), *POSTGRES_VALUES], id="postgres-store"),
+        pytest.param(["-f", str(KIND_VALUES), *POSTGRES_VALUES, "--set", "server.enabled=true"], id="postgres-server"),
     ],
 )
 def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
@@ -265,6 +268,24 @@ def test_the_postgres_store_gives_workers_the_dsn_from_the_secret_and_batch_give
     assert dsn["valueFrom"] == {"secretKeyRef": {"name": "kubestep-pg", "key": "url"}} and "value" not in dsn
     default = {e["name"] for e in _worker_env(render(helm, "ns", "-f", str(KIND_VALUES)))}
     assert not default & {"KUBESTEP_STEP_STORE", "KUBESTEP_POSTGRES_DSN"}, "batch is the workers' own default"
+
+
+def test_the_postgres_store_gives_the_server_the_dsn_and_its_network_policy_the_database(helm: Path) -> None:
+    def server(*values: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        docs = render(helm, "ns", "-f", str(KIND_VALUES), "--set", "server.enabled=true", *values)
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-server")]
+        (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-server")]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e for e in container["env"]}, policy["spec"]["egress"]
+
+    env, egress = server(
+        *POSTGRES_VALUES, "--set-json", 'postgres.networkPolicy={"ports":[6432],"cidrs":["10.9.0.7/32"]}'
+    )
+    assert env["KUBESTEP_POSTGRES_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "kubestep-pg", "key": "url"}}
+    assert {"ports": [{"port": 6432, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.9.0.7/32"}}]} in egress
+    env, egress = server()
+    assert "KUBESTEP_POSTGRES_DSN" not in env
+    assert not any(p["port"] in (5432, 6432) for rule in egress for p in rule["ports"]), egress
 
 
 @pytest.mark.parametrize(
@@ -1053,7 +1074,8 @@ async def test_lifecycle_with_the_charts_service_account_tokens(
         worker_exit = worker.stop()
     op_log, worker_log = operator.log.read_text(), worker.log.read_text()
     for name, log in (("operator", op_log), ("worker", worker_log)):
-        bad = [line for line in log.splitlines() if "403" in line or "forbidden" in line.lower()]
+        # A 403, not the milliseconds of a log line's timestamp ("05:33:36,403 INFO ...").
+        bad = [line for line in log.splitlines() if _DENIED.search(line) or "forbidden" in line.lower()]
         assert not bad, f"{name} was denied access:\n" + "\n".join(bad)
     assert worker_exit == 0, worker_log[-3000:]
     assert operator_exit == 0, op_log[-3000:]
