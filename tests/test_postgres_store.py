@@ -276,3 +276,74 @@ async def test_a_deleted_run_is_still_shown_from_postgres(
     assert got.returncode == 0 and h.id in got.stdout, got.stderr
     gone = _cli(control_plane, run_namespace, None, "get", h.id)
     assert gone.returncode != 0, "without the DSN the run is gone, as for kubectl"
+
+
+async def test_the_server_reads_history_from_postgres_for_callers_who_may_read_runs_and_no_one_else(
+    pg_client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str, database: str
+) -> None:
+    """``kubestep server`` with the DSN: a run's records archived in Postgres and a run retention
+    deleted are served to a token that may ``get`` runs in the namespace; the server reads them with
+    its own connection, and a token that may not is refused (403) before anything is read there: the
+    apiserver answers its GET of the run 403, never the 404 after which a deleted run's kept state is read."""
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from kubestep._kube import Kube
+    from kubestep_server.app import make_app
+    from kubestep_server.settings import ServerSettings
+
+    workers(name="pg-served", env=store_env(database, KUBESTEP_STATUS_STEPS="4"))
+    kept = await pg_client.start("steps", {"count": 12, "seconds": 0.01})
+    gone = await pg_client.start("steps", {"count": 6, "seconds": 0.01}, ttl_seconds_after_finished=0)
+    # Both followed from now on: the one with no TTL left is deleted as soon as it ends.
+    kept_result, gone_result = await asyncio.gather(kept.result(timeout=60), gone.result(timeout=60))
+    refs = (await pg_client.get_execution(kept.id)).status.journal or []
+    assert refs and all(r.config_map.startswith("postgres:") for r in refs), refs  # archived in Postgres
+
+    async def deleted() -> bool:
+        got = control_plane.kubectl("-n", run_namespace, "get", "wfx", gone.id, check=False)
+        return got.returncode != 0 and "NotFound" in got.stderr
+
+    await until(deleted, 30, "retention to delete the run")
+    kubectl = control_plane.kubectl
+    for account in ("reader", "stranger"):
+        kubectl("-n", run_namespace, "create", "serviceaccount", account)
+    kubectl("-n", run_namespace, "create", "role", "reader", "--verb=get,list,watch", "--resource=workflowexecutions")
+    kubectl(
+        "-n",
+        run_namespace,
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=reader",
+        f"--serviceaccount={run_namespace}:reader",
+    )
+    token = {a: kubectl("-n", run_namespace, "create", "token", a).stdout.strip() for a in ("reader", "stranger")}
+
+    app = make_app(ServerSettings(namespace=run_namespace, postgres_dsn=database), Kube(str(control_plane.kubeconfig)))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession(str(server.make_url(""))) as http:
+
+            async def get(path: str, who: str) -> tuple[int, Any]:
+                async with http.get(path, headers={"Authorization": f"Bearer {token[who]}"}) as r:
+                    return r.status, await r.json()
+
+            status, body = await get(f"/api/v1/executions/{kept.id}/steps", "reader")
+            assert status == 200, body
+            assert [s["output"]["token"] for s in body["steps"]] == kept_result["tokens"]
+            status, body = await get(f"/api/v1/executions/{gone.id}/steps", "reader")
+            assert status == 200, body
+            assert [s["output"]["token"] for s in body["steps"]] == gone_result["tokens"]
+            status, body = await get(f"/api/v1/executions/{gone.id}", "reader")
+            assert status == 200 and body["status"]["phase"] == "Completed", body
+            for path in (
+                f"/api/v1/executions/{gone.id}/steps",
+                f"/api/v1/executions/{gone.id}",
+                f"/api/v1/executions/{kept.id}/steps",
+            ):
+                status, body = await get(path, "stranger")
+                assert status == 403, (path, body)
+    finally:
+        await server.close()

@@ -13,7 +13,7 @@ async with KubestepClient(namespace="default") as client:
     cancelled = await client.cancel_execution(handle.id)
 """
 
-from ._client import ExecutionChange, ExecutionHandle, KubestepClient
+from ._client import ExecutionChange, ExecutionHandle, KubestepClient, PostgresHistory
 from ._context import Step, Stop, WorkflowContext
 from ._errors import (
     ApiError,
@@ -66,6 +66,7 @@ __all__ = [
     "KubestepClient",
     "KubestepError",
     "NotFoundError",
+    "PostgresHistory",
     "ResultTimeoutError",
     "RunEvent",
     "RunTimedOut",

@@ -52,6 +52,30 @@ def _wrote_all(status: dict[str, Any]) -> bool:
     return status.get("phase") in _WORKER_WROTE_ALL and status.get("reason") != api.Reason.WORKER_ERROR
 
 
+class PostgresHistory:
+    """The Postgres step store's history (runs' records, archived chunks, the runs retention
+    deleted), for many ``KubestepClient.from_kube`` clients over one connection pool: ``kubestep
+    server`` makes a client per caller, with the caller's token, and reads the store with this one
+    pool. Needs ``kubestep[postgres]``; ``aclose`` closes the pool."""
+
+    def __init__(self, dsn: str, kube: Kube) -> None:
+        try:
+            from ._postgres import PostgresStore  # asyncpg only for those who read the Postgres store
+        except ImportError as e:
+            raise ImportError(
+                f"a Postgres step store DSN is set, and reading it needs asyncpg ({e}): pip install 'kubestep[postgres]'"
+            ) from None
+        self._store = PostgresStore(dsn, kube)
+
+    @staticmethod
+    def dsn_from_env() -> str | None:
+        """``$KUBESTEP_POSTGRES_DSN``, else the content of the file ``$KUBESTEP_POSTGRES_DSN_FILE``, else None."""
+        return _settings.postgres_dsn()
+
+    async def aclose(self) -> None:
+        await self._store.close()
+
+
 class KubestepClient:
     """Talks to the cluster from kubeconfig ($KUBECONFIG, ~/.kube/config) or in-cluster config.
 
@@ -81,14 +105,18 @@ class KubestepClient:
         *,
         field_manager: str = FIELD_MANAGER,
         postgres_dsn: str | None = None,
+        postgres: PostgresHistory | None = None,
     ) -> KubestepClient:
         """A client over a connection the caller holds (``kubestep._kube.Kube``) instead of one read
         from kubeconfig: ``kubestep server`` makes each caller's requests over ``Kube.for_token``,
         with the caller's own token, and wraps it in a client per namespace. Cheap (nothing is
         read or opened); ``aclose`` leaves ``kube`` open, since the caller owns it. The environment is
-        not read: ``postgres_dsn`` only if given."""
+        not read: ``postgres_dsn`` only if given, or ``postgres``, the Postgres step store's pool the
+        caller holds (``PostgresHistory``: one for every client the caller makes)."""
         client = cls.__new__(cls)
         client._bind(kube, namespace, field_manager, owns_kube=False, dsn=postgres_dsn)
+        if postgres is not None:
+            client._store = postgres._store.reader(kube)
         return client
 
     def _bind(

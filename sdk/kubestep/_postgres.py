@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -117,6 +119,14 @@ def finished_at(execution: dict[str, Any]) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
 
+@dataclasses.dataclass
+class _Pools:
+    """A store's connection pool, made when first needed, shared with its ``reader`` views."""
+
+    pool: asyncpg.Pool | None = None
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # the first users make one pool
+
+
 class PostgresStore:
     """A ``StepStore`` on PostgreSQL; ``kube`` still serves what runs recorded before (StepBatches,
     ConfigMap chunks), so a fleet moved from ``batch`` to ``postgres`` loses no history."""
@@ -128,9 +138,18 @@ class PostgresStore:
         self.namespace = namespace
         self.worker = worker
         self._kube_store = KubeStore(kube, namespace, worker)
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()  # the first users at once make one pool, not one each
+        self._pools = _Pools()
+        self._view = False  # a ``reader``: closing it leaves the pool to its store
         self.writes = 0
+
+    def reader(self, kube: Kube) -> PostgresStore:
+        """This store over another apiserver client, sharing this one's connection pool: ``kubestep
+        server`` reads each caller's runs with the caller's token and the server's one pool. Closing
+        the reader leaves the pool open."""
+        view = copy.copy(self)
+        view._kube_store = KubeStore(kube, self.namespace, self.worker)
+        view._view = True
+        return view
 
     # ----- connections ------------------------------------------------------------------------
 
@@ -138,18 +157,19 @@ class PostgresStore:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; what goes wrong with the server comes out as ``TransportError``."""
         try:
-            async with self._pool_lock:
-                if self._pool is None:
+            pools = self._pools
+            async with pools.lock:
+                if pools.pool is None:
                     # min_size 0: no connection is opened before one is needed, and an idle one is
                     # closed after max_inactive_connection_lifetime: an idle worker holds nothing.
-                    self._pool = await asyncpg.create_pool(
+                    pools.pool = await asyncpg.create_pool(
                         self.dsn,
                         min_size=0,
                         max_size=POOL_SIZE,
                         command_timeout=COMMAND_SECONDS,
                         max_inactive_connection_lifetime=60.0,
                     )
-                pool = self._pool
+                pool = pools.pool
             async with pool.acquire(timeout=COMMAND_SECONDS) as conn:
                 yield conn
         except _TRANSIENT as exc:
@@ -170,9 +190,10 @@ class PostgresStore:
             ) from None
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        if self._view or self._pools.pool is None:
+            return
+        pool, self._pools.pool = self._pools.pool, None
+        await pool.close()
 
     # ----- records ----------------------------------------------------------------------------
 

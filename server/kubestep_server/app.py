@@ -34,12 +34,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web, web_log
 
+from kubestep import PostgresHistory
 from kubestep._kube import Kube
 
 from . import bulk, routes, streams, ui
 from .auth import Access, TokenClients, sweep_every
 from .cache import RunCache
-from .context import ACCESS, CACHE, CLOSING, COOKIE, SETTINGS, STREAMS, TOKENS, StreamSlots, caller_token
+from .context import (
+    ACCESS,
+    CACHE,
+    CLOSING,
+    COOKIE,
+    POSTGRES,
+    SETTINGS,
+    STREAMS,
+    TOKENS,
+    StreamSlots,
+    caller_token,
+)
 from .errors import Problem, problem_for
 from .settings import ServerSettings
 
@@ -79,6 +91,12 @@ def make_app(settings: ServerSettings, base: Kube) -> web.Application:
         app[CACHE] = RunCache(base, settings.cache_namespaces, queue_size=settings.stream_queue)
         app.cleanup_ctx.append(_cache)
     app[CLOSING] = asyncio.Event()
+    if settings.postgres_dsn:
+        try:
+            app[POSTGRES] = PostgresHistory(settings.postgres_dsn, base)
+        except ImportError as e:
+            raise SystemExit(f"kubestep server: {e}") from None
+        app.cleanup_ctx.append(_postgres)
 
     # The namespace's stream is the list's ``?watch=true`` (as kubectl's ``get -w``), so that no
     # path below ``/executions/`` is taken from the runs' names: a run named "stream" or "cancel"
@@ -197,6 +215,11 @@ class AccessLogger(web_log.AccessLogger):
                 )
             return
         super().log(request, response, time)
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[POSTGRES].aclose()  # the pool (made when first needed)
 
 
 async def _token_clients(app: web.Application) -> AsyncIterator[None]:

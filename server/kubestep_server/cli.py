@@ -61,7 +61,7 @@ def _positive(value: str) -> int:
 def main(args: Any) -> int:
     from aiohttp import web
 
-    from kubestep import ConfigurationError
+    from kubestep import ConfigurationError, PostgresHistory
     from kubestep._kube import Kube
 
     from .app import AccessLogger, make_app
@@ -81,14 +81,17 @@ def main(args: Any) -> int:
         max_streams=args.max_streams,
         secure_cookies=args.secure_cookies,
         cache_namespaces=_cache_scope(args.cache),
+        postgres_dsn=PostgresHistory.dsn_from_env(),
     )
     scope = settings.cache_namespaces
     logging.getLogger("kubestep.server").info(
-        "serving the API on %s:%d; default namespace %s; every request made with its caller's token; cache: %s",
+        "serving the API on %s:%d; default namespace %s; every request made with its caller's token; cache: %s; "
+        "step history from: %s",
         args.host,
         args.port,
         settings.namespace,
         "off" if scope is None else (", ".join(scope) or "every namespace"),
+        "postgres" if settings.postgres_dsn else "the cluster",
     )
     # SIGTERM and SIGINT stop it gracefully: open streams end at once (``app._closing``), requests
     # in flight get a few seconds.

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from kubestep import KubestepClient
+from kubestep import KubestepClient, PostgresHistory
 
 from .auth import Access, TokenClients, bearer_token
 from .cache import ORDERS, Query, RunCache
@@ -58,6 +58,8 @@ ACCESS = web.AppKey("access", Access)
 CACHE = web.AppKey("cache", RunCache)
 #: Set when the server stops: open streams end at once instead of holding the shutdown up.
 CLOSING = web.AppKey("closing", asyncio.Event)
+#: Only with a DSN (``ServerSettings.postgres_dsn``): the Postgres step store, its one connection pool.
+POSTGRES = web.AppKey("postgres", PostgresHistory)
 
 
 #: The UI's sign-in cookie (``ui``): HttpOnly, SameSite=Strict; it holds the caller's token.
@@ -129,8 +131,15 @@ def is_name(name: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def client_for(request: web.Request, namespace: str) -> AsyncIterator[KubestepClient]:
-    """A client of ``namespace`` that makes every request with the caller's token."""
+async def client_for(request: web.Request, namespace: str, *, history: bool = False) -> AsyncIterator[KubestepClient]:
+    """A client of ``namespace`` that makes every request with the caller's token. ``history``: it
+    reads step records (a run's, or a deleted run's kept state) from the Postgres step store too, if
+    the server has one, with the server's own connection. What it reads there is authorized by the
+    apiserver all the same: the client GETs the run with the caller's token first, and reads the
+    store for the uid that answer names, or, for a run retention deleted, only after a 404, which
+    the apiserver gives only to a caller who may ``get`` that run (any other gets 403, whether or
+    not it exists: ``tests/test_postgres_store.py``)."""
     settings = request.app[SETTINGS]
+    postgres = request.app.get(POSTGRES) if history else None
     async with request.app[TOKENS].lease(caller_token(request)) as kube:
-        yield KubestepClient.from_kube(kube, namespace, field_manager=settings.field_manager)
+        yield KubestepClient.from_kube(kube, namespace, field_manager=settings.field_manager, postgres=postgres)

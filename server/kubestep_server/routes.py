@@ -65,7 +65,7 @@ async def cancel(request: web.Request) -> web.Response:
 async def get_execution(request: web.Request) -> web.Response:
     """``GET /api/v1/executions/{id}``."""
     name, namespace = execution_id(request), namespace_of(request)
-    async with client_for(request, namespace) as client:
+    async with client_for(request, namespace, history=True) as client:
         return _json(execution_json(await client.get_execution(name)))
 
 
@@ -191,7 +191,7 @@ async def steps(request: web.Request) -> web.Response:
     """``GET /api/v1/executions/{id}/steps``: every step record, archived ones included (reading
     the run's journal ConfigMaps needs ``get`` on ConfigMaps once a run has archived records)."""
     name, namespace = execution_id(request), namespace_of(request)
-    async with client_for(request, namespace) as client:
+    async with client_for(request, namespace, history=True) as client:
         history = await client.step_history(name)
     return _json({"execution_id": name, "namespace": namespace, "steps": [step_json(s) for s in history]})
 

@@ -46,3 +46,7 @@ class ServerSettings:
     #: The UI's sign-in cookie is ``Secure`` always (behind a TLS-terminating proxy), not only when
     #: the request itself came over TLS.
     secure_cookies: bool = False
+    #: The Postgres step store's DSN ($KUBESTEP_POSTGRES_DSN or _FILE; the chart's ``stepStore:
+    #: postgres``): runs' archived records and the runs retention deleted are read from there, with
+    #: the server's own connection, for a caller the apiserver lets ``get`` the run (``client_for``).
+    postgres_dsn: str | None = dataclasses.field(default=None, repr=False)  # a password may be in it
