@@ -37,7 +37,6 @@ import asyncio
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -54,6 +53,7 @@ from step_journal import (  # bench/step_journal.py: the benchmark of record's s
     end_all,
     etcd_counters,
     free_port,
+    machine,
     parsed,
     round_floats,
     total,
@@ -454,13 +454,7 @@ def main() -> None:
             )
         finally:
             plane.down()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_at_end": os.getloadavg(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "bench_seconds": time.monotonic() - started,
-    }
+    results["machine"] = machine(started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / f"{args.name}.json").exists():

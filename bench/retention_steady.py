@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -45,7 +44,7 @@ from typing import Any
 
 import httpx
 from etcd_growth import interval, machine_load, take  # bench/etcd_growth.py (same folder)
-from step_journal import Scraper, free_port, round_floats, total
+from step_journal import Scraper, free_port, machine, round_floats, total
 
 from kubestep import KubestepClient
 from kubestep_dev.controlplane import ControlPlane
@@ -440,13 +439,7 @@ def main() -> None:
         results["run"] = asyncio.run(steady(plane, args))
     finally:
         plane.down()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_at_end": os.getloadavg(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "bench_seconds": time.monotonic() - started,
-    }
+    results["machine"] = machine(started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(round_floats(results), indent=2) + "\n")

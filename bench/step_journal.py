@@ -601,6 +601,17 @@ def load_figures(s0: dict[str, Any], s1: dict[str, Any], runs: int) -> dict[str,
     }
 
 
+def machine(started: float) -> dict[str, Any]:
+    """What a result was measured on, and how long the benchmark took (``started``: its monotonic start)."""
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "bench_seconds": time.monotonic() - started,
+    }
+
+
 def round_floats(x: Any, nd: int = 4) -> Any:
     if isinstance(x, float):
         return round(x, nd)
@@ -824,13 +835,7 @@ def main() -> None:
         plane.down()
         if database is not None:
             database.destroy()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_at_end": os.getloadavg(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "bench_seconds": time.monotonic() - started,
-    }
+    results["machine"] = machine(started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_journal.json").write_text(json.dumps(round_floats(results), indent=2) + "\n")
