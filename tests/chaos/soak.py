@@ -280,7 +280,11 @@ class Soak:
         for _ in range(self.cfg.workers):
             self.start_worker()
         try:
-            async with KubestepClient(namespace=self.ns, kubeconfig=str(self.plane.kubeconfig)) as client:
+            # With Postgres the check reads the runs' histories from it, as a user's client would.
+            dsn = self.postgres.dsn if self.postgres is not None else None
+            async with KubestepClient(
+                namespace=self.ns, kubeconfig=str(self.plane.kubeconfig), postgres_dsn=dsn
+            ) as client:
                 until = time.monotonic() + self.cfg.fault_seconds
                 await asyncio.gather(self.faults_loop(until), self.create_runs(client, until))
                 last_fault = time.monotonic()
