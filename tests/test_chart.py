@@ -266,8 +266,16 @@ def test_the_postgres_store_gives_workers_the_dsn_from_the_secret_and_batch_give
     assert env["KUBESTEP_STEP_STORE"]["value"] == "postgres"
     dsn = env["KUBESTEP_POSTGRES_DSN"]
     assert dsn["valueFrom"] == {"secretKeyRef": {"name": "kubestep-pg", "key": "url"}} and "value" not in dsn
+    assert env["KUBESTEP_POSTGRES_RETENTION_DAYS"]["value"] == "30"
+    kept = {
+        e["name"]
+        for e in _worker_env(
+            render(helm, "ns", "-f", str(KIND_VALUES), *POSTGRES_VALUES, "--set", "postgres.retentionDays=null")
+        )
+    }
+    assert "KUBESTEP_POSTGRES_RETENTION_DAYS" not in kept
     default = {e["name"] for e in _worker_env(render(helm, "ns", "-f", str(KIND_VALUES)))}
-    assert not default & {"KUBESTEP_STEP_STORE", "KUBESTEP_POSTGRES_DSN"}, "batch is the workers' own default"
+    assert not default & {"KUBESTEP_STEP_STORE", "KUBESTEP_POSTGRES_DSN", "KUBESTEP_POSTGRES_RETENTION_DAYS"}
 
 
 def test_the_postgres_store_gives_the_server_the_dsn_and_its_network_policy_the_database(helm: Path) -> None:
@@ -293,6 +301,7 @@ def test_the_postgres_store_gives_the_server_the_dsn_and_its_network_policy_the_
     [
         (["--set", "stepStore=postgres"], "needs postgres.existingSecret"),
         (["--set", "stepStore=etcd"], "must be one of"),
+        ([*POSTGRES_VALUES, "--set", "postgres.retentionDays=0"], "retentionDays"),
     ],
 )
 def test_chart_refuses_a_step_store_it_cannot_run(helm: Path, values: list[str], says: str) -> None:

@@ -7,6 +7,7 @@ A missing PostgreSQL fails these tests, it never skips them: ``make test`` insta
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import pytest
 from kubestep import KubestepClient
 from kubestep import _protocol as api
 from kubestep._errors import JournalError, NotFoundError
-from kubestep._postgres import PostgresStore
+from kubestep._postgres import SWEEP_LOCK, PostgresStore
 from kubestep._protocol import batches
 from kubestep_dev.postgres import LocalPostgres
 
@@ -136,6 +137,40 @@ async def test_chunks_and_a_finished_run_are_kept_and_what_status_holds_is_dropp
         assert await store.entries("ns", "u9") == [], "status holds every record once its holder ended the run"
         chunks = await query(database, "SELECT chunk FROM kubestep_chunks WHERE uid = 'u9'")
         assert sorted(c[0] for c in chunks) == sorted(r["configMap"] for r in refs), "the orphan went"
+    finally:
+        await store.close()
+
+
+async def test_retention_deletes_the_namespaces_runs_that_ended_before_it_one_sweeper_at_a_time(database: str) -> None:
+    store = PostgresStore(database, NoBatches(), "ns", "w")  # type: ignore[arg-type]
+    await store.start()
+    try:
+        for uid, namespace, ended in (
+            ("old", "ns", "2026-01-01"),
+            ("new", "ns", "2026-03-01"),
+            ("elsewhere", "other", "2026-01-01"),
+        ):
+            execution = {"metadata": {"name": uid, "namespace": namespace, "uid": uid}, "status": {}}
+            refs = await store.archive(execution, [{"key": "s", "state": "Completed", "output": 1}], 0)
+            status = {"phase": "Completed", "finishedAt": f"{ended}T00:00:00Z", "journal": refs}
+            await store.ended({**execution, "status": status})
+        await store.prepare(runs_of("running", 1, 1))()  # a run still running: rows only, never swept
+        cutoff = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+        # Another worker of the namespace sweeping now holds the lock: this one skips.
+        other = await asyncpg.connect(database)
+        try:
+            async with other.transaction():
+                assert await other.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext('ns'))", SWEEP_LOCK)
+                assert await store.sweep("ns", cutoff) == 0
+        finally:
+            await other.close()
+        assert await store.sweep("ns", cutoff) == 1
+        assert await store.finished("ns", "old") is None
+        assert await store.finished("ns", "new") is not None and await store.finished("other", "elsewhere") is not None
+        left = {r[0] for r in await query(database, "SELECT uid FROM kubestep_chunks")}
+        assert left == {"new", "elsewhere"}
+        assert [e.lsn for e in await store.entries("ns", "running")] == [1]
+        assert await store.sweep("ns", cutoff) == 0
     finally:
         await store.close()
 

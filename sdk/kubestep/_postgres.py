@@ -48,6 +48,8 @@ logger = logging.getLogger("kubestep.postgres")
 POOL_SIZE = 8  # connections at most: a flush, the claims' reads, archives and endings at once
 COMMAND_SECONDS = 30.0  # a statement that takes longer is a hung server: retried like an outage
 SCHEMA_LOCK = 0x6B75_6265_7374_6570  # "kubestep": one schema creation at a time across workers
+SWEEP_LOCK = 0x6B75_6265  # "kube", with the namespace's hash: one retention sweep of a namespace at a time
+SWEEP_BATCH = 500  # finished runs deleted per statement: short transactions, whatever the backlog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kubestep_steps (
@@ -275,6 +277,33 @@ class PostgresStore:
             await conn.execute(
                 "DELETE FROM kubestep_chunks WHERE uid = $1 AND NOT (chunk = ANY($2::text[]))", meta["uid"], listed
             )
+
+    async def sweep(self, namespace: str, before: dt.datetime) -> int:
+        """Deletes the finished runs of ``namespace`` that ended before ``before``, with their chunks
+        and any record rows left, ``SWEEP_BATCH`` at a time; returns how many. The namespace's workers
+        all sweep (``KUBESTEP_POSTGRES_RETENTION_DAYS``); an advisory lock lets one at a time do it,
+        the others skip. Only what ended: a run's rows while it runs are never touched."""
+        total = 0
+        while True:
+            async with self._connection() as conn, conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))", SWEEP_LOCK, namespace):
+                    return total  # another worker of the namespace sweeps it now
+                uids = [
+                    r["uid"]
+                    for r in await conn.fetch(
+                        "DELETE FROM kubestep_runs WHERE uid IN (SELECT uid FROM kubestep_runs "
+                        "WHERE namespace = $1 AND finished_at < $2 LIMIT $3) RETURNING uid",
+                        namespace,
+                        before,
+                        SWEEP_BATCH,
+                    )
+                ]
+                if uids:
+                    await conn.execute("DELETE FROM kubestep_chunks WHERE uid = ANY($1::text[])", uids)
+                    await conn.execute("DELETE FROM kubestep_steps WHERE uid = ANY($1::text[])", uids)
+            total += len(uids)
+            if len(uids) < SWEEP_BATCH:
+                return total
 
     async def finished(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The newest finished run of that name kept here (after its object was deleted), or None."""

@@ -11,6 +11,7 @@ defaults, and passed down. Nothing else reads the environment (kopf's ``Operator
 | worker: step records in status | | ``KUBESTEP_STATUS_STEPS`` | 8 |
 | worker: where a step is made durable: ``batch`` (the step journal), ``status`` or ``postgres`` | ``--step-store`` | ``KUBESTEP_STEP_STORE`` | batch |
 | worker and client: the Postgres step store's DSN (or a file holding it, a mounted Secret) | | ``KUBESTEP_POSTGRES_DSN``, ``KUBESTEP_POSTGRES_DSN_FILE`` | none |
+| worker: with the Postgres store, how long a finished run is kept there after it ended (days), then deleted with its records by the namespace's workers | | ``KUBESTEP_POSTGRES_RETENTION_DAYS`` | none: kept (the chart sets 30) |
 | worker: with the step journal, how often a running run's status catches up (s) | | ``KUBESTEP_STATUS_SECONDS`` | 5 |
 | worker: connections for step writes | | ``KUBESTEP_HTTP_CONNECTIONS`` | 24 |
 | worker: log level | | ``KUBESTEP_LOG_LEVEL`` | INFO |
@@ -129,6 +130,13 @@ def _postgres(store: str, env: Mapping[str, str]) -> str | None:
     return dsn
 
 
+def _retention_days(env: Mapping[str, str]) -> float | None:
+    days: float | None = _pick(None, env, "KUBESTEP_POSTGRES_RETENTION_DAYS", None, float)
+    if days is not None and not 0 < days <= 36500:  # also NaN
+        raise SystemExit(f"KUBESTEP_POSTGRES_RETENTION_DAYS={days!r}: expected days, more than 0 and at most 36500")
+    return days
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     module: str
@@ -144,6 +152,8 @@ class WorkerSettings:
     # commit into Postgres rows (``postgres_dsn``)
     step_store: str = "batch"
     postgres_dsn: str | None = dataclasses.field(default=None, repr=False)  # a password may be in it
+    # The Postgres store's archive of finished runs: kept this many days after they ended; None: kept
+    postgres_retention_days: float | None = None
     status_seconds: float = STATUS_SECONDS
     http_connections: int = HTTP_CONNECTIONS
     metrics_port: int | None = None
@@ -179,6 +189,7 @@ class WorkerSettings:
             status_steps=_pick(None, env, "KUBESTEP_STATUS_STEPS", STATUS_STEPS, int),
             step_store=store,
             postgres_dsn=_postgres(store, env),
+            postgres_retention_days=_retention_days(env),
             status_seconds=_pick(None, env, "KUBESTEP_STATUS_SECONDS", STATUS_SECONDS, float),
             http_connections=_pick(None, env, "KUBESTEP_HTTP_CONNECTIONS", HTTP_CONNECTIONS, int),
             metrics_port=_pick(metrics_port, env, "KUBESTEP_METRICS_PORT", None, int) or None,

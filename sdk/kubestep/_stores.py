@@ -18,6 +18,7 @@ custom resource with every store.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets
 import time
@@ -66,6 +67,11 @@ class StepStore(Protocol):
     async def finished(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The final object of a finished run of that name that is no longer on the apiserver, if the
         store keeps them (``ended``), else None."""
+        ...
+
+    async def sweep(self, namespace: str, before: dt.datetime) -> int:
+        """Deletes the finished runs the store keeps (``ended``) of ``namespace`` that ended before
+        ``before``; how many (the worker's ``KUBESTEP_POSTGRES_RETENTION_DAYS``)."""
         ...
 
     async def start(self) -> None:
@@ -122,6 +128,9 @@ class KubeStore:
 
     async def finished(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
+
+    async def sweep(self, namespace: str, before: dt.datetime) -> int:
+        return 0  # finished runs are objects: the operator deletes them (ttlSecondsAfterFinished)
 
     async def start(self) -> None:
         return None

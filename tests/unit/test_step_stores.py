@@ -89,6 +89,17 @@ def test_postgres_is_chosen_only_with_a_dsn_and_the_file_form_reads_a_mounted_se
     assert WorkerSettings.load("m", env={}).step_store == "batch"
 
 
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "36501", "a week"])
+def test_a_retention_that_is_not_a_number_of_days_is_refused_at_start_up(raw: str) -> None:
+    with pytest.raises(SystemExit, match="KUBESTEP_POSTGRES_RETENTION_DAYS"):
+        WorkerSettings.load("m", env={"KUBESTEP_POSTGRES_RETENTION_DAYS": raw})
+
+
+def test_retention_is_off_unless_set() -> None:
+    assert WorkerSettings.load("m", env={}).postgres_retention_days is None
+    assert WorkerSettings.load("m", env={"KUBESTEP_POSTGRES_RETENTION_DAYS": "0.5"}).postgres_retention_days == 0.5
+
+
 class DownStore:
     """A store whose writes fail as a server that is down does, ``failures`` times."""
 

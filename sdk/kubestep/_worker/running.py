@@ -208,6 +208,7 @@ class Run:
     def _stop(self, reason: str, at: float) -> None:
         if self.rules.note(reason, at):
             self._noticed = api.now()
+            logger.debug("run %s: stop noted (%s)", self.name, reason)
             self._arm_hard_stop()
 
     def _budget_out(self) -> None:
@@ -272,8 +273,16 @@ class Run:
                 # out while a finished run's ending is being written does not undo the finish.)
                 self._check_stop()
             try:
+                t0 = time.monotonic()
                 with STATUS_WRITE_SECONDS.labels("end").time():
                     obj = await self.control.update_status(self.obj, build(self.obj.get("status") or {}))
+                logger.debug(
+                    "run %s: ending written in %.1f ms after %d conflicts (%d step records in status)",
+                    self.name,
+                    (time.monotonic() - t0) * 1000,
+                    conflicts,
+                    len((obj.get("status") or {}).get("steps") or []),
+                )
                 self.obj, self.rv = obj, _rv(obj)
                 self.ledger.written()
                 self._last_status_write = time.monotonic()

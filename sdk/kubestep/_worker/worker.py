@@ -22,6 +22,7 @@ kubelet starts the container again).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import signal
@@ -48,6 +49,7 @@ logger = logging.getLogger("kubestep.worker")
 EVENTS_AT_EXIT = 5.0  # seconds a stopping worker waits for its last Events to be sent
 BLIND_READ_SECONDS = 0.5  # how often held runs are read while their watch is down
 EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
+SWEEP_SECONDS = 600.0  # how often the Postgres store's finished runs past their retention are deleted
 
 
 class Worker:
@@ -108,6 +110,7 @@ class Worker:
         renewer = asyncio.create_task(self.lease.renew_forever())
         watcher = asyncio.create_task(self._watch_forever())
         checkpoints = asyncio.create_task(self._checkpoint_forever())
+        retention = asyncio.create_task(self._sweep_forever())
         logger.info(
             "worker %s serving %s in namespace %s (step store: %s)",
             self.name,
@@ -124,6 +127,7 @@ class Worker:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             checkpoints.cancel()
+            retention.cancel()
             if self.journal is not None:
                 await self.journal.close()
             await self.store.close()
@@ -184,6 +188,26 @@ class Worker:
             for run in list(self.runs.values()):
                 if run.checkpoint_due(now):
                     self._spawn(run.checkpoint())
+
+    async def _sweep_forever(self) -> None:
+        """With ``KUBESTEP_POSTGRES_RETENTION_DAYS``, every ``SWEEP_SECONDS`` the finished runs the
+        store keeps past it go (``StepStore.sweep``: one worker of the namespace at a time). A store
+        that does not answer is tried again at the next sweep."""
+        days = self.settings.postgres_retention_days
+        if days is None or self.settings.step_store != "postgres":
+            return
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            before = api.now() - dt.timedelta(days=days)
+            try:
+                gone = await self.store.sweep(self.namespace, before)
+            except TransportError as e:
+                logger.warning("worker %s: the retention sweep could not reach the step store: %s", self.name, e)
+                continue
+            if gone:
+                logger.info(
+                    "worker %s: %d finished runs older than %g days deleted from the step store", self.name, gone, days
+                )
 
     # ----- watching ---------------------------------------------------------------------------
 
