@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -121,6 +122,32 @@ def test_a_claim_loads_the_journal_then_status_and_lookups_check_the_kind() -> N
     }
 
 
+def test_archived_records_are_kept_as_json_text_which_the_garbage_collector_does_not_scan() -> None:
+    """A long run's archived records stay in memory (lookups, merges): as text, one untracked object
+    each instead of dicts a full collection walks, and read back as they were."""
+    ledger = Ledger({}, window=4)
+    for i in range(20):
+        ledger.put({**rec(f"s{i}"), "output": {"i": i, "list": [i, {"deep": True}]}})
+    start, end = ledger.to_archive() or (0, 0)
+    assert (start, end) == (0, 18)
+    ledger.archived = end
+    ledger.freeze(start, end)
+    assert all(isinstance(ledger.records[i], str) and not gc.is_tracked(ledger.records[i]) for i in range(end))
+    assert all(isinstance(ledger.records[i], dict) for i in range(end, 20)), "status's records stay dicts"
+    assert ledger.lookup("s3", "Run") == {**rec("s3"), "output": {"i": 3, "list": [3, {"deep": True}]}}
+    assert ledger.archived_records(2, 4) == [ledger.rec(2), ledger.rec(3)]
+    assert ledger.completed_count() == 20 and ledger.status_fields()["currentStep"] == "s19"
+    ledger.put(rec("s0", api.StepState.FAILED))  # a key whose record is archived: appended, counted
+    assert ledger.rec(ledger.index["s0"])["state"] == api.StepState.FAILED and ledger.completed_count() == 19
+    assert ledger.status_fields()["steps"][-1] == rec("s0", api.StepState.FAILED)
+    # A claim reads the archive back (the journal's chunks) and keeps it as text too.
+    claimed = Ledger({}, window=4)
+    claimed.load(ledger.archived_records(0, end), {"steps": [ledger.rec(i) for i in range(end, 21)]})
+    assert all(isinstance(claimed.records[i], str) for i in range(end))
+    assert claimed.lookup("s5", "Run") is not None and claimed.completed_count() == 19
+
+
+# ----- the replay rule --------------------------------------------------------------------------
 # ----- the replay rule --------------------------------------------------------------------------
 
 
@@ -195,8 +222,8 @@ def test_a_claim_loads_the_newer_batch_entries_after_status_as_records_to_send_n
         Entry(1, 4, rec("b", api.StepState.FAILED)),
     ]
     ledger.load([], status, newer)
-    assert [r["key"] for r in ledger.records] == ["a", "b", "w"]
-    assert ledger.records[ledger.index["b"]]["state"] == api.StepState.FAILED, "the last record of a key counts"
+    assert [ledger.rec(i)["key"] for i in range(len(ledger.records))] == ["a", "b", "w"]
+    assert ledger.rec(ledger.index["b"])["state"] == api.StepState.FAILED, "the last record of a key counts"
     assert ledger.lsn == 4 and ledger.pending == [], "already durable: not committed again"
     assert ledger.consumed == ["ev-1"], "an event a batch says was delivered is not delivered twice"
     assert ledger.unsent, "status does not have them yet: the next checkpoint writes them"

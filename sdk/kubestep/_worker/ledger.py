@@ -16,6 +16,7 @@ with the next write.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,11 +48,16 @@ class Ledger:
     def load(self, archived: list[dict[str, Any]], status: dict[str, Any], newer: Sequence[batches.Entry] = ()) -> None:
         """The whole history at a claim: the journal's records, then status.steps, then the StepBatch
         entries newer than status that count (``batches.counted``), as records not yet in status."""
-        self.records: list[dict[str, Any]] = archived + [dict(r) for r in status.get("steps") or []]
+        # Archived records (``archived`` of them, a prefix) are kept as their JSON text once archived
+        # (``freeze``): they never change, and a str is one object the garbage collector does not
+        # track, where a record's dicts are several it scans at every full collection (a worker
+        # holding 100 long runs spent 55-160 ms every ~5 s scanning them: bench/results/
+        # apiserver_profile.md). ``rec(i)`` reads either form.
+        self.records: list[dict[str, Any] | str] = [*archived, *(dict(r) for r in status.get("steps") or [])]
         self._sizes: dict[int, int] = {}  # JSON bytes of records[i], computed when first needed
         self._prefix: list[int] = [0]  # _prefix[i]: the _size of records[:i], archived ones only
-        self.index = {rec["key"]: i for i, rec in enumerate(self.records)}
-        self.completed = sum(1 for i in self.index.values() if self.records[i]["state"] == api.StepState.COMPLETED)
+        self.index = {self.rec(i)["key"]: i for i in range(len(self.records))}
+        self.completed = sum(1 for i in self.index.values() if self.rec(i)["state"] == api.StepState.COMPLETED)
         self.journal = list(status.get("journal") or [])
         self.consumed = list(status.get("eventsConsumed") or [])
         self.archived = len(archived)  # records in journal ConfigMaps
@@ -69,7 +75,8 @@ class Ledger:
                 if entry.record["event"] not in self.consumed:
                     self.consumed.append(entry.record["event"])
         # What the code must reach again before it starts a new step (the replay rule).
-        self.replay = Replay(self.records)
+        self.replay = Replay(self.rec(i) for i in range(len(self.records)))
+        self.freeze(0, self.archived)
 
     # ----- reading ----------------------------------------------------------------------------
 
@@ -79,9 +86,27 @@ class Ledger:
         i = self.index.get(key)
         if i is None:
             return None
-        rec = self.records[i]
+        rec = self.rec(i)
         self.replay.reach(key, kind, rec, what or f"reaches {key!r}")
         return rec
+
+    def rec(self, i: int) -> dict[str, Any]:
+        """Record ``i``, archived (its JSON text, decoded now: a copy) or not."""
+        r = self.records[i]
+        return json.loads(r) if isinstance(r, str) else r
+
+    def archived_records(self, a: int, b: int) -> list[dict[str, Any]]:
+        """Records ``a`` to ``b`` as dicts (a merge writes them again)."""
+        return [self.rec(i) for i in range(a, b)]
+
+    def freeze(self, a: int, b: int) -> None:
+        """Records ``a`` to ``b``, archived now, kept as their JSON text from here on."""
+        for i in range(a, min(b, self.archived)):
+            r = self.records[i]
+            if not isinstance(r, str):
+                text = json.dumps(r, separators=(",", ":"))
+                self._sizes[i] = len(text)
+                self.records[i] = text
 
     @property
     def unreached(self) -> dict[str, dict[str, Any]]:
@@ -100,7 +125,7 @@ class Ledger:
         return self.completed - sum(
             1
             for i in unsent
-            if self.index.get(self.records[i]["key"]) == i and self.records[i]["state"] == api.StepState.COMPLETED
+            if self.index.get(self.rec(i)["key"]) == i and self.rec(i)["state"] == api.StepState.COMPLETED
         )
 
     def next_event(self, events: list[dict[str, Any]], topic: str) -> dict[str, Any] | None:
@@ -120,7 +145,7 @@ class Ledger:
             if self.journaling:
                 self.pending.append({"lsn": self.lsn, "record": rec})
         i = self.index.get(rec["key"])
-        if i is not None and self.records[i]["state"] == api.StepState.COMPLETED:
+        if i is not None and self.rec(i)["state"] == api.StepState.COMPLETED:
             self.completed -= 1
         if rec["state"] == api.StepState.COMPLETED:
             self.completed += 1
@@ -148,7 +173,7 @@ class Ledger:
     def _journal_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"journalLsn": self.lsn, "journalFences": []}
         if self.records:
-            fields["currentStep"] = self.records[-1]["key"][:1024]
+            fields["currentStep"] = self.rec(len(self.records) - 1)["key"][:1024]
         return fields
 
     def status_fields(self) -> dict[str, Any]:
@@ -206,7 +231,8 @@ class Ledger:
     def _size(self, i: int) -> int:
         size = self._sizes.get(i)
         if size is None:
-            size = self._sizes[i] = journal.record_bytes(self.records[i])
+            r = self.records[i]
+            size = self._sizes[i] = len(r) if isinstance(r, str) else journal.record_bytes(r)
         return size
 
     def _archived_bytes(self, a: int, b: int) -> int:
@@ -226,7 +252,7 @@ class Ledger:
         if len(self.records) - self.archived <= self.window and size <= max_bytes:
             return None
         end, i = len(self.records) - self.window // 2, self.archived
-        while i < len(self.records) and self.records[i]["state"] in FINAL and (i < end or size > max_bytes // 2):
+        while i < len(self.records) and self.rec(i)["state"] in FINAL and (i < end or size > max_bytes // 2):
             size -= self._size(i)
             i += 1
         return (self.archived, i) if i > self.archived else None

@@ -490,7 +490,7 @@ class Run:
         # keys while the ConfigMaps are written must append it, not change the copy.
         ledger.archived = end
         try:
-            refs = ledger.journal + await self.store.archive(self.obj, ledger.records[start:end], 0)
+            refs = ledger.journal + await self.store.archive(self.obj, ledger.archived_records(start, end), 0)
         except BaseException:
             ledger.archived = start
             raise
@@ -499,9 +499,10 @@ class Run:
         merge = ledger.merge_span(refs)
         if merge is not None:
             first, last, level, a, b = merge
-            merged = await self.store.archive(self.obj, ledger.records[a:b], level + 1)
+            merged = await self.store.archive(self.obj, ledger.archived_records(a, b), level + 1)
             refs = refs[:first] + merged + refs[last:]
         ledger.journal = refs
+        ledger.freeze(start, end)
 
     async def run_step(
         self,
@@ -901,8 +902,8 @@ class Run:
 
     async def _finish_failed(self, exc: BaseException) -> None:
         at = api.now()
-        records = self.ledger.records
-        step = records[-1]["key"] if records and records[-1]["state"] == api.StepState.FAILED else None
+        last = self.ledger.rec(len(self.ledger.records) - 1) if self.ledger.records else None
+        step = last["key"] if last is not None and last["state"] == api.StepState.FAILED else None
         mismatch = isinstance(exc, ReplayMismatch)
         err = error_record(exc, step, with_traceback=not mismatch)  # a mismatch's traceback is the worker's own
         message = err["message"] if mismatch else f"{err['type']}: {err['message']}"
