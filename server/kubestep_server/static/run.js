@@ -5,6 +5,8 @@ const [, , namespace, name] = window.location.pathname.split("/").map(decodeURIC
 const q = `namespace=${encodeURIComponent(namespace)}`;
 const base = `/api/v1/executions/${encodeURIComponent(name)}`;
 let history = [];
+let historyProblem = null; // why the whole history (GET .../steps) could not be read, if it could not
+let archivedSeen = -1; // records the run's journal held when the history was last read
 
 const t = (iso) => (iso ? Date.parse(iso) : null);
 
@@ -18,6 +20,22 @@ function barClass(step) {
   if (step.cleanup) classes.push("bar-cleanup");
   if (!step.finished_at) classes.push("bar-open");
   return classes.join(" ");
+}
+
+// Records the run has archived (status.journal): when it grows, records left status since the
+// history was read, and the history is read again (else they would drop out of the page).
+function archivedCount(run) {
+  return ((run.status && run.status.journal) || []).reduce((n, ref) => n + (ref.steps || 0), 0);
+}
+
+async function loadHistory(run) {
+  archivedSeen = archivedCount(run);
+  try {
+    history = (await api(`${base}/steps?${q}`)).steps;
+    historyProblem = null;
+  } catch (e) {
+    historyProblem = e.message; // keep what was read before
+  }
 }
 
 function stepsOf(run) {
@@ -122,6 +140,11 @@ function render(run) {
   document.getElementById("error").textContent = asText(status.error);
   document.getElementById("error-box").hidden = !status.error;
   const steps = stepsOf(run);
+  const note = document.getElementById("steps-note");
+  note.hidden = !historyProblem;
+  note.textContent = historyProblem
+    ? `Only the most recent steps are shown (those in the run's status): its whole history could not be read: ${historyProblem}`
+    : "";
   drawTimeline(run, steps);
   document.getElementById("steps").replaceChildren(
     ...steps.map((s) =>
@@ -155,11 +178,7 @@ async function main() {
     showProblem(e);
     return;
   }
-  try {
-    history = (await api(`${base}/steps?${q}`)).steps;
-  } catch (e) {
-    history = [];
-  }
+  await loadHistory(run);
   document.getElementById("run").hidden = false;
   const mayPatch = await canI("patch", namespace);
   document.getElementById("cancel-form").hidden = !mayPatch || run.finished;
@@ -200,8 +219,9 @@ async function main() {
   });
 
   const source = new EventSource(`${base}/stream?${q}`);
-  source.addEventListener("execution", (message) => {
+  source.addEventListener("execution", async (message) => {
     run = JSON.parse(message.data);
+    if (archivedCount(run) !== archivedSeen) await loadHistory(run);
     render(run);
   });
   source.addEventListener("end", () => {
