@@ -90,7 +90,7 @@ def problem_for(error: Exception) -> Problem | None:
     if isinstance(error, ApiError):
         return _api_problem(error)
     if isinstance(error, StepStoreUnreachableError):
-        # The chart gives this server no DSN (docs/api.md): the run is fine, its archive is in Postgres.
+        # This server was given no DSN (the chart gives one with stepStore postgres): the run is fine.
         return Problem(
             501,
             "NotImplemented",
