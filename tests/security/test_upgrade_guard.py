@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from kubestep import _protocol as api
-from kubestep._errors import InvalidError
 from kubestep._kube import Kube
+
+from .test_crd_rules import _refused  # a write the apiserver must refuse (422), by the rule
 
 if TYPE_CHECKING:
     from tests.conftest import Cluster
@@ -83,14 +84,6 @@ def _requeued_by_operator(obj: dict[str, Any]) -> dict[str, Any]:
 async def _merge_patch_status(kube: Kube, obj: dict[str, Any], patch: dict[str, Any]) -> Any:
     path = api.execution_path(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/status"
     return await kube.request("PATCH", path, json_body={"status": patch}, content_type="application/merge-patch+json")
-
-
-async def _refused(write: Any) -> str:
-    with pytest.raises(InvalidError) as refused:
-        await write
-    message = str(refused.value)
-    assert "cost" not in message, f"refused for its cost, not by the rule: {message}"
-    return message
 
 
 async def test_a_run_no_journaling_worker_held_is_claimed_the_old_way_and_the_new(kube: Kube, namespace: str) -> None:
