@@ -31,7 +31,7 @@ def body(namespace: str, name: str, worker: str, epoch: int, runs: Sequence[dict
         "apiVersion": api.API_VERSION,
         "kind": b.BATCH_KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"worker": worker, "runs": list(runs)},
+        "spec": {"worker": worker, "runsJSON": b.runs_json(list(runs))},
     }
 
 

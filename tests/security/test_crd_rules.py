@@ -257,3 +257,30 @@ async def test_every_duration_is_bounded(kube: Kube, namespace: str) -> None:
                 await _create(kube, namespace, **{field: value})
             message = str(refused.value)
             assert f"spec.{field}" in message and f"less than or equal to {most}" in message, message
+
+
+# ----- StepBatch: one form of runs ------------------------------------------------------------------
+
+
+async def test_a_step_batch_holds_its_runs_in_exactly_one_form(kube: Kube, namespace: str) -> None:
+    """``spec.runsJSON`` (this release) or ``spec.runs`` (earlier ones), never both and never
+    neither: a reader that found both could not tell which one the writer meant."""
+    from kubestep._protocol import batches
+
+    runs = [{"name": "a", "uid": "u-a", "attempt": 1, "entries": [{"lsn": 1, "record": {"key": "k"}}]}]
+
+    def batch(**spec: Any) -> Any:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": batches.BATCH_KIND,
+            "metadata": {"name": f"b-{uuid.uuid4().hex[:8]}"},
+            "spec": {"worker": "w", **spec},
+        }
+        return kube.create(batches.batch_path(namespace), body)
+
+    message = "exactly one of them"
+    assert message in await _refused(batch(runs=runs, runsJSON=batches.runs_json(runs)))
+    assert message in await _refused(batch())
+    for spec in ({"runs": runs}, {"runsJSON": batches.runs_json(runs)}):
+        created = await batch(**spec)
+        assert batches.entries_of(created, "u-a")[0].record == {"key": "k"}

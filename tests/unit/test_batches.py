@@ -120,3 +120,30 @@ def test_a_fenced_attempt_s_batch_goes_once_status_reaches_the_fence() -> None:
     fenced = {"attempt": 4, "journalFences": [{"attempt": 3, "lsn": 6}]}
     assert not b.garbage(m, {**fenced, "journalLsn": 5})
     assert b.garbage(m, {**fenced, "journalLsn": 6})
+
+
+def test_batches_of_earlier_releases_are_read_as_before() -> None:
+    """This release writes ``spec.runsJSON``; a batch an earlier worker wrote holds ``spec.runs``."""
+    runs: list[dict[str, Any]] = [{"name": "a", "uid": "u-a", "attempt": 1, "entries": [{"lsn": 1, "record": {}}]}]
+    new = body("ns", "w-abc-1", "w", 1, runs)
+    assert "runs" not in new["spec"] and b.runs_of(new["spec"]) == runs
+    old = {"spec": {"worker": "w", "runs": runs}}
+    assert b.entries_of(old, "u-a") == b.entries_of(new, "u-a") == [Entry(1, 1, {}, "w")]
+
+
+def test_a_runs_json_that_is_not_runs_holds_nothing_and_breaks_no_reader() -> None:
+    """The schema cannot look inside the text, and any worker may create a batch naming itself."""
+    good = {"name": "a", "uid": "u-a", "attempt": 1, "entries": [{"lsn": 1, "record": {"key": "k"}}]}
+    for text in ["", "not json", "{}", '"runs"', "[1, 2]", '[{"uid": "u-a", "attempt": "x", "entries": [{}]}]']:
+        assert b.entries_of({"spec": {"worker": "w", "runsJSON": text}}, "u-a") == [], text
+    bad_entry = {**good, "entries": [{"lsn": 1, "record": {"key": "k"}}, {"lsn": "two"}]}
+    mixed = {"spec": {"worker": "w", "runsJSON": b.runs_json([bad_entry])}}
+    assert lsns(b.entries_of(mixed, "u-a")) == [(1, 1)], "entries before an ill-formed one still read"
+
+
+def test_runs_json_refuses_what_is_not_json() -> None:
+    """NaN is not JSON: refused here, as the apiserver client refuses it in a status write."""
+    import pytest
+
+    with pytest.raises(ValueError):
+        b.runs_json([{"uid": "u", "entries": [{"lsn": 1, "record": {"output": float("nan")}}]}])

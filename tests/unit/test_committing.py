@@ -56,7 +56,7 @@ async def test_a_lone_record_is_written_at_once_and_under_load_one_write_carries
     await asyncio.gather(first, *rest)
     assert len(server.created) == 3, "...while the runs that finished meanwhile queue for the next one"
     last = server.created[-1]
-    assert [r["uid"] for r in last["spec"]["runs"]] == [f"u{i}" for i in range(2, 7)]
+    assert [r["uid"] for r in b.runs_of(last["spec"])] == [f"u{i}" for i in range(2, 7)]
     assert last["metadata"]["labels"][b.LABEL_EPOCH] == str(int(1234.5 // b.EPOCH_SECONDS))
     assert b.members(last["metadata"]["labels"])[0].last_lsn == 2
     await gc.close()
@@ -75,7 +75,7 @@ async def test_two_commits_of_one_run_in_one_batch_are_one_entry_in_lsn_order() 
     await asyncio.sleep(0.01)
     server.gate.set()
     await asyncio.gather(blocker, *both)
-    runs = server.created[-1]["spec"]["runs"]
+    runs = b.runs_of(server.created[-1]["spec"])
     assert len(runs) == 1 and [x["lsn"] for x in runs[0]["entries"]] == [5, 6]
     await gc.close()
 
@@ -112,7 +112,7 @@ async def test_a_flush_too_big_for_one_batch_is_cut_into_several() -> None:
     server.gate.set()
     await asyncio.gather(blocker, *many)
     assert len(server.created) > 2
-    assert sorted(r["uid"] for c in server.created[1:] for r in c["spec"]["runs"]) == ["u1", "u2", "u3", "u4"]
+    assert sorted(r["uid"] for c in server.created[1:] for r in b.runs_of(c["spec"])) == ["u1", "u2", "u3", "u4"]
     await gc.close()
 
 
@@ -128,7 +128,7 @@ async def test_a_run_that_stops_waiting_before_the_write_is_left_out_of_it() -> 
     gone.cancel()  # a stop preempted its commit
     server.gate.set()
     await asyncio.gather(blocker, stays)
-    assert [r["uid"] for r in server.created[-1]["spec"]["runs"]] == ["u2"]
+    assert [r["uid"] for r in b.runs_of(server.created[-1]["spec"])] == ["u2"]
     await gc.close()
 
 
@@ -143,7 +143,7 @@ async def test_two_attempts_of_one_run_never_share_a_batch() -> None:
     await asyncio.sleep(0.01)
     server.gate.set()
     await asyncio.gather(blocker, old, new)
-    assert [[r["attempt"] for r in c["spec"]["runs"]] for c in server.created[1:]] == [[1], [2]]
+    assert [[r["attempt"] for r in b.runs_of(c["spec"])] for c in server.created[1:]] == [[1], [2]]
     await gc.close()
 
 
@@ -154,7 +154,7 @@ async def test_a_big_batch_in_flight_does_not_hold_up_the_runs_of_the_other_batc
             self.big = asyncio.Event()
 
         async def request(self, method: str, path: str, *, json_body: Any = None, **kw: Any) -> Any:
-            if any(r["uid"] == "big" for r in json_body["spec"]["runs"]):
+            if any(r["uid"] == "big" for r in b.runs_of(json_body["spec"])):
                 await self.big.wait()
             return await super().request(method, path, json_body=json_body, **kw)
 

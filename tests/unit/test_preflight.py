@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from kubestep._worker.preflight import missing
 
 
-def openapi(status_fields: list[str]) -> dict[str, Any]:
-    wfx = {
-        "type": "object",
-        "x-kubernetes-group-version-kind": [
-            {"group": "kubestep.io", "kind": "WorkflowExecution", "version": "v1alpha1"}
-        ],
-        "properties": {"status": {"type": "object", "properties": {f: {"type": "integer"} for f in status_fields}}},
+def openapi(status_fields: list[str], batch_fields: tuple[str, ...] = ("worker", "runsJSON", "runs")) -> dict[str, Any]:
+    def schema(kind: str, field: str, fields: Iterable[str]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "x-kubernetes-group-version-kind": [{"group": "kubestep.io", "kind": kind, "version": "v1alpha1"}],
+            "properties": {field: {"type": "object", "properties": {f: {"type": "integer"} for f in fields}}},
+        }
+
+    return {
+        "components": {
+            "schemas": {
+                "io.kubestep.v1alpha1.WorkflowExecution": schema("WorkflowExecution", "status", status_fields),
+                "io.kubestep.v1alpha1.StepBatch": schema("StepBatch", "spec", batch_fields),
+                "other": {"type": "object"},
+            }
+        }
     }
-    return {"components": {"schemas": {"io.kubestep.v1alpha1.WorkflowExecution": wfx, "other": {"type": "object"}}}}
 
 
 def test_the_crds_of_this_release_pass() -> None:
@@ -31,3 +40,10 @@ def test_an_old_release_s_crds_are_named_one_by_one() -> None:
     lacking = missing({"workflowexecutions", "workflowexecutions/status"}, openapi(["phase", "stepsCompleted"]))
     assert len(lacking) == 2 and "StepBatch" in lacking[0] and "journalFences" in lacking[1]
     assert missing({"stepbatches"}, {"components": {"schemas": {}}}) != []
+
+
+def test_a_step_batch_crd_that_would_prune_runs_json_is_refused() -> None:
+    """The previous release's StepBatch CRD knows only spec.runs: it would drop every record written."""
+    full = ["phase", "journalLsn", "journalFences", "journalHolder"]
+    lacking = missing({"workflowexecutions", "stepbatches"}, openapi(full, ("worker", "runs")))
+    assert len(lacking) == 1 and "runsJSON" in lacking[0]

@@ -35,6 +35,7 @@ are the end of its history (``kubestep steps``). The labels hold what the rule n
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -115,16 +116,41 @@ class Entry:
     worker: str = ""
 
 
+def runs_json(runs: list[dict[str, Any]]) -> str:
+    """``spec.runsJSON`` for ``runs`` (``[{name, uid, attempt, entries: [{lsn, record}]}]``)."""
+    return json.dumps(runs, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def runs_of(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A batch's runs: ``spec.runsJSON`` parsed, or ``spec.runs`` (the form of earlier releases).
+    The schema cannot check what a JSON text holds, so a text that is not a list of objects (any
+    worker's token can create a batch naming itself) holds nothing."""
+    text = spec.get("runsJSON")
+    if text is None:
+        runs: Any = spec.get("runs") or []
+    else:
+        try:
+            runs = json.loads(text)
+        except (TypeError, ValueError):
+            return []
+    return [r for r in runs if isinstance(r, Mapping)] if isinstance(runs, list) else []
+
+
 def entries_of(batch: Mapping[str, Any], uid: str) -> list[Entry]:
-    """The entries a batch object holds for the run ``uid``."""
+    """The entries a batch object holds for the run ``uid`` (ill-formed ones are skipped: they
+    never count, as a gap they leave is a gap ``counted`` stops at)."""
     out = []
     spec = batch.get("spec") or {}
-    for run in spec.get("runs") or []:
+    worker = str(spec.get("worker") or "")
+    for run in runs_of(spec):
         if run.get("uid") != uid:
             continue
-        attempt = int(run.get("attempt") or 0)
-        for e in run.get("entries") or []:
-            out.append(Entry(attempt, int(e["lsn"]), dict(e["record"]), str(spec.get("worker") or "")))
+        try:
+            attempt = int(run.get("attempt") or 0)
+            for e in run.get("entries") or []:
+                out.append(Entry(attempt, int(e["lsn"]), dict(e["record"]), worker))
+        except (KeyError, TypeError, ValueError):
+            continue
     return out
 
 

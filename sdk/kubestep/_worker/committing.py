@@ -110,7 +110,10 @@ class GroupCommit:
             return
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"group-commit:{self.namespace}")
-        size = sum(len(json.dumps(e, separators=(",", ":"))) for e in entries) + 64
+        size = 64
+        for e in entries:
+            text = json.dumps(e, separators=(",", ":"))
+            size += len(text) + text.count('"') + text.count("\\")  # escaped again in runsJSON
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiter(name, uid, attempt, entries, size, done))
         self._wake.set()

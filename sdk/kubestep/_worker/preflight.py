@@ -4,7 +4,8 @@ Helm never upgrades a chart's ``crds/``, so an upgrade leaves the old WorkflowEx
 until someone applies the new one. Its structural schema would silently drop the step journal's
 fields (``journalLsn``, ``journalFences``) from every status write, and a dropped fence lets records
 of a holder that lost its run count. So a worker that journals refuses to start until the StepBatch
-resource is served and the WorkflowExecution schema knows those fields, and says what to apply. Both
+resource is served, its schema knows ``spec.runsJSON`` (an older one would prune it: every batch
+written empty) and the WorkflowExecution schema knows those fields, and says what to apply. Both
 are read from discovery and the OpenAPI document, which any authenticated user may read: a worker
 needs no RBAC on CRDs for it."""
 
@@ -27,12 +28,13 @@ class OutdatedCRDs(Exception):
     """The cluster's CRDs are older than this worker."""
 
 
-def _workflow_execution_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
+def _properties(doc: dict[str, Any], kind: str, field: str) -> set[str]:
+    """The properties the schema of ``kind`` knows under ``field`` (``spec``, ``status``)."""
     for schema in ((doc.get("components") or {}).get("schemas") or {}).values():
         for gvk in schema.get("x-kubernetes-group-version-kind") or []:
-            if gvk.get("group") == api.GROUP and gvk.get("kind") == api.KIND:
-                return dict(schema)
-    return None
+            if gvk.get("group") == api.GROUP and gvk.get("kind") == kind:
+                return set((((schema.get("properties") or {}).get(field) or {}).get("properties")) or {})
+    return set()
 
 
 def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
@@ -40,9 +42,10 @@ def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
     out = []
     if batches.BATCH_PLURAL not in resources:
         out.append(f"the {batches.BATCH_KIND} CRD (stepbatches.{api.GROUP})")
-    schema = _workflow_execution_schema(openapi)
-    status = (((schema or {}).get("properties") or {}).get("status") or {}).get("properties") or {}
-    if not {"journalLsn", "journalFences", "journalHolder"} <= set(status):
+    elif "runsJSON" not in _properties(openapi, batches.BATCH_KIND, "spec"):
+        # An older StepBatch CRD would prune runsJSON: every batch would be written empty.
+        out.append(f"the {batches.BATCH_KIND} CRD of this release (spec.runsJSON)")
+    if not {"journalLsn", "journalFences", "journalHolder"} <= _properties(openapi, api.KIND, "status"):
         out.append(f"the step journal's status fields in the {api.KIND} CRD (journalLsn, journalFences, journalHolder)")
     return out
 
