@@ -17,6 +17,7 @@ def run(settings: OperatorSettings) -> None:
     from kubestep._errors import ConfigurationError
     from kubestep._kube import load_configuration
     from kubestep._metrics import serve as serve_metrics
+    from kubestep._procs import freeze_heap
 
     from . import handlers  # noqa: F401  (registers start-up, clean-up and the probe)
 
@@ -33,6 +34,9 @@ def run(settings: OperatorSettings) -> None:
     except ConfigurationError as e:
         raise SystemExit(f"kubestep operator: {e}") from None
     serve_metrics(settings.metrics_port)
+    import kopf  # noqa: F401  (imported here, so that the frozen start-up heap holds it)
+
+    freeze_heap()  # everything imported stays; full collections need not walk it (``_procs.py``)
     asyncio.run(operate(settings))
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import Any
@@ -95,8 +96,11 @@ def main(args: Any) -> int:
     )
     # SIGTERM and SIGINT stop it gracefully: open streams end at once (``app._closing``), requests
     # in flight get a few seconds.
+    app = make_app(settings, base)
+    gc.collect()  # what start-up imported stays: full collections need not walk it again
+    gc.freeze()  # (as the worker and the operator do: kubestep/_procs.py, freeze_heap)
     web.run_app(
-        make_app(settings, base),
+        app,
         host=args.host,
         port=args.port,
         shutdown_timeout=5,

@@ -61,3 +61,63 @@ async def test_without_a_cancel_the_ending_is_written() -> None:
     run.claimed = True
     await run._finish_failed(ValueError("boom"))
     assert apiserver.writes and apiserver.writes[0]["phase"] == api.Phase.FAILED
+
+
+async def test_an_ending_does_not_wait_for_a_checkpoint_in_flight() -> None:
+    """A checkpoint (its status patch on the busy lane) stuck behind other runs' writes is abandoned
+    by the ending, which carries its records: a cancel at 1,300 steps/s met one about once in fifty
+    and waited 200-300 ms for it (bench/results/apiserver_profile.md)."""
+    import asyncio
+
+    class Busy(Apiserver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patches = 0
+
+        async def request(self, method: str, path: str, **_: Any) -> Any:
+            self.patches += 1
+            await asyncio.Event().wait()  # the busy lane never answers
+
+    control, busy = Apiserver(), Busy()
+    obj = {**held(5, cancel=False), "metadata": {**held(5, cancel=False)["metadata"], "uid": "u"}}
+    run = Run(busy, Workflow(_wf, "wf"), obj, "w", WorkerSettings(module="m"), control=control)  # type: ignore[arg-type]
+    run.claimed = True
+    run._put({"key": "s1", "kind": "Run", "state": api.StepState.COMPLETED, "output": 1})
+    checkpoint = asyncio.ensure_future(run.checkpoint())
+    while not busy.patches:
+        await asyncio.sleep(0)
+    run.observe(held(6, cancel=True))
+    await asyncio.wait_for(run._finish_cancelled(), 5)
+    assert [w["phase"] for w in control.writes] == [api.Phase.CANCELLED]
+    assert [r["key"] for r in control.writes[0]["steps"]] == ["s1"], "the ending carries the checkpoint's records"
+    await asyncio.wait_for(checkpoint, 1)  # abandoned quietly: no failure deferred to the run
+    assert run._deferred is None
+
+
+async def test_a_merge_that_fails_leaves_the_chunks_it_would_have_merged_listed() -> None:
+    """Archiving writes the records' chunks, then maybe merges old chunks into one. A merge cut
+    short (an outage, or a checkpoint an ending preempts) used to leave the new chunks unlisted
+    while the ledger counted their records as archived: they would have dropped out of the history."""
+
+    class Store:
+        def __init__(self) -> None:
+            self.chunks = 0
+
+        async def archive(self, obj: Any, records: list[Any], level: int) -> list[dict[str, Any]]:
+            if level > 0:
+                raise ConnectionResetError("the apiserver went away mid-merge")
+            self.chunks += 1
+            return [{"configMap": f"c{self.chunks}", "steps": len(records), "level": 0}]
+
+    run = Run(Apiserver(), Workflow(_wf, "wf"), held(5, cancel=False), "w", WorkerSettings(module="m"))  # type: ignore[arg-type]
+    run.store = Store()  # type: ignore[assignment]
+    failed = 0
+    for i in range(400):
+        run._put({"key": f"s{i}", "kind": "Run", "state": api.StepState.COMPLETED, "output": i})
+        try:
+            await run._archive()
+        except ConnectionResetError:
+            failed += 1
+        ledger = run.ledger
+        assert sum(r["steps"] for r in ledger.journal) == ledger.archived, "every archived record is listed"
+    assert failed, "the test reached a merge"

@@ -11,6 +11,7 @@ import sys
 
 from .._kube import Kube
 from .._metrics import serve as serve_metrics
+from .._procs import freeze_heap
 from .._settings import WorkerSettings
 from .._workflow import registered
 from . import health
@@ -66,4 +67,5 @@ def run(settings: WorkerSettings) -> None:
             logging.shutdown()
             os._exit(EXIT_RESTART)
 
+    freeze_heap()  # everything imported stays; full collections need not walk it (``_procs.py``)
     asyncio.run(main())
