@@ -72,9 +72,14 @@ def _old_claim(obj: dict[str, Any], worker: str) -> dict[str, Any]:
     )
 
 
-def _new_claim(obj: dict[str, Any], worker: str) -> dict[str, Any]:
-    """The claim of this release (``running.Run._claim_once``): the same, naming the journal holder."""
+def _previous_claim(obj: dict[str, Any], worker: str) -> dict[str, Any]:
+    """The claim of 8598b30 (StepBatches as spec.runs): the same, naming the journal holder."""
     return {**_old_claim(obj, worker), "journalHolder": worker}
+
+
+def _new_claim(obj: dict[str, Any], worker: str) -> dict[str, Any]:
+    """The claim of this release (``running.Run._claim_once``): naming itself the journal reader too."""
+    return {**_previous_claim(obj, worker), "journalReader": worker}
 
 
 def _requeued_by_operator(obj: dict[str, Any]) -> dict[str, Any]:
@@ -160,3 +165,33 @@ async def test_the_operator_and_the_holder_write_a_journaled_run_as_before(kube:
     obj = await kube.update_status(obj, _new_claim(obj, "new-worker-b"))
     obj = await kube.update_status(obj, api.requeued(api.Reason.HANDED_BACK, "shutting down", api.now(), deadline=None))
     assert (obj["status"]["phase"], obj["status"]["attempt"]) == (api.Phase.QUEUED, 2)
+
+
+# The rule's message for the StepBatch form of this release (spec.runsJSON).
+READER_GUARD = "only a worker that reads them may claim the run"
+
+
+async def test_a_claim_by_the_release_before_runs_json_is_refused_once_this_release_held_the_run(
+    kube: Kube, namespace: str
+) -> None:
+    """A worker of 8598b30 reads only spec.runs: it would find none of a holder's newest records in
+    this release's batches and run those steps again. During a rollout it still takes the runs only
+    its own release held."""
+    obj = await _queued_run(kube, namespace)
+    obj = await kube.update_status(obj, _previous_claim(obj, "previous-a"))  # held by the release before
+    obj = await kube.update_status(obj, _requeued_by_operator(obj))
+    obj = await kube.update_status(obj, _previous_claim(obj, "previous-b"))  # ...and claimed by it again
+    obj = await kube.update_status(obj, _requeued_by_operator(obj))
+    obj = await kube.update_status(obj, _new_claim(obj, "new-a"))  # this release takes it over
+    obj = await kube.update_status(obj, {"journalLsn": 4, "stepsCompleted": 4})
+    obj = await kube.update_status(obj, _requeued_by_operator(obj))  # its pod was killed
+    for write in (
+        kube.update_status(obj, _previous_claim(obj, "previous-b")),
+        _merge_patch_status(kube, obj, _previous_claim(obj, "previous-b")),
+    ):
+        message = await _refused(write)
+        assert READER_GUARD in message and "finish the upgrade" in message, message
+    forged = {**_previous_claim(obj, "previous-b"), "journalReader": "new-a"}
+    assert READER_GUARD in await _refused(_merge_patch_status(kube, obj, forged))
+    obj = await kube.update_status(obj, _new_claim(obj, "new-b"))
+    assert (obj["status"]["attempt"], obj["status"]["journalReader"]) == (4, "new-b")

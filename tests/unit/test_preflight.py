@@ -30,7 +30,8 @@ def openapi(status_fields: list[str], batch_fields: tuple[str, ...] = ("worker",
 def test_the_crds_of_this_release_pass() -> None:
     assert (
         missing(
-            {"workflowexecutions", "stepbatches"}, openapi(["phase", "journalLsn", "journalFences", "journalHolder"])
+            {"workflowexecutions", "stepbatches"},
+            openapi(["phase", "journalLsn", "journalFences", "journalHolder", "journalReader"]),
         )
         == []
     )
@@ -44,6 +45,12 @@ def test_an_old_release_s_crds_are_named_one_by_one() -> None:
 
 def test_a_step_batch_crd_that_would_prune_runs_json_is_refused() -> None:
     """The previous release's StepBatch CRD knows only spec.runs: it would drop every record written."""
-    full = ["phase", "journalLsn", "journalFences", "journalHolder"]
+    full = ["phase", "journalLsn", "journalFences", "journalHolder", "journalReader"]
     lacking = missing({"workflowexecutions", "stepbatches"}, openapi(full, ("worker", "runs")))
     assert len(lacking) == 1 and "runsJSON" in lacking[0]
+
+
+def test_a_workflow_execution_crd_without_the_runs_json_guard_is_refused() -> None:
+    """Without status.journalReader a worker of the release before could claim this release's runs."""
+    lacking = missing({"workflowexecutions", "stepbatches"}, openapi(["journalLsn", "journalFences", "journalHolder"]))
+    assert len(lacking) == 1 and "journalReader" in lacking[0]

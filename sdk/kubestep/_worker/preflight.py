@@ -45,8 +45,9 @@ def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
     elif "runsJSON" not in _properties(openapi, batches.BATCH_KIND, "spec"):
         # An older StepBatch CRD would prune runsJSON: every batch would be written empty.
         out.append(f"the {batches.BATCH_KIND} CRD of this release (spec.runsJSON)")
-    if not {"journalLsn", "journalFences", "journalHolder"} <= _properties(openapi, api.KIND, "status"):
-        out.append(f"the step journal's status fields in the {api.KIND} CRD (journalLsn, journalFences, journalHolder)")
+    fields = ("journalLsn", "journalFences", "journalHolder", "journalReader")
+    if not set(fields) <= _properties(openapi, api.KIND, "status"):
+        out.append(f"the step journal's status fields in the {api.KIND} CRD ({', '.join(fields)})")
     return out
 
 

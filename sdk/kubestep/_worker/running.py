@@ -378,8 +378,9 @@ class Run:
             generation=self.obj["metadata"].get("generation"),
         )
         # Whose batches count for this attempt (batches.counted): this worker's, as admission
-        # holds a batch's spec.worker to its writer's pod.
-        patch = {**patch, "journalHolder": self.worker}
+        # holds a batch's spec.worker to its writer's pod. journalReader: this claimant reads
+        # spec.runsJSON, so an older worker may not claim the run after it (the CRD's guard).
+        patch = {**patch, "journalHolder": self.worker, "journalReader": self.worker}
         if newer or status.get("journalFences"):
             patch["journalFences"] = batches.fences_at_claim(status, newer)
         try:
