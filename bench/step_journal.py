@@ -315,26 +315,45 @@ async def wait_steps(scraper: Scraper, port: int, worker: Proc, at_least: float,
         await asyncio.sleep(0.2)
 
 
-async def ended(client: KubestepClient, name: str) -> asyncio.Future[tuple[str, float]]:
+Ended = tuple[str, float, dict[str, Any], float]  # phase, perf_counter time, the object, wall time
+
+
+async def ended(client: KubestepClient, name: str) -> asyncio.Future[Ended]:
     """A watch on one run alone (as ``handle.result()`` does), from a list made now; resolves with
-    (phase, perf_counter time) when it ends (``cancel_latency.ended``)."""
+    (phase, perf_counter time, the ended object, wall time) when it ends (``cancel_latency.ended``)."""
     path, params = api.execution_path(client.namespace), {"fieldSelector": f"metadata.name={name}"}
     listing = await client._kube.get(path, params)
     rv = listing["metadata"]["resourceVersion"]
     for obj in listing.get("items") or []:
         if ((obj.get("status") or {}).get("phase")) in api.TERMINAL_PHASES:
-            fut: asyncio.Future[tuple[str, float]] = asyncio.get_running_loop().create_future()
-            fut.set_result((obj["status"]["phase"], time.perf_counter()))
+            fut: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
+            fut.set_result((obj["status"]["phase"], time.perf_counter(), obj, time.time()))
             return fut
 
-    async def follow() -> tuple[str, float]:
+    async def follow() -> Ended:
         async for ev in client._kube.watch(path, rv, params):
-            phase = ((ev.get("object") or {}).get("status") or {}).get("phase")
+            obj = ev.get("object") or {}
+            phase = (obj.get("status") or {}).get("phase")
             if phase in api.TERMINAL_PHASES:
-                return str(phase), time.perf_counter()
+                return str(phase), time.perf_counter(), obj, time.time()
         raise RuntimeError(f"watch of {name} ended")
 
     return asyncio.ensure_future(follow())
+
+
+def cancel_legs(sent: float, obj: dict[str, Any], seen: float) -> tuple[float, float, float] | None:
+    """A cancel's latency in three legs (ms), from the wall clock of this machine and the two times the
+    holder writes into the Cancelled status: the PATCH sent → the holder noted the stop
+    (``cancellation.requestedAt``: the apiserver, the watch to the worker, its event loop); noted → the
+    ending built (``finishedAt``: the step in flight ending, the workflow unwinding); built → this
+    client's watch saw it (the ending's PUT, the watch to the client, this process's loop)."""
+    status = obj.get("status") or {}
+    noted = api.parse_time((status.get("cancellation") or {}).get("requestedAt"))
+    built = api.parse_time(status.get("finishedAt"))
+    if noted is None or built is None:
+        return None
+    n, b = noted.timestamp(), built.timestamp()
+    return (n - sent) * 1000, (b - n) * 1000, (seen - b) * 1000
 
 
 async def cancels(client: KubestepClient, names: list[str], count: int, budget: float) -> dict[str, Any]:
@@ -342,6 +361,7 @@ async def cancels(client: KubestepClient, names: list[str], count: int, budget: 
     no new one starts after ``budget`` seconds (a saturated plane would take minutes)."""
     out: list[float] = []
     request: list[float] = []
+    legs: list[tuple[float, float, float]] = []
     other: dict[str, int] = defaultdict(int)
     pool = list(names)
     random.shuffle(pool)
@@ -352,14 +372,17 @@ async def cancels(client: KubestepClient, names: list[str], count: int, budget: 
         await asyncio.sleep(0.2 + random.random() * 0.1)  # land anywhere inside a step
         victim = pool.pop()
         done = await ended(client, victim)
-        t0 = time.perf_counter()
+        sent, t0 = time.time(), time.perf_counter()
         await client._kube.merge_patch(
             api.execution_path(client.namespace, victim), {"spec": {"cancelRequested": True}}
         )
         request.append((time.perf_counter() - t0) * 1000)
-        phase, t1 = await asyncio.wait_for(done, 60)
+        phase, t1, obj, seen = await asyncio.wait_for(done, 60)
         if phase == api.Phase.CANCELLED:
             out.append((t1 - t0) * 1000)
+            split = cancel_legs(sent, obj, seen)
+            if split is not None:
+                legs.append(split)
         else:
             other[phase] += 1
         names.remove(victim)
@@ -367,6 +390,9 @@ async def cancels(client: KubestepClient, names: list[str], count: int, budget: 
     return {
         "cancel_to_cancelled_ms": summary(out) if out else None,
         "request_ms": summary(request),
+        "legs_ms": {name: summary([leg[i] for leg in legs]) for i, name in enumerate(("noted", "built", "seen"))}
+        if legs
+        else None,
         "not_cancelled": dict(other),
     }
 
@@ -774,6 +800,15 @@ def report(results: dict[str, Any]) -> str:
                     f"; cancel request round trip p50 {r['cancel']['request_ms']['p50']:.0f} ms, "
                     f"{r['cancel']['steps_per_s_meanwhile']:.0f} steps/s meanwhile"
                     if r.get("cancel")
+                    else ""
+                )
+                + (
+                    "; a cancel's legs p50 / p99 / max ms (`cancel_legs`): "
+                    + ", ".join(
+                        f"{name} {v['p50']:.0f} / {v['p99']:.0f} / {v['max']:.0f}"
+                        for name, v in r["cancel"]["legs_ms"].items()
+                    )
+                    if (r.get("cancel") or {}).get("legs_ms")
                     else ""
                 )
                 + "."

@@ -50,6 +50,11 @@ BATCH_WRITE_SECONDS = Histogram(
     "Time to write one StepBatch",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+LOOP_LAG_SECONDS = Histogram(
+    "kubestep_worker_loop_lag_seconds",
+    "How late the worker's event loop ran a timer: a watch event (a cancel) waits as long to be read.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 STATUS_WRITE_SECONDS = Histogram(
     "kubestep_worker_status_write_seconds",
     "Latency of the worker's status writes, by kind: claim, steps, end.",

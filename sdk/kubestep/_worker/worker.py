@@ -33,7 +33,7 @@ from .. import _protocol as api
 from .._errors import ApiError, NotFoundError, TransportError
 from .._informer import Change, Informer
 from .._kube import Kube, settle
-from .._metrics import RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
+from .._metrics import LOOP_LAG_SECONDS, RUNS_ACTIVE, RUNS_ENDED, WATCH_EVENTS
 from .._settings import WorkerSettings
 from .._stores import KubeStore, StepStore
 from .._workflow import Workflow
@@ -50,6 +50,7 @@ EVENTS_AT_EXIT = 5.0  # seconds a stopping worker waits for its last Events to b
 BLIND_READ_SECONDS = 0.5  # how often held runs are read while their watch is down
 EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
 SWEEP_SECONDS = 600.0  # how often the Postgres store's finished runs past their retention are deleted
+LAG_TICK = 0.1  # how often the event loop's lateness is sampled (``_measure_loop_lag``)
 
 
 class Worker:
@@ -111,6 +112,7 @@ class Worker:
         watcher = asyncio.create_task(self._watch_forever())
         checkpoints = asyncio.create_task(self._checkpoint_forever())
         retention = asyncio.create_task(self._sweep_forever())
+        lag = asyncio.create_task(_measure_loop_lag())
         logger.info(
             "worker %s serving %s in namespace %s (step store: %s)",
             self.name,
@@ -128,6 +130,7 @@ class Worker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             checkpoints.cancel()
             retention.cancel()
+            lag.cancel()
             if self.journal is not None:
                 await self.journal.close()
             await self.store.close()
@@ -417,3 +420,13 @@ def step_store(settings: WorkerSettings, kube: Kube, namespace: str) -> StepStor
 _OUTCOMES = frozenset(
     {api.Phase.COMPLETED, api.Phase.FAILED, api.Phase.CANCELLED, api.Phase.WAITING, "handback", "lost", "deleted"}
 )
+
+
+async def _measure_loop_lag() -> None:
+    """``kubestep_worker_loop_lag_seconds``: everything the worker learns (a cancel on the watch, a
+    write's answer) waits for the one event loop that also runs every held run's steps and records.
+    A timer's lateness is that wait, sampled: the worker's share of a cancel's latency."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(LAG_TICK)
+        LOOP_LAG_SECONDS.observe(max(0.0, time.monotonic() - t - LAG_TICK))
