@@ -1,9 +1,14 @@
-"""A cancel learned after the workflow ended, before its ending is written, wins (the chaos soak found
-a run that ended Failed although its cancel had been accepted first). The driver with an in-memory
-stand-in for the apiserver: the cluster suite and the soak are the tests of record."""
+"""The driver's endings against what runs beside them, with in-memory stand-ins for the apiserver
+(the cluster suite and the soak are the tests of record):
+
+* a cancel learned after the workflow ended, before its ending is written, wins (the chaos soak found
+  a run that ended Failed although its cancel had been accepted first);
+* an ending neither waits for the run's status checkpoint in flight nor lets one start beside it;
+* an archive whose merge fails leaves every archived record listed."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -121,3 +126,30 @@ async def test_a_merge_that_fails_leaves_the_chunks_it_would_have_merged_listed(
         ledger = run.ledger
         assert sum(r["steps"] for r in ledger.journal) == ledger.archived, "every archived record is listed"
     assert failed, "the test reached a merge"
+
+
+async def test_no_checkpoint_starts_while_an_ending_is_written() -> None:
+    """A checkpoint started beside the ending would only race it: its patch landing first makes the
+    ending's write conflict, re-read and write again, one more round trip on a cancel's path."""
+    import asyncio
+
+    class Slow(Apiserver):
+        gate = asyncio.Event()
+
+        async def update_status(self, obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+            await self.gate.wait()
+            return await super().update_status(obj, patch)
+
+    control = Slow()
+    obj = {**held(5, cancel=False), "metadata": {**held(5, cancel=False)["metadata"], "uid": "u"}}
+    run = Run(Apiserver(), Workflow(_wf, "wf"), obj, "w", WorkerSettings(module="m"), control=control)  # type: ignore[arg-type]
+    run.journal = object()  # type: ignore[assignment]  # checkpoints are the step journal's
+    run.claimed = True
+    run.status_seconds = 0
+    run._put({"key": "s1", "kind": "Run", "state": api.StepState.COMPLETED, "output": 1})
+    assert run.checkpoint_due(time.monotonic() + 1)
+    ending = asyncio.ensure_future(run._finish_completed({"ok": True}))
+    await asyncio.sleep(0.01)  # the ending's write is in flight
+    assert not run.checkpoint_due(time.monotonic() + 1)
+    Slow.gate.set()
+    await asyncio.wait_for(ending, 5)

@@ -145,6 +145,7 @@ class Run:
         # The checkpoint in flight, which an ending preempts (``_preempt_checkpoint``).
         self._checkpointing: asyncio.Future[None] | None = None
         self._checkpoint_preempted = False
+        self._ending = False  # a phase change is being written: no checkpoint starts beside it
         self._ended = False
         self._last_key: str | None = None
         self._path = api.execution_path(self.namespace, self.name)
@@ -260,6 +261,7 @@ class Run:
         status holds the few extra records); the lock only waits out an archive in progress. With
         the step journal, see below.
         """
+        self._ending = True
         await self._preempt_checkpoint()
         async with self._append_lock:
             if self.journal is not None and (stoppable or self._unarchived_bytes() > END_ARCHIVE_BYTES):
@@ -636,6 +638,7 @@ class Run:
             self.journal is not None
             and self.claimed
             and not self._ended
+            and not self._ending  # it would only race the ending's write, which carries its records
             and self._deferred is None
             and self.ledger.unsent
             and now - self._last_status_write >= self.status_seconds
