@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The rolling upgrade on the real node (issue 19): from the release before the step journal (06e6913) to
-# this tree, with runs executing and waiting, as a user upgrades.
+# this tree, with runs executing and waiting, as a user upgrades. KUBESTEP_UPGRADE_FROM=8598b30 starts
+# from the release whose StepBatches hold spec.runs instead (its workers journal too: the second guard).
 #
 #   hack/node/upgrade.sh --images   # build the old images (cached by revision) and the old user image
 #   hack/node/upgrade.sh            # the stage, on a running node (hack/node/e2e.sh calls both)
@@ -34,6 +35,17 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 
 OLD_REV=${KUBESTEP_UPGRADE_FROM:-06e6913}
+# Which guard must refuse the old workers' claims: 06e6913 has no step journal (the journalHolder rule);
+# a release with StepBatches of the spec.runs form, 8598b30, journals itself (the journalReader rule).
+if git cat-file -e "$OLD_REV:crds/stepbatches.kubestep.io.yaml" 2>/dev/null; then
+  OLD_JOURNALS=1
+  HELD_BY_NEW=journalReader
+  GUARD_MESSAGE="only a worker that reads them may claim the run"
+else
+  OLD_JOURNALS=0
+  HELD_BY_NEW=journalHolder
+  GUARD_MESSAGE="this run's newest steps are in the step journal"
+fi
 NS=${KUBESTEP_UPGRADE_NAMESPACE:-kubestep-upgrade}
 RELEASE=kubestep-up
 OLD_TAG=old-$OLD_REV
@@ -131,7 +143,9 @@ values "$OLD_TAG" >"$work/old-values.yaml"
 values dev >"$work/new-values.yaml"
 helm install "$RELEASE" "$work/old/charts/kubestep" -n "$NS" -f "$work/old-values.yaml" --wait --timeout 5m
 kubectl -n "$NS" wait pods --all --for=condition=Ready --timeout=120s
-kubectl get crd stepbatches.kubestep.io >/dev/null 2>&1 && die "the old chart installed a StepBatch CRD: not the old release"
+if [ "$OLD_JOURNALS" = 0 ] && kubectl get crd stepbatches.kubestep.io >/dev/null 2>&1; then
+  die "the old chart installed a StepBatch CRD: not the old release"
+fi
 kubectl -n "$NS" get pods -l app.kubernetes.io/component=worker -o name >"$work/old-pods"
 install_seconds=$((SECONDS - t0))
 say "upgrade: old release $OLD_REV installed ($install_seconds s): $(tr '\n' ' ' <"$work/old-pods")"
@@ -164,10 +178,10 @@ sleep 8  # the new workers hold runs and journal their steps
 kubectl -n "$NS" scale deployment -l kubestep.io/worker=flows --replicas=0
 kubectl -n "$NS" wait pods -l kubestep.io/worker=flows --for=delete --timeout=120s
 sleep 6  # the straggler sees them queued and tries
-held=$(kubectl -n "$NS" get wfx -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase} {.status.journalHolder} {.status.worker}{"\n"}{end}')
+held=$(kubectl -n "$NS" get wfx -o jsonpath="{range .items[*]}{.metadata.name} {.status.phase} {.status.$HELD_BY_NEW} {.status.worker}{\"\\n\"}{end}")
 printf '%s\n' "$held" >&2
 waiting_for_new=$(printf '%s\n' "$held" | awk '$2 == "Queued" && $3 != ""' | wc -l)
-refused_now=$(kubectl -n "$NS" logs deployment/"$RELEASE"-worker-straggler --tail=-1 | grep -cF "this run's newest steps are in the step journal" || true)
+refused_now=$(kubectl -n "$NS" logs deployment/"$RELEASE"-worker-straggler --tail=-1 | grep -cF "$GUARD_MESSAGE" || true)
 kubectl -n "$NS" scale deployment -l kubestep.io/worker=flows --replicas=2
 kubectl -n "$NS" rollout status deployment -l kubestep.io/worker=flows --timeout=120s
 guard_seconds=$((SECONDS - t))
@@ -191,8 +205,7 @@ follower=
 for pod in $(kubectl -n "$NS" get pods -l kubestep.io/worker=straggler -o name); do
   grep -qxF "$pod" "$work/old-pods" || kubectl -n "$NS" logs "$pod" --prefix --tail=-1 >>"$work/old-logs" 2>&1 || true
 done
-guard="this run's newest steps are in the step journal"
-refused=$(grep -cF "$guard" "$work/old-logs" || true)
+refused=$(grep -cF "$GUARD_MESSAGE" "$work/old-logs" || true)
 crashed=$(kubectl -n "$NS" get pods -o jsonpath='{range .items[*]}{.status.containerStatuses[0].restartCount}{"\n"}{end}' |
   awk '{s += $1} END {print s + 0}')
 {
