@@ -218,7 +218,7 @@ crashed=$(kubectl -n "$NS" get pods -o jsonpath='{range .items[*]}{.status.conta
 } >&3
 [ "$crashed" = 0 ] || verdict=1  # an old worker refused must not crash (nor anything else restart)
 if [ $verdict != 0 ]; then
-  grep -F "$guard" "$work/old-logs" | head -3 >&2 || true
+  grep -F "$GUARD_MESSAGE" "$work/old-logs" | head -3 >&2 || true
   die "the rolling upgrade lost or repeated work: figures above"
 fi
 say "upgrade: no run lost, no recorded step run twice"
