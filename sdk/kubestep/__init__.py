@@ -41,6 +41,7 @@ from ._errors import (
     WorkflowDefinitionError,
 )
 from ._models import Execution, ExecutionList, ExecutionStatus, JournalRef, RunEvent, StepRecord
+from ._retry import RetryPolicy
 from ._workflow import Workflow, workflow
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "NotFoundError",
     "PostgresHistory",
     "ResultTimeoutError",
+    "RetryPolicy",
     "RunEvent",
     "RunTimedOut",
     "Step",

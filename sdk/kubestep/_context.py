@@ -13,6 +13,9 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from . import _retry
+from ._retry import RetryPolicy, RetryScheduled
+
 
 class _Runtime(Protocol):
     """What a context needs of whatever executes the workflow."""
@@ -35,7 +38,13 @@ class _Runtime(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None = None,
-    ) -> Any: ...
+        attempt: int | None = None,
+        retry: _retry.Decide | None = None,
+    ) -> Any:
+        """Runs one step (one attempt of a retried one). With ``retry``, a failed attempt asks it for the
+        backoff before the next one: if it gives one, the record says when the next attempt is due
+        (``retryAt``) and ``RetryScheduled`` is raised instead of the error, now and on replay."""
+        ...
 
     async def wait(self, key: str, duration: dt.timedelta) -> None: ...
 
@@ -59,7 +68,17 @@ class Step:
         self._runtime = runtime
 
     async def run(
-        self, key: str, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        base_delay: float | None = None,
+        max_delay: float | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Runs ``fn(*args, **kwargs)`` once per execution and returns its (JSON) output.
 
@@ -70,10 +89,37 @@ class Step:
         ends is interrupted: an async step is cancelled at its current await, a synchronous one
         (run in a thread, so the worker stays responsive) is abandoned and the worker restarts
         itself. ``timeout`` (seconds) interrupts the step the same way and raises
-        ``StepTimeoutError``. (To pass a keyword argument named ``timeout`` to ``fn``, bind it
-        with ``functools.partial``.)
+        ``StepTimeoutError``.
+
+        ``retry=RetryPolicy(...)`` (or Polos's ``max_retries=``, ``base_delay=``, ``max_delay=``)
+        tries a failed step again: each attempt is its own record (``key~attempt-N``), ``timeout``
+        applies to each, and the backoff between two is a durable wait (``key~backoff-N``: the
+        worker is freed, the budget does not run, and a cancel or a timeout meanwhile ends the run
+        with no further attempt). When the attempts run out, the last error is raised.
+
+        (To pass a keyword argument named ``timeout``, ``retry``, ``max_retries``, ``base_delay``
+        or ``max_delay`` to ``fn``, bind it with ``functools.partial``.)
         """
-        return await self._runtime.run_step(key, fn, args, kwargs, timeout)
+        policy = _retry.resolve(retry, max_retries, base_delay, max_delay)
+        if policy is None:
+            return await self._runtime.run_step(key, fn, args, kwargs, timeout)
+        attempt = 1
+        while True:
+
+            def decide(exc: BaseException, n: int = attempt) -> float | None:
+                # Nothing is retried once the run is told to stop: a retry never outlives a stop.
+                return None if self._runtime.stop_info() is not None else policy.next_delay(exc, n)
+
+            try:
+                return await self._runtime.run_step(
+                    _retry.attempt_key(key, attempt), fn, args, kwargs, timeout, attempt, decide
+                )
+            except RetryScheduled as scheduled:
+                if policy.delay(attempt) > 0:
+                    # On replay the wait is recorded (done, or due when the run resumed) and returns;
+                    # otherwise the run waits out what is left until the recorded retryAt.
+                    await self._runtime.wait(_retry.backoff_key(key, attempt), dt.timedelta(seconds=scheduled.seconds))
+            attempt += 1
 
     async def wait_for(
         self, key: str, *, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0

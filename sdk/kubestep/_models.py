@@ -37,6 +37,10 @@ class StepRecord(_Model):
     topic: str | None = None
     event: str | None = None
     timed_out: bool = Field(False, alias="timedOut")
+    #: A retried step's attempt (``key~attempt-N`` for N > 1), and for a failed attempt that is
+    #: retried, when the next one is due.
+    attempt: int | None = None
+    retry_at: dt.datetime | None = Field(None, alias="retryAt")
 
 
 class JournalRef(_Model):

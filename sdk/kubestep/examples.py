@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from ._context import WorkflowContext
+from ._retry import RetryPolicy
 from ._workflow import workflow
 
 
@@ -62,6 +63,34 @@ async def until_cancelled(ctx: WorkflowContext, input: dict[str, Any] | None) ->
     while True:
         await ctx.step.run(f"step-{i}", _sleep_step, i, seconds)
         i += 1
+
+
+def _fails_before(segment: int, succeed_in: int, seconds: float) -> dict[str, Any]:
+    """Fails while the run is in a segment before ``succeed_in`` (each backoff is a wait: one
+    segment per attempt), so the same attempts fail on any worker."""
+    import time
+
+    time.sleep(seconds)
+    if segment < succeed_in:
+        raise ConnectionError(f"attempt in segment {segment} failed")
+    return _stamp(segment)
+
+
+@workflow(id="retrying")
+async def retrying(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """One step retried: it fails until the ``succeed_in``-th running segment; ``attempts``,
+    ``interval`` (the first backoff, doubling) and ``seconds`` (each attempt's own time)."""
+    cfg = input or {}
+    out: dict[str, Any] = await ctx.step.run(
+        "flaky",
+        _fails_before,
+        ctx.attempt,
+        int(cfg.get("succeed_in", 3)),
+        float(cfg.get("seconds", 0)),
+        retry=RetryPolicy(max_attempts=int(cfg.get("attempts", 3)), initial_interval=float(cfg.get("interval", 0.5))),
+    )
+    await ctx.step.run("after", _sleep_step, 0, 0)
+    return out
 
 
 @workflow(id="swallow")

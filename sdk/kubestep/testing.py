@@ -32,7 +32,7 @@ import datetime as dt
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _protocol as api
 from ._context import Stop, WorkflowContext
@@ -46,9 +46,10 @@ from ._errors import (
     StopExecution,
     WorkflowDefinitionError,
 )
+from ._retry import ATTEMPT_SEP, Decide, RetryScheduled
 from ._workflow import Workflow
 
-__all__ = ["TestRun", "WorkflowEnvironment"]
+__all__ = ["InjectedFailure", "TestRun", "WorkflowEnvironment"]
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -74,6 +75,10 @@ class TestRun:
         return next(s for s in self.steps if s["key"] == key)
 
 
+class InjectedFailure(Exception):
+    """What a step raises instead of running when ``fail_attempts`` says this attempt fails."""
+
+
 class _Suspended(BaseException):
     def __init__(self, key: str, wake: dt.datetime | None, topic: str | None) -> None:
         self.key, self.wake, self.topic = key, wake, topic
@@ -90,10 +95,12 @@ class _Plan:
         timeout_after_steps: int | None,
         hard_stop_at: str | None,
         reason: str | None,
+        fail_attempts: dict[str, int] | None = None,
     ) -> None:
         self.cancel_before, self.cancel_after_steps = cancel_before, cancel_after_steps
         self.timeout_before, self.timeout_after_steps = timeout_before, timeout_after_steps
         self.hard_stop_at, self.reason = hard_stop_at, reason
+        self.fail_attempts = dict(fail_attempts or {})
 
 
 class _MemoryRun:
@@ -137,12 +144,23 @@ class _MemoryRun:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None = None,
+        attempt: int | None = None,
+        retry: Decide | None = None,
     ) -> Any:
         self._boundary(key)
         rec = await self._recorded(key, "Run")
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             return rec.get("output")
+        if rec is not None and rec.get("retryAt") and rec["state"] in (api.StepState.FAILED, api.StepState.INTERRUPTED):
+            due = api.parse_time(rec["retryAt"])
+            raise RetryScheduled(0 if due is None else (due - self.env.now()).total_seconds())
         started = self.env.now()
+        fields: dict[str, Any] = {"attempt": attempt} if attempt is not None else {}
+        step = key.split(ATTEMPT_SEP)[0]
+        if self.plan.fail_attempts.get(step, 0) >= (attempt or 1):
+            self._fail(
+                key, started, InjectedFailure(f"attempt {attempt or 1} of {step!r} failed (injected)"), retry, fields
+            )
         if self.plan.hard_stop_at == key and self.stop is None:
             self._note(api.StopReason.REQUESTED, self.plan.reason)
         if self.plan.hard_stop_at == key:
@@ -163,20 +181,23 @@ class _MemoryRun:
                 out = await out
             output = json.loads(json.dumps(out))
         except TimeoutError:
+            timed_out = StepTimeoutError(key, timeout or 0)
+            delay = retry(timed_out) if retry is not None else None
             self._record(
                 key,
                 "Run",
                 api.StepState.INTERRUPTED,
                 started,
                 error={"type": "StepTimeout", "message": f"did not finish within {timeout:g} s"},
+                **fields,
+                **self._retry_at(delay),
             )
-            raise StepTimeoutError(key, timeout or 0) from None
+            if delay is not None:
+                raise RetryScheduled(delay, timed_out) from None
+            raise timed_out from None
         except Exception as exc:
-            self._record(
-                key, "Run", api.StepState.FAILED, started, error={"type": type(exc).__name__, "message": str(exc)}
-            )
-            raise
-        self._record(key, "Run", api.StepState.COMPLETED, started, output=output)
+            self._fail(key, started, exc, retry, fields)
+        self._record(key, "Run", api.StepState.COMPLETED, started, output=output, **fields)
         self._ran += 1
         self._boundary(None)
         return output
@@ -225,6 +246,20 @@ class _MemoryRun:
             **({"wakeAt": api.fmt_time(wake)} if wake else {}),
         )
         raise _Suspended(key, wake, topic)
+
+    def _retry_at(self, delay: float | None) -> dict[str, Any]:
+        return {} if delay is None else {"retryAt": api.fmt_time(self.env.now() + dt.timedelta(seconds=delay))}
+
+    def _fail(
+        self, key: str, started: dt.datetime, exc: Exception, retry: Decide | None, fields: dict[str, Any]
+    ) -> NoReturn:
+        """Records a failed attempt (when the next is due, if ``retry`` retries it) and raises."""
+        delay = retry(exc) if retry is not None else None
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        self._record(key, "Run", api.StepState.FAILED, started, error=error, **fields, **self._retry_at(delay))
+        if delay is not None:
+            raise RetryScheduled(delay, exc) from exc
+        raise exc
 
     # ----- the rules ----------------------------------------------------------------------------
 
@@ -304,13 +339,19 @@ class WorkflowEnvironment:
         timeout_after_steps: int | None = None,
         hard_stop_at: str | None = None,
         reason: str | None = None,
+        fail_attempts: dict[str, int] | None = None,
         max_segments: int = 1000,
     ) -> TestRun:
         """Runs ``workflow`` to its end. A cancel (``cancel_before`` a step key, or after
         ``cancel_after_steps`` completed steps, with the user's ``reason``) or an exhausted budget
         (``timeout_before`` / ``timeout_after_steps``) is raised at that boundary; ``hard_stop_at``
-        cancels the run and interrupts that step as the end of the grace period would."""
-        plan = _Plan(cancel_before, cancel_after_steps, timeout_before, timeout_after_steps, hard_stop_at, reason)
+        cancels the run and interrupts that step as the end of the grace period would.
+        ``fail_attempts={"charge": 2}`` makes the first two attempts of step ``charge`` raise
+        ``InjectedFailure`` without running it (a retried step's backoffs skip time like any wait;
+        ``cancel_before="charge~backoff-1"`` cancels during the first backoff)."""
+        plan = _Plan(
+            cancel_before, cancel_after_steps, timeout_before, timeout_after_steps, hard_stop_at, reason, fail_attempts
+        )
         run = _MemoryRun(self, workflow, plan)
         for segment in range(1, max_segments + 1):
             run.attempt, run._seen = segment, set()

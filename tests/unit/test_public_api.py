@@ -32,6 +32,7 @@ PUBLIC = [
     "NotFoundError",
     "PostgresHistory",
     "ResultTimeoutError",
+    "RetryPolicy",
     "RunEvent",
     "RunTimedOut",
     "Step",
@@ -53,7 +54,7 @@ def test_the_public_names_are_exactly_these() -> None:
     assert sorted(kubestep.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
         assert getattr(kubestep, name) is not None
-    assert sorted(kubestep.testing.__all__) == ["TestRun", "WorkflowEnvironment"]
+    assert sorted(kubestep.testing.__all__) == ["InjectedFailure", "TestRun", "WorkflowEnvironment"]
 
 
 def test_the_packages_say_they_are_typed() -> None:

@@ -53,6 +53,8 @@ class StepRecord(TypedDict, total=False):
     wakeAt: str
     topic: str
     event: str
+    attempt: int  # a retried step's attempt (``_retry.py``)
+    retryAt: str  # a failed attempt that is retried: when the next one is due
 
 
 class WaitingFor(TypedDict, total=False):

@@ -52,6 +52,7 @@ from .._errors import (
 from .._kube import Kube, background
 from .._metrics import STATUS_WRITE_SECONDS, STEP_SECONDS, STEPS
 from .._protocol import batches
+from .._retry import Decide, RetryScheduled
 from .._settings import WorkerSettings
 from .._stores import KubeStore, StepStore
 from .._workflow import Workflow
@@ -68,6 +69,11 @@ logger = logging.getLogger("kubestep.worker")
 # With the step journal, a cancel's ending archives the records status does not hold yet only past this
 # size (the other endings always do): status stays well under what etcd stores.
 END_ARCHIVE_BYTES = 256 * 1024
+
+
+def _retry_at(delay: float | None) -> dict[str, Any]:
+    """The field a failed attempt that is retried records: when the next attempt is due."""
+    return {} if delay is None else {"retryAt": api.fmt_time(api.later(api.now(), delay))}
 
 
 def _rv(obj: dict[str, Any]) -> str:
@@ -520,6 +526,8 @@ class Run:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None = None,
+        attempt: int | None = None,
+        retry: Decide | None = None,
     ) -> Any:
         self._boundary()
         rec = await self._recorded(key, "Run")
@@ -527,9 +535,16 @@ class Run:
             self._last_key = key
             STEPS.labels(self.workflow.id, "Replayed").inc()
             return rec.get("output")  # replay: never run a completed step twice
+        if rec is not None and rec.get("retryAt") and rec["state"] in (api.StepState.FAILED, api.StepState.INTERRUPTED):
+            # A failed attempt whose retry was decided and recorded: the schedule goes on from it.
+            self._last_key = key
+            due = api.parse_time(rec["retryAt"])
+            raise RetryScheduled(0 if due is None else (due - api.now()).total_seconds())
         started = api.now()
         t0 = time.monotonic()
-        cleanup = {"cleanup": True} if self._cleanup_depth and self.stop_reason else {}
+        cleanup: dict[str, Any] = {"cleanup": True} if self._cleanup_depth and self.stop_reason else {}
+        if attempt is not None:
+            cleanup["attempt"] = attempt
         call = StepCall(fn, args, kwargs)
         try:
             finished = await call.finished(timeout)
@@ -550,20 +565,32 @@ class Run:
             ) from None
         if not finished:
             assert timeout is not None
+            timed_out = StepTimeoutError(key, timeout)
+            delay = retry(timed_out) if retry is not None else None
             await self._interrupt(
-                key, call, started, cleanup, "StepTimeout", f"it did not finish within its timeout of {timeout:g} s"
+                key,
+                call,
+                started,
+                {**cleanup, **_retry_at(delay)},
+                "StepTimeout",
+                f"it did not finish within its timeout of {timeout:g} s",
             )
             if not self._stopping():
                 await self._durable()
-            raise StepTimeoutError(key, timeout)
+            if delay is not None:
+                raise RetryScheduled(delay, timed_out)
+            raise timed_out
         try:
             output = await call.output()
         except Exception as exc:
             STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
             STEPS.labels(self.workflow.id, "Failed").inc()
-            self._put(stepping.failed(key, started, exc, cleanup))
+            delay = retry(exc) if retry is not None else None
+            self._put(stepping.failed(key, started, exc, {**cleanup, **_retry_at(delay)}))
             if not self._stopping():
                 await self._durable()
+            if delay is not None:
+                raise RetryScheduled(delay, exc) from exc
             raise
         STEP_SECONDS.labels(self.workflow.id).observe(time.monotonic() - t0)
         STEPS.labels(self.workflow.id, "Completed").inc()
