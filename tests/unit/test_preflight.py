@@ -8,7 +8,11 @@ from typing import Any
 from kubestep._worker.preflight import missing
 
 
-def openapi(status_fields: list[str], batch_fields: tuple[str, ...] = ("worker", "runsJSON", "runs")) -> dict[str, Any]:
+def openapi(
+    status_fields: list[str],
+    batch_fields: tuple[str, ...] = ("worker", "runsJSON", "runs"),
+    step_fields: tuple[str, ...] = ("key", "state", "attempt", "retryAt"),
+) -> dict[str, Any]:
     def schema(kind: str, field: str, fields: Iterable[str]) -> dict[str, Any]:
         return {
             "type": "object",
@@ -16,10 +20,15 @@ def openapi(status_fields: list[str], batch_fields: tuple[str, ...] = ("worker",
             "properties": {field: {"type": "object", "properties": {f: {"type": "integer"} for f in fields}}},
         }
 
+    wfx = schema("WorkflowExecution", "status", status_fields)
+    wfx["properties"]["status"]["properties"]["steps"] = {
+        "type": "array",
+        "items": {"type": "object", "properties": {f: {"type": "string"} for f in step_fields}},
+    }
     return {
         "components": {
             "schemas": {
-                "io.kubestep.v1alpha1.WorkflowExecution": schema("WorkflowExecution", "status", status_fields),
+                "io.kubestep.v1alpha1.WorkflowExecution": wfx,
                 "io.kubestep.v1alpha1.StepBatch": schema("StepBatch", "spec", batch_fields),
                 "other": {"type": "object"},
             }
@@ -54,3 +63,10 @@ def test_a_workflow_execution_crd_without_the_runs_json_guard_is_refused() -> No
     """Without status.journalReader a worker of the release before could claim this release's runs."""
     lacking = missing({"workflowexecutions", "stepbatches"}, openapi(["journalLsn", "journalFences", "journalHolder"]))
     assert len(lacking) == 1 and "journalReader" in lacking[0]
+
+
+def test_a_workflow_execution_crd_that_would_prune_a_retry_s_fields_is_refused() -> None:
+    """An older schema drops attempt and retryAt: a resumed run would run a retried step's attempts again."""
+    full = ["phase", "journalLsn", "journalFences", "journalHolder", "journalReader"]
+    lacking = missing({"workflowexecutions", "stepbatches"}, openapi(full, step_fields=("key", "state")))
+    assert len(lacking) == 1 and "retryAt" in lacking[0]

@@ -37,6 +37,16 @@ def _properties(doc: dict[str, Any], kind: str, field: str) -> set[str]:
     return set()
 
 
+def _step_properties(doc: dict[str, Any]) -> set[str]:
+    """The properties the WorkflowExecution schema knows of a step record (``status.steps[]``)."""
+    for schema in ((doc.get("components") or {}).get("schemas") or {}).values():
+        for gvk in schema.get("x-kubernetes-group-version-kind") or []:
+            if gvk.get("group") == api.GROUP and gvk.get("kind") == api.KIND:
+                status = ((schema.get("properties") or {}).get("status") or {}).get("properties") or {}
+                return set((((status.get("steps") or {}).get("items") or {}).get("properties")) or {})
+    return set()
+
+
 def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
     """What this worker needs that the cluster's CRDs lack (pure: ``check`` reads the inputs)."""
     out = []
@@ -48,6 +58,10 @@ def missing(resources: set[str], openapi: dict[str, Any]) -> list[str]:
     fields = ("journalLsn", "journalFences", "journalHolder", "journalReader")
     if not set(fields) <= _properties(openapi, api.KIND, "status"):
         out.append(f"the step journal's status fields in the {api.KIND} CRD ({', '.join(fields)})")
+    if not {"attempt", "retryAt"} <= _step_properties(openapi):
+        # An older schema would prune them: a resumed run would run a retried step's attempts again
+        # instead of going on with its schedule.
+        out.append(f"the step records' retry fields in the {api.KIND} CRD (attempt, retryAt)")
     return out
 
 
