@@ -15,6 +15,7 @@ help:
 	@echo "make bench-etcd-growth  etcd's DB size over 10 min of the goal-1 load, sampled every 30 s (issue 19)"
 	@echo "make bench-retention  10,000 runs/day compressed (k=144): objects and bytes in the TTL steady state (issue 19)"
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
+	@echo "make bench-cascade  a root's cancel down a tree of child runs: every run terminal, p50/p99 (issue 21)"
 	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
 	@echo "make node      a real node: kubelet, containerd, scheduler, kube-proxy + the control plane in an isolated netns (root)"
@@ -67,6 +68,11 @@ bench-etcd-growth: venv tools
 # Issue 19, retention: 10,000 runs/day with a day's TTL, compressed k-fold (bench/retention_steady.py).
 bench-retention: venv tools
 	$(BIN)/python bench/retention_steady.py $(BENCH_ARGS)
+
+# Issue 21: a root's cancel down a tree of child runs (100 children; 3 levels of 4), every run terminal.
+.PHONY: bench-cascade
+bench-cascade: venv tools
+	$(BIN)/python bench/cascade.py $(BENCH_ARGS)
 
 # kubestep server at 10,000 runs, without and with its cache (bench/server_load.py; BENCH_ARGS=...).
 bench-server: venv tools

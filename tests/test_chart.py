@@ -893,7 +893,7 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "create", EVENTS, OWN, True),
     ("namespaced", "operator", "list", "namespaces", CLUSTER, False),  # nothing cluster-wide
     ("namespaced", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
-    ("namespaced", "operator", "patch", WFX, OWN, False),  # never the spec
+    ("namespaced", "operator", "patch", WFX, OWN, True),  # the cascade: a child's cancel request only
     ("namespaced", "operator", "update", WFX, OWN, False),
     ("namespaced", "operator", "create", WFX, OWN, False),
     # Retention: a finished run past its ttlSecondsAfterFinished (a DELETE with its uid as precondition);
@@ -944,7 +944,7 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "list", BATCHES, OTHER, False),
     ("namespaced", "worker", "patch", WFX, OWN, False),  # never the spec
     ("namespaced", "worker", "update", WFX, OWN, False),
-    ("namespaced", "worker", "create", WFX, OWN, False),
+    ("namespaced", "worker", "create", WFX, OWN, True),  # child runs (the admission policy: owned ones)
     ("namespaced", "worker", "delete", WFX, OWN, False),
     ("namespaced", "worker", "update", STATUS, OWN, True),  # claims, endings
     ("namespaced", "worker", "list", LEASES, OWN, True),  # at start: which workers serve its workflow ids

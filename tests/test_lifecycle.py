@@ -582,7 +582,7 @@ def test_printer_columns_tell_the_story(control_plane: Any, run_namespace: str, 
     control_plane.kubectl("-n", run_namespace, "wait", "--for=condition=Finished", f"wfx/{name}", "--timeout=20s")
     out = control_plane.kubectl("-n", run_namespace, "get", "wfx", name).stdout
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "WORKFLOW", "PHASE", "REASON", "STEPS", "STEP", "WORKER", "AGE"]
+    assert header.split() == ["NAME", "WORKFLOW", "PHASE", "REASON", "STEPS", "STEP", "WORKER", "PARENT", "AGE"]
     assert row.split()[:6] == [name, "steps", "Completed", "Succeeded", "2", "step-1"]
     events = control_plane.kubectl("-n", run_namespace, "describe", "wfx", name).stdout
     for reason in ("Queued", "Started", "Completed"):

@@ -42,6 +42,7 @@ from kubestep._kube import Kube
 from . import measuring
 from .collecting import Collector, Journals
 from .keys import ExpiryKey, LeaseKey, RunKey
+from .kinship import Kinship
 from .reconciling import (
     OPERATOR,
     Decision,
@@ -144,6 +145,7 @@ class Controller:
         ]
         # Every run in scope, finished ones too, for the StepBatch collector (``collecting.py``).
         self.journals = Journals()
+        self.kinship = Kinship()  # every run's parent link, for the cascade and waits on children
         self.collector = Collector(
             self.kube,
             self.scopes,
@@ -225,6 +227,7 @@ class Controller:
             self.forget(key)
             self.unexpire(key)
             self.ignored.pop(key, None)
+            self._look_again(self.kinship.gone(key))
             return
         said = self.ignored.get(key)
         if said is not None and said[:2] != (meta.get("uid"), meta.get("generation")):
@@ -237,6 +240,7 @@ class Controller:
             if self.once(key, meta.get("uid"), meta.get("generation"), "unreadable"):
                 self._object_failed("read", body_ref(body), e, then="it ignores the run until it changes")
             return
+        again = self.kinship.seen(body)
         if (
             s.cancel_requested
             and key not in self.announced
@@ -246,6 +250,8 @@ class Controller:
             # Cancelling), but not for runs that were already over when the operator (re)started.
             self.announced.add(key)
             self.recorder.post(s.body_ref, *cancel_requested(s))
+        # Its children, if it now stops (the cascade); its parent, if it now ended (a wait on it).
+        self._look_again([*again[0], *again[1]])
         if s.phase in api.TERMINAL_PHASES:
             self.forget(key)
             self.retain(s)
@@ -280,6 +286,7 @@ class Controller:
     def executions_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
         """After a (re-)list: runs deleted while the watch was down are forgotten."""
         self.journals.listed(scope.accept, present)
+        self.kinship.listed(scope.accept, present)
         for key in [k for k in self.executions if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             self.forget(key)
         for key in [k for k in self.ignored if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
@@ -355,7 +362,20 @@ class Controller:
             f"claim the run and replay would fail on the other's code: give the workflows distinct ids"
         )
 
+    def _look_again(self, keys: list[RunKey]) -> None:
+        for k in keys:
+            other = self.executions.get(k)
+            if other is not None:
+                self.consider(other)
+
     def decide(self, s: Snapshot, now: dt.datetime) -> Decision:
+        if s.parent is not None or s.waiting_for_children:
+            s = dataclasses.replace(
+                s,
+                parent_stopped=self.kinship.parent_stop(s.key, s.parent),
+                children_done=bool(s.waiting_for_children)
+                and self.kinship.all_ended(s.namespace, s.waiting_for_children),
+            )
         return decide(
             s,
             now,
@@ -381,7 +401,7 @@ class Controller:
             )
             self.retry(s.key, now)
             return
-        if d.patch is None:
+        if d.patch is None and d.cancel is None:
             self.scheduler.schedule(s.key, d.next_due)
         else:
             self.backlog.offer(s.key, urgency(s, d))
@@ -421,16 +441,31 @@ class Controller:
             return
         now = api.now()
         d = self.decide(s, now)  # the state may have moved on since the offer: decide afresh
-        if d.patch is None:
+        if d.patch is None and d.cancel is None:
             self.scheduler.schedule(key, d.next_due)
             return
         path = api.execution_path(s.namespace, s.name, "status")
         level = urgency(s, d)
         started = time.monotonic()
         try:
-            if d.guard is None:
+            if d.cancel is not None:
+                # The cascade: on the spec, as a user's cancel; irrevocable, so no precondition is
+                # needed (a run cancelled meanwhile with another reason refuses it: a lost race).
+                try:
+                    await self.kube.merge_patch(
+                        api.execution_path(s.namespace, s.name),
+                        {"spec": {"cancelRequested": True, "cancelReason": d.cancel}},
+                        params={"fieldManager": OPERATOR},  # the cancel's requestedBy: the operator
+                    )
+                except InvalidError:
+                    # Cancelled meanwhile with a reason of its own (cancelReason cannot change): the
+                    # next event shows it, and nothing is left to request.
+                    measuring.LOST_RACES.inc()
+                    return
+            elif d.guard is None:
                 await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
             else:
+                assert d.patch is not None
                 await self.kube.guarded_patch(path, d.patch, d.guard)
         except (ApiError, TransportError) as e:
             if isinstance(e, NotFoundError) or lost_race(e):
@@ -452,7 +487,8 @@ class Controller:
             return
         measuring.WRITE_SECONDS.labels(level.name).observe(time.monotonic() - started)
         self.failures.pop(key, None)
-        measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
+        if d.patch is not None:
+            measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
         if d.event is not None:
             self.recorder.post(s.body_ref, *d.event)
 

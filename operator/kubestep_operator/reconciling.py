@@ -62,6 +62,14 @@ class Snapshot:
     ttl_seconds_after_finished: int | None = None
     finished_at: dt.datetime | None = None
     deleting: bool = False
+    # Child runs (``kubestep._protocol.family``): the parent's (name, uid), from the controller
+    # ownerReference; the children a Waiting run waits for (``status.waitingFor.children``).
+    parent: tuple[str, str] | None = None
+    waiting_for_children: tuple[str, ...] = ()
+    # Set by the controller from what it knows of the other runs (``Family``), not from this body:
+    # why this run must stop because of its parent, and whether every child it waits for has ended.
+    parent_stopped: str | None = None
+    children_done: bool = False
 
     @property
     def key(self) -> RunKey:
@@ -70,7 +78,9 @@ class Snapshot:
     @classmethod
     def from_body(cls, body: Any, default_grace: float = 30.0, audited: bool = False) -> Snapshot:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-        topic = (status.get("waitingFor") or {}).get("topic") if status.get("phase") == api.Phase.WAITING else None
+        waiting = (status.get("waitingFor") or {}) if status.get("phase") == api.Phase.WAITING else {}
+        topic = waiting.get("topic")
+        children = waiting.get("children") or ()
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -98,6 +108,8 @@ class Snapshot:
             ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
             finished_at=api.parse_time(status.get("finishedAt")),
             deleting=bool(meta.get("deletionTimestamp")),
+            parent=api.family.parent_of(body),
+            waiting_for_children=tuple(str(c) for c in children),
         )
 
     def condition_list(self) -> list[dict[str, Any]]:
@@ -139,6 +151,9 @@ class Decision:
     guard: dict[str, Any] | None = None
     event: tuple[str, str, str] | None = None  # (type, reason, message)
     next_due: dt.datetime | None = None  # when to decide again without a new event
+    # A cancel to request on the run's spec (the cascade from its parent): the cancelReason written
+    # with spec.cancelRequested, as a user's cancel would be. Never together with ``patch``.
+    cancel: str | None = None
 
 
 WorkerLookup = Callable[[str, str], Liveness | None]  # (namespace, worker) -> liveness
@@ -193,6 +208,15 @@ def decide(
     if phase in api.TERMINAL_PHASES:
         return Decision()
 
+    if s.parent_stopped and not s.cancel_requested and not s.cancellation:
+        # The cascade: a stop reaches the whole tree, written here so that it holds with no worker
+        # running. Requested on the child's spec like a user's cancel, so the child's own holder (or
+        # this operator, for a queued or waiting child) ends it with its own grace period and cleanup.
+        return Decision(
+            cancel=s.parent_stopped,
+            event=("Normal", api.Reason.PARENT_STOPPED, f"cancel requested: {s.parent_stopped}"),
+        )
+
     if phase is None:  # just created
         if s.cancel_requested:
             stop = _stop(s, api.StopReason.REQUESTED, now)
@@ -221,6 +245,13 @@ def decide(
         return _decide_held(s, now, worker, lease_grace, lease_seconds, blind_until)
 
     if phase == api.Phase.WAITING:
+        if s.waiting_for_children and s.children_done:
+            n = len(s.waiting_for_children)
+            what = f"the {n} child runs it waits for have ended" if n > 1 else "the child run it waits for has ended"
+            return Decision(
+                patch=api.woken(api.Reason.CHILDREN_ENDED, f"{what}; waiting for a worker", now, s.generation),
+                event=("Normal", api.Reason.CHILDREN_ENDED, f"{what}; re-queued for a worker"),
+            )
         if s.event_ready:
             return Decision(
                 patch=api.woken(
@@ -235,8 +266,8 @@ def decide(
                     f"event {s.waiting_for_topic!r} arrived; re-queued for a worker",
                 ),
             )
-        if s.wake_at is None and s.waiting_for_topic is not None:
-            return Decision()  # waits for its event with no timeout
+        if s.wake_at is None and (s.waiting_for_topic is not None or s.waiting_for_children):
+            return Decision()  # waits for its event, or its children, with no timeout
         if s.wake_at is None or now >= s.wake_at:
             what = (
                 "wait for event " + repr(s.waiting_for_topic) + " timed out" if s.waiting_for_topic else "wait is over"
@@ -424,7 +455,7 @@ class Urgency(enum.IntEnum):
 
 def urgency(s: Snapshot, d: Decision) -> Urgency:
     """Stopping runaway work comes first, even behind thousands of admissions."""
-    if (d.patch or {}).get("phase") in (api.Phase.CANCELLING, api.Phase.CANCELLED):
+    if d.cancel is not None or (d.patch or {}).get("phase") in (api.Phase.CANCELLING, api.Phase.CANCELLED):
         return Urgency.STOP
     if s.phase is None or s.phase == api.Phase.QUEUED:
         return Urgency.ADMIT

@@ -14,9 +14,14 @@ async with KubestepClient(namespace="default") as client:
 """
 
 from ._client import ExecutionChange, ExecutionHandle, KubestepClient, PostgresHistory
-from ._context import Step, Stop, WorkflowContext
+from ._context import ChildCall, ChildHandle, ChildOutcome, Step, Stop, WorkflowContext
 from ._errors import (
     ApiError,
+    ChildCancelledError,
+    ChildError,
+    ChildFailedError,
+    ChildLimitError,
+    ChildTimedOutError,
     ConfigurationError,
     ConflictError,
     EventTimeoutError,
@@ -46,6 +51,14 @@ from ._workflow import Workflow, workflow
 
 __all__ = [
     "ApiError",
+    "ChildCall",
+    "ChildCancelledError",
+    "ChildError",
+    "ChildFailedError",
+    "ChildHandle",
+    "ChildLimitError",
+    "ChildOutcome",
+    "ChildTimedOutError",
     "ConfigurationError",
     "ConflictError",
     "EventTimeoutError",

@@ -299,6 +299,18 @@ class KubestepClient:
             if token is None:
                 return
 
+    async def children(self, execution_id: str) -> list[Execution]:
+        """The child runs ``execution_id`` started (``ctx.step.invoke``), oldest first: the runs that
+        carry its ``kubestep.io/parent`` label and whose ownerReference is this very run (by uid)."""
+        uid = (await self.get_execution(execution_id)).uid
+        selector = f"{api.family.LABEL_PARENT}={api.family.label_value(execution_id)}"
+        mine = [
+            e
+            async for e in self.iter_executions(label_selector=selector)
+            if api.family.parent_of(e.raw) == (execution_id, uid)
+        ]
+        return sorted(mine, key=lambda e: (e.created_at or dt.datetime.min.replace(tzinfo=dt.UTC), e.id))
+
     async def events(self, execution_id: str) -> list[RunEvent]:
         """The core/v1 Events about a run (what ``kubectl describe wfx`` lists: queued, claimed,
         cancelled, timed out …), oldest first. Only this run's, not those of an earlier run of the

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from . import _retry
+from ._errors import ChildCancelledError, ChildFailedError, ChildLimitError, ChildTimedOutError
+from ._protocol.family import MAX_CHILDREN
 from ._retry import RetryPolicy, RetryScheduled
 
 
@@ -48,7 +50,68 @@ class _Runtime(Protocol):
 
     async def wait(self, key: str, duration: dt.timedelta) -> None: ...
 
+    async def start_children(self, key: str, calls: list[ChildCall]) -> list[dict[str, Any]]:
+        """A step that creates the child runs (each ``{"id", "workflow"}``, recorded as its output:
+        a replay returns the same children and creates none)."""
+        ...
+
+    async def wait_children(self, key: str, ids: list[str]) -> list[dict[str, Any]]:
+        """A durable wait until every child in ``ids`` has ended; their outcomes (``family.outcome``)."""
+        ...
+
     async def wait_event(self, key: str, topic: str, timeout: float | None) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildCall:
+    """One child run to start: its workflow, input and options (``Step.invoke``)."""
+
+    workflow: str
+    payload: Any = None
+    run_timeout_seconds: int | None = None  # None: the parent's (see ``_protocol/family.py``)
+    queue: str | None = None  # None: the parent's
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildHandle:
+    """A child run a workflow started (``ctx.step.invoke``): its id, a WorkflowExecution's name."""
+
+    id: str
+    workflow: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildOutcome:
+    """How a child run ended, as its parent recorded it (``ctx.step.wait_children``)."""
+
+    id: str
+    phase: str  # Completed, Failed or Cancelled
+    reason: str | None = None
+    result: Any = None  # Completed: its result
+    error: dict[str, Any] | None = None  # Failed: its recorded error
+    stop: dict[str, Any] | None = None  # Cancelled: reason, message, requestedBy
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> ChildOutcome:
+        return cls(
+            str(raw.get("id")),
+            str(raw.get("phase")),
+            raw.get("reason"),
+            raw.get("result"),
+            raw.get("error"),
+            raw.get("stop"),
+        )
+
+    def value(self) -> Any:
+        """The child's result, or its ending as a typed error: ``ChildFailedError``,
+        ``ChildTimedOutError`` (its own budget ran out) or ``ChildCancelledError``."""
+        if self.phase == "Completed":
+            return self.result
+        if self.phase == "Failed":
+            raise ChildFailedError(self.id, self.error)
+        stop = self.stop or {}
+        error = ChildTimedOutError if stop.get("reason") == "RunTimeout" else ChildCancelledError
+        raise error(self.id, stop.get("reason") or self.reason, stop.get("message"), stop.get("requestedBy"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +129,7 @@ class Step:
 
     def __init__(self, runtime: _Runtime) -> None:
         self._runtime = runtime
+        self._children = 0  # children started so far (replayed invokes count: the count is the same)
 
     async def run(
         self,
@@ -120,6 +184,69 @@ class Step:
                     # otherwise the run waits out what is left until the recorded retryAt.
                     await self._runtime.wait(_retry.backoff_key(key, attempt), dt.timedelta(seconds=scheduled.seconds))
             attempt += 1
+
+    # ----- child runs ---------------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        key: str,
+        workflow: str,
+        payload: Any = None,
+        *,
+        run_timeout_seconds: int | None = None,
+        queue: str | None = None,
+    ) -> ChildHandle:
+        """Starts a child run of ``workflow`` (a step: recorded, never started twice on replay) and
+        returns its handle. The child is a WorkflowExecution owned by this run (deleted with it),
+        labelled with its parent, root and depth; it inherits this run's ``runTimeoutSeconds`` (unless
+        ``run_timeout_seconds`` is given), grace period and queue. When this run is cancelled, times
+        out or ends, the operator cancels every unfinished child (and theirs, down the tree)."""
+        (handle,) = await self.batch_invoke(key, [ChildCall(workflow, payload, run_timeout_seconds, queue)])
+        return handle
+
+    async def batch_invoke(self, key: str, calls: Sequence[ChildCall]) -> list[ChildHandle]:
+        """Starts several child runs in one step (a fan-out): ``[ChildCall(workflow, payload), ...]``."""
+        calls = list(calls)
+        if not calls or not all(isinstance(c, ChildCall) for c in calls):
+            raise TypeError("batch_invoke takes a non-empty list of ChildCall(workflow, payload, ...)")
+        if self._children + len(calls) > MAX_CHILDREN:
+            raise ChildLimitError(
+                f"step {key!r} would start child run {self._children + len(calls)} of this run; "
+                f"a run starts at most {MAX_CHILDREN}"
+            )
+        started = await self._runtime.start_children(key, calls)
+        self._children += len(started)
+        return [ChildHandle(str(c["id"]), str(c["workflow"])) for c in started]
+
+    async def wait_children(self, key: str, children: Sequence[ChildHandle]) -> list[ChildOutcome]:
+        """Durably waits until every child in ``children`` has ended (the worker is freed and this
+        run's budget does not run, as in ``wait_for``) and returns how each ended, in order; it
+        raises nothing for a child that failed or was cancelled: ``outcome.value()`` does."""
+        handles = list(children)
+        if not handles:
+            return []
+        raw = await self._runtime.wait_children(key, [h.id for h in handles])
+        return [ChildOutcome.of(o) for o in raw]
+
+    async def invoke_and_wait(
+        self,
+        key: str,
+        workflow: str,
+        payload: Any = None,
+        *,
+        run_timeout_seconds: int | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """``invoke``, then a durable wait for the child (``key~wait``): its result, or its ending as
+        ``ChildFailedError``, ``ChildTimedOutError`` or ``ChildCancelledError``."""
+        handle = await self.invoke(key, workflow, payload, run_timeout_seconds=run_timeout_seconds, queue=queue)
+        (outcome,) = await self.wait_children(f"{key}~wait", [handle])
+        return outcome.value()
+
+    async def batch_invoke_and_wait(self, key: str, calls: Sequence[ChildCall]) -> list[ChildOutcome]:
+        """``batch_invoke``, then a durable wait for all of them (``key~wait``)."""
+        handles = await self.batch_invoke(key, calls)
+        return await self.wait_children(f"{key}~wait", handles)
 
     async def wait_for(
         self, key: str, *, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0

@@ -190,3 +190,41 @@ class EventTimeoutError(KubestepError):
         self.key = key
         self.topic = topic
         self.timeout = timeout
+
+
+class ChildError(KubestepError):
+    """A child run a parent waited for did not complete (``ctx.step.invoke_and_wait``,
+    ``ChildOutcome.value()``); ``child`` is its id. Ordinary exceptions: the parent decides (catch
+    them, or let the run fail); a child's cancel never cancels its parent."""
+
+    def __init__(self, child: str, message: str) -> None:
+        super().__init__(message)
+        self.child = child
+
+
+class ChildFailedError(ChildError):
+    """The child run ended ``Failed``; ``error`` is its recorded error (type, message)."""
+
+    def __init__(self, child: str, error: dict[str, Any] | None) -> None:
+        err = error or {}
+        super().__init__(child, f"child run {child} failed: {err.get('type', 'Error')}: {err.get('message', '')}")
+        self.error = err
+
+
+class ChildCancelledError(ChildError):
+    """The child run ended ``Cancelled``: ``reason`` (``Requested``, ``RunTimeout``, ``QueueTimeout``,
+    ``GracePeriodExpired``), ``message`` (the cancel's reason: a user's, or the cascade's naming the
+    ancestor that stopped) and ``requested_by``."""
+
+    def __init__(self, child: str, reason: str | None, message: str | None, requested_by: str | None) -> None:
+        super().__init__(child, f"child run {child} was cancelled ({reason}): {message or ''}".rstrip(": "))
+        self.reason, self.message, self.requested_by = reason, message, requested_by
+
+
+class ChildTimedOutError(ChildCancelledError):
+    """The child run spent its own budget (``runTimeoutSeconds``; reason ``RunTimeout``)."""
+
+
+class ChildLimitError(KubestepError, ValueError):
+    """A parent would start a child beyond the limits: deeper than ``MAX_DEPTH`` levels, or more than
+    ``MAX_CHILDREN`` children in one run (``kubestep._protocol.family``)."""

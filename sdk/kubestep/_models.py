@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._protocol import API_VERSION, KIND, TERMINAL_PHASES, cancel_note, cancel_time, parse_time
+from ._protocol import API_VERSION, KIND, TERMINAL_PHASES, cancel_note, cancel_time, family, parse_time
 
 Phase = Literal["Queued", "Running", "Waiting", "Cancelling", "Completed", "Failed", "Cancelled"]
 
@@ -88,7 +88,7 @@ class ExecutionStatus(_Model):
     #: What a segment kept of the budget when its run was re-queued mid-segment (lost or handed back).
     budget_remaining_seconds: float | None = Field(None, alias="budgetRemainingSeconds")
     wake_at: dt.datetime | None = Field(None, alias="wakeAt")
-    waiting_for: dict[str, str] | None = Field(None, alias="waitingFor")
+    waiting_for: dict[str, Any] | None = Field(None, alias="waitingFor")
     events_consumed: list[str] = Field([], alias="eventsConsumed")
     steps_completed: int = Field(0, alias="stepsCompleted")
     #: The key of the step the run reached last (the ``STEP`` column of ``kubectl get wfx``).
@@ -133,6 +133,22 @@ class Execution(_Model):
     @property
     def finished(self) -> bool:
         return self.status.phase in TERMINAL_PHASES
+
+    @property
+    def parent(self) -> str | None:
+        """The run that started this one (a child run: ``ctx.step.invoke``), from its ownerReference."""
+        link = family.parent_of(self.raw)
+        return link[0] if link else None
+
+    @property
+    def root(self) -> str | None:
+        """The root of this run's tree (its label ``kubestep.io/root``), None for a run that is no child."""
+        return self.labels.get(family.LABEL_ROOT) if self.parent else None
+
+    @property
+    def depth(self) -> int:
+        """Levels below its root: 0 for a root (a run started by a client), 1 for its children, ..."""
+        return family.depth_of(self.raw) if self.parent else 0
 
     @property
     def cancellation(self) -> Cancellation | None:

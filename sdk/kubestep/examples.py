@@ -14,7 +14,8 @@ import socket
 import uuid
 from typing import Any
 
-from ._context import WorkflowContext
+from ._context import ChildCall, WorkflowContext
+from ._errors import ChildError
 from ._retry import RetryPolicy
 from ._workflow import workflow
 
@@ -91,6 +92,45 @@ async def retrying(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[s
     )
     await ctx.step.run("after", _sleep_step, 0, 0)
     return out
+
+
+@workflow(id="tree")
+async def tree(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """A tree of child runs: ``depth`` levels of ``fanout`` children each, every level waiting for its
+    children (unless ``wait`` is false: then it steps on). Leaves run ``leaf`` steps of ``seconds``
+    (0: forever, until cancelled); ``after``: steps the run makes after its children (-1: forever)."""
+    cfg = input or {}
+    depth, seconds = int(cfg.get("depth", 1)), float(cfg.get("seconds", 0.05))
+    if depth <= 0:
+        n, i = int(cfg.get("leaf", 0)), 0
+        while n == 0 or i < n:
+            await ctx.step.run(f"leaf-{i}", _sleep_step, i, seconds)
+            i += 1
+        return {"leaf": ctx.execution_id}
+    calls = [ChildCall("tree", {**cfg, "depth": depth - 1}) for _ in range(int(cfg.get("fanout", 2)))]
+    handles = await ctx.step.batch_invoke("children", calls)
+    ended: list[str] = []
+    if cfg.get("wait", True):
+        ended = [o.phase for o in await ctx.step.wait_children("children~wait", handles)]
+    after, i = int(cfg.get("after", 0)), 0
+    while after < 0 or i < after:
+        await ctx.step.run(f"after-{i}", _sleep_step, i, seconds)
+        i += 1
+    return {"children": [h.id for h in handles], "ended": ended}
+
+
+@workflow(id="parent-of")
+async def parent_of(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
+    """Starts one child of ``workflow`` (with ``input``, and ``timeout`` as its own budget) and waits
+    for it: what the parent saw, the child's result or its typed error."""
+    cfg = input or {}
+    try:
+        result = await ctx.step.invoke_and_wait(
+            "child", str(cfg["workflow"]), cfg.get("input"), run_timeout_seconds=cfg.get("timeout")
+        )
+        return {"result": result}
+    except ChildError as e:
+        return {"error": type(e).__name__, "message": str(e)}
 
 
 @workflow(id="swallow")

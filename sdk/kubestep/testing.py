@@ -10,7 +10,12 @@
 * waits skip time: ``wait_for`` and ``wait_for_event`` timeouts advance a virtual clock at once;
 * a cancel or an exhausted budget can be injected at any step boundary (before a named step, or after a
   number of steps), a step can be made to hang past the grace period, and events can be queued for
-  ``wait_for_event``.
+  ``wait_for_event``;
+* step retries follow their policy (``fail_attempts`` makes attempts fail without running), each
+  backoff a wait that skips time;
+* child runs (``ctx.step.invoke``) run in the same environment, on its clock, when first waited for;
+  ``WorkflowEnvironment(child_plans={"invoking key": {"cancel_before": ...}})`` injects a stop or a
+  failure into a child, and the parent sees it as it would on a cluster (``ChildCancelledError``, ...).
 
     from kubestep.testing import WorkflowEnvironment
 
@@ -20,7 +25,9 @@
 
 What it does not model: the apiserver, workers and leases (use the local control plane for those:
 ``kubestep dev up``), and real time: a step's own duration is real, and the grace period is not
-(``hard_stop_at`` interrupts the named step at once, as the end of the grace period would).
+(``hard_stop_at`` interrupts the named step at once, as the end of the grace period would). Children
+run one after another, not beside their parent, and the operator's cascade (a parent's stop cancelling
+its unfinished children) is not modelled: a child never waited for never runs.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 from . import _protocol as api
-from ._context import Stop, WorkflowContext
+from ._context import ChildCall, Stop, WorkflowContext
 from ._errors import (
+    ChildLimitError,
     EventTimeoutError,
     ExecutionCancelled,
     GracePeriodExpired,
@@ -46,8 +54,9 @@ from ._errors import (
     StopExecution,
     WorkflowDefinitionError,
 )
+from ._protocol import family
 from ._retry import ATTEMPT_SEP, Decide, RetryScheduled
-from ._workflow import Workflow
+from ._workflow import Workflow, registered
 
 __all__ = ["InjectedFailure", "TestRun", "WorkflowEnvironment"]
 
@@ -119,6 +128,7 @@ class _MemoryRun:
         self.replay = api.replay.Replay([])
         self._cleanup = 0
         self._ran = 0  # steps completed in this run (for "after N steps")
+        self.depth = 0  # levels below its root (a child run's is its parent's + 1)
 
     # ----- _Runtime ---------------------------------------------------------------------------
 
@@ -261,6 +271,37 @@ class _MemoryRun:
             raise RetryScheduled(delay, exc) from exc
         raise exc
 
+    # ----- child runs: run in this environment, on its clock, when first waited for --------------
+
+    async def start_children(self, key: str, calls: list[ChildCall]) -> list[dict[str, Any]]:
+        registry = registered()
+
+        def create() -> list[dict[str, Any]]:
+            if self.depth + 1 > family.MAX_DEPTH:
+                raise ChildLimitError(f"step {key!r} would start a child run {self.depth + 1} levels below its root")
+            out = []
+            for i, call in enumerate(calls):
+                if call.workflow not in registry:
+                    raise WorkflowDefinitionError(f"no workflow {call.workflow!r} is registered (import its module)")
+                child = f"{self.name}-{key if len(calls) == 1 else f'{key}/{i}'}"
+                self.env.children.setdefault(child, (call, key, self.depth + 1))
+                out.append({"id": child, "workflow": call.workflow})
+            return out
+
+        out: list[dict[str, Any]] = await self.run_step(key, create, (), {})
+        return out
+
+    async def wait_children(self, key: str, ids: list[str]) -> list[dict[str, Any]]:
+        self._boundary(key)
+        rec = await self._recorded(key, "Wait")
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
+            return list(rec.get("output") or [])
+        started = self.env.now()
+        outcomes = [await self.env.child_outcome(child) for child in ids]
+        self._record(key, "Wait", api.StepState.COMPLETED, started, output=outcomes)
+        self._boundary(None)
+        return outcomes
+
     # ----- the rules ----------------------------------------------------------------------------
 
     def _note(self, reason: str, message: str | None) -> None:
@@ -313,9 +354,31 @@ class _MemoryRun:
 class WorkflowEnvironment:
     """Runs workflows in memory, with a virtual clock that waits advance."""
 
-    def __init__(self, start: dt.datetime = START) -> None:
+    def __init__(self, start: dt.datetime = START, child_plans: dict[str, dict[str, Any]] | None = None) -> None:
         self._now = start
         self.events: list[dict[str, Any]] = []
+        # Child runs started by ``ctx.step.invoke``: by id, (call, invoking key, depth); run when first
+        # waited for, with ``child_plans[invoking key]`` as their ``run()`` keywords (to cancel or fail one).
+        self.children: dict[str, tuple[ChildCall, str, int]] = {}
+        self.child_plans = dict(child_plans or {})
+        self.child_runs: dict[str, TestRun] = {}
+
+    async def child_outcome(self, child: str) -> dict[str, Any]:
+        """How child ``child`` ended (``family.outcome``), running it first if it has not run."""
+        if child not in self.child_runs:
+            call, key, depth = self.children[child]
+            self.child_runs[child] = await self.run(
+                registered()[call.workflow], call.payload, _name=child, _depth=depth, **self.child_plans.get(key, {})
+            )
+        run = self.child_runs[child]
+        out: dict[str, Any] = {"id": child, "phase": run.phase, "reason": run.reason}
+        if run.phase == api.Phase.COMPLETED:
+            out["result"] = run.result
+        elif run.phase == api.Phase.FAILED:
+            out["error"] = {"type": type(run.error).__name__, "message": str(run.error)}
+        else:
+            out["stop"] = {"reason": run.reason, "message": self.child_plans.get(key, {}).get("reason")}
+        return out
 
     def now(self) -> dt.datetime:
         return self._now
@@ -341,6 +404,8 @@ class WorkflowEnvironment:
         reason: str | None = None,
         fail_attempts: dict[str, int] | None = None,
         max_segments: int = 1000,
+        _name: str | None = None,
+        _depth: int = 0,
     ) -> TestRun:
         """Runs ``workflow`` to its end. A cancel (``cancel_before`` a step key, or after
         ``cancel_after_steps`` completed steps, with the user's ``reason``) or an exhausted budget
@@ -353,6 +418,7 @@ class WorkflowEnvironment:
             cancel_before, cancel_after_steps, timeout_before, timeout_after_steps, hard_stop_at, reason, fail_attempts
         )
         run = _MemoryRun(self, workflow, plan)
+        run.name, run.depth = _name or run.name, _depth
         for segment in range(1, max_segments + 1):
             run.attempt, run._seen = segment, set()
             run.replay = api.replay.Replay(run.records.values())

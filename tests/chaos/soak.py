@@ -17,7 +17,11 @@ The promises (issue 10), as checked here:
 * exactly once: a step recorded Completed was started by at most one worker that was never killed, and
   by no worker twice (the exception: the step in flight on a killed worker);
 * results: a Completed run's result is the outputs its steps returned (each seen in the log's end line
-  of that step), in order; only the raising shape fails, with its own error.
+  of that step), in order; only the raising shape fails, with its own error;
+* retries: a retried step is started at most ``FLAKY_ATTEMPTS`` times by workers never killed, and no
+  attempt starts after a stop (the rule above: its attempts log under the run);
+* the tree: every child run is checked as a run (exactly once, results, terminal), and no child of a
+  root that ended Cancelled completed more than ``CASCADE_SLACK`` after the root's stop.
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ from kubestep_dev.locations import cache_dir
 from kubestep_dev.ports import Ports
 from kubestep_dev.postgres import LocalPostgres
 
+from .workflows import FLAKY_ATTEMPTS
+
 ROOT = Path(__file__).resolve().parents[2]
-SHAPES = ["seq", "waits", "concurrent", "raises", "sync"]
+SHAPES = ["seq", "waits", "concurrent", "raises", "sync", "retries", "tree"]
 STOP_SLACK = 1.0
+# How long after its root stopped a child run may still complete: the cascade is the operator's, and the
+# soak kills the operator (a restart, and a lease before it sees the workers again) and the apiserver.
+CASCADE_SLACK = 20.0
 
 
 @dataclasses.dataclass
@@ -104,7 +113,16 @@ class Report:
         return "\n".join(lines)
 
 
-INVARIANTS = ["terminal", "lost cancel", "step after stop", "ran twice", "wrong result", "unexpected failure"]
+INVARIANTS = [
+    "terminal",
+    "lost cancel",
+    "step after stop",
+    "ran twice",
+    "wrong result",
+    "unexpected failure",
+    "attempts beyond the policy",
+    "child outlived its root",
+]
 
 
 class Soak:
@@ -316,6 +334,12 @@ class Soak:
                 ends[(rec["run"], rec["key"])].add(rec["out"])
         v: dict[str, list[str]] = {k: [] for k in INVARIANTS}
         phases: collections.Counter[str] = collections.Counter()
+        # The tree shape's children are runs too: checked as seq runs, and against their root's stop.
+        children: dict[str, str] = {}
+        for root in [n for n, sp in self.spec.items() if sp["shape"] == "tree"]:
+            for c in await self._retry(lambda root=root: client.children(root)):
+                children[c.id] = root
+                self.spec.setdefault(c.id, {"shape": "seq"})
         for name, spec in sorted(self.spec.items()):
             e = await self._retry(lambda name=name: client.get_execution(name))
             st = e.status
@@ -341,8 +365,8 @@ class Soak:
             history = await self._retry(lambda name=name: client.step_history(name))
             outputs = {}
             for rec in history:
-                if rec.kind != "Run" or rec.state != "Completed":
-                    continue
+                if rec.kind != "Run" or rec.state != "Completed" or rec.key == "children":
+                    continue  # (the tree's invoke step starts children: it logs nothing itself)
                 outputs[rec.key] = rec.output
                 by_pid = collections.Counter(r["pid"] for r in starts[(name, rec.key)])
                 alive = [pid for pid in by_pid if pid not in self.killed_pids]
@@ -358,6 +382,21 @@ class Soak:
                 v["unexpected failure"].append(f"{name} ({spec['shape']}): {st.reason}: {st.message}")
             if spec["shape"] == "raises" and st.phase == "Completed":
                 v["wrong result"].append(f"{name}: the raising shape completed")
+            if spec["shape"] == "retries":
+                flaky = collections.Counter(r["pid"] for r in starts[(name, "flaky")])
+                attempts = sum(k for pid, k in flaky.items() if pid not in self.killed_pids)
+                if attempts > FLAKY_ATTEMPTS:
+                    v["attempts beyond the policy"].append(f"{name}: flaky started {dict(flaky)}")
+            parent = children.get(name)
+            if parent is not None and st.phase == "Completed" and st.finished_at is not None:
+                r = await self._retry(lambda parent=parent: client.get_execution(parent))
+                stop = r.status.cancellation.requested_at if r.status.cancellation else None
+                if r.status.phase == "Cancelled" and stop is not None:
+                    late = (st.finished_at - stop).total_seconds()
+                    if late > CASCADE_SLACK:
+                        v["child outlived its root"].append(
+                            f"{name}: completed {late:.1f} s after root {parent} stopped"
+                        )
         return Report(self.faults, phases, v, settled, len(self.spec), total)
 
 

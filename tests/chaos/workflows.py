@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from kubestep import WorkflowContext, workflow
+from kubestep import ChildCall, RetryPolicy, WorkflowContext, workflow
 
 
 def _log(run: str, key: str, ev: str, out: str | None = None) -> None:
@@ -44,12 +44,27 @@ def _raises(run: str, key: str) -> None:
     raise ValueError(f"{key} fails on purpose")
 
 
+# A retried step's attempts (``retries``): it always fails, so every attempt is one the policy started.
+FLAKY_ATTEMPTS = 3
+
+
 @workflow(id="chaos")
 async def chaos(ctx: WorkflowContext, input: dict[str, Any]) -> list[str]:
-    """``shape``: seq, waits, concurrent, raises or sync; ``steps`` steps of ``seconds``."""
+    """``shape``: seq, waits, concurrent, raises, sync, retries (a step retried until its attempts run
+    out, caught) or tree (two child runs of the seq shape, waited for, then the steps); ``steps`` steps
+    of ``seconds``."""
     run, shape = ctx.execution_id, input["shape"]
     n, seconds = int(input.get("steps", 6)), float(input.get("seconds", 0.3))
     out: list[str] = []
+    if shape == "tree":
+        child = {"shape": "seq", "steps": n, "seconds": seconds}
+        await ctx.step.batch_invoke_and_wait("children", [ChildCall("chaos", child), ChildCall("chaos", child)])
+    if shape == "retries":
+        policy = RetryPolicy(max_attempts=FLAKY_ATTEMPTS, initial_interval=0.5)
+        try:
+            await ctx.step.run("flaky", _raises, run, "flaky", retry=policy)
+        except ValueError:
+            pass
     if shape == "concurrent":
         for first in range(0, n, 3):
             keys = [f"s{i}" for i in range(first, min(first + 3, n))]

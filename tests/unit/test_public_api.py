@@ -8,6 +8,14 @@ import kubestep
 import kubestep.testing
 
 PUBLIC = [
+    "ChildCall",
+    "ChildCancelledError",
+    "ChildError",
+    "ChildFailedError",
+    "ChildHandle",
+    "ChildLimitError",
+    "ChildOutcome",
+    "ChildTimedOutError",
     "ApiError",
     "ConfigurationError",
     "ConflictError",

@@ -308,7 +308,8 @@ async def _describe(args: argparse.Namespace) -> int:
         execution = await client.get_execution(name)
         history = await client.step_history(name)
         events = await client.events(name)
-    render.describe(execution, history, events)
+        children = await client.children(name)
+    render.describe(execution, history, events, children=children)
     return EXIT_OK
 
 

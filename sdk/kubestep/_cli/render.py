@@ -193,9 +193,14 @@ def print_executions(
 
 
 def describe(
-    execution: Execution, history: Sequence[StepRecord], events: Sequence[RunEvent], at: dt.datetime | None = None
+    execution: Execution,
+    history: Sequence[StepRecord],
+    events: Sequence[RunEvent],
+    at: dt.datetime | None = None,
+    children: Sequence[Execution] = (),
 ) -> None:
-    """``kubestep describe``: the run, its step records and its Events."""
+    """``kubestep describe``: the run, its place in its tree, its step records, its child runs and
+    its Events."""
     at = at or now()
     e, status = execution, execution.status
 
@@ -207,6 +212,8 @@ def describe(
     field("Workflow:", e.workflow)
     if e.queue:
         field("Queue:", e.queue)
+    if e.parent:
+        field("Parent:", f"{e.parent} (root {e.root or '?'}, depth {e.depth})")
     field("Phase:", f"{status.phase or '-'}  ({status.reason or '-'})")
     if unseen(e, at):
         field("Note:", unseen_message(e.namespace))
@@ -265,6 +272,12 @@ def describe(
             ["  KEY", "KIND", "STATE", "DURATION", "NOTE"],
             [[f"  {s.key}", s.kind, s.state, step_duration(s), step_note(s)] for s in history],
         )
+    if children:
+        print(f"Children ({len(children)}):")
+        table(
+            ["  NAME", "WORKFLOW", "PHASE", "REASON"],
+            [[f"  {c.id}", c.workflow, c.status.phase or "-", c.status.reason or "-"] for c in children],
+        )
     print("Events:")
     if not events:
         print("  <none>")
@@ -292,6 +305,8 @@ def step_note(s: StepRecord) -> str:
         notes.append(
             f"topic {s.topic}" + (f", event {s.event}" if s.event else "") + (", timed out" if s.timed_out else "")
         )
+    if s.attempt is not None:
+        notes.append(f"attempt {s.attempt}" + (f", next at {when(s.retry_at)}" if s.retry_at else ""))
     if s.wake_at and s.state == "Waiting":
         notes.append(f"until {when(s.wake_at)}")
     return "; ".join(notes)[:100]

@@ -5,7 +5,7 @@ A leaf: it imports nothing of Kubestep. Names (``names``), words (``vocabulary``
 (``transitions``). Who writes what: ``docs/design.md``.
 """
 
-from . import replay
+from . import family, replay
 from .cancels import cancel_note, cancel_request, cancel_requester, cancel_time, events_pending, grace_seconds
 from .clock import END_OF_TIME, MAX_SECONDS, duration, fmt_time, later, not_after, now, parse_time
 from .names import (
@@ -99,6 +99,7 @@ __all__ = [
     "events_pending",
     "execution_path",
     "failed",
+    "family",
     "fmt_time",
     "grace_seconds",
     "later",

@@ -172,7 +172,7 @@ def queued(
     }
 
 
-@_transition(Phase.QUEUED, {Writer.OPERATOR}, {Reason.WAIT_OVER, Reason.EVENT_ARRIVED})
+@_transition(Phase.QUEUED, {Writer.OPERATOR}, {Reason.WAIT_OVER, Reason.EVENT_ARRIVED, Reason.CHILDREN_ENDED})
 def woken(reason: Reason, message: str, at: dt.datetime, generation: int | None) -> Patch:
     """Waiting → Queued: the wait is over or its event arrived. The next claim starts a fresh budget."""
     return {
@@ -242,8 +242,21 @@ def claimed(
 
 
 @_transition(Phase.WAITING, {Writer.WORKER}, {Reason.WAITING_FOR})
-def waiting(key: str, message: str, *, wake_at: dt.datetime | None, topic: str | None = None) -> Patch:
-    """Running → Waiting: the worker lets go until ``wake_at`` or the event; the segment ends."""
+def waiting(
+    key: str,
+    message: str,
+    *,
+    wake_at: dt.datetime | None,
+    topic: str | None = None,
+    children: tuple[str, ...] | list[str] = (),
+) -> Patch:
+    """Running → Waiting: the worker lets go until ``wake_at``, the event, or until every child run in
+    ``children`` has ended (the operator re-queues it then); the segment ends."""
+    waiting_for: dict[str, Any] = {"key": key}
+    if topic:
+        waiting_for["topic"] = topic
+    if children:
+        waiting_for["children"] = list(children)
     return {
         "phase": Phase.WAITING,
         "reason": Reason.WAITING_FOR,
@@ -251,7 +264,7 @@ def waiting(key: str, message: str, *, wake_at: dt.datetime | None, topic: str |
         "worker": None,
         "deadline": None,
         "budgetRemainingSeconds": None,
-        "waitingFor": {"key": key, **({"topic": topic} if topic else {})},
+        "waitingFor": waiting_for,
         "wakeAt": fmt_time(wake_at) if wake_at else None,
     }
 

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     WORKFLOW_CONFLICT = "WorkflowConflict"  # admitted; live workers serve its id with different code
     WAIT_OVER = "WaitOver"  # Waiting → Queued at wakeAt (or the event wait's timeout)
     EVENT_ARRIVED = "EventArrived"  # Waiting → Queued: the awaited event was sent
+    CHILDREN_ENDED = "ChildrenEnded"  # Waiting → Queued: every child run it waits for has ended
     WORKER_LOST = "WorkerLost"  # the holder's Lease expired: re-queued by the operator
     HANDED_BACK = "HandedBack"  # the holder shut down (SIGTERM) at a step boundary
     REQUEUED = "Requeued"  # the holder could not go on (writes kept failing) and let go
@@ -59,6 +60,8 @@ class Reason(enum.StrEnum):
     WORKFLOW_ERROR = "WorkflowError"  # the workflow raised
     WORKER_ERROR = "WorkerError"  # the worker could not record the run (replay would only repeat it)
     REPLAY_MISMATCH = "ReplayMismatch"  # the code no longer matches the recorded history
+    # An Event only, never status.reason: the operator requested a child's cancel (the cascade)
+    PARENT_STOPPED = "ParentStopped"
 
 
 class StepState(enum.StrEnum):

@@ -84,8 +84,10 @@ def wait_record(key: str, wake_at: dt.datetime | None, topic: str | None, at: dt
     return record
 
 
-def waiting_message(key: str, wake_at: dt.datetime | None, topic: str | None) -> str:
+def waiting_message(key: str, wake_at: dt.datetime | None, topic: str | None, children: tuple[str, ...] = ()) -> str:
     until = f" until {api.fmt_time(wake_at)}" if wake_at else ""
+    if children:
+        return f"waiting on {key!r}: {len(children)} child run{'s' if len(children) > 1 else ''} to end"
     return f"waiting on event {topic!r}{until}" if topic else f"waiting on {key!r}{until}"
 
 

@@ -33,8 +33,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .. import _protocol as api
-from .._context import Stop, WorkflowContext
+from .._context import ChildCall, Stop, WorkflowContext
 from .._errors import (
+    ChildLimitError,
     ConflictError,
     EventTimeoutError,
     ExecutionCancelled,
@@ -69,6 +70,7 @@ logger = logging.getLogger("kubestep.worker")
 # With the step journal, a cancel's ending archives the records status does not hold yet only past this
 # size (the other endings always do): status stays well under what etcd stores.
 END_ARCHIVE_BYTES = 256 * 1024
+CHILD_CREATES = 16  # children created at once by one batch_invoke
 
 
 def _retry_at(delay: float | None) -> dict[str, Any]:
@@ -838,6 +840,111 @@ class Run:
         wake = api.parse_time((rec or {}).get("wakeAt")) or (api.later(now, timeout) if timeout is not None else None)
         raise Suspend(key, wake, topic)
 
+    # ----- child runs (``_protocol/family.py``) -------------------------------------------------
+
+    async def start_children(self, key: str, calls: list[ChildCall]) -> list[dict[str, Any]]:
+        """A step that creates the children, owned by this run. Their names come from this run's uid
+        and the key, so a create repeated after a crash (the step's record lost) finds the child it
+        made: a 409 for a child of this run is success, for anything else an error."""
+        depth = api.family.depth_of(self.obj) + 1
+        if depth > api.family.MAX_DEPTH:
+            raise ChildLimitError(
+                f"step {key!r} would start a child run {depth} levels below its root; "
+                f"a tree is at most {api.family.MAX_DEPTH} levels deep"
+            )
+        path = api.execution_path(self.namespace)
+        uid = self.obj["metadata"]["uid"]
+        gate = asyncio.Semaphore(CHILD_CREATES)
+
+        async def create(i: int, call: ChildCall) -> dict[str, Any]:
+            body = api.family.child_body(
+                self.obj,
+                key if len(calls) == 1 else f"{key}/{i}",
+                call.workflow,
+                to_json(call.payload),
+                run_timeout_seconds=call.run_timeout_seconds,
+                queue=call.queue,
+            )
+            name = body["metadata"]["name"]
+            async with gate:
+                try:
+                    await self.kube.create(path, body)
+                except ConflictError:
+                    existing = await self.kube.get(api.execution_path(self.namespace, name))
+                    if api.family.parent_of(existing) != (self.name, uid):
+                        raise WorkflowDefinitionError(
+                            f"child run {name} of step {key!r} exists already and is not this run's"
+                        ) from None
+            return {"id": name, "workflow": call.workflow}
+
+        async def create_all() -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(create(i, c) for i, c in enumerate(calls))))
+
+        out: list[dict[str, Any]] = await self.run_step(key, create_all, (), {})
+        return out
+
+    async def wait_children(self, key: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Until every child has ended: their outcomes, recorded with the wait (a replay returns them
+        even if a child is gone since). While one runs the run is released (Waiting) and the operator
+        re-queues it when the last one ends."""
+        self._boundary()
+        rec = await self._recorded(key, "Wait")
+        if rec is not None and rec["state"] == api.StepState.COMPLETED:
+            self._last_key = key
+            return list(rec.get("output") or [])
+        outcomes = await self._child_outcomes(ids)
+        if outcomes is None:
+            raise Suspend(key, None, children=tuple(ids))
+        now = api.fmt_time(api.now())
+        self._put(
+            {
+                "key": key,
+                "kind": "Wait",
+                "state": api.StepState.COMPLETED,
+                "startedAt": (rec or {}).get("startedAt") or now,
+                "finishedAt": now,
+                "output": outcomes,
+            }
+        )
+        self._last_key = key
+        await self._durable()
+        self._boundary()
+        return outcomes
+
+    async def _child_outcomes(self, ids: list[str]) -> list[dict[str, Any]] | None:
+        """How each child ended, or None while one has not. One list of this run's children (by the
+        parent label, then by the ownerReference's uid), not a read per child."""
+        selector = f"{api.family.LABEL_PARENT}={api.family.label_value(self.name)}"
+        mine: dict[str, dict[str, Any]] = {}
+        params: dict[str, Any] = {"labelSelector": selector, "limit": 500}
+        while True:
+            page = await self.kube.get(api.execution_path(self.namespace), params)
+            for item in page.get("items") or []:
+                if api.family.parent_of(item) == (self.name, self.obj["metadata"]["uid"]):
+                    mine[item["metadata"]["name"]] = item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+            params = {**params, "continue": token}
+        out = []
+        for child in ids:
+            body = mine.get(child)
+            if body is None:
+                out.append(
+                    {
+                        "id": child,
+                        "phase": api.Phase.FAILED,
+                        "reason": "Deleted",
+                        "error": {"type": "ChildDeleted", "message": f"child run {child} was deleted before it ended"},
+                    }
+                )
+                continue
+            outcome = api.family.outcome(body)
+            if outcome is None:
+                return None
+            out.append(outcome)
+        return out
+
     # ----- the whole run ----------------------------------------------------------------------
 
     async def execute(self) -> str:
@@ -1005,10 +1112,13 @@ class Run:
 
     async def _finish_wait(self, s: Suspend) -> None:
         self._put(endings.wait_record(s.key, s.wake_at, s.topic, api.now()))
-        message = endings.waiting_message(s.key, s.wake_at, s.topic)
+        message = endings.waiting_message(s.key, s.wake_at, s.topic, s.children)
 
         def build(_s: dict[str, Any]) -> dict[str, Any]:
-            return {**self._steps_patch(), **api.waiting(s.key, message, wake_at=s.wake_at, topic=s.topic)}
+            return {
+                **self._steps_patch(),
+                **api.waiting(s.key, message, wake_at=s.wake_at, topic=s.topic, children=s.children),
+            }
 
         await self._write(build, stoppable=True)
         self._event(api.Phase.WAITING, f"{message}; worker released")

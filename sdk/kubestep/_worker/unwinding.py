@@ -9,11 +9,13 @@ import datetime as dt
 
 
 class Suspend(BaseException):
-    """At ``wait_for`` / ``wait_for_event``: the run is released until ``wake_at`` (None: until its
-    event arrives)."""
+    """At ``wait_for`` / ``wait_for_event`` / ``wait_children``: the run is released until ``wake_at``
+    (None: until its event arrives, or every one of its ``children`` has ended)."""
 
-    def __init__(self, key: str, wake_at: dt.datetime | None, topic: str | None = None) -> None:
-        self.key, self.wake_at, self.topic = key, wake_at, topic
+    def __init__(
+        self, key: str, wake_at: dt.datetime | None, topic: str | None = None, children: tuple[str, ...] = ()
+    ) -> None:
+        self.key, self.wake_at, self.topic, self.children = key, wake_at, topic, children
 
 
 class Release(BaseException):

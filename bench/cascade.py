@@ -1,0 +1,206 @@
+"""The cascade of a stop down a tree of child runs (issue 21), on a fresh local control plane.
+
+The operator and one worker run as local processes (admin credentials, the batch step store). Each round
+starts a root ``tree`` run (``kubestep.examples``) whose leaves step forever (50 ms steps) and whose inner
+runs wait for their children (durably: no worker holds them), waits until every leaf is Running, then
+cancels the root (``spec.cancelRequested``, as ``kubectl patch`` does) and times, from the moment the
+patch is sent, when a watch of the tree (its root label) sees each run reach a terminal phase:
+
+* **fan-out**: a root with ``--children`` (100) children, ``--rounds`` times;
+* **deep**: a tree ``--depth`` (3) levels deep of ``--fanout`` (4) children per run (4 + 16 + 64 runs).
+
+Reported per shape: every descendant's cancel → terminal latency, p50/p95/p99/max over all rounds; the
+time until the *whole* tree was terminal, per round; the same by depth (each level is one more hop:
+the operator sees its parent stop and requests the child's cancel); and whether every run ended
+Cancelled with the operator as requester.
+
+    python bench/cascade.py [--children 100] [--depth 3] [--fanout 4] [--rounds 5] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from stats import summary  # bench/stats.py (the script's folder is on sys.path)
+
+from kubestep import KubestepClient
+from kubestep import _protocol as api
+from kubestep._protocol import family
+from kubestep_dev.controlplane import ControlPlane
+from kubestep_dev.local import start_operator, start_worker
+from kubestep_dev.ports import Ports
+
+HERE = Path(__file__).resolve().parent
+
+
+async def tree_runs(client: KubestepClient, root: str) -> list[dict[str, Any]]:
+    page = await client._kube.get(
+        api.execution_path(client.namespace), {"labelSelector": f"{family.LABEL_ROOT}={root}"}
+    )
+    return [r for r in page.get("items") or [] if r["metadata"]["name"] != root]
+
+
+async def one_round(client: KubestepClient, depth: int, fanout: int) -> dict[str, Any]:
+    """One tree: built, then its root cancelled; per run (name → depth, ms to terminal, phase, requester)."""
+    expected = sum(fanout**d for d in range(1, depth + 1))
+    h = await client.start("tree", {"depth": depth, "fanout": fanout, "seconds": 0.05})
+    deadline = time.monotonic() + 300
+    while True:
+        runs = await tree_runs(client, h.id)
+        leaves = [r for r in runs if family.depth_of(r) == depth]
+        if len(runs) == expected and all((r.get("status") or {}).get("phase") == api.Phase.RUNNING for r in leaves):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the tree of {h.id} did not start in 300 s: {len(runs)} of {expected} runs")
+        await asyncio.sleep(0.25)
+    built = time.monotonic()
+    listing = await client._kube.get(api.execution_path(client.namespace), {"limit": 1})
+    rv = listing["metadata"]["resourceVersion"]
+    seen: dict[str, tuple[int, float, str, str | None]] = {}
+    names = {r["metadata"]["name"]: family.depth_of(r) for r in runs} | {h.id: 0}
+
+    async def follow() -> None:
+        params = {"labelSelector": f"{family.LABEL_ROOT}={h.id}"}
+        async for ev in client._kube.watch(api.execution_path(client.namespace), rv, params):
+            obj = ev.get("object") or {}
+            name = str((obj.get("metadata") or {}).get("name"))
+            status = obj.get("status") or {}
+            if name in names and name not in seen and status.get("phase") in api.TERMINAL_PHASES:
+                at = (time.perf_counter() - t0) * 1000
+                requested_by = (status.get("cancellation") or {}).get("requestedBy")
+                seen[name] = (names[name], at, status["phase"], requested_by)
+                if len(seen) == len(names) - 1:  # every descendant (the root is not in the selector)
+                    return
+
+    watching = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.5)  # the watch is established
+    t0 = time.perf_counter()
+    await client._kube.merge_patch(api.execution_path(client.namespace, h.id), {"spec": {"cancelRequested": True}})
+    root = await h.wait(timeout=120)
+    root_ms = (time.perf_counter() - t0) * 1000
+    await asyncio.wait_for(watching, 180)
+    return {"root": h.id, "root_ms": root_ms, "root_phase": root.status.phase, "runs": seen, "built_s": built}
+
+
+def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    every = [ms for r in rounds for _, ms, _, _ in r["runs"].values()]
+    whole = [max(ms for _, ms, _, _ in r["runs"].values()) for r in rounds]
+    by_depth: dict[int, list[float]] = defaultdict(list)
+    for r in rounds:
+        for depth, ms, _, _ in r["runs"].values():
+            by_depth[depth].append(ms)
+    phases: dict[str, int] = defaultdict(int)
+    requesters: dict[str, int] = defaultdict(int)
+    for r in rounds:
+        for _, _, phase, by in r["runs"].values():
+            phases[phase] += 1
+            requesters[str(by)] += 1
+    return {
+        "shape": name,
+        "rounds": len(rounds),
+        "descendants_per_round": len(rounds[0]["runs"]),
+        "each_ms": summary(every),
+        "whole_tree_ms": summary(whole),
+        "by_depth_ms": {str(d): summary(v) for d, v in sorted(by_depth.items())},
+        "root_ms": summary([r["root_ms"] for r in rounds]),
+        "phases": dict(phases),
+        "requested_by": dict(requesters),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| shape | runs cancelled per round | each run: p50 / p95 / p99 / max ms | whole tree terminal: p50 / max ms "
+        "| by depth, p50 / p99 ms | phases | requested by |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for r in results:
+        e, w = r["each_ms"], r["whole_tree_ms"]
+        depths = "; ".join(f"{d}: {s['p50']:.0f} / {s['p99']:.0f}" for d, s in r["by_depth_ms"].items())
+        lines.append(
+            f"| {r['shape']} ({r['rounds']} rounds) | {r['descendants_per_round']} | {e['p50']:.0f} / {e['p95']:.0f} / "
+            f"{e['p99']:.0f} / {e['max']:.0f} | {w['p50']:.0f} / {w['max']:.0f} | {depths} | {r['phases']} "
+            f"| {r['requested_by']} |"
+        )
+    return "\n".join(lines)
+
+
+async def measure(plane: ControlPlane, args: argparse.Namespace) -> list[dict[str, Any]]:
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    logs = HERE / "results" / "logs"
+    async with KubestepClient(namespace=ns, kubeconfig=str(plane.kubeconfig)) as client:
+        await client._kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
+        concurrency = max(args.children, args.fanout**args.depth) + 20
+        procs = [
+            start_operator(plane.kubeconfig, logs, [ns]),
+            start_worker(plane.kubeconfig, logs, ns, "cascade-worker", concurrency=concurrency),
+        ]
+        try:
+            await asyncio.sleep(2)
+            out = []
+            for shape, depth, fanout in (
+                (f"fan-out: a root with {args.children} children", 1, args.children),
+                (f"deep: {args.depth} levels of {args.fanout}", args.depth, args.fanout),
+            ):
+                rounds = []
+                for i in range(args.rounds):
+                    print(f"{shape}: round {i + 1} of {args.rounds} ...", file=sys.stderr)
+                    rounds.append(await one_round(client, depth, fanout))
+                out.append(report(shape, rounds))
+            return out
+        finally:
+            for p in procs:
+                p.stop()
+            await client._kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--children", type=int, default=100)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--fanout", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    state = Path(os.path.expanduser("~/.cache/kubestep/bench-cascade"))
+    ControlPlane(state, progress=None).down(purge=True)  # a fresh plane each time
+    plane = ControlPlane(state, ports=Ports.free())
+    plane.up()
+    try:
+        results = asyncio.run(measure(plane, args))
+    finally:
+        plane.down()
+    doc: dict[str, Any] = {
+        "results": results,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cascade.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = (
+        f"Cancel of a root → every run of its tree terminal ({doc['machine']['date']}, {os.cpu_count()} cores; "
+        "one operator, one worker, local control plane; leaves step every 50 ms, inner runs wait durably).\n\n"
+        + table(results)
+    )
+    (out / "cascade.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
