@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
@@ -41,6 +42,9 @@ from kubestep_dev.local import start_operator, start_worker
 from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
+PEER_PYTHON = (
+    Path(os.environ.get("KUBESTEP_TEMPORAL_DIR", Path.home() / ".cache/kubestep/temporal")) / "venv/bin/python"
+)
 
 
 async def tree_runs(client: KubestepClient, root: str) -> list[dict[str, Any]]:
@@ -67,6 +71,7 @@ async def one_round(client: KubestepClient, depth: int, fanout: int) -> dict[str
     listing = await client._kube.get(api.execution_path(client.namespace), {"limit": 1})
     rv = listing["metadata"]["resourceVersion"]
     seen: dict[str, tuple[int, float, str, str | None]] = {}
+    finished: dict[str, float] = {}  # by the run's own status.finishedAt (the peer's close_time's kind)
     names = {r["metadata"]["name"]: family.depth_of(r) for r in runs} | {h.id: 0}
 
     async def follow() -> None:
@@ -79,17 +84,27 @@ async def one_round(client: KubestepClient, depth: int, fanout: int) -> dict[str
                 at = (time.perf_counter() - t0) * 1000
                 requested_by = (status.get("cancellation") or {}).get("requestedBy")
                 seen[name] = (names[name], at, status["phase"], requested_by)
+                done = api.parse_time(status.get("finishedAt"))
+                if done is not None:
+                    finished[name] = (done.timestamp() - sent) * 1000
                 if len(seen) == len(names) - 1:  # every descendant (the root is not in the selector)
                     return
 
     watching = asyncio.ensure_future(follow())
     await asyncio.sleep(0.5)  # the watch is established
-    t0 = time.perf_counter()
+    t0, sent = time.perf_counter(), time.time()
     await client._kube.merge_patch(api.execution_path(client.namespace, h.id), {"spec": {"cancelRequested": True}})
     root = await h.wait(timeout=120)
     root_ms = (time.perf_counter() - t0) * 1000
     await asyncio.wait_for(watching, 180)
-    return {"root": h.id, "root_ms": root_ms, "root_phase": root.status.phase, "runs": seen, "built_s": built}
+    return {
+        "root": h.id,
+        "root_ms": root_ms,
+        "root_phase": root.status.phase,
+        "runs": seen,
+        "finished_ms": finished,
+        "built_s": built,
+    }
 
 
 def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,6 +125,7 @@ def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(rounds),
         "descendants_per_round": len(rounds[0]["runs"]),
         "each_ms": summary(every),
+        "each_finished_ms": summary([ms for r in rounds for ms in r["finished_ms"].values()]),
         "whole_tree_ms": summary(whole),
         "by_depth_ms": {str(d): summary(v) for d, v in sorted(by_depth.items())},
         "root_ms": summary([r["root_ms"] for r in rounds]),
@@ -118,18 +134,35 @@ def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def peer_table(peer: dict[str, Any]) -> str:
+    lines = [
+        "| shape (Temporal, same machine, after Kubestep) | runs per round | each run closed (server close_time): "
+        "p50 / p95 / p99 / max ms | whole tree closed: p50 / max ms | statuses |",
+        "|---|---:|---|---|---|",
+    ]
+    for shape, r in peer.items():
+        e, w = r["each_ms"], r["whole_tree_ms"]
+        lines.append(
+            f"| {shape}: depth {r['depth']}, fan-out {r['fanout']} | {r['descendants_per_round']} | "
+            f"{e['p50']:.0f} / {e['p95']:.0f} / {e['p99']:.0f} / {e['max']:.0f} | {w['p50']:.0f} / {w['max']:.0f} "
+            f"| {r['statuses']} |"
+        )
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| shape | runs cancelled per round | each run: p50 / p95 / p99 / max ms | whole tree terminal: p50 / max ms "
-        "| by depth, p50 / p99 ms | phases | requested by |",
-        "|---|---:|---|---|---|---|---|",
+        "| by its finishedAt: p50 / p99 ms | by depth, p50 / p99 ms | phases | requested by |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     for r in results:
         e, w = r["each_ms"], r["whole_tree_ms"]
         depths = "; ".join(f"{d}: {s['p50']:.0f} / {s['p99']:.0f}" for d, s in r["by_depth_ms"].items())
         lines.append(
             f"| {r['shape']} ({r['rounds']} rounds) | {r['descendants_per_round']} | {e['p50']:.0f} / {e['p95']:.0f} / "
-            f"{e['p99']:.0f} / {e['max']:.0f} | {w['p50']:.0f} / {w['max']:.0f} | {depths} | {r['phases']} "
+            f"{e['p99']:.0f} / {e['max']:.0f} | {w['p50']:.0f} / {w['max']:.0f} | "
+            f"{r['each_finished_ms']['p50']:.0f} / {r['each_finished_ms']['p99']:.0f} | {depths} | {r['phases']} "
             f"| {r['requested_by']} |"
         )
     return "\n".join(lines)
@@ -173,6 +206,9 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--peer", action="store_true", help="then the same on a Temporal dev server (bench/temporal-setup.sh)"
+    )
     args = parser.parse_args()
     state = Path(os.path.expanduser("~/.cache/kubestep/bench-cascade"))
     ControlPlane(state, progress=None).down(purge=True)  # a fresh plane each time
@@ -182,8 +218,31 @@ def main() -> None:
         results = asyncio.run(measure(plane, args))
     finally:
         plane.down()
+    peer = None
+    if args.peer:
+        if not PEER_PYTHON.exists():
+            raise SystemExit(f"no Temporal peer at {PEER_PYTHON}: run bench/temporal-setup.sh first")
+        peer_out = Path(args.out) / "temporal_cascade.json"
+        shape = ["--children", str(args.children), "--depth", str(args.depth), "--fanout", str(args.fanout)]
+        subprocess.run(
+            [
+                str(PEER_PYTHON),
+                str(HERE / "temporal_peer.py"),
+                "--cascade",
+                "--out",
+                str(peer_out),
+                "--concurrent",
+                str(max(args.children, args.fanout**args.depth) + 10),
+                "--rounds",
+                str(args.rounds),
+                *shape,
+            ],
+            check=True,
+        )
+        peer = json.loads(peer_out.read_text())
     doc: dict[str, Any] = {
         "results": results,
+        "temporal": peer,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -197,6 +256,7 @@ def main() -> None:
         f"Cancel of a root → every run of its tree terminal ({doc['machine']['date']}, {os.cpu_count()} cores; "
         "one operator, one worker, local control plane; leaves step every 50 ms, inner runs wait durably).\n\n"
         + table(results)
+        + ("\n\n" + peer_table(peer) if peer else "")
     )
     (out / "cascade.md").write_text(md + "\n")
     print(md)

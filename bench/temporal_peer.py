@@ -40,7 +40,7 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import summary
-from temporal_workflows import Idle, Steps, StepsInput, sleep_step
+from temporal_workflows import Idle, Steps, StepsInput, Tree, TreeInput, sleep_step
 
 TASK_QUEUE = "bench"
 CLI = Path(os.environ.get("TEMPORAL_CLI", Path.home() / ".cache/kubestep/temporal/bin-v1.5.1/temporal"))
@@ -57,7 +57,7 @@ async def worker_main(address: str, slots: int) -> None:
     async with Worker(
         client,
         task_queue=TASK_QUEUE,
-        workflows=[Steps, Idle],
+        workflows=[Steps, Idle, Tree],
         activities=[sleep_step],
         max_concurrent_activities=slots,
         max_concurrent_workflow_tasks=slots,
@@ -197,6 +197,67 @@ async def timeout_overshoot(client: Client, samples: int, batch: int = 10) -> li
     return out[:samples]
 
 
+def _tree_ids(root: str, depth: int, fanout: int) -> dict[str, int]:
+    """Every descendant's workflow id (``Tree`` names them ``<parent>-<k>``) and its depth."""
+    out: dict[str, int] = {}
+    level = [root]
+    for d in range(1, depth + 1):
+        level = [f"{p}-{k}" for p in level for k in range(fanout)]
+        out.update({w: d for w in level})
+    return out
+
+
+async def cascade(client: Client, depth: int, fanout: int, rounds: int) -> dict[str, Any]:
+    """Cancel of a root → every descendant closed: per descendant, the server's ``close_time`` less
+    the wall time the cancel was sent (Kubestep's ``bench/cascade.py`` reports the same from
+    ``finishedAt``, beside the time its watch saw it)."""
+    each: list[float] = []
+    whole: list[float] = []
+    statuses: dict[str, int] = {}
+    for _ in range(rounds):
+        root = f"tree-{uuid.uuid4().hex[:8]}"
+        ids = _tree_ids(root, depth, fanout)
+        handle = await client.start_workflow(Tree.run, TreeInput(depth, fanout), id=root, task_queue=TASK_QUEUE)
+        leaves = [w for w, d in ids.items() if d == depth]
+        while True:  # every leaf started and has run a step
+            try:
+                described = await asyncio.gather(*(client.get_workflow_handle(w).describe() for w in leaves))
+                if all(d.status == WorkflowExecutionStatus.RUNNING and d.history_length > 5 for d in described):
+                    break
+            except Exception:
+                pass
+            await asyncio.sleep(0.25)
+        t0 = time.time()
+        await handle.cancel()
+        pending = set(ids)
+        closed: dict[str, float] = {}
+        while pending:
+            described = await asyncio.gather(*(client.get_workflow_handle(w).describe() for w in pending))
+            for w, d in zip(list(pending), described, strict=True):
+                if d.status != WorkflowExecutionStatus.RUNNING and d.close_time is not None:
+                    closed[w] = (d.close_time.timestamp() - t0) * 1000
+                    statuses[d.status.name] = statuses.get(d.status.name, 0) + 1
+                    pending.discard(w)
+            await asyncio.sleep(0.1)
+        each += list(closed.values())
+        whole.append(max(closed.values()))
+    return {
+        "descendants_per_round": len(_tree_ids("x", depth, fanout)),
+        "each_ms": summary(each),
+        "whole_tree_ms": summary(whole),
+        "statuses": statuses,
+    }
+
+
+async def measure_cascade(address: str, args: argparse.Namespace) -> dict[str, Any]:
+    client = await Client.connect(address)
+    out: dict[str, Any] = {}
+    for shape, depth, fanout in (("fan-out", 1, args.children), ("deep", args.depth, args.fanout)):
+        print(f"temporal: cascade, {shape} ...", file=sys.stderr)
+        out[shape] = {"depth": depth, "fanout": fanout, **await cascade(client, depth, fanout, args.rounds)}
+    return out
+
+
 async def measure(address: str, args: argparse.Namespace) -> dict[str, Any]:
     client = await Client.connect(address)
     version = await asyncio.create_subprocess_exec(str(CLI), "--version", stdout=asyncio.subprocess.PIPE)
@@ -223,6 +284,11 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--cascade", action="store_true", help="only the child-workflow cancel (bench/cascade.py's peer)")
+    ap.add_argument("--children", type=int, default=100)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--fanout", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     if args.worker:
         asyncio.run(worker_main(args.worker, args.concurrent + 10))
@@ -269,7 +335,7 @@ def main() -> None:
             [sys.executable, __file__, "--out", args.out, "--worker", address, "--concurrent", str(args.concurrent)]
         )
         time.sleep(3)
-        results = asyncio.run(measure(address, args))
+        results = asyncio.run((measure_cascade if args.cascade else measure)(address, args))
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     finally:

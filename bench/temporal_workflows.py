@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.workflow import ActivityCancellationType
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 
 @activity.defn(name="sleep_step")
@@ -58,3 +58,45 @@ class Idle:
     @workflow.signal
     def poke(self, v: int) -> None:
         pass
+
+
+@dataclass
+class TreeInput:
+    depth: int  # levels of children below this run (0: a leaf, stepping until cancelled)
+    fanout: int
+    seconds: float = 0.05
+
+
+@workflow.defn(name="tree")
+class Tree:
+    """Kubestep's ``tree`` example: ``fanout`` child workflows per level, ``depth`` levels, each parent
+    waiting for its children; leaves step until cancelled. A cancel of the root reaches the children
+    as Temporal does it: the parent's wait on its children is cancelled, which requests the cancel of
+    each child (and ``ParentClosePolicy.REQUEST_CANCEL`` covers a parent that closes first)."""
+
+    @workflow.run
+    async def run(self, inp: TreeInput) -> int:
+        if inp.depth <= 0:
+            i = 0
+            while True:
+                await workflow.execute_activity(
+                    sleep_step,
+                    args=[i, inp.seconds],
+                    start_to_close_timeout=timedelta(seconds=60),
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+                i += 1
+                if workflow.cancellation_reason() is not None:
+                    raise asyncio.CancelledError("cancel requested; the step in flight completed")
+        me = workflow.info().workflow_id
+        children = [
+            await workflow.start_child_workflow(
+                Tree.run,
+                TreeInput(inp.depth - 1, inp.fanout, inp.seconds),
+                id=f"{me}-{k}",
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            )
+            for k in range(inp.fanout)
+        ]
+        await asyncio.gather(*children)
+        return len(children)

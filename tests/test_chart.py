@@ -961,7 +961,7 @@ RBAC_MATRIX = [
     ("cluster-wide", "operator", "watch", LEASES, CLUSTER, True),
     ("cluster-wide", "operator", "create", EVENTS, OTHER, True),
     ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
-    ("cluster-wide", "operator", "patch", WFX, OTHER, False),  # never the spec
+    ("cluster-wide", "operator", "patch", WFX, OTHER, True),  # the cascade: a child's cancel request only
     ("cluster-wide", "operator", "create", WFX, OTHER, False),
     ("cluster-wide", "operator", "delete", WFX, OTHER, True),  # retention, as namespaced
     ("cluster-wide", "operator", "list", "namespaces", CLUSTER, False),  # not needed with -A

@@ -86,6 +86,8 @@ def execution_json(execution: Execution) -> dict[str, Any]:
     out["resource_version"] = resource_version(execution)  # also each stream message's ``id:``
     out["finished"] = execution.finished
     out["cancellation"] = None if cancellation is None else cancellation.model_dump(mode="json")
+    # Its place in its tree (a child run's parent, root and depth; None, None, 0 for a root).
+    out["parent"], out["root"], out["depth"] = execution.parent, execution.root, execution.depth
     return out
 
 

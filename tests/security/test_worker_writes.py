@@ -25,7 +25,7 @@ import yaml
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
-from kubestep._protocol import batches
+from kubestep._protocol import batches, family
 from kubestep_dev.locations import find_binary
 
 from ..conftest import Cluster
@@ -313,6 +313,37 @@ def test_a_worker_creates_only_journal_configmaps_and_events_about_runs(control_
     assert _configmap(control_plane, s, s.as_a, run).returncode == 0
     _refused(_event_about(control_plane, s, s.as_a, "ConfigMap", "anything"), "Events about a WorkflowExecution")
     assert _event_about(control_plane, s, s.as_a, api.KIND, run["metadata"]["name"]).returncode == 0
+
+
+def test_a_worker_creates_only_child_runs(control_plane: Cluster, policy: Setup) -> None:
+    """``ctx.step.invoke``: a worker's token may create a run owned by a run (and labelled with its
+    parent); any other run, or a change to one, stays refused."""
+    s = policy
+    parent = _get(control_plane, s, "wfx", _run(control_plane, s, ALLOWED, {"phase": "Running", "worker": s.a}))
+    child = family.child_body(parent, "k", ALLOWED, None)
+    made = control_plane.kubectl(
+        "-n", s.namespace, "create", "-f", "-", input=json.dumps(child), kubeconfig=s.as_a, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    loose = {**child, "metadata": {"name": f"loose-{uuid.uuid4().hex[:6]}", "namespace": s.namespace}}
+    _refused(
+        control_plane.kubectl(
+            "-n", s.namespace, "create", "-f", "-", input=json.dumps(loose), kubeconfig=s.as_a, check=False
+        ),
+        "it may only create a child run",
+    )
+    unlabelled = json.loads(json.dumps(child))
+    unlabelled["metadata"]["name"] += "-x"
+    del unlabelled["metadata"]["labels"][family.LABEL_PARENT]
+    _refused(
+        control_plane.kubectl(
+            "-n", s.namespace, "create", "-f", "-", input=json.dumps(unlabelled), kubeconfig=s.as_a, check=False
+        ),
+        "it may only create a child run",
+    )
+    name = child["metadata"]["name"]
+    spec = ["-n", s.namespace, "patch", "wfx", name, "--type=merge", "-p", '{"spec":{"cancelRequested":true}}']
+    assert control_plane.kubectl(*spec, kubeconfig=s.as_a, check=False).returncode != 0  # RBAC: never the spec
 
 
 def _batch(cluster: Cluster, s: Setup, who: Path, worker: str, run: dict[str, Any]) -> Any:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from kubestep import EventTimeoutError, ExecutionCancelled, Workflow, WorkflowContext, workflow
-from kubestep.testing import WorkflowEnvironment
+from kubestep import ChildCall, EventTimeoutError, ExecutionCancelled, RetryPolicy, Workflow, WorkflowContext, workflow
+from kubestep.testing import START, WorkflowEnvironment
 
 # ----- A first test -------------------------------------------------------------------------------
 
@@ -215,3 +215,35 @@ async def test_renaming_a_step_breaks_runs_in_flight() -> None:
     run = await env.run(deployed_during_the_wait(invoice, invoice_renamed), {"qty": 2})
     assert (run.phase, run.reason) == ("Failed", "ReplayMismatch")
     assert "records step 'price' (Completed) next, but the code starts step 'compute-price'" in str(run.error)
+
+
+# ----- Retries and child runs --------------------------------------------------------------------
+
+
+@workflow(id="pay-order")
+async def pay_order(ctx: WorkflowContext, order: dict) -> str:
+    return await ctx.step.run("charge", charge, order, 10, retry=RetryPolicy(max_attempts=3, initial_interval=2))
+
+
+@workflow(id="ship-orders")
+async def ship_orders(ctx: WorkflowContext, orders: list) -> list:
+    outcomes = await ctx.step.batch_invoke_and_wait("pay", [ChildCall("pay-order", o) for o in orders])
+    return [o.phase for o in outcomes]
+
+
+async def test_a_retried_charge_and_a_child_that_gives_up() -> None:
+    env = WorkflowEnvironment()
+    run = await env.run(pay_order, {"sku": "A-1"}, fail_attempts={"charge": 2})
+    assert run.result == "charged 10 for A-1"
+    assert [s["key"] for s in run.steps] == [
+        "charge",
+        "charge~backoff-1",
+        "charge~attempt-2",
+        "charge~backoff-2",
+        "charge~attempt-3",
+    ]
+    assert run.clock - START == dt.timedelta(seconds=6)  # backoffs of 2 s and 4 s, skipped
+
+    env = WorkflowEnvironment(child_plans={"pay": {"fail_attempts": {"charge": 3}}})
+    run = await env.run(ship_orders, [{"sku": "A-1"}, {"sku": "B-2"}])
+    assert run.result == ["Failed", "Failed"]

@@ -102,6 +102,10 @@ function render(run) {
   summary.replaceChildren();
   dd(summary, "Namespace", run.namespace);
   dd(summary, "Workflow", run.workflow);
+  if (run.parent) {
+    const link = el("a", { href: `/runs/${encodeURIComponent(run.namespace)}/${encodeURIComponent(run.parent)}` }, run.parent);
+    dd(summary, "Parent", el("span", {}, link, ` (root ${run.root || "?"}, depth ${run.depth})`));
+  }
   dd(summary, "Worker", status.worker);
   dd(summary, "Created", run.created_at);
   dd(summary, "Started", status.started_at);
@@ -169,6 +173,25 @@ async function loadEvents() {
   }
 }
 
+// The runs this one started (ctx.step.invoke): by the parent label, then by the ownerReference's name.
+async function loadChildren(run) {
+  const selector = encodeURIComponent(`kubestep.io/parent=${run.id}`);
+  try {
+    const answer = await api(`/api/v1/executions?${q}&labelSelector=${selector}`);
+    const children = (answer.executions || answer.items || []).filter((c) => c.parent === run.id);
+    document.getElementById("children-box").hidden = children.length === 0;
+    document.getElementById("children").replaceChildren(
+      ...children.map((c) => {
+        const link = el("a", { href: `/runs/${encodeURIComponent(c.namespace)}/${encodeURIComponent(c.id)}` }, c.id);
+        const status = c.status || {};
+        return el("tr", {}, el("td", {}, link), el("td", {}, c.workflow), el("td", {}, status.phase || "—"), el("td", {}, status.reason || ""));
+      }),
+    );
+  } catch (e) {
+    document.getElementById("children-box").hidden = true; // a list it may not read: nothing to show
+  }
+}
+
 async function main() {
   await signedIn(`/api/v1/can-i?verb=get&${q}`);
   let run;
@@ -185,6 +208,7 @@ async function main() {
   document.getElementById("event-form").hidden = !mayPatch || run.finished;
   render(run);
   loadEvents();
+  loadChildren(run);
 
   document.getElementById("cancel-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -227,6 +251,7 @@ async function main() {
   source.addEventListener("end", () => {
     source.close();
     loadEvents();
+    loadChildren(run);
   });
   source.addEventListener("error", (message) => {
     if (message.data) {
