@@ -29,22 +29,27 @@ class StepsInput:
     seconds: float = 0.01
 
 
+async def _steps(count: int, seconds: float) -> int:
+    """``count`` activity steps of ``seconds`` (< 0: until cancelled), Kubestep's cancel rule."""
+    i = 0
+    while count < 0 or i < count:
+        await workflow.execute_activity(
+            sleep_step,
+            args=[i, seconds],
+            start_to_close_timeout=timedelta(seconds=60),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        i += 1
+        if workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError("cancel requested; the step in flight completed")
+    return i
+
+
 @workflow.defn(name="steps")
 class Steps:
     @workflow.run
     async def run(self, inp: StepsInput) -> int:
-        i = 0
-        while inp.count < 0 or i < inp.count:
-            await workflow.execute_activity(
-                sleep_step,
-                args=[i, inp.seconds],
-                start_to_close_timeout=timedelta(seconds=60),
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-            i += 1
-            if workflow.cancellation_reason() is not None:
-                raise asyncio.CancelledError("cancel requested; the step in flight completed")
-        return i
+        return await _steps(inp.count, inp.seconds)
 
 
 @workflow.defn(name="idle")
@@ -77,17 +82,7 @@ class Tree:
     @workflow.run
     async def run(self, inp: TreeInput) -> int:
         if inp.depth <= 0:
-            i = 0
-            while True:
-                await workflow.execute_activity(
-                    sleep_step,
-                    args=[i, inp.seconds],
-                    start_to_close_timeout=timedelta(seconds=60),
-                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                )
-                i += 1
-                if workflow.cancellation_reason() is not None:
-                    raise asyncio.CancelledError("cancel requested; the step in flight completed")
+            return await _steps(-1, inp.seconds)
         me = workflow.info().workflow_id
         children = [
             await workflow.start_child_workflow(
