@@ -54,15 +54,16 @@ async def tree_runs(client: KubestepClient, root: str) -> list[dict[str, Any]]:
     return [r for r in page.get("items") or [] if r["metadata"]["name"] != root]
 
 
-async def one_round(client: KubestepClient, depth: int, fanout: int) -> dict[str, Any]:
+async def one_round(client: KubestepClient, depth: int, fanout: int, idle: bool) -> dict[str, Any]:
     """One tree: built, then its root cancelled; per run (name → depth, ms to terminal, phase, requester)."""
     expected = sum(fanout**d for d in range(1, depth + 1))
-    h = await client.start("tree", {"depth": depth, "fanout": fanout, "seconds": 0.05})
+    h = await client.start("tree", {"depth": depth, "fanout": fanout, "seconds": 0.05, "idle": idle})
+    ready = api.Phase.WAITING if idle else api.Phase.RUNNING
     deadline = time.monotonic() + 300
     while True:
         runs = await tree_runs(client, h.id)
         leaves = [r for r in runs if family.depth_of(r) == depth]
-        if len(runs) == expected and all((r.get("status") or {}).get("phase") == api.Phase.RUNNING for r in leaves):
+        if len(runs) == expected and all((r.get("status") or {}).get("phase") == ready for r in leaves):
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"the tree of {h.id} did not start in 300 s: {len(runs)} of {expected} runs")
@@ -136,7 +137,7 @@ def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def peer_table(peer: dict[str, Any]) -> str:
     lines = [
-        "| shape (Temporal, same machine, after Kubestep) | runs per round | each run closed (server close_time): "
+        "| shape (Temporal dev server, same machine, after Kubestep; leaves waiting) | runs per round | each run closed (server close_time): "
         "p50 / p95 / p99 / max ms | whole tree closed: p50 / max ms | statuses |",
         "|---|---:|---|---|---|",
     ]
@@ -183,15 +184,17 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> list[dict[st
         try:
             await asyncio.sleep(2)
             out = []
-            for shape, depth, fanout in (
-                (f"fan-out: a root with {args.children} children", 1, args.children),
-                (f"deep: {args.depth} levels of {args.fanout}", args.depth, args.fanout),
-            ):
-                rounds = []
-                for i in range(args.rounds):
-                    print(f"{shape}: round {i + 1} of {args.rounds} ...", file=sys.stderr)
-                    rounds.append(await one_round(client, depth, fanout))
-                out.append(report(shape, rounds))
+            for idle in (False, True):
+                leaves = "leaves waiting (no worker holds them)" if idle else "leaves stepping every 50 ms"
+                for shape, depth, fanout in (
+                    (f"fan-out: a root with {args.children} children, {leaves}", 1, args.children),
+                    (f"deep: {args.depth} levels of {args.fanout}, {leaves}", args.depth, args.fanout),
+                ):
+                    rounds = []
+                    for i in range(args.rounds):
+                        print(f"{shape}: round {i + 1} of {args.rounds} ...", file=sys.stderr)
+                        rounds.append(await one_round(client, depth, fanout, idle))
+                    out.append(report(shape, rounds))
             return out
         finally:
             for p in procs:
@@ -218,11 +221,27 @@ def main() -> None:
         results = asyncio.run(measure(plane, args))
     finally:
         plane.down()
-    peer = None
+    doc: dict[str, Any] = {
+        "results": results,
+        "temporal": None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    peer_out = Path(args.out) / "temporal_cascade.json"
+    if not args.peer and peer_out.exists():
+        # The peer's last run (it takes minutes and needs its own server): shown with its own date.
+        doc["temporal"] = json.loads(peer_out.read_text())
+        doc["temporal_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(peer_out.stat().st_mtime))
+    write(out, doc)  # before the peer: its run may fail without losing these
+
     if args.peer:
         if not PEER_PYTHON.exists():
             raise SystemExit(f"no Temporal peer at {PEER_PYTHON}: run bench/temporal-setup.sh first")
-        peer_out = Path(args.out) / "temporal_cascade.json"
         shape = ["--children", str(args.children), "--depth", str(args.depth), "--fanout", str(args.fanout)]
         subprocess.run(
             [
@@ -240,23 +259,21 @@ def main() -> None:
             check=True,
         )
         peer = json.loads(peer_out.read_text())
-    doc: dict[str, Any] = {
-        "results": results,
-        "temporal": peer,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        doc["temporal"], doc["temporal_date"] = peer, doc["machine"]["date"]
+        write(out, doc)
+
+
+def write(out: Path, doc: dict[str, Any]) -> None:
     (out / "cascade.json").write_text(json.dumps(doc, indent=2) + "\n")
     md = (
         f"Cancel of a root → every run of its tree terminal ({doc['machine']['date']}, {os.cpu_count()} cores; "
-        "one operator, one worker, local control plane; leaves step every 50 ms, inner runs wait durably).\n\n"
-        + table(results)
-        + ("\n\n" + peer_table(peer) if peer else "")
+        "one operator, one worker, local control plane; inner runs wait for their children durably).\n\n"
+        + table(doc["results"])
+        + (
+            f"\n\nThe peer, measured {doc['temporal_date']}:\n\n" + peer_table(doc["temporal"])
+            if doc["temporal"]
+            else ""
+        )
     )
     (out / "cascade.md").write_text(md + "\n")
     print(md)

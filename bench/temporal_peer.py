@@ -207,22 +207,26 @@ def _tree_ids(root: str, depth: int, fanout: int) -> dict[str, int]:
     return out
 
 
-async def cascade(client: Client, depth: int, fanout: int, rounds: int) -> dict[str, Any]:
+async def cascade(client: Client, depth: int, fanout: int, rounds: int, seconds: float = -1) -> dict[str, Any]:
     """Cancel of a root → every descendant closed: per descendant, the server's ``close_time`` less
     the wall time the cancel was sent (Kubestep's ``bench/cascade.py`` reports the same from
-    ``finishedAt``, beside the time its watch saw it)."""
+    ``finishedAt``, beside the time its watch saw it). Leaves idle by default (``seconds`` < 0): with
+    leaves stepping every 50 ms, this dev server started the 100 children at about one a second
+    (its throughput here is ~70 steps/s, ``side_by_side.md``), so that shape is not measured."""
     each: list[float] = []
     whole: list[float] = []
     statuses: dict[str, int] = {}
     for _ in range(rounds):
         root = f"tree-{uuid.uuid4().hex[:8]}"
         ids = _tree_ids(root, depth, fanout)
-        handle = await client.start_workflow(Tree.run, TreeInput(depth, fanout), id=root, task_queue=TASK_QUEUE)
+        handle = await client.start_workflow(
+            Tree.run, TreeInput(depth, fanout, seconds), id=root, task_queue=TASK_QUEUE
+        )
         leaves = [w for w, d in ids.items() if d == depth]
         while True:  # every leaf started and has run a step
             try:
                 described = await asyncio.gather(*(client.get_workflow_handle(w).describe() for w in leaves))
-                if all(d.status == WorkflowExecutionStatus.RUNNING and d.history_length > 5 for d in described):
+                if all(d.status == WorkflowExecutionStatus.RUNNING and d.history_length >= 4 for d in described):
                     break
             except Exception:
                 pass

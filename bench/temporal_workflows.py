@@ -82,6 +82,8 @@ class Tree:
     @workflow.run
     async def run(self, inp: TreeInput) -> int:
         if inp.depth <= 0:
+            if inp.seconds < 0:  # idle: waits for ever, no activity runs (Kubestep's idle leaves)
+                await workflow.wait_condition(lambda: False)
             return await _steps(-1, inp.seconds)
         me = workflow.info().workflow_id
         children = [

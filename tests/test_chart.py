@@ -893,7 +893,7 @@ RBAC_MATRIX = [
     ("namespaced", "operator", "create", EVENTS, OWN, True),
     ("namespaced", "operator", "list", "namespaces", CLUSTER, False),  # nothing cluster-wide
     ("namespaced", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
-    ("namespaced", "operator", "patch", WFX, OWN, True),  # the cascade: a child's cancel request only
+    ("namespaced", "operator", "patch", WFX, OWN, False),  # never the spec
     ("namespaced", "operator", "update", WFX, OWN, False),
     ("namespaced", "operator", "create", WFX, OWN, False),
     # Retention: a finished run past its ttlSecondsAfterFinished (a DELETE with its uid as precondition);
@@ -961,7 +961,7 @@ RBAC_MATRIX = [
     ("cluster-wide", "operator", "watch", LEASES, CLUSTER, True),
     ("cluster-wide", "operator", "create", EVENTS, OTHER, True),
     ("cluster-wide", "operator", "watch", "customresourcedefinitions", CLUSTER, False),
-    ("cluster-wide", "operator", "patch", WFX, OTHER, True),  # the cascade: a child's cancel request only
+    ("cluster-wide", "operator", "patch", WFX, OTHER, False),  # never the spec
     ("cluster-wide", "operator", "create", WFX, OTHER, False),
     ("cluster-wide", "operator", "delete", WFX, OTHER, True),  # retention, as namespaced
     ("cluster-wide", "operator", "list", "namespaces", CLUSTER, False),  # not needed with -A

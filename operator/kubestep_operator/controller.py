@@ -401,7 +401,7 @@ class Controller:
             )
             self.retry(s.key, now)
             return
-        if d.patch is None and d.cancel is None:
+        if d.patch is None:
             self.scheduler.schedule(s.key, d.next_due)
         else:
             self.backlog.offer(s.key, urgency(s, d))
@@ -441,31 +441,16 @@ class Controller:
             return
         now = api.now()
         d = self.decide(s, now)  # the state may have moved on since the offer: decide afresh
-        if d.patch is None and d.cancel is None:
+        if d.patch is None:
             self.scheduler.schedule(key, d.next_due)
             return
         path = api.execution_path(s.namespace, s.name, "status")
         level = urgency(s, d)
         started = time.monotonic()
         try:
-            if d.cancel is not None:
-                # The cascade: on the spec, as a user's cancel; irrevocable, so no precondition is
-                # needed (a run cancelled meanwhile with another reason refuses it: a lost race).
-                try:
-                    await self.kube.merge_patch(
-                        api.execution_path(s.namespace, s.name),
-                        {"spec": {"cancelRequested": True, "cancelReason": d.cancel}},
-                        params={"fieldManager": OPERATOR},  # the cancel's requestedBy: the operator
-                    )
-                except InvalidError:
-                    # Cancelled meanwhile with a reason of its own (cancelReason cannot change): the
-                    # next event shows it, and nothing is left to request.
-                    measuring.LOST_RACES.inc()
-                    return
-            elif d.guard is None:
+            if d.guard is None:
                 await self.kube.merge_patch(path, {"status": d.patch}, s.resource_version)
             else:
-                assert d.patch is not None
                 await self.kube.guarded_patch(path, d.patch, d.guard)
         except (ApiError, TransportError) as e:
             if isinstance(e, NotFoundError) or lost_race(e):
@@ -487,8 +472,7 @@ class Controller:
             return
         measuring.WRITE_SECONDS.labels(level.name).observe(time.monotonic() - started)
         self.failures.pop(key, None)
-        if d.patch is not None:
-            measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
+        measuring.TRANSITIONS.labels(str(d.patch.get("phase", s.phase)), str(d.patch.get("reason", ""))).inc()
         if d.event is not None:
             self.recorder.post(s.body_ref, *d.event)
 

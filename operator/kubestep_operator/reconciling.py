@@ -151,9 +151,6 @@ class Decision:
     guard: dict[str, Any] | None = None
     event: tuple[str, str, str] | None = None  # (type, reason, message)
     next_due: dt.datetime | None = None  # when to decide again without a new event
-    # A cancel to request on the run's spec (the cascade from its parent): the cancelReason written
-    # with spec.cancelRequested, as a user's cancel would be. Never together with ``patch``.
-    cancel: str | None = None
 
 
 WorkerLookup = Callable[[str, str], Liveness | None]  # (namespace, worker) -> liveness
@@ -183,6 +180,25 @@ def _finish_cancelled(
     return Decision(patch=patch, event=("Warning" if hard_stop else "Normal", api.Phase.CANCELLED, message))
 
 
+def _cascade(s: Snapshot, why: str, now: dt.datetime) -> Decision:
+    """A stop reaches the whole tree: the run's parent stopped or ended, so the run stops too, written
+    here so that it holds with no worker running. One status write, as for the operator's other stops
+    (no spec write, nothing for the user to see changed in what they wrote): the cancellation, with
+    reason ``Requested``, the parent's stop as its message and the operator as ``requestedBy``. A
+    held run gets it as the signal (``Cancelling``): its holder lets the step in flight finish within
+    its own grace period, runs its cleanup and ends it; a run no worker holds ends ``Cancelled`` at once."""
+    stop = api.stop_record(api.StopReason.REQUESTED, now, note={"message": why, "requestedBy": OPERATOR})
+    if s.phase == api.Phase.RUNNING:
+        return Decision(
+            patch=api.cancelling(stop, f"{why}; worker {s.worker} lets the step in flight finish", s.generation),
+            guard={"phase": api.Phase.RUNNING, "worker": s.worker},
+            event=("Normal", api.Reason.PARENT_STOPPED, f"{why}; signalled worker {s.worker}"),
+        )
+    if s.phase == api.Phase.CANCELLING:  # already stopping for a reason of its own
+        return Decision()
+    return _finish_cancelled(s, stop, f"cancelled: {why}", now)
+
+
 def served_by(s: Snapshot, live_workflows: frozenset[str] | None) -> bool:
     return live_workflows is None or s.workflow in live_workflows
 
@@ -209,13 +225,7 @@ def decide(
         return Decision()
 
     if s.parent_stopped and not s.cancel_requested and not s.cancellation:
-        # The cascade: a stop reaches the whole tree, written here so that it holds with no worker
-        # running. Requested on the child's spec like a user's cancel, so the child's own holder (or
-        # this operator, for a queued or waiting child) ends it with its own grace period and cleanup.
-        return Decision(
-            cancel=s.parent_stopped,
-            event=("Normal", api.Reason.PARENT_STOPPED, f"cancel requested: {s.parent_stopped}"),
-        )
+        return _cascade(s, s.parent_stopped, now)
 
     if phase is None:  # just created
         if s.cancel_requested:
@@ -455,7 +465,7 @@ class Urgency(enum.IntEnum):
 
 def urgency(s: Snapshot, d: Decision) -> Urgency:
     """Stopping runaway work comes first, even behind thousands of admissions."""
-    if d.cancel is not None or (d.patch or {}).get("phase") in (api.Phase.CANCELLING, api.Phase.CANCELLED):
+    if (d.patch or {}).get("phase") in (api.Phase.CANCELLING, api.Phase.CANCELLED):
         return Urgency.STOP
     if s.phase is None or s.phase == api.Phase.QUEUED:
         return Urgency.ADMIT

@@ -98,10 +98,14 @@ async def retrying(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[s
 async def tree(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, Any]:
     """A tree of child runs: ``depth`` levels of ``fanout`` children each, every level waiting for its
     children (unless ``wait`` is false: then it steps on). Leaves run ``leaf`` steps of ``seconds``
-    (0: forever, until cancelled); ``after``: steps the run makes after its children (-1: forever)."""
+    (0: forever, until cancelled), or with ``idle`` wait for an event that never comes; ``after``: steps
+    the run makes after its children (-1: forever)."""
     cfg = input or {}
     depth, seconds = int(cfg.get("depth", 1)), float(cfg.get("seconds", 0.05))
     if depth <= 0:
+        if cfg.get("idle"):
+            await ctx.step.wait_for_event("idle", "never")  # Waiting: no worker holds it, no step runs
+            return {"leaf": ctx.execution_id}
         n, i = int(cfg.get("leaf", 0)), 0
         while n == 0 or i < n:
             await ctx.step.run(f"leaf-{i}", _sleep_step, i, seconds)

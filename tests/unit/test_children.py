@@ -168,17 +168,26 @@ def run(s: Snapshot) -> Any:
 
 
 @pytest.mark.parametrize("phase", [None, "Queued", "Running", "Waiting"])
-def test_a_child_whose_parent_stopped_is_cancelled_first_of_all(phase: str | None) -> None:
-    s = dataclasses.replace(child_snap(phase, status={"worker": "w"}), parent_stopped="parent p stopped (Requested)")
+def test_a_child_whose_parent_stopped_is_stopped_first_of_all(phase: str | None) -> None:
+    why = "parent p stopped (Requested: wrong order)"
+    s = dataclasses.replace(child_snap(phase, status={"worker": "w"}), parent_stopped=why)
     d = run(s)
-    assert d.cancel == "parent p stopped (Requested)" and d.patch is None
-    assert d.event and d.event[1] == api.Reason.PARENT_STOPPED
-    assert urgency(s, d) == Urgency.STOP
-    # Once requested (or stopping anyway), the ordinary rules end it; nothing is requested twice.
-    requested = dataclasses.replace(
-        child_snap(phase, spec={"cancelRequested": True}), parent_stopped="parent p stopped (Requested)"
+    assert d.patch is not None and urgency(s, d) == Urgency.STOP
+    stop = d.patch["cancellation"]
+    assert (stop["reason"], stop["message"], stop["requestedBy"]) == ("Requested", why, "kubestep-operator")
+    if phase == "Running":
+        # The signal to its holder, which lets the step in flight finish within the child's grace period.
+        assert d.patch["phase"] == api.Phase.CANCELLING and d.guard == {"phase": "Running", "worker": "w"}
+        assert d.event and d.event[1] == api.Reason.PARENT_STOPPED
+    else:
+        assert d.patch["phase"] == api.Phase.CANCELLED  # nobody holds it: ended at once
+    # Once stopping (or cancelled by its user), the ordinary rules end it; nothing is written twice.
+    cancelling = dataclasses.replace(
+        child_snap("Cancelling", status={"worker": "w", "cancellation": stop}), parent_stopped=why
     )
-    assert run(requested).cancel is None
+    assert run(cancelling).patch is None
+    requested = dataclasses.replace(child_snap(phase, spec={"cancelRequested": True}), parent_stopped=why)
+    assert (run(requested).patch or {}).get("cancellation", {}).get("message") != why
     assert run(dataclasses.replace(child_snap("Completed"), parent_stopped="x")) == run(child_snap("Completed"))
 
 

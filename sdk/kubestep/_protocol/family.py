@@ -12,8 +12,8 @@ parent waiting on a child does not spend its budget, so a child without one woul
 bounds), the parent's grace period (the cascade stops it as the parent would stop), and its queue.
 
 The cascade (written by the operator, so it holds with no worker running): a child whose parent is
-told to stop (cancel requested, Cancelling) or has ended in any phase is cancelled, with a reason that
-names the parent and carries the parent's own reason, so a grandchild's says which ancestor stopped and why.
+told to stop (cancel requested, Cancelling) or has ended in any phase is cancelled, with a message that
+names the parent and carries the parent's own, so a grandchild's says which ancestor stopped and why.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LABEL_DEPTH: Final = "kubestep.io/depth"
 
 MAX_DEPTH: Final = 8  # a root's children are depth 1
 MAX_CHILDREN: Final = 1000  # children one run may start, in all
-CANCEL_REASON_MAX: Final = 1024  # spec.cancelReason's maxLength
+CANCEL_REASON_MAX: Final = 1024  # a stop's message at most, as spec.cancelReason's maxLength
 
 
 def label_value(name: str) -> str:
@@ -129,8 +129,8 @@ def outcome(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def parent_stop(parent: dict[str, Any]) -> str | None:
-    """Why a parent's children must stop now (the cancelReason the operator writes on each), or None
-    while the parent goes on."""
+    """Why a parent's children must stop now (the message of the cancellation the operator writes on
+    each), or None while the parent goes on."""
     meta, spec, status = parent.get("metadata") or {}, parent.get("spec") or {}, parent.get("status") or {}
     phase = status.get("phase")
     cancellation = status.get("cancellation") or {}
