@@ -73,6 +73,7 @@ async def one_round(client: KubestepClient, depth: int, fanout: int, idle: bool)
     rv = listing["metadata"]["resourceVersion"]
     seen: dict[str, tuple[int, float, str, str | None]] = {}
     finished: dict[str, float] = {}  # by the run's own status.finishedAt (the peer's close_time's kind)
+    legs: dict[str, tuple[float, float]] = {}  # (sent → cancellation.requestedAt, requestedAt → finishedAt)
     names = {r["metadata"]["name"]: family.depth_of(r) for r in runs} | {h.id: 0}
 
     async def follow() -> None:
@@ -88,6 +89,10 @@ async def one_round(client: KubestepClient, depth: int, fanout: int, idle: bool)
                 done = api.parse_time(status.get("finishedAt"))
                 if done is not None:
                     finished[name] = (done.timestamp() - sent) * 1000
+                    asked = api.parse_time((status.get("cancellation") or {}).get("requestedAt"))
+                    if asked is not None:
+                        # The operator's share (the patch sent → it stopped this run) and the rest.
+                        legs[name] = ((asked.timestamp() - sent) * 1000, (done - asked).total_seconds() * 1000)
                 if len(seen) == len(names) - 1:  # every descendant (the root is not in the selector)
                     return
 
@@ -104,6 +109,7 @@ async def one_round(client: KubestepClient, depth: int, fanout: int, idle: bool)
         "root_phase": root.status.phase,
         "runs": seen,
         "finished_ms": finished,
+        "legs_ms": legs,
         "built_s": built,
     }
 
@@ -127,6 +133,8 @@ def report(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "descendants_per_round": len(rounds[0]["runs"]),
         "each_ms": summary(every),
         "each_finished_ms": summary([ms for r in rounds for ms in r["finished_ms"].values()]),
+        "operator_leg_ms": summary([a for r in rounds for a, _ in r["legs_ms"].values()]),
+        "ending_leg_ms": summary([b for r in rounds for _, b in r["legs_ms"].values()]),
         "whole_tree_ms": summary(whole),
         "by_depth_ms": {str(d): summary(v) for d, v in sorted(by_depth.items())},
         "root_ms": summary([r["root_ms"] for r in rounds]),
@@ -154,8 +162,9 @@ def peer_table(peer: dict[str, Any]) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| shape | runs cancelled per round | each run: p50 / p95 / p99 / max ms | whole tree terminal: p50 / max ms "
-        "| by its finishedAt: p50 / p99 ms | by depth, p50 / p99 ms | phases | requested by |",
-        "|---|---:|---|---|---|---|---|---|",
+        "| by its finishedAt: p50 / p99 ms | legs p50 / p99 ms: stopped by the operator, then ended "
+        "| by depth, p50 / p99 ms | phases | requested by |",
+        "|---|---:|---|---|---|---|---|---|---|",
     ]
     for r in results:
         e, w = r["each_ms"], r["whole_tree_ms"]
@@ -163,7 +172,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['shape']} ({r['rounds']} rounds) | {r['descendants_per_round']} | {e['p50']:.0f} / {e['p95']:.0f} / "
             f"{e['p99']:.0f} / {e['max']:.0f} | {w['p50']:.0f} / {w['max']:.0f} | "
-            f"{r['each_finished_ms']['p50']:.0f} / {r['each_finished_ms']['p99']:.0f} | {depths} | {r['phases']} "
+            f"{r['each_finished_ms']['p50']:.0f} / {r['each_finished_ms']['p99']:.0f} | "
+            f"{r['operator_leg_ms']['p50']:.0f} / {r['operator_leg_ms']['p99']:.0f}, "
+            f"{r['ending_leg_ms']['p50']:.0f} / {r['ending_leg_ms']['p99']:.0f} | {depths} | {r['phases']} "
             f"| {r['requested_by']} |"
         )
     return "\n".join(lines)
@@ -178,7 +189,12 @@ async def measure(plane: ControlPlane, args: argparse.Namespace) -> list[dict[st
         )
         concurrency = max(args.children, args.fanout**args.depth) + 20
         procs = [
-            start_operator(plane.kubeconfig, logs, [ns]),
+            start_operator(
+                plane.kubeconfig,
+                logs,
+                [ns],
+                env={"KUBESTEP_OPERATOR_WRITERS": str(args.writers)} if args.writers else None,
+            ),
             start_worker(plane.kubeconfig, logs, ns, "cascade-worker", concurrency=concurrency),
         ]
         try:
@@ -208,6 +224,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--fanout", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--writers", type=int, default=0, help="the operator's KUBESTEP_OPERATOR_WRITERS (0: its default)"
+    )
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument(
         "--peer", action="store_true", help="then the same on a Temporal dev server (bench/temporal-setup.sh)"

@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import datetime as dt
 import json
 import os
 import random
@@ -349,7 +350,12 @@ class Soak:
                 continue
             run_starts = [r for (run, _), rs in starts.items() if run == name for r in rs]
             if name in self.cancels and st.phase != "Cancelled":
-                v["lost cancel"].append(f"{name}: cancel accepted, ended {st.phase}/{st.reason}")
+                accepted = dt.datetime.fromtimestamp(self.cancels[name], dt.UTC).isoformat(timespec="milliseconds")
+                v["lost cancel"].append(
+                    f"{name}: cancel accepted at {accepted}, ended {st.phase}/{st.reason} at {st.finished_at} "
+                    f"(spec.cancelRequested {e.cancel_requested}, worker {st.worker}, attempt {st.attempt}, "
+                    f"started {st.started_at})"
+                )
             stop_at = self.cancels.get(name)
             if (
                 st.cancellation

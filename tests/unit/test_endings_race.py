@@ -153,3 +153,25 @@ async def test_no_checkpoint_starts_while_an_ending_is_written() -> None:
     assert not run.checkpoint_due(time.monotonic() + 1)
     Slow.gate.set()
     await asyncio.wait_for(ending, 5)
+
+
+async def test_a_cancel_seen_on_the_watch_before_the_claim_s_answer_is_not_lost() -> None:
+    """The claim's answer (rv 6) may arrive after the watch event of a cancel made just after the claim
+    landed (rv 7). The answer must not replace the newer object: with the step journal no status write
+    of the run would meet the cancel again before the run ended (the chaos soak: a cancel accepted,
+    the run ended Completed)."""
+    run_box: list[Run] = []
+
+    class Claiming(Apiserver):
+        async def update_status(self, obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+            answer = held(6, cancel=False)
+            run_box[0].observe(held(7, cancel=True))  # the cancel's event, before the claim's answer
+            return answer
+
+    queued = held(5, cancel=False)
+    queued["status"] = {"phase": api.Phase.QUEUED}
+    apiserver = Claiming()
+    run = Run(apiserver, Workflow(_wf, "wf"), queued, "w", WorkerSettings(module="m"))  # type: ignore[arg-type]
+    run_box.append(run)
+    assert await run.claim()
+    assert run.rv == "7" and run.stop_reason == api.StopReason.REQUESTED

@@ -404,13 +404,19 @@ class Run:
                 # so the caller lets go of the run (a no-op if it is not ours).
                 self.claimed, self.attempt = True, self.attempt + 1
             raise
-        self.obj, self.rv = obj, _rv(obj)
+        # A watch event newer than the claim's answer may have arrived while the claim was in flight
+        # (``observe`` keeps it, but learns nothing before the claim): keep the newer of the two, never
+        # step back to the answer, and learn from it. The chaos soak lost a cancel this way: the cancel's
+        # event came in before the claim's answer, which then replaced it, and with the step journal no
+        # status write of the run met the cancel before the run ended.
+        if _newer(_rv(obj), self.rv):
+            self.obj, self.rv = obj, _rv(obj)
         self.claimed = True
         self.attempt += 1
         if budget is not None:
             self.rules.budget_deadline = mono + budget
             self._budget_timer = asyncio.get_running_loop().call_at(mono + budget, self._budget_out)
-        self._note_stop(obj)  # a cancel that arrived with the claim's answer
+        self._learn(self.obj)  # a cancel that arrived with the claim's answer, or before it
         verb = str(patch["reason"])
         self._event(verb, f"{verb} on worker {self.worker} (attempt {self.attempt})")
         # Replay needs the whole history: the archived records, then status.steps.
@@ -866,15 +872,20 @@ class Run:
                 queue=call.queue,
             )
             name = body["metadata"]["name"]
-            async with gate:
+
+            async def once() -> None:
                 try:
                     await self.kube.create(path, body)
                 except ConflictError:
+                    # Made already: by this step before a crash, or by a create whose answer an outage lost.
                     existing = await self.kube.get(api.execution_path(self.namespace, name))
                     if api.family.parent_of(existing) != (self.name, uid):
                         raise WorkflowDefinitionError(
                             f"child run {name} of step {key!r} exists already and is not this run's"
                         ) from None
+
+            async with gate:
+                await self._riding_out(once, f"starting child run {name}")
             return {"id": name, "workflow": call.workflow}
 
         async def create_all() -> list[dict[str, Any]]:
@@ -892,7 +903,13 @@ class Run:
         if rec is not None and rec["state"] == api.StepState.COMPLETED:
             self._last_key = key
             return list(rec.get("output") or [])
-        outcomes = await self._child_outcomes(ids)
+        found: list[list[dict[str, Any]] | None] = []
+
+        async def read() -> None:
+            found[:] = [await self._child_outcomes(ids)]
+
+        await self._riding_out(read, "reading its child runs")
+        outcomes = found[0]
         if outcomes is None:
             raise Suspend(key, None, children=tuple(ids))
         now = api.fmt_time(api.now())
@@ -910,6 +927,17 @@ class Run:
         await self._durable()
         self._boundary()
         return outcomes
+
+    async def _riding_out(self, call: Callable[[], Any], what: str) -> None:
+        """``call`` through an apiserver outage (``Outage``); one that outlasts it lets go of the run
+        (re-queued, resumed by replay) rather than failing the workflow: the soak found a tree's root
+        Failed by a list cut short by an apiserver restart. Other errors are the workflow's."""
+        try:
+            await Outage(self._outage_seconds).retrying(call)
+        except Exception as exc:
+            if transient(exc):
+                raise Release(f"{what} failed: {exc!r}", held=True, cause=exc) from exc
+            raise
 
     async def _child_outcomes(self, ids: list[str]) -> list[dict[str, Any]] | None:
         """How each child ended, or None while one has not. One list of this run's children (by the
