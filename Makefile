@@ -69,6 +69,11 @@ bench-etcd-growth: venv tools
 bench-retention: venv tools
 	$(BIN)/python bench/retention_steady.py $(BENCH_ARGS)
 
+# Issue 23, step 0: systemd in a rootful podman node container, in a netns with no route out (hack/kind/README.md).
+.PHONY: kind-spike
+kind-spike:
+	bash hack/kind/spike.sh
+
 # Issue 21: a root's cancel down a tree of child runs (100 children; 3 levels of 4), every run terminal.
 .PHONY: bench-cascade
 bench-cascade: venv tools

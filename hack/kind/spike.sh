@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Issue 23, step 0 (the spike): does systemd reach multi-user.target in a rootful podman container
+# started the way kind starts a node, inside a network namespace of our own with no route out, on this
+# host's hybrid cgroups (v1)? Nothing is pulled: the root file system is Debian bookworm (systemd 252, the
+# last line that runs on cgroup v1) from the apt mirror this machine reaches, with kind v0.33.0's own
+# entrypoint and units from its Go module. Research: ../shared/notes/kind-offline.md (B5-B8, step 0).
+#
+#   sudo bash hack/kind/spike.sh        # prints the verdict; KEEP=1 leaves the container and netns up
+set -euo pipefail
+
+NS=${KUBESTEP_KIND_NETNS:-kubestep-kind-spike}
+CACHE=${KUBESTEP_KIND_CACHE:-$HOME/.cache/kubestep/kind}
+IMAGE=localhost/kubestep-kind-spike:bookworm
+NET=kubestep-kind-spike
+NAME=kubestep-kind-spike
+KIND_VERSION=v0.33.0
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'spike: %s\n' "$*" >&2; exit 1; }
+# nsenter, not `ip netns exec`: that one also remounts /sys, and with it the cgroup mounts runc needs.
+in_ns() { nsenter --net="/var/run/netns/$NS" "$@"; }
+
+[ "$(id -u)" = 0 ] || die "run as root (rootful podman: kind's podman provider needs it on cgroup v1)"
+for tool in podman mmdebstrap ip go; do command -v "$tool" >/dev/null || die "needs $tool"; done
+
+# --- the host's side of kind's known traps (B5, B6, B7) ----------------------------------------
+mkdir -p /lib/modules  # kind mounts it read-only; podman refuses a missing source
+mkdir -p "$CACHE"
+hard_nofile=$(ulimit -Hn)
+# Not the hard limit for NPROC: runc then fails with "error setting rlimit type 6: operation not
+# permitted" (measured here); 4096, as kind-offline.md says, works.
+hard_nproc=4096
+# The project's own containers.conf, by CONTAINERS_CONF (kind's podman calls inherit it), so that no
+# other podman or buildah user of this machine (the node image build) changes runtime.
+cat > "$CACHE/containers.conf" <<EOF
+# hack/kind/spike.sh: kind passes neither --runtime nor --ulimit (crun refuses hybrid cgroups; podman's
+# default rlimits exceed this machine's hard limits, and CAP_SYS_RESOURCE is missing: never raise them).
+[containers]
+default_ulimits = ["nofile=${hard_nofile}:${hard_nofile}", "nproc=${hard_nproc}:${hard_nproc}"]
+[engine]
+runtime = "runc"
+EOF
+export CONTAINERS_CONF="$CACHE/containers.conf"
+
+# --- the node's root file system: bookworm + systemd + kind's entrypoint and units ----------------
+KIND_DIR=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+[ -f "$KIND_DIR/images/base/files/usr/local/bin/entrypoint" ] || die "kind $KIND_VERSION's entrypoint not found"
+if ! podman image exists "$IMAGE"; then
+  say "building $IMAGE (mmdebstrap bookworm, from the apt mirror; nothing from a registry)"
+  rootfs="$CACHE/spike-rootfs.tar"
+  [ -s "$rootfs" ] || mmdebstrap --variant=minbase \
+    --include=systemd,systemd-sysv,dbus,iproute2,iptables,procps,kmod,mount,util-linux,ca-certificates \
+    --customize-hook="cp -a $KIND_DIR/images/base/files/usr/local/bin/entrypoint \$1/usr/local/bin/entrypoint" \
+    --customize-hook="chmod 0755 \$1/usr/local/bin/entrypoint" \
+    --customize-hook="cp $KIND_DIR/images/base/files/etc/systemd/system/kubelet.slice \$1/etc/systemd/system/" \
+    --customize-hook="mkdir -p \$1/kind && echo spike > \$1/kind/version" \
+    bookworm "$rootfs"
+  podman import \
+    --change 'ENV container=docker' \
+    --change 'STOPSIGNAL SIGRTMIN+3' \
+    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
+    "$rootfs" "$IMAGE" >/dev/null
+fi
+
+# --- the namespace: no route out, checked before and after ---------------------------------------
+no_route_out() {
+  if [ -n "$(ip -n "$NS" route show default)" ] || [ -n "$(ip -n "$NS" -6 route show default)" ]; then
+    die "network namespace $NS has a default route (traffic must not leave the machine)"
+  fi
+}
+cleanup() {
+  [ "${KEEP:-0}" = 1 ] && return
+  podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+  podman volume rm -f "$NAME-var" >/dev/null 2>&1 || true
+  in_ns podman network rm -f "$NET" >/dev/null 2>&1 || true
+  ip netns del "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
+ip netns add "$NS" 2>/dev/null || true
+in_ns ip link set lo up
+no_route_out
+
+# --- the node, started as kind's podman provider starts one (provision.go), in the namespace ------
+say "podman network $NET inside $NS (netavark makes its bridge and NAT there)"
+in_ns podman network create -d bridge "$NET" >/dev/null 2>&1 || true
+say "starting the node container with kind's flags"
+in_ns podman run --name "$NAME" --detach --tty --net "$NET" -e container=podman \
+  --cgroupns=private --hostname "$NAME" --privileged --tmpfs /tmp --tmpfs /run \
+  --volume "$NAME-var:/var:suid,exec,dev" --volume /lib/modules:/lib/modules:ro \
+  "$IMAGE" >/dev/null
+
+state=unknown
+for _ in $(seq 1 60); do
+  state=$(podman exec "$NAME" systemctl is-system-running 2>/dev/null || true)
+  case "$state" in running|degraded) break ;; esac
+  sleep 1
+done
+no_route_out
+say "entrypoint's log:"
+podman logs "$NAME" 2>&1 | grep -E '^INFO|^WARN|^ERROR' | head -20 >&2 || true
+multi=$(podman exec "$NAME" systemctl is-active multi-user.target 2>/dev/null || true)
+say "systemctl is-system-running: $state; multi-user.target: $multi"
+if [ "$state" = degraded ]; then
+  podman exec "$NAME" systemctl --failed --no-legend >&2 || true
+fi
+say "cgroups the node sees (kubelet.slice is kind's):"
+podman exec "$NAME" sh -c 'ls -d /sys/fs/cgroup/*/kubelet.slice 2>/dev/null; cat /proc/1/cgroup | head -5' >&2 || true
+if [ "$multi" = active ]; then
+  echo "spike: systemd $(podman exec "$NAME" systemctl --version | head -1 | cut -d' ' -f2) reached multi-user.target ($state) in $NS, no route out"
+else
+  echo "spike: BLOCKED: multi-user.target is '$multi', system '$state'"
+  podman logs "$NAME" 2>&1 | tail -40 >&2
+  exit 2
+fi
