@@ -23,23 +23,20 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from planes import fresh_plane, machine, namespace_with_kubestep  # bench/planes.py
 from stats import summary  # bench/stats.py (the script's folder is on sys.path)
 
 from kubestep import KubestepClient
 from kubestep import _protocol as api
 from kubestep._protocol import family
 from kubestep_dev.controlplane import ControlPlane
-from kubestep_dev.local import start_operator, start_worker
-from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 PEER_PYTHON = (
@@ -181,41 +178,25 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 async def measure(plane: ControlPlane, args: argparse.Namespace) -> list[dict[str, Any]]:
-    ns = f"bench-{uuid.uuid4().hex[:6]}"
-    logs = HERE / "results" / "logs"
-    async with KubestepClient(namespace=ns, kubeconfig=str(plane.kubeconfig)) as client:
-        await client._kube.create(
-            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-        )
-        concurrency = max(args.children, args.fanout**args.depth) + 20
-        procs = [
-            start_operator(
-                plane.kubeconfig,
-                logs,
-                [ns],
-                env={"KUBESTEP_OPERATOR_WRITERS": str(args.writers)} if args.writers else None,
-            ),
-            start_worker(plane.kubeconfig, logs, ns, "cascade-worker", concurrency=concurrency),
-        ]
-        try:
-            await asyncio.sleep(2)
-            out = []
-            for idle in (False, True):
-                leaves = "leaves waiting (no worker holds them)" if idle else "leaves stepping every 50 ms"
-                for shape, depth, fanout in (
-                    (f"fan-out: a root with {args.children} children, {leaves}", 1, args.children),
-                    (f"deep: {args.depth} levels of {args.fanout}, {leaves}", args.depth, args.fanout),
-                ):
-                    rounds = []
-                    for i in range(args.rounds):
-                        print(f"{shape}: round {i + 1} of {args.rounds} ...", file=sys.stderr)
-                        rounds.append(await one_round(client, depth, fanout, idle))
-                    out.append(report(shape, rounds))
-            return out
-        finally:
-            for p in procs:
-                p.stop()
-            await client._kube.delete(f"/api/v1/namespaces/{ns}")
+    concurrency = max(args.children, args.fanout**args.depth) + 20
+    writers = {"KUBESTEP_OPERATOR_WRITERS": str(args.writers)} if args.writers else None
+    async with namespace_with_kubestep(
+        plane, concurrency=concurrency, worker="cascade-worker", operator_env=writers
+    ) as client:
+        await asyncio.sleep(2)
+        out = []
+        for idle in (False, True):
+            leaves = "leaves waiting (no worker holds them)" if idle else "leaves stepping every 50 ms"
+            for shape, depth, fanout in (
+                (f"fan-out: a root with {args.children} children, {leaves}", 1, args.children),
+                (f"deep: {args.depth} levels of {args.fanout}, {leaves}", args.depth, args.fanout),
+            ):
+                rounds = []
+                for i in range(args.rounds):
+                    print(f"{shape}: round {i + 1} of {args.rounds} ...", file=sys.stderr)
+                    rounds.append(await one_round(client, depth, fanout, idle))
+                out.append(report(shape, rounds))
+        return out
 
 
 def main() -> None:
@@ -232,23 +213,9 @@ def main() -> None:
         "--peer", action="store_true", help="then the same on a Temporal dev server (bench/temporal-setup.sh)"
     )
     args = parser.parse_args()
-    state = Path(os.path.expanduser("~/.cache/kubestep/bench-cascade"))
-    ControlPlane(state, progress=None).down(purge=True)  # a fresh plane each time
-    plane = ControlPlane(state, ports=Ports.free())
-    plane.up()
-    try:
+    with fresh_plane("bench-cascade") as plane:
         results = asyncio.run(measure(plane, args))
-    finally:
-        plane.down()
-    doc: dict[str, Any] = {
-        "results": results,
-        "temporal": None,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    }
+    doc: dict[str, Any] = {"results": results, "temporal": None, "machine": machine()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     peer_out = Path(args.out) / "temporal_cascade.json"

@@ -15,62 +15,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from planes import fresh_plane, machine, namespace_with_kubestep  # bench/planes.py
 from stats import summary  # bench/stats.py (the script's folder is on sys.path)
 
-from kubestep import KubestepClient
 from kubestep_dev.controlplane import ControlPlane
-from kubestep_dev.local import start_operator, start_worker
-from kubestep_dev.ports import Ports
 
 HERE = Path(__file__).resolve().parent
 
 
 async def measure(plane: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
-    ns = f"bench-{uuid.uuid4().hex[:6]}"
-    logs = HERE / "results" / "logs"
-    async with KubestepClient(namespace=ns, kubeconfig=str(plane.kubeconfig)) as client:
-        await client._kube.create(
-            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-        )
-        procs = [
-            start_operator(plane.kubeconfig, logs, [ns]),
-            start_worker(plane.kubeconfig, logs, ns, "retry-worker", concurrency=args.concurrent + 5),
-        ]
-        try:
-            await asyncio.sleep(2)
-            late: list[float] = []
-            whole: list[float] = []
-            payload = {"succeed_in": 3, "attempts": 3, "interval": args.interval}
-            for first in range(0, args.runs, args.concurrent):
-                handles = await asyncio.gather(
-                    *(client.start("retrying", payload) for _ in range(min(args.concurrent, args.runs - first)))
-                )
-                for e in await asyncio.gather(*(h.wait(timeout=120) for h in handles)):
-                    history = {s.key: s for s in await client.step_history(e.id)}
-                    for before, after in (("flaky", "flaky~attempt-2"), ("flaky~attempt-2", "flaky~attempt-3")):
-                        due, started = history[before].retry_at, history[after].started_at
-                        assert due is not None and started is not None, (e.id, before, after)
-                        late.append((started - due).total_seconds() * 1000)
-                    assert e.status.started_at and e.status.finished_at and e.created_at
-                    whole.append((e.status.finished_at - e.created_at).total_seconds())
-            return {
-                "runs": args.runs,
-                "concurrent": args.concurrent,
-                "backoffs_s": [args.interval, args.interval * 2],
-                "next_attempt_after_retry_at_ms": summary(late),
-                "run_created_to_finished_s": summary(whole),
-            }
-        finally:
-            for p in procs:
-                p.stop()
-            await client._kube.delete(f"/api/v1/namespaces/{ns}")
+    async with namespace_with_kubestep(plane, concurrency=args.concurrent + 5, worker="retry-worker") as client:
+        await asyncio.sleep(2)
+        late: list[float] = []
+        whole: list[float] = []
+        payload = {"succeed_in": 3, "attempts": 3, "interval": args.interval}
+        for first in range(0, args.runs, args.concurrent):
+            handles = await asyncio.gather(
+                *(client.start("retrying", payload) for _ in range(min(args.concurrent, args.runs - first)))
+            )
+            for e in await asyncio.gather(*(h.wait(timeout=120) for h in handles)):
+                history = {s.key: s for s in await client.step_history(e.id)}
+                for before, after in (("flaky", "flaky~attempt-2"), ("flaky~attempt-2", "flaky~attempt-3")):
+                    due, started = history[before].retry_at, history[after].started_at
+                    assert due is not None and started is not None, (e.id, before, after)
+                    late.append((started - due).total_seconds() * 1000)
+                assert e.status.started_at and e.status.finished_at and e.created_at
+                whole.append((e.status.finished_at - e.created_at).total_seconds())
+        return {
+            "runs": args.runs,
+            "concurrent": args.concurrent,
+            "backoffs_s": [args.interval, args.interval * 2],
+            "next_attempt_after_retry_at_ms": summary(late),
+            "run_created_to_finished_s": summary(whole),
+        }
 
 
 def main() -> None:
@@ -80,19 +60,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    state = Path(os.path.expanduser("~/.cache/kubestep/bench-retry"))
-    ControlPlane(state, progress=None).down(purge=True)  # a fresh plane each time
-    plane = ControlPlane(state, ports=Ports.free())
-    plane.up()
-    try:
+    with fresh_plane("bench-retry") as plane:
         results = asyncio.run(measure(plane, args))
-    finally:
-        plane.down()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    results["machine"] = machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "retry_backoff.json").write_text(json.dumps(results, indent=2) + "\n")
