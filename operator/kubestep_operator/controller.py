@@ -286,13 +286,14 @@ class Controller:
     def executions_listed(self, scope: Scope, present: set[tuple[str, str]]) -> None:
         """After a (re-)list: runs deleted while the watch was down are forgotten."""
         self.journals.listed(scope.accept, present)
-        self.kinship.listed(scope.accept, present)
+        orphaned = self.kinship.listed(scope.accept, present)
         for key in [k for k in self.executions if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             self.forget(key)
         for key in [k for k in self.ignored if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             del self.ignored[key]
         for key in [k for k in self.expiring if scope.accept(k.namespace) and (k.namespace, k.name) not in present]:
             self.unexpire(key)
+        self._look_again(orphaned)  # parents of children deleted meanwhile: a wait on them may be over
 
     def on_lease(self, kind: str, body: dict[str, Any]) -> None:
         try:

@@ -66,10 +66,13 @@ class Kinship:
         self._link(key, member, None)
         return [RunKey(key.namespace, member.parent[0])] if member.parent else []
 
-    def listed(self, accept: Any, present: set[tuple[str, str]]) -> None:
-        """After a (re-)list of a scope: runs deleted while the watch was down are forgotten."""
+    def listed(self, accept: Any, present: set[tuple[str, str]]) -> list[RunKey]:
+        """After a (re-)list of a scope: runs deleted while the watch was down are forgotten. Returns
+        their parents, to look at again (a child a parent waits for is gone)."""
+        parents: list[RunKey] = []
         for key in [k for k in self._members if accept(k.namespace) and (k.namespace, k.name) not in present]:
-            self.gone(key)
+            parents += self.gone(key)
+        return list(dict.fromkeys(parents))
 
     def _link(self, key: RunKey, before: Member | None, after: Member | None) -> None:
         old = before.parent if before else None

@@ -155,7 +155,7 @@ def test_kinship_indexes_children_and_says_whom_to_look_at_again() -> None:
     assert not k.all_ended("ns", ("c1", "c2"))
     assert k.gone(RunKey("ns", "c2")) == [RunKey("ns", "p")]
     assert k.all_ended("ns", ("c1", "c2")), "a deleted child has ended too"
-    k.listed(lambda ns: ns == "ns", {("ns", "p")})
+    assert k.listed(lambda ns: ns == "ns", {("ns", "p")}) == [RunKey("ns", "p")]  # c1 went while unseen
     assert len(k) == 1 and k.children(RunKey("ns", "p")) == []
 
 
