@@ -26,6 +26,10 @@ fi
 mkdir -p "$src/ui/dist/app"
 [ -e "$src/ui/dist/app/index.html" ] || echo '<!doctype html><title>Argo (UI not built)</title>' > "$src/ui/dist/app/index.html"
 
+# Upstream's workflow/executor/osspecific/signal_linux.go is a symlink to signal_darwin.go, and module
+# zips leave symlinks out: without it argoexec fails ("undefined: Setpgid"). The link, restored in the copy.
+ln -sfn signal_darwin.go "$src/workflow/executor/osspecific/signal_linux.go"
+
 ldflags="-s -w -X $MODULE.version=$VERSION -X $MODULE.gitTag=$VERSION -X $MODULE.gitTreeState=clean"
 cd "$src"
 for cmd in workflow-controller argoexec argo; do
