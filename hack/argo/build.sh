@@ -15,7 +15,9 @@ CACHE=${KUBESTEP_ARGO_CACHE:-$HOME/.cache/kubestep/argo/$VERSION}
 BIN=$CACHE/bin
 mkdir -p "$BIN"
 
-dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$MODULE@$VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+info=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$MODULE@$VERSION")
+dir=$(printf '%s\n' "$info" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+commit=$(printf '%s\n' "$info" | sed -n 's/.*"Hash": "\(.*\)",*/\1/p' | head -1)
 [ -n "$dir" ] || { echo "argo: go mod download $MODULE@$VERSION failed" >&2; exit 1; }
 src=$CACHE/src
 if [ ! -f "$src/go.mod" ]; then
@@ -30,7 +32,15 @@ mkdir -p "$src/ui/dist/app"
 # zips leave symlinks out: without it argoexec fails ("undefined: Setpgid"). The link, restored in the copy.
 ln -sfn signal_darwin.go "$src/workflow/executor/osspecific/signal_linux.go"
 
+# With a commit, a tag and a clean tree the binaries call themselves plain $VERSION (version.go); else
+# "v4.0.5+unknown", and the controller would name its default executor image with that tag.
 ldflags="-s -w -X $MODULE.version=$VERSION -X $MODULE.gitTag=$VERSION -X $MODULE.gitTreeState=clean"
+ldflags="$ldflags -X $MODULE.gitCommit=${commit:-unknown}"
+stamp="$BIN/.ldflags"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$ldflags" ]; then
+  rm -f "$BIN/workflow-controller" "$BIN/argoexec" "$BIN/argo"  # built with other flags: again
+  echo "$ldflags" > "$stamp"
+fi
 cd "$src"
 for cmd in workflow-controller argoexec argo; do
   if [ -x "$BIN/$cmd" ]; then
