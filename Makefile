@@ -16,6 +16,7 @@ help:
 	@echo "make bench-retention  10,000 runs/day compressed (k=144): objects and bytes in the TTL steady state (issue 19)"
 	@echo "make bench-peer  the same workload on Kubestep and on a Temporal dev server, in one table"
 	@echo "make bench-cascade  a root's cancel down a tree of child runs: every run terminal, p50/p99 (issue 21)"
+	@echo "make bench-argo  Argo Workflows v4.0.5 (built here) beside Kubestep on the real node, one table (root; issue 22)"
 	@echo "make image     the project image without Docker: buildah on a base built from Debian packages (hack/image/build.sh)"
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
 	@echo "make node      a real node: kubelet, containerd, scheduler, kube-proxy + the control plane in an isolated netns (root)"
@@ -75,6 +76,11 @@ kind-spike:
 	bash hack/kind/spike.sh
 
 # Issue 21: a root's cancel down a tree of child runs (100 children; 3 levels of 4), every run terminal.
+# Issue 22: Argo Workflows built here, beside Kubestep on the real node (hack/argo/bench.sh; not in CI).
+.PHONY: bench-argo
+bench-argo: venv node-tools
+	hack/argo/bench.sh $(BENCH_ARGS)
+
 .PHONY: bench-cascade
 bench-cascade: venv tools
 	$(BIN)/python bench/cascade.py $(BENCH_ARGS)

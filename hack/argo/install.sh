@@ -31,10 +31,25 @@ for d in yaml.safe_load_all(sys.stdin):
     out.append(d)
 yaml.safe_dump_all(out, sys.stdout)
 ' | $K apply --server-side -n argo -f - >/dev/null
-$K -n argo get role executor >/dev/null 2>&1 ||
-  $K -n argo create role executor --verb=create,patch --resource=workflowtaskresults.argoproj.io >/dev/null
-$K -n argo get rolebinding executor >/dev/null 2>&1 ||
-  $K -n argo create rolebinding executor --role=executor --serviceaccount=argo:default >/dev/null
+# As YAML, not `kubectl create role --resource=...`: that asks discovery, which may not list Argo's
+# CRDs yet right after they are created ("the server doesn't have a resource type").
+$K -n argo apply --server-side -f - >/dev/null <<'YAML'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: executor}
+rules:
+  - apiGroups: [argoproj.io]
+    resources: [workflowtaskresults]
+    verbs: [create, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: executor}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: executor}
+subjects:
+  - {kind: ServiceAccount, name: default, namespace: argo}
+YAML
+$K wait --for=condition=Established --timeout=60s crd/workflows.argoproj.io >/dev/null
 $K -n argo rollout status deploy/workflow-controller --timeout=120s
 
 name=$($K -n argo create -o name -f - <<'YAML'
