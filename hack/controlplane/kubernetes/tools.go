@@ -11,4 +11,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	// The kind node image (hack/kind/build.sh): kubeadm, next to kubelet and kubectl.
+	_ "k8s.io/kubernetes/cmd/kubeadm"
 )
