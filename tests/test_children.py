@@ -82,9 +82,13 @@ async def test_a_parent_s_run_timeout_cancels_its_children_and_no_child_outlives
     client: KubestepClient, workers: Any
 ) -> None:
     workers(concurrency=10)
-    # The parent does not wait: it steps on until its own budget runs out.
+    # The parent does not wait: it steps on until its own budget runs out. Its children get a longer
+    # budget of their own, so only the cascade can stop them in time (with the parent's they would
+    # also time out on their own a few hundred ms later, and race the cascade).
     h = await client.start(
-        "tree", {"depth": 1, "fanout": 3, "wait": False, "after": -1, "seconds": 0.1}, run_timeout_seconds=3
+        "tree",
+        {"depth": 1, "fanout": 3, "wait": False, "after": -1, "seconds": 0.1, "child_timeout": 120},
+        run_timeout_seconds=3,
     )
     e = await h.wait(timeout=60)
     assert (e.status.phase, e.status.reason) == (api.Phase.CANCELLED, api.StopReason.RUN_TIMEOUT)

@@ -161,6 +161,9 @@ async def test_a_cancel_lets_the_step_in_flight_finish_and_starts_no_other(
         return len(completed_steps(await h.status())) >= 2
 
     await until(two_done, what="two steps")
+    # Into the next 0.4 s step, not the few ms between two (a cancel landing there finds no step in
+    # flight, which the last assertion below would take for one that finished before the cancel).
+    await asyncio.sleep(0.15)
     assert await h.cancel(client) is True
     e = await h.wait(timeout=15)
     assert e.status.phase == api.Phase.CANCELLED and e.status.reason == api.StopReason.REQUESTED

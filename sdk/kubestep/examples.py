@@ -99,7 +99,7 @@ async def tree(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, 
     """A tree of child runs: ``depth`` levels of ``fanout`` children each, every level waiting for its
     children (unless ``wait`` is false: then it steps on). Leaves run ``leaf`` steps of ``seconds``
     (0: forever, until cancelled), or with ``idle`` wait for an event that never comes; ``after``: steps
-    the run makes after its children (-1: forever)."""
+    the run makes after its children (-1: forever); ``child_timeout``: the children's budget."""
     cfg = input or {}
     depth, seconds = int(cfg.get("depth", 1)), float(cfg.get("seconds", 0.05))
     if depth <= 0:
@@ -111,7 +111,11 @@ async def tree(ctx: WorkflowContext, input: dict[str, Any] | None) -> dict[str, 
             await ctx.step.run(f"leaf-{i}", _sleep_step, i, seconds)
             i += 1
         return {"leaf": ctx.execution_id}
-    calls = [ChildCall("tree", {**cfg, "depth": depth - 1}) for _ in range(int(cfg.get("fanout", 2)))]
+    budget = cfg.get("child_timeout")  # the children's runTimeoutSeconds (default: the parent's)
+    calls = [
+        ChildCall("tree", {**cfg, "depth": depth - 1}, run_timeout_seconds=None if budget is None else int(budget))
+        for _ in range(int(cfg.get("fanout", 2)))
+    ]
     handles = await ctx.step.batch_invoke("children", calls)
     ended: list[str] = []
     if cfg.get("wait", True):

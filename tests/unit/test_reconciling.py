@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from kubestep import _protocol as api
-from kubestep_operator.reconciling import Liveness, Snapshot, decide
+from kubestep_operator.reconciling import HEAD_START, Liveness, Snapshot, decide
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -88,8 +88,12 @@ def test_cancel_running_signals_the_worker_and_keeps_it_holding() -> None:
     assert "worker" not in d.patch
 
 
-def test_deadline_turns_into_run_timeout_cancellation() -> None:
+def test_deadline_gives_the_live_holder_a_head_start_then_turns_into_run_timeout_cancellation() -> None:
+    # The holder times the budget itself and ends the run at the step boundary; a Cancelling write at
+    # the deadline would race that ending write.
     d = run(snap(api.Phase.RUNNING, worker="w1", deadline=T0))
+    assert d.patch is None and d.next_due == T0 + HEAD_START
+    d = run(snap(api.Phase.RUNNING, worker="w1", deadline=T0), now=T0 + HEAD_START)
     assert d.patch and d.patch["phase"] == api.Phase.CANCELLING
     assert d.patch["cancellation"] == {"reason": api.StopReason.RUN_TIMEOUT, "requestedAt": api.fmt_time(T0)}
 
