@@ -6,11 +6,14 @@
 # entrypoint and units from its Go module. Research: ../shared/notes/kind-offline.md (B5-B8, step 0).
 #
 #   sudo bash hack/kind/spike.sh        # prints the verdict; KEEP=1 leaves the container and netns up
+#   sudo KIND_SPIKE_IMAGE=localhost/kubestep-kind-node:v1.35.4 bash hack/kind/spike.sh
+#                                       # the same boot check of the node image (hack/kind/node.sh), plus
+#                                       # its containerd and the images preloaded into it (no cluster)
 set -euo pipefail
 
 NS=${KUBESTEP_KIND_NETNS:-kubestep-kind-spike}
 CACHE=${KUBESTEP_KIND_CACHE:-$HOME/.cache/kubestep/kind}
-IMAGE=localhost/kubestep-kind-spike:bookworm
+IMAGE=${KIND_SPIKE_IMAGE:-localhost/kubestep-kind-spike:bookworm}
 NET=kubestep-kind-spike
 NAME=kubestep-kind-spike
 KIND_VERSION=v0.33.0
@@ -105,6 +108,19 @@ if [ "$state" = degraded ]; then
 fi
 say "cgroups the node sees (kubelet.slice is kind's):"
 podman exec "$NAME" sh -c 'ls -d /sys/fs/cgroup/*/kubelet.slice 2>/dev/null; cat /proc/1/cgroup | head -5' >&2 || true
+# A node image (hack/kind/node.sh) also has containerd enabled, with the images kubeadm needs preloaded.
+if podman exec "$NAME" test -x /usr/local/bin/containerd; then
+  for _ in $(seq 1 30); do
+    podman exec "$NAME" systemctl is-active containerd.service >/dev/null 2>&1 && break
+    sleep 1
+  done
+  say "containerd.service: $(podman exec "$NAME" systemctl is-active containerd.service 2>/dev/null || true);" \
+    "kubelet.service: $(podman exec "$NAME" systemctl is-active kubelet.service 2>/dev/null || true)" \
+    "(inactive until kubeadm writes /var/lib/kubelet/config.yaml)"
+  say "images the node's CRI sees:"
+  podman exec "$NAME" crictl images >&2 || true
+  say "iptables mode the entrypoint chose: $(podman exec "$NAME" iptables --version 2>/dev/null || true)"
+fi
 if [ "$multi" = active ]; then
   echo "spike: systemd $(podman exec "$NAME" systemctl --version | head -1 | cut -d' ' -f2) reached multi-user.target ($state) in $NS, no route out"
 else
