@@ -134,7 +134,14 @@ printf '%s' "$KUBERNETES_VERSION" > "$stage/kind/version"  # the only version ki
 # kind's config.toml names pause:3.10; kubeadm v1.35.4 names 3.10.1, which is the one images.sh builds.
 grep -q 'sandbox_image = "registry.k8s.io/pause:3.10"' "$FILES/etc/containerd/config.toml" \
   || die "kind's containerd config no longer names pause:3.10; check sandbox_image"
-sed "s|sandbox_image = \"registry.k8s.io/pause:3.10\"|sandbox_image = \"$PAUSE\"|" \
+# restrict_oom_score_adj as for rootless kind: this host withholds CAP_SYS_RESOURCE even from privileged
+# containers, so runc cannot lower a pod's oom_score_adj (the sandbox's -998: "failed to update
+# /proc/self/oom_score_adj: Permission denied", then "can't get final child's PID from pipe: EOF");
+# containerd then clamps every value to its own.
+grep -q 'restrict_oom_score_adj = false' "$FILES/etc/containerd/config.toml" \
+  || die "kind's containerd config no longer sets restrict_oom_score_adj = false; check it"
+sed -e "s|sandbox_image = \"registry.k8s.io/pause:3.10\"|sandbox_image = \"$PAUSE\"|" \
+  -e 's|restrict_oom_score_adj = false|restrict_oom_score_adj = true|' \
   "$FILES/etc/containerd/config.toml" > "$stage/etc/containerd/config.toml"
 # kindnetd cannot be built here (a nested module the proxy does not serve): the cluster is created with
 # networking.disableDefaultCNI and this conflist instead. One node, so a bridge and host-local on the

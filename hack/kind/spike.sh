@@ -73,7 +73,8 @@ no_route_out() {
 }
 cleanup() {
   [ "${KEEP:-0}" = 1 ] && return
-  podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+  # In the namespace: netavark tears the container's network down where it set it up.
+  in_ns podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
   podman volume rm -f "$NAME-var" >/dev/null 2>&1 || true
   in_ns podman network rm -f "$NET" >/dev/null 2>&1 || true
   ip netns del "$NS" 2>/dev/null || true
@@ -120,11 +121,27 @@ if podman exec "$NAME" test -x /usr/local/bin/containerd; then
   say "images the node's CRI sees:"
   podman exec "$NAME" crictl images >&2 || true
   say "iptables mode the entrypoint chose: $(podman exec "$NAME" iptables --version 2>/dev/null || true)"
+  # One pod through the node's runtime, as the kubelet would ask for it (no kubelet, no cluster): the
+  # sandbox (pause, the bridge conflist, runc), then etcd from its preloaded image, in the pod.
+  say "a pod through CRI (crictl runp + create/start etcd --version):"
+  # shellcheck disable=SC2016  # expanded by the node's shell
+  podman exec "$NAME" sh -euc '
+    mkdir -p /tmp/probe-logs
+    echo "{\"metadata\":{\"name\":\"probe\",\"namespace\":\"default\",\"uid\":\"probe-1\"},\"log_directory\":\"/tmp/probe-logs\",\"linux\":{\"cgroup_parent\":\"kubelet-probe.slice\"}}" > /tmp/pod.json
+    echo "{\"metadata\":{\"name\":\"etcd\"},\"image\":{\"image\":\"registry.k8s.io/etcd:3.6.6-0\"},\"command\":[\"etcd\",\"--version\"],\"log_path\":\"etcd.log\"}" > /tmp/ctr.json
+    pod=$(crictl runp /tmp/pod.json)
+    echo "pod sandbox ready, IP $(crictl inspectp "$pod" | jq -r .status.network.ip)"
+    c=$(crictl create "$pod" /tmp/ctr.json /tmp/pod.json)
+    crictl start "$c" >/dev/null
+    sleep 2
+    echo "etcd in the pod: $(crictl logs "$c" 2>&1 | head -1)"
+    crictl rm -f "$c" >/dev/null; crictl stopp "$pod" >/dev/null; crictl rmp "$pod" >/dev/null
+  ' >&2 || { pod_failed=1; say "the pod did NOT run"; }
 fi
-if [ "$multi" = active ]; then
+if [ "$multi" = active ] && [ "${pod_failed:-0}" = 0 ]; then
   echo "spike: systemd $(podman exec "$NAME" systemctl --version | head -1 | cut -d' ' -f2) reached multi-user.target ($state) in $NS, no route out"
 else
-  echo "spike: BLOCKED: multi-user.target is '$multi', system '$state'"
+  echo "spike: BLOCKED: multi-user.target is '$multi', system '$state', pod failed: ${pod_failed:-0}"
   podman logs "$NAME" 2>&1 | tail -40 >&2
   exit 2
 fi
