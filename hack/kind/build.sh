@@ -97,8 +97,8 @@ build_kubeadm() {
     say "cached: $out/kubeadm"
   else
     minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-    # Keep in step with k8s_ldflags in hack/controlplane/build.sh (-trimpath keeps them out of the
-    # binaries' build info, so they cannot be read back from kubelet): kubeadm's version checks compare
+    # Keep in step with k8s_ldflags in hack/controlplane/build.sh (the cached kubelet's build info
+    # does not record them, so they cannot be read back from it): kubeadm's version checks compare
     # its own version with the kubelet's and the control plane's.
     local ldflags="-s -w \
  -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
