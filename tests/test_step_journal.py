@@ -123,23 +123,23 @@ async def test_a_cancelled_run_with_many_records_since_its_checkpoint_archives_t
     client: KubestepClient, workers: Any, control_plane: Any, run_namespace: str
 ) -> None:
     """A cancel's ending writes the records status does not hold yet into a journal chunk first once
-    they are more than a few KB: in status each costs the apiserver a walk against the CRD's schema
-    (20 runs timing out together took 1.1 s to be seen), in a ConfigMap they are one string."""
+    they are many (``END_ARCHIVE_BYTES``): in status each costs the apiserver a walk against the CRD's
+    schema (20 runs timing out together took 1.1 s to be seen), in a ConfigMap they are one string."""
     workers(name="no-checkpoints", env={"KUBESTEP_STATUS_SECONDS": "600"})
     h = await client.start("until-cancelled", {"seconds": 0.01})
 
     async def many_durable() -> list[batches.Entry] | None:
         uid = (await client._get_object(h.id))["metadata"]["uid"]
         found = batch_entries(control_plane, run_namespace, uid)
-        return found if len(found) >= 150 else None
+        return found if len(found) >= 400 else None
 
-    await until(many_durable, 30, "150 step records in StepBatches")
-    assert int((await client._get_object(h.id))["status"].get("stepsCompleted") or 0) < 150, "no checkpoint yet"
+    await until(many_durable, 60, "400 step records in StepBatches (> END_ARCHIVE_BYTES)")
+    assert int((await client._get_object(h.id))["status"].get("stepsCompleted") or 0) < 400, "no checkpoint yet"
     await client.cancel_execution(h.id, reason="enough")
     await until_phase(client, h.id, api.Phase.CANCELLED, timeout=30)
     status = (await client._get_object(h.id))["status"]
     done = int(status["stepsCompleted"])
-    assert done >= 150 and status.get("journal"), "the ending archived the records into a journal chunk"
+    assert done >= 400 and status.get("journal"), "the ending archived the records into a journal chunk"
     assert len(status["steps"]) <= 10, f"status holds only the last few records, not {len(status['steps'])}"
     history = [s.key for s in await h.steps() if s.state == "Completed"]
     assert history == [f"step-{i}" for i in range(done)], "every record is in the history, in order"

@@ -70,10 +70,13 @@ logger = logging.getLogger("kubestep.worker")
 # With the step journal, a cancel's ending archives the records status does not hold yet only past this
 # size (the other endings always do). Below it, writing them into status is quicker than a ConfigMap
 # first; above it, slower: the apiserver walks every field of every record in a custom resource against
-# its schema, and a string in a ConfigMap not at all. Measured on one plane (2026-12-03): 50 records
+# its schema, and a string in a ConfigMap not at all. Measured on an idle plane (2026-12-03): 50 records
 # (13 KB) 24 ms into status against 19 ms archived first; 200 (54 KB) 60 against 31; 500 (134 KB) 161
-# against 44. At 256 KB, 20 runs timing out together took 1.1 s from their ending to a watch seeing it.
-END_ARCHIVE_BYTES = 12 * 1024
+# against 44. Under load the archive costs more (a ConfigMap create on the busy lane beside the step
+# batches): at 12 KB, which most cancels at 1,500 steps/s pass, cancel p99 there rose to 522 ms. 64 KB
+# (~250 records) leaves those cancels alone and still archives the long tails of fast lone runs (20 such
+# runs timing out together took 1.1 s to be seen ended at 256 KB).
+END_ARCHIVE_BYTES = 64 * 1024
 CHILD_CREATES = 16  # children created at once by one batch_invoke
 
 
