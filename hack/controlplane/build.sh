@@ -69,6 +69,12 @@ if [ "$only" = node ]; then
     kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
     kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 fi
+# kubeadm for the kind node image (hack/kind/build.sh): only on request, with the same stamps, since its
+# version checks compare its own version with the kubelet's and the control plane's.
+if [ "$only" = kubeadm ]; then
+  build kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "$k8s_ldflags" \
+    kubeadm=k8s.io/kubernetes/cmd/kubeadm
+fi
 if [ "$only" = all ] || [ "$only" = helm ]; then
   build helm "$cache/helm-$HELM_VERSION" \
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \

@@ -92,30 +92,12 @@ build_kubeadm() {
   # kubelet, kubectl and the control-plane binaries the images need: cached there, or built there.
   bash "$repo/hack/controlplane/build.sh" kubernetes
   bash "$repo/hack/controlplane/build.sh" node
-  local out=$K8S_CACHE/kubernetes-$KUBERNETES_VERSION minor start
+  local out=$K8S_CACHE/kubernetes-$KUBERNETES_VERSION start=$SECONDS
   if [ -x "$out/kubeadm" ]; then
     say "cached: $out/kubeadm"
   else
-    minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-    # Keep in step with k8s_ldflags in hack/controlplane/build.sh (the cached kubelet's build info
-    # does not record them, so they cannot be read back from it): kubeadm's version checks compare
-    # its own version with the kubelet's and the control plane's.
-    local ldflags="-s -w \
- -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
- -X k8s.io/component-base/version.gitMajor=1 \
- -X k8s.io/component-base/version.gitMinor=$minor \
- -X k8s.io/component-base/version.gitTreeState=clean \
- -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z \
- -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION \
- -X k8s.io/client-go/pkg/version.gitMajor=1 \
- -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-    say "building kubeadm (k8s.io/kubernetes $KUBERNETES_VERSION, hack/controlplane/kubernetes) ..."
-    start=$SECONDS
-    (cd "$repo/hack/controlplane/kubernetes" &&
-      GOFLAGS="-mod=mod -trimpath -buildvcs=false" go build -ldflags "$ldflags" -o "$out/kubeadm.tmp" k8s.io/kubernetes/cmd/kubeadm)
-    mv "$out/kubeadm.tmp" "$out/kubeadm"
+    bash "$repo/hack/controlplane/build.sh" kubeadm  # the same wrapper and version stamps as kubelet's
     printf '%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" kubeadm "$KUBERNETES_VERSION" "$((SECONDS - start))" >> "$TIMES"
-    say "built kubeadm in $((SECONDS - start)) s"
   fi
   local v
   v=$("$out/kubeadm" version -o short)
