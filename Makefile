@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KIND_CLUSTER ?= kubestep-e2e
 IMAGE  ?= kubestep:dev
 
-.PHONY: help venv tools browser postgres node-tools test unit demo bench bench-server bench-peer chaos image node node-down node-e2e kind-e2e lint clean
+.PHONY: help venv tools browser postgres node-tools test unit demo bench bench-server bench-peer chaos image node node-down node-e2e kind-e2e kind-image lint clean
 
 help:
 	@echo "make test      set up (venv + control-plane tools) and run the whole suite on a local control plane"
@@ -21,7 +21,8 @@ help:
 	@echo "make chaos     the chaos soak: 500 runs under killed workers, operator, apiserver and etcd (CHAOS_ARGS=...)"
 	@echo "make node      a real node: kubelet, containerd, scheduler, kube-proxy + the control plane in an isolated netns (root)"
 	@echo "make node-e2e  images, node, helm install, the suite and tests/pods against real pods (root; hack/node/e2e.sh)"
-	@echo "make kind-e2e  the same suite against a kind cluster (needs docker + kind)"
+	@echo "make kind-e2e  the same tests against the chart in a kind cluster (docker + kind, or here: root + podman; hack/kind/e2e.sh)"
+	@echo "make kind-image  the kind node image built here, no docker, no registry (root; hack/kind/node.sh)"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -121,29 +122,19 @@ bench-peer: venv tools
 lint: venv tools
 	$(HOME)/.cache/kubestep/bin/helm lint charts/kubestep
 
-# kind end to end: the whole suite against the chart installed in a kind
-# cluster (needs docker and kind: cannot run on machines without a container
-# engine). The cluster is deleted afterwards, also when a step fails.
-# IMAGE must carry a tag (name:tag); the chart gets it as repository + tag.
-KIND          ?= kind
-DOCKER        ?= docker
-KIND_HELM     ?= $(HOME)/.cache/kubestep/bin/helm
-E2E_NAMESPACE ?= kubestep
-
+# kind end to end (hack/kind/e2e.sh): the chart in a kind cluster, the suite and tests/pods against
+# it, the same tests as node-e2e. KIND_ROUTE=docker (a laptop: docker, kindest/node, kind-config.yaml)
+# or local (root, podman, the node image of `make kind-image`, hack/kind/kind-config.yaml, all in a
+# netns with no route out); docker is the default when a docker command exists. The cluster is
+# deleted afterwards, also on failure.
 kind-e2e: venv tools
-	@set -eu; \
-	kubeconfig=$$(mktemp); \
-	trap '$(KIND) delete cluster --name $(KIND_CLUSTER); rm -f "$$kubeconfig"' EXIT; \
-	set -x; \
-	$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s; \
-	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > "$$kubeconfig"; \
-	$(DOCKER) build -t $(IMAGE) .; \
-	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER); \
-	image='$(IMAGE)'; \
-	$(KIND_HELM) install kubestep charts/kubestep --kubeconfig "$$kubeconfig" \
-	  --namespace $(E2E_NAMESPACE) --create-namespace -f charts/kubestep/ci/kind-values.yaml \
-	  --set image.repository="$${image%:*}" --set image.tag="$${image##*:}" --wait --timeout 5m; \
-	KUBESTEP_TEST_KUBECONFIG="$$kubeconfig" KUBESTEP_E2E_NAMESPACE=$(E2E_NAMESPACE) $(BIN)/pytest tests
+	KIND_CLUSTER=$(KIND_CLUSTER) hack/kind/e2e.sh
+
+# The kind node image without docker or a registry (root): binaries from Go modules, the seven images
+# kubeadm names, the node (cached in ~/.cache/kubestep/kind and root's podman store; hack/kind/README.md).
+kind-image: tools
+	hack/node/deps.sh
+	bash hack/kind/build.sh && bash hack/kind/images.sh && bash hack/kind/node.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,8 @@
 #                                       # the same boot check of the node image (hack/kind/node.sh), plus
 #                                       # its containerd and the images preloaded into it (no cluster)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 NS=${KUBESTEP_KIND_NETNS:-kubestep-kind-spike}
 CACHE=${KUBESTEP_KIND_CACHE:-$HOME/.cache/kubestep/kind}
@@ -29,21 +31,7 @@ for tool in podman mmdebstrap ip go; do command -v "$tool" >/dev/null || die "ne
 # --- the host's side of kind's known traps (B5, B6, B7) ----------------------------------------
 mkdir -p /lib/modules  # kind mounts it read-only; podman refuses a missing source
 mkdir -p "$CACHE"
-hard_nofile=$(ulimit -Hn)
-# Not the hard limit for NPROC: runc then fails with "error setting rlimit type 6: operation not
-# permitted" (measured here); 4096, as kind-offline.md says, works.
-hard_nproc=4096
-# The project's own containers.conf, by CONTAINERS_CONF (kind's podman calls inherit it), so that no
-# other podman or buildah user of this machine (the node image build) changes runtime.
-cat > "$CACHE/containers.conf" <<EOF
-# hack/kind/spike.sh: kind passes neither --runtime nor --ulimit (crun refuses hybrid cgroups; podman's
-# default rlimits exceed this machine's hard limits, and CAP_SYS_RESOURCE is missing: never raise them).
-[containers]
-default_ulimits = ["nofile=${hard_nofile}:${hard_nofile}", "nproc=${hard_nproc}:${hard_nproc}"]
-[engine]
-runtime = "runc"
-EOF
-export CONTAINERS_CONF="$CACHE/containers.conf"
+kind_containers_conf "$CACHE"  # lib.sh: runc, limits no higher than the hard ones
 
 # --- the node's root file system: bookworm + systemd + kind's entrypoint and units ----------------
 KIND_DIR=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')

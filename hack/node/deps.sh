@@ -6,7 +6,7 @@
 # buildah and podman (build the images from the Dockerfile, save them for containerd),
 # mmdebstrap (the Python base image from Debian packages), gcc (the static pause binary).
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables conntrack buildah podman mmdebstrap uidmap gcc libc6-dev)
+packages=(containerd runc containernetworking-plugins iptables conntrack buildah podman mmdebstrap uidmap gcc libc6-dev jq)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
