@@ -8,10 +8,10 @@
 #   local  (this machine: root, rootful podman, no docker, no registry): the images built by
 #     hack/image/build.sh (buildah), the node image of `make kind-image` (hack/kind/node.sh),
 #     `hack/kind/kind-config.yaml` (one node, the image's bridge CNI, kubelet allowed on cgroup v1),
-#     `KIND_EXPERIMENTAL_PROVIDER=podman` with the project's containers.conf, and everything (kind,
-#     podman, kubectl, helm, the tests) inside the network namespace $NETNS, which has no route out:
-#     podman makes its `kind` bridge and NAT in the namespace it runs in. Checked before and after,
-#     with no image pull attempted.
+#     `KIND_EXPERIMENTAL_PROVIDER=podman` with the project's containers.conf, and the cluster (kind and
+#     its podman calls), kubectl, helm and the tests inside the network namespace $NETNS, which has no
+#     route out: podman makes its `kind` bridge and NAT in the namespace it runs in. Checked before and
+#     after, with no image pull attempted. (The image builds run on the host's network.)
 #
 # Common to both: images go in as archives (`<engine> save` + `kind load image-archive`), the chart is
 # installed with charts/kubestep/ci/node-values.yaml into a namespace that enforces restricted Pod
@@ -19,7 +19,8 @@
 # is deleted afterwards, also on failure (KUBESTEP_KEEP_KIND=1 keeps it). Stage times go to
 # bench/results/kind-e2e.md.
 #
-#   make kind-e2e                      # KIND_ROUTE=docker|local picks a route; KIND_CLUSTER names it
+#   make kind-e2e                      # KIND_ROUTE=docker|local picks a route; KIND_CLUSTER names it;
+#                                      # KIND_NODE_IMAGE (docker route) pins kindest/node
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -28,13 +29,14 @@ cd "$repo"
 ROUTE=${KIND_ROUTE:-$(command -v docker >/dev/null && echo docker || echo local)}
 CLUSTER=${KIND_CLUSTER:-kubestep-e2e}
 NAMESPACE=${KUBESTEP_E2E_NAMESPACE:-kubestep}
-TOOLS=${KUBESTEP_CACHE_DIR:-$HOME/.cache/kubestep}/bin   # helm and kubectl (make tools)
+TOOLS=${KUBESTEP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubestep}/bin  # helm, kubectl (make tools)
 CACHE=${KUBESTEP_KIND_CACHE:-$HOME/.cache/kubestep/kind}
 NETNS=${KUBESTEP_KIND_NETNS:-kubestep-kind}
 IMAGE=localhost/kubestep:dev
 USER_IMAGE=localhost/kubestep-myflows:dev
 RESULTS=${KIND_E2E_RESULTS:-bench/results/kind-e2e.md}
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT  # until the cluster's own clean-up below takes over
 kubeconfig=$work/kubeconfig
 stages=()
 
@@ -47,6 +49,7 @@ case "$ROUTE" in
     KIND=${KIND:-kind}
     ENGINE=${DOCKER:-docker}
     CONFIG=kind-config.yaml
+    [ "$ENGINE" = docker ] || die "the docker route builds and saves with docker (kind's docker provider loads from it), not $ENGINE"
     in_ns() { "$@"; }
     ;;
   local)
@@ -63,7 +66,7 @@ case "$ROUTE" in
     ;;
   *) die "KIND_ROUTE must be docker or local, not '$ROUTE'" ;;
 esac
-command -v "$KIND" >/dev/null || die "no kind command ($KIND)"
+[ "$ROUTE" = local ] || command -v "$KIND" >/dev/null || die "no kind command ($KIND)"  # local: built below
 for tool in helm kubectl; do [ -x "$TOOLS/$tool" ] || die "$TOOLS/$tool is missing: run make tools"; done
 kubectl() { in_ns "$TOOLS/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -78,7 +81,14 @@ isolated() {
 
 cleanup() {
   if [ "${KUBESTEP_KEEP_KIND:-}" = 1 ]; then
-    say "cluster kept (KUBESTEP_KEEP_KIND=1): kubeconfig $kubeconfig; delete with: $KIND delete cluster --name $CLUSTER"
+    if [ "$ROUTE" = local ]; then
+      say "cluster kept (KUBESTEP_KEEP_KIND=1): kubeconfig $kubeconfig, reachable only inside the namespace" \
+        "(nsenter --net=/var/run/netns/$NETNS ...); delete with: nsenter --net=/var/run/netns/$NETNS env" \
+        "KIND_EXPERIMENTAL_PROVIDER=podman CONTAINERS_CONF=$CONTAINERS_CONF $KIND delete cluster --name $CLUSTER;" \
+        "nsenter --net=/var/run/netns/$NETNS podman network rm -f kind; ip netns del $NETNS"
+    else
+      say "cluster kept (KUBESTEP_KEEP_KIND=1): kubeconfig $kubeconfig; delete with: $KIND delete cluster --name $CLUSTER"
+    fi
     return
   fi
   in_ns "$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
@@ -96,14 +106,19 @@ t=$SECONDS
 if [ "$ROUTE" = local ]; then
   hack/node/deps.sh  # podman, buildah, mmdebstrap, runc, jq (Debian's)
   bash "$here/build.sh" && bash "$here/images.sh" && bash "$here/node.sh"
+  # build.sh goes on without coredns if its build fails; the cluster cannot (kubeadm deploys it).
+  grep -q coredns "$CACHE/images/images.tsv" || die "no coredns image (hack/kind/build.sh coredns failed?)"
   stage "node image (make kind-image: kind, kubeadm, containerd, images, node)" $((SECONDS - t))
   t=$SECONDS
   IMAGE=kubestep:dev hack/image/build.sh
   buildah bud --runtime "$(command -v runc)" --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
     --build-arg "KUBESTEP_IMAGE=$IMAGE" -t "$USER_IMAGE" tests/pods/userimage
 else
-  "$ENGINE" build -t "$IMAGE" .
-  "$ENGINE" build --build-arg "KUBESTEP_IMAGE=$IMAGE" -t "$USER_IMAGE" tests/pods/userimage
+  # No provenance attestations: with the containerd image store (Docker Desktop, Docker 29) `docker save`
+  # writes an index naming attestation blobs it leaves out, and kind's import then fails with
+  # "ctr: content digest ... not found" (kubernetes-sigs/kind#3795).
+  BUILDX_NO_DEFAULT_ATTESTATIONS=1 "$ENGINE" build -t "$IMAGE" .
+  BUILDX_NO_DEFAULT_ATTESTATIONS=1 "$ENGINE" build --build-arg "KUBESTEP_IMAGE=$IMAGE" -t "$USER_IMAGE" tests/pods/userimage
 fi
 stage "images (project, user)" $((SECONDS - t))
 
@@ -114,20 +129,29 @@ if [ "$ROUTE" = local ]; then
   # kind's known issues: too few inotify instances stop kubelet and containerd in the node. A sysctl,
   # not an rlimit; only ever raised.
   [ "$(sysctl -n fs.inotify.max_user_instances)" -ge 512 ] || sysctl -qw fs.inotify.max_user_instances=512
-  ip netns del "$NETNS" 2>/dev/null || true
+  if [ -e "/var/run/netns/$NETNS" ]; then
+    # A cluster kept or left by an earlier run: removed inside the namespace its network was made in
+    # (outside it, netavark fails with "failed to get bridge interface").
+    in_ns "$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+    in_ns podman network rm -f kind >/dev/null 2>&1 || true
+    ip netns del "$NETNS"
+  fi
   ip netns add "$NETNS"
   ip -n "$NETNS" link set lo up
 fi
 isolated
 in_ns "$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-in_ns "$KIND" create cluster --name "$CLUSTER" --config "$CONFIG" --kubeconfig "$kubeconfig" --wait 180s
+image_flag=()
+[ "$ROUTE" = local ] || [ -z "${KIND_NODE_IMAGE:-}" ] || image_flag=(--image "$KIND_NODE_IMAGE")
+in_ns "$KIND" create cluster --name "$CLUSTER" --config "$CONFIG" --kubeconfig "$kubeconfig" --wait 180s \
+  ${image_flag[@]+"${image_flag[@]}"}
 isolated
 # kind waits for the node; the cluster's DNS (kubeadm's coredns, built here on the local route) too.
 kubectl -n kube-system wait deployment/coredns --for=condition=Available --timeout=120s
 stage "kind create cluster (node Ready, coredns Available)" $((SECONDS - t))
 
 t=$SECONDS
-if [ "$ENGINE" = podman ]; then
+if [ "$ROUTE" = local ]; then
   podman save --multi-image-archive --format docker-archive -o "$work/images.tar" "$IMAGE" "$USER_IMAGE"
 else
   "$ENGINE" save -o "$work/images.tar" "$IMAGE" "$USER_IMAGE"
@@ -162,15 +186,15 @@ pulls=$(kubectl get events -A --field-selector reason=Pulling -o name)
 [ -z "$pulls" ] || die "the kubelet tried to pull (nothing may pull): $pulls"
 if [ "$ROUTE" = local ]; then
   # containerd logs every PullImage it is asked for, the kubelet's and kind's alike.
-  ! podman exec "$CLUSTER-control-plane" journalctl -u containerd --no-pager | grep -F PullImage \
-    || die "containerd in the node was asked to pull (nothing may pull): lines above"
+  containerd_log=$(podman exec "$CLUSTER-control-plane" journalctl -u containerd --no-pager)
+  ! grep -F PullImage <<<"$containerd_log" || die "containerd in the node was asked to pull (nothing may pull): lines above"
   say "no default route in $NETNS, no pull attempted"
 fi
 
 {
   echo "# make kind-e2e (route $ROUTE): $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
   echo
-  echo "kind $(in_ns "$KIND" version), config \`$CONFIG\`."
+  echo "$(in_ns "$KIND" version), config \`$CONFIG\`."
   echo
   echo "| stage | time |"
   echo "|---|---:|"
