@@ -25,6 +25,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
+# shellcheck source=hack/node/suite.sh
+. hack/node/suite.sh  # e2e_chart, e2e_suite, e2e_pods: the same install and tests as make node-e2e
 
 ROUTE=${KIND_ROUTE:-$(command -v docker >/dev/null && echo docker || echo local)}
 CLUSTER=${KIND_CLUSTER:-kubestep-e2e}
@@ -162,22 +164,16 @@ stage "images into the node (save + kind load image-archive)" $((SECONDS - t))
 
 # --- the chart, then the tests ------------------------------------------------------------------
 t=$SECONDS
-kubectl create namespace "$NAMESPACE"
-kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted \
-  pod-security.kubernetes.io/enforce-version=latest
-in_ns "$TOOLS/helm" install kubestep charts/kubestep --kubeconfig "$kubeconfig" -n "$NAMESPACE" \
-  -f charts/kubestep/ci/node-values.yaml --wait --timeout 5m
-kubectl -n "$NAMESPACE" wait pods --all --for=condition=Ready --timeout=120s
+e2e_chart in_ns "$TOOLS" "$kubeconfig" "$NAMESPACE"
 stage "helm install to every pod Ready" $((SECONDS - t))
 cluster=$(kubectl get nodes -o wide; echo; kubectl get pods -A -o wide)
 printf '%s\n' "$cluster" >&2
 
-export KUBESTEP_TEST_KUBECONFIG=$kubeconfig KUBESTEP_E2E_NAMESPACE=$NAMESPACE
 t=$SECONDS
-in_ns .venv/bin/pytest -p no:cacheprovider tests --ignore=tests/unit
+e2e_suite in_ns "$kubeconfig" "$NAMESPACE"
 stage "the suite against the pods" $((SECONDS - t))
 t=$SECONDS
-in_ns env KUBESTEP_TEST_PODS=1 KUBESTEP_NODE_RESULTS="$work/figures" .venv/bin/pytest -p no:cacheprovider -s tests/pods
+e2e_pods in_ns "$kubeconfig" "$NAMESPACE" "$work/figures"
 stage "tests/pods (only real pods)" $((SECONDS - t))
 
 isolated

@@ -18,6 +18,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 # shellcheck source=hack/node/lib.sh
 . "$here/lib.sh"
+# shellcheck source=hack/node/suite.sh
+. "$here/suite.sh"  # e2e_chart, e2e_suite, e2e_pods: shared with make kind-e2e
 cd "$repo"
 
 NAMESPACE=${KUBESTEP_E2E_NAMESPACE:-kubestep}
@@ -66,22 +68,17 @@ stage "node start (from nothing, images loaded)" $((SECONDS - t))
 
 kubectl() { in_node "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 t=$SECONDS
-kubectl create namespace "$NAMESPACE"
-kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted \
-  pod-security.kubernetes.io/enforce-version=latest
-in_node "$BIN/helm" install kubestep charts/kubestep --kubeconfig "$KUBECONFIG_FILE" -n "$NAMESPACE" \
-  -f charts/kubestep/ci/node-values.yaml --wait --timeout 5m
-kubectl -n "$NAMESPACE" wait pods --all --for=condition=Ready --timeout=120s
+e2e_chart in_node "$BIN" "$KUBECONFIG_FILE" "$NAMESPACE"
 stage "helm install to every pod Ready" $((SECONDS - t))
 pods_before=$(kubectl get nodes -o wide; echo; kubectl -n "$NAMESPACE" get pods -o wide)
 printf '%s\n' "$pods_before" >&2
 
 export KUBESTEP_TEST_KUBECONFIG=$KUBECONFIG_FILE KUBESTEP_E2E_NAMESPACE=$NAMESPACE
 t=$SECONDS
-in_node .venv/bin/pytest -p no:cacheprovider tests --ignore=tests/unit
+e2e_suite in_node "$KUBECONFIG_FILE" "$NAMESPACE"
 stage "the suite against the pods" $((SECONDS - t))
 t=$SECONDS
-in_node env KUBESTEP_TEST_PODS=1 KUBESTEP_NODE_RESULTS="$figures" .venv/bin/pytest -p no:cacheprovider -s tests/pods
+e2e_pods in_node "$KUBECONFIG_FILE" "$NAMESPACE" "$figures"
 stage "tests/pods (only real pods)" $((SECONDS - t))
 t=$SECONDS
 "$here/postgres-store.sh" "$NAMESPACE" | tee -a "$figures"
