@@ -188,19 +188,9 @@ if [ "$ROUTE" = local ]; then
 fi
 
 {
-  echo "# make kind-e2e (route $ROUTE): $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
+  e2e_report "make kind-e2e (route $ROUTE)" "$work/figures" "${stages[@]}"
   echo
   echo "$(in_ns "$KIND" version), config \`$CONFIG\`."
-  echo
-  echo "| stage | time |"
-  echo "|---|---:|"
-  printf '%s\n' "${stages[@]}"
-  echo
-  echo "In-pod figures (tests/pods):"
-  echo
-  echo '```'
-  cat "$work/figures" 2>/dev/null || true
-  echo '```'
   echo
   echo "After helm install (\`kubectl get nodes,pods -o wide\`):"
   echo

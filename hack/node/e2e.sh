@@ -96,17 +96,7 @@ pulls=$(kubectl get events -A --field-selector reason=Pulling -o name)
 say "no default route in $NETNS, no pull attempted"
 
 {
-  echo "# make node-e2e: $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
-  echo
-  echo "| stage | time |"
-  echo "|---|---:|"
-  printf '%s\n' "${stages[@]}"
-  echo
-  echo "In-pod figures (tests/pods):"
-  echo
-  echo '```'
-  cat "$figures"
-  echo '```'
+  e2e_report "make node-e2e" "$figures" "${stages[@]}"
   echo
   echo "Rolling upgrade with runs in flight (hack/node/upgrade.sh: the old release's chart, CRDs and images,"
   echo "then \`kubectl apply --server-side --force-conflicts -f crds/\` and \`helm upgrade\` while runs execute and wait):"

@@ -31,3 +31,21 @@ e2e_pods() {
   "$1" env KUBESTEP_TEST_KUBECONFIG="$2" KUBESTEP_E2E_NAMESPACE="$3" KUBESTEP_TEST_PODS=1 \
     KUBESTEP_NODE_RESULTS="$4" .venv/bin/pytest -p no:cacheprovider -s tests/pods
 }
+
+# e2e_report TITLE FIGURES STAGE_ROW...: the head of an e2e's results file (bench/results/*-e2e.md): the
+# title with the time and revision, the stage times, then the in-pod figures (the file FIGURES).
+e2e_report() {
+  local title=$1 figures=$2
+  shift 2
+  echo "# $title: $(date -u +%Y-%m-%dT%H:%MZ) on $(git rev-parse --short HEAD)"
+  echo
+  echo "| stage | time |"
+  echo "|---|---:|"
+  printf '%s\n' "$@"
+  echo
+  echo "In-pod figures (tests/pods):"
+  echo
+  echo '```'
+  cat "$figures" 2>/dev/null || true
+  echo '```'
+}
