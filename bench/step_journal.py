@@ -585,11 +585,15 @@ async def measure_store(plane: ControlPlane, store: str, args: argparse.Namespac
 
             if args.cancels:
                 print(f"[{store}] {args.cancels} cancels at the load ...", file=sys.stderr, flush=True)
-                c0 = await scraper.port(port)
+                c0 = await scraper.snapshot(port)
                 t0 = time.monotonic()
                 result["cancel"] = await cancels(client, names, args.cancels, args.cancel_budget)
-                c1 = await scraper.port(port)
-                result["cancel"]["steps_per_s_meanwhile"] = (completed(c1) - completed(c0)) / (time.monotonic() - t0)
+                c1 = await scraper.snapshot(port)
+                c0, c1 = parsed(c0), parsed(c1)
+                result["cancel"]["steps_per_s_meanwhile"] = (completed(c1["worker"]) - completed(c0["worker"])) / (
+                    time.monotonic() - t0
+                )
+                result["cancel"]["stalls"] = stalls(c0, c1)
 
             if args.timeouts:
                 print(f"[{store}] {args.timeouts} timeouts at the load ...", file=sys.stderr, flush=True)
@@ -646,6 +650,33 @@ async def measure_store(plane: ControlPlane, store: str, args: argparse.Namespac
                 result.setdefault("cleanup_error", f"{type(e).__name__}: {e}")
             await scraper.aclose()
     return result
+
+
+def _hist(
+    c0: Samples, c1: Samples, name: str, over: tuple[str, ...] = ("0.05", "0.1", "0.25"), **labels: str
+) -> dict[str, float]:
+    """A histogram's growth between two scrapes: count, sum, and how many were over each bound of
+    ``over`` (bucket bounds the histogram has)."""
+    le0, le1 = by(c0, f"{name}_bucket", "le", **labels), by(c1, f"{name}_bucket", "le", **labels)
+    n = total(c1, f"{name}_count", **labels) - total(c0, f"{name}_count", **labels)
+    out = {"count": n, "sum_ms": 1000 * (total(c1, f"{name}_sum", **labels) - total(c0, f"{name}_sum", **labels))}
+    for le in over:
+        out[f"over_{round(float(le) * 1000)}ms"] = n - (le1.get(le, 0.0) - le0.get(le, 0.0))
+    return out
+
+
+def stalls(c0: dict[str, Any], c1: dict[str, Any]) -> dict[str, Any]:
+    """Where a cancel's time can stall, between two snapshots: the worker's event loop's lateness (a
+    100 ms timer's, sampled), its garbage collections by generation, its ending writes as it timed
+    them, and the same PUTs of ``/status`` as the apiserver timed them."""
+    w0, w1, a0, a1 = c0["worker"], c1["worker"], c0["apiserver"], c1["apiserver"]
+    put = {"verb": "PUT", "resource": "workflowexecutions", "subresource": "status"}
+    return {
+        "loop_lag": _hist(w0, w1, "kubestep_worker_loop_lag_seconds"),
+        **{f"gc_gen{g}": _hist(w0, w1, "kubestep_gc_pause_seconds", generation=g) for g in ("0", "1", "2")},
+        "end_writes": _hist(w0, w1, "kubestep_worker_status_write_seconds", kind="end"),
+        "apiserver_status_puts": _hist(a0, a1, "apiserver_request_duration_seconds", ("0.05", "0.1", "0.2"), **put),
+    }
 
 
 def load_figures(s0: dict[str, Any], s1: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -904,6 +935,22 @@ def report(results: dict[str, Any]) -> str:
                         for name, v in r["cancel"]["legs_ms"].items()
                     )
                     if (r.get("cancel") or {}).get("legs_ms")
+                    else ""
+                )
+                + (
+                    "; meanwhile (count, sum, how many over each bound): "
+                    + ", ".join(
+                        f"{label} {v['count']:.0f}, {v['sum_ms']:.0f} ms, "
+                        + " / ".join(f"{v[k]:.0f} over {k[5:]}" for k in v if k.startswith("over_"))
+                        for label, v in (
+                            ("the worker's loop-lag samples", r["cancel"]["stalls"]["loop_lag"]),
+                            ("its full collections", r["cancel"]["stalls"]["gc_gen2"]),
+                            ("its gen-1 collections", r["cancel"]["stalls"]["gc_gen1"]),
+                            ("its ending writes", r["cancel"]["stalls"]["end_writes"]),
+                            ("status PUTs as the apiserver timed them", r["cancel"]["stalls"]["apiserver_status_puts"]),
+                        )
+                    )
+                    if (r.get("cancel") or {}).get("stalls")
                     else ""
                 )
                 + "."

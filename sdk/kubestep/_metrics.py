@@ -10,7 +10,9 @@ write to the apiserver, and its latency bounds how fast steps and cancels go
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -55,6 +57,13 @@ LOOP_LAG_SECONDS = Histogram(
     "How late the worker's event loop ran a timer: a watch event (a cancel) waits as long to be read.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+GC_PAUSE_SECONDS = Histogram(
+    "kubestep_gc_pause_seconds",
+    "Python's cyclic garbage collections by generation (2: a full one): the whole process, its event "
+    "loop included, stands still for each.",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 STATUS_WRITE_SECONDS = Histogram(
     "kubestep_worker_status_write_seconds",
     "Latency of the worker's status writes, by kind: claim, steps, end.",
@@ -80,8 +89,22 @@ INFORMER_HANDLER_ERRORS = Counter(
 )
 
 
+def time_gc() -> None:
+    """Times every cyclic collection into ``kubestep_gc_pause_seconds`` (``gc.callbacks``)."""
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+
+
 def serve(port: int | None) -> None:
     """Starts the /metrics endpoint on ``port`` (all interfaces) when one is given (``_settings``)."""
     if port:
+        time_gc()
         start_http_server(port)
         logger.info("metrics on :%d/metrics", port)

@@ -175,3 +175,85 @@ async def test_a_cancel_seen_on_the_watch_before_the_claim_s_answer_is_not_lost(
     run_box.append(run)
     assert await run.claim()
     assert run.rv == "7" and run.stop_reason == api.StopReason.REQUESTED
+
+
+def _journal_run(status_seconds: float = 5.0) -> Run:
+    obj = {**held(5, cancel=False), "metadata": {**held(5, cancel=False)["metadata"], "uid": "u"}}
+    run = Run(Apiserver(), Workflow(_wf, "wf"), obj, "w", WorkerSettings(module="m"))  # type: ignore[arg-type]
+    run.journal = object()  # type: ignore[assignment]  # checkpoints are the step journal's
+    run.claimed = True
+    run.status_seconds = status_seconds
+    run._put({"key": "s1", "kind": "Run", "state": api.StepState.COMPLETED, "output": 1})
+    return run
+
+
+def test_checkpoints_are_spread_not_in_step() -> None:
+    """Runs claimed together must not checkpoint together for ever: each interval is status_seconds
+    give or take CHECKPOINT_JITTER, drawn afresh, so a hundred runs' intervals differ."""
+    from kubestep._worker.running import CHECKPOINT_JITTER
+
+    runs = [_journal_run() for _ in range(100)]
+    factors = {r._status_jitter for r in runs}
+    assert len(factors) > 90
+    assert all(1 - CHECKPOINT_JITTER <= f <= 1 + CHECKPOINT_JITTER for f in factors)
+    run = runs[0]
+    start = run._last_status_write
+    assert not run.checkpoint_due(start + 5.0 * (1 - CHECKPOINT_JITTER) - 0.01)
+    assert run.checkpoint_due(start + 5.0 * (1 + CHECKPOINT_JITTER) + 0.01)
+
+
+async def test_a_queued_checkpoint_is_not_due_again_and_skips_a_run_that_began_its_ending() -> None:
+    run = _journal_run(status_seconds=0)
+    later = time.monotonic() + 1
+    assert run.checkpoint_due(later)
+    run.checkpoint_queued()
+    assert not run.checkpoint_due(later), "queued once, not again while it waits for a place"
+    run._ending = True  # its ending began while the checkpoint waited: the ending carries the records
+    await run.checkpoint()
+    assert run._checkpointing is None, "no write started"
+    assert not run._checkpoint_queued
+
+
+async def test_the_worker_writes_at_most_a_few_checkpoints_at_once() -> None:
+    """A whole tick's worth of due checkpoints at once was a burst the apiserver chewed through while
+    every cancel arriving meanwhile waited (bench/README.md, issue 19)."""
+    import asyncio
+
+    from kubestep._worker import worker as w
+
+    class Due:
+        in_flight = 0
+        most = 0
+        done = 0
+
+        def __init__(self) -> None:
+            self.queued = False
+
+        def checkpoint_due(self, now: float) -> bool:
+            return not self.queued
+
+        def checkpoint_queued(self) -> None:
+            self.queued = True
+
+        async def checkpoint(self) -> None:
+            Due.in_flight += 1
+            Due.most = max(Due.most, Due.in_flight)
+            await asyncio.sleep(0.01)
+            Due.in_flight -= 1
+            Due.done += 1
+
+    worker = w.Worker.__new__(w.Worker)
+    worker.journal = object()  # type: ignore[assignment]
+    worker.settings = WorkerSettings(module="m")
+    worker.runs = {f"r{i}": Due() for i in range(20)}  # type: ignore[misc]
+    worker._tasks = set()
+    timer = asyncio.ensure_future(worker._checkpoint_forever())
+    try:
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if Due.done == 20:
+                break
+    finally:
+        timer.cancel()
+    assert Due.done == 20, "each due run checkpointed once"
+    assert Due.most == w.CHECKPOINTS_AT_ONCE

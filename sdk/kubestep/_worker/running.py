@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -78,6 +79,15 @@ logger = logging.getLogger("kubestep.worker")
 # runs timing out together took 1.1 s to be seen ended at 256 KB).
 END_ARCHIVE_BYTES = 64 * 1024
 CHILD_CREATES = 16  # children created at once by one batch_invoke
+# A run's status checkpoints come every status_seconds give or take this share, drawn afresh each time.
+# Runs claimed together (a fan-out, a benchmark's 100) would otherwise checkpoint together for ever: a
+# burst of ConfigMap creates and status patches that every cancel landing in it waits behind.
+CHECKPOINT_JITTER = 0.2
+
+
+def _jitter() -> float:
+    """A factor of status_seconds: the next checkpoint's interval."""
+    return 1.0 + CHECKPOINT_JITTER * (2.0 * random.random() - 1.0)
 
 
 def _retry_at(delay: float | None) -> dict[str, Any]:
@@ -156,6 +166,8 @@ class Run:
         # write in the background, raised at the next boundary.
         self.status_seconds = settings.status_seconds
         self._last_status_write = time.monotonic()
+        self._status_jitter = _jitter()
+        self._checkpoint_queued = False
         self._deferred: Release | None = None
         # The checkpoint in flight, which an ending preempts (``_preempt_checkpoint``).
         self._checkpointing: asyncio.Future[None] | None = None
@@ -677,20 +689,31 @@ class Run:
 
     def checkpoint_due(self, now: float) -> bool:
         return (
-            self.journal is not None
+            not self._checkpoint_queued
+            and self.journal is not None
             and self.claimed
             and not self._ended
             and not self._ending  # it would only race the ending's write, which carries its records
             and self._deferred is None
             and self.ledger.unsent
-            and now - self._last_status_write >= self.status_seconds
+            and now - self._last_status_write >= self.status_seconds * self._status_jitter
         )
+
+    def checkpoint_queued(self) -> None:
+        """The worker's timer queued a checkpoint of this run (``checkpoint`` runs when a place is
+        free): not due again until it has run."""
+        self._checkpoint_queued = True
 
     async def checkpoint(self) -> None:
         """Brings status up to date with the records (steps, counts, the current step, journalLsn),
         so ``kubectl get`` shows progress and the batches holding them can be collected. A failure
-        is raised in the workflow at its next boundary."""
+        is raised in the workflow at its next boundary. Queued behind other runs' checkpoints, it
+        does nothing if the run ended or began its ending meanwhile (that write carries the records)."""
+        self._checkpoint_queued = False
+        if self._ended or self._ending:
+            return
         self._last_status_write = time.monotonic()  # one at a time, even if this one is slow
+        self._status_jitter = _jitter()
         self._checkpoint_preempted = False
         append = self._checkpointing = asyncio.ensure_future(self._append_steps())
         try:

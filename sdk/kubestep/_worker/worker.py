@@ -50,6 +50,12 @@ EVENTS_AT_EXIT = 5.0  # seconds a stopping worker waits for its last Events to b
 BLIND_READ_SECONDS = 0.5  # how often held runs are read while their watch is down
 EXIT_RESTART = 75  # EX_TEMPFAIL: "restart me"; the worker shed a step that would not stop
 SWEEP_SECONDS = 600.0  # how often the Postgres store's finished runs past their retention are deleted
+# Status checkpoints (step journal): the timer looks every CHECKPOINT_TICK for runs due, and at most
+# CHECKPOINTS_AT_ONCE are written at a time. Each is a ConfigMap create and a status patch of ~20 KB
+# at 1,000+ steps/s; a whole tick's worth at once (a second's, as it was) left the apiserver a burst of
+# them to chew through every second, and a cancel arriving meanwhile waited behind it.
+CHECKPOINT_TICK = 0.1
+CHECKPOINTS_AT_ONCE = 4
 LAG_TICK = 0.1  # how often the event loop's lateness is sampled (``_measure_loop_lag``)
 
 
@@ -184,13 +190,20 @@ class Worker:
         (``Run.checkpoint``): what ``kubectl get wfx`` shows, and what lets the batches go."""
         if self.journal is None:
             return
-        tick = min(1.0, self.settings.status_seconds / 2)
+        tick = min(CHECKPOINT_TICK, self.settings.status_seconds / 2)
+        gate = asyncio.Semaphore(CHECKPOINTS_AT_ONCE)
+
+        async def checkpoint(run: Run) -> None:
+            async with gate:
+                await run.checkpoint()
+
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
             for run in list(self.runs.values()):
                 if run.checkpoint_due(now):
-                    self._spawn(run.checkpoint())
+                    run.checkpoint_queued()
+                    self._spawn(checkpoint(run))
 
     async def _sweep_forever(self) -> None:
         """With ``KUBESTEP_POSTGRES_RETENTION_DAYS``, every ``SWEEP_SECONDS`` the finished runs the
