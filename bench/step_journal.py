@@ -581,6 +581,7 @@ async def measure_store(plane: ControlPlane, store: str, args: argparse.Namespac
             if not worker.alive():
                 raise RuntimeError(f"worker exited with {worker.popen.returncode} during the window")
             result["load"] = load_figures(s0, s1, args.runs)
+            result["load"]["worker_memory_mb"] = memory_mb(worker.pid)
             print(f"[{store}] {result['load']['steps_per_s']:.0f} steps/s", file=sys.stderr, flush=True)
 
             if args.cancels:
@@ -677,6 +678,19 @@ def stalls(c0: dict[str, Any], c1: dict[str, Any]) -> dict[str, Any]:
         "end_writes": _hist(w0, w1, "kubestep_worker_status_write_seconds", kind="end"),
         "apiserver_status_puts": _hist(a0, a1, "apiserver_request_duration_seconds", ("0.05", "0.1", "0.2"), **put),
     }
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MB."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
 
 
 def load_figures(s0: dict[str, Any], s1: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -913,6 +927,12 @@ def report(results: dict[str, Any]) -> str:
                     f"{load['others_cores_busy']:.2f} by other processes (noise); "
                     f"CPU ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in load["cpu_ms_per_step"].items())
                     if load.get("cpu_cores")
+                    else ""
+                )
+                + (
+                    f"; the worker's memory after the window: RSS {load['worker_memory_mb']['VmRSS']:.0f} MB, "
+                    f"peak {load['worker_memory_mb']['VmHWM']:.0f} MB"
+                    if (load.get("worker_memory_mb") or {}).get("VmHWM")
                     else ""
                 )
                 + (
