@@ -117,6 +117,32 @@ async def test_a_write_retried_after_its_answer_was_lost_lands_once(database: st
             await s.close()
 
 
+async def test_a_statement_whose_caller_is_cancelled_runs_to_its_end_and_its_connection_stays_usable(
+    database: str,
+) -> None:
+    """An ending preempts its run's checkpoint, which may be mid-archive: asyncpg left that connection
+    half-way and the pool handed it out again (the chaos soak: the next flush failed a run with
+    "cannot switch to state 12; another operation (2) is in progress")."""
+    store = PostgresStore(database, NoBatches(), "ns", "w")  # type: ignore[arg-type]
+    await store.start()
+    try:
+        await store._use(lambda conn: conn.execute("CREATE TABLE probe (n int)"))
+        caller = asyncio.ensure_future(
+            store._use(lambda conn: conn.execute("SELECT pg_sleep(0.3); INSERT INTO probe VALUES (1)"))
+        )
+        await asyncio.sleep(0.1)  # the statement is on the server
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        for _ in range(10):  # every connection of the pool answers, the one the statement had included
+            await asyncio.gather(*(store.entries("ns", "u") for _ in range(8)))
+        await asyncio.sleep(0.4)
+        (count,) = await query(database, "SELECT count(*) FROM probe")
+        assert count[0] == 1, "the statement ran to its end"
+    finally:
+        await store.close()
+
+
 async def test_chunks_and_a_finished_run_are_kept_and_what_status_holds_is_dropped(database: str) -> None:
     store = PostgresStore(database, NoBatches(), "ns", "w")  # type: ignore[arg-type]
     await store.start()

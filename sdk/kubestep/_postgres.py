@@ -33,7 +33,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -92,7 +92,18 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: a password being rotated
+    # A connection asyncpg itself no longer knows the state of (a statement cut short: ``_use``);
+    # the pool drops it on release, and the next try takes another.
+    asyncpg.exceptions.InternalClientError,
 )
+
+
+_T = TypeVar("_T")
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _json(value: Any) -> str:
@@ -177,6 +188,25 @@ class PostgresStore:
         except _TRANSIENT as exc:
             raise TransportError(f"the Postgres step store: {type(exc).__name__}: {exc}") from exc
 
+    async def _use(self, op: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """``op`` on a pooled connection, run to its end even if the caller is cancelled.
+
+        asyncpg leaves a connection whose statement was cancelled mid-flight in a state that trips
+        its next user (``InternalClientError: cannot switch to state 12; another operation (2) is in
+        progress``, MagicStack/asyncpg#1069), and the pool hands it out again. An ending preempts a
+        checkpoint mid-archive, so the chaos soak met it: the next flush on that connection failed a
+        run with WorkerError. Shielded, the statement finishes and the connection goes back clean;
+        what it wrote is harmless (an archive's chunk rows stay unlisted and go when the run ends;
+        a flush's rows are what its retry would write)."""
+
+        async def whole() -> _T:
+            async with self._connection() as conn:
+                return await op(conn)
+
+        task = asyncio.ensure_future(whole())
+        task.add_done_callback(_retrieved)  # its error, once nobody waits for it any more
+        return await asyncio.shield(task)
+
     async def start(self) -> None:
         """Creates the tables if they are not there (idempotent: every worker does it at start-up,
         one at a time under an advisory lock, so two starting at once never race on the catalog)."""
@@ -203,20 +233,20 @@ class PostgresStore:
         cols = rows(self.namespace, self.worker, runs)
 
         async def write() -> None:
-            async with self._connection() as conn:
-                await conn.execute(INSERT_STEPS, *cols)
+            await self._use(lambda conn: conn.execute(INSERT_STEPS, *cols))
             self.writes += 1
 
         return write
 
     async def entries(self, namespace: str, uid: str) -> list[b.Entry]:
         """The run's rows, and its StepBatch entries (written before the fleet moved to Postgres)."""
-        async with self._connection() as conn:
-            found = await conn.fetch(
+        found = await self._use(
+            lambda conn: conn.fetch(
                 "SELECT attempt, lsn, worker, record FROM kubestep_steps WHERE uid = $1 AND namespace = $2",
                 uid,
                 namespace,
             )
+        )
         out = [b.Entry(int(r["attempt"]), int(r["lsn"]), json.loads(r["record"]), str(r["worker"])) for r in found]
         return out + await self._kube_store.entries(namespace, uid)
 
@@ -239,18 +269,18 @@ class PostgresStore:
                     **({"level": level} if level else {}),
                 }
             )
-        async with self._connection() as conn:
-            # A retry writes under new names: the lost first try's rows are orphans, dropped when the run ends.
-            await conn.executemany(
+        # A retry writes under new names: the lost first try's rows are orphans, dropped when the run ends.
+        await self._use(
+            lambda conn: conn.executemany(
                 "INSERT INTO kubestep_chunks (uid, chunk, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", values
             )
+        )
         return refs
 
     async def chunk(self, uid: str, name: str) -> str | None:
-        async with self._connection() as conn:
-            data: str | None = await conn.fetchval(
-                "SELECT data FROM kubestep_chunks WHERE uid = $1 AND chunk = $2", uid, name
-            )
+        data: str | None = await self._use(
+            lambda conn: conn.fetchval("SELECT data FROM kubestep_chunks WHERE uid = $1 AND chunk = $2", uid, name)
+        )
         return data
 
     async def load(self, namespace: str, refs: list[dict[str, Any]], uid: str | None) -> list[dict[str, Any]]:
@@ -263,20 +293,25 @@ class PostgresStore:
         (every record is in status or a listed chunk once its holder ended it) and unlisted chunks."""
         meta = execution["metadata"]
         listed = [r["configMap"] for r in (execution.get("status") or {}).get("journal") or []]
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO kubestep_runs (uid, namespace, name, finished_at, object) VALUES ($1, $2, $3, $4, $5) "
-                "ON CONFLICT (uid) DO UPDATE SET finished_at = excluded.finished_at, object = excluded.object",
-                meta["uid"],
-                meta["namespace"],
-                meta["name"],
-                finished_at(execution),
-                _json(execution),
-            )
-            await conn.execute("DELETE FROM kubestep_steps WHERE uid = $1", meta["uid"])
-            await conn.execute(
-                "DELETE FROM kubestep_chunks WHERE uid = $1 AND NOT (chunk = ANY($2::text[]))", meta["uid"], listed
-            )
+
+        async def keep(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO kubestep_runs (uid, namespace, name, finished_at, object) "
+                    "VALUES ($1, $2, $3, $4, $5) "
+                    "ON CONFLICT (uid) DO UPDATE SET finished_at = excluded.finished_at, object = excluded.object",
+                    meta["uid"],
+                    meta["namespace"],
+                    meta["name"],
+                    finished_at(execution),
+                    _json(execution),
+                )
+                await conn.execute("DELETE FROM kubestep_steps WHERE uid = $1", meta["uid"])
+                await conn.execute(
+                    "DELETE FROM kubestep_chunks WHERE uid = $1 AND NOT (chunk = ANY($2::text[]))", meta["uid"], listed
+                )
+
+        await self._use(keep)
 
     async def sweep(self, namespace: str, before: dt.datetime) -> int:
         """Deletes the finished runs of ``namespace`` that ended before ``before``, with their chunks
