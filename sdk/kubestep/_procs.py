@@ -52,8 +52,9 @@ def fewer_collections() -> None:
     hundredth a full one (25–50 ms), in which nothing else in the process runs: 6–8 % of the
     worker's time. Bursts of endings (ten runs timing out together) allocate most and so set them
     off just then. At this threshold 30 s of cancels at the load saw 0–3 young collections and no
-    full one; a run timing out among ten others was seen ended at most 55–76 ms past its deadline
-    in 4 windows, against 79–217 ms in 5 at 700; the worker's RSS was the same (136–149 MB against
-    141 MB). Cycles wait a little longer to be freed; everything else goes at once by reference
-    counting (``bench/README.md``, issue 19)."""
+    full one, and the worker's RSS was the same (132–149 MB against 141 MB); the slowest of 20 runs
+    timing out ten at a time was seen ended 55–146 ms past its deadline in 8 windows (median 73),
+    against 76–217 ms in 8 at 700 (median 115): lower, though the endings' own writes remain. Cycles
+    wait a little longer to be freed; everything else goes at once by reference counting
+    (``bench/README.md``, issue 19)."""
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
